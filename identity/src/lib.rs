@@ -1,0 +1,44 @@
+//! # signet-identity
+//!
+//! The SPIFFE identity core every Signet component shares: the CA issues with
+//! it, the agent checks what it serves with it, the proxy authenticates peers
+//! with it. One implementation of the rules, so that no two components can
+//! disagree about who a peer is.
+//!
+//! ```text
+//!   SpiffeId / TrustDomain      parse + validate (SPIFFE-ID.md)
+//!          │
+//!   x509_svid                   the X.509-SVID profile: what is issued, what each rule forbids
+//!          │
+//!   verify_x509_svid(chain, &TrustBundle, now) -> VerifiedSvid
+//!          │
+//!   TrustBundle                 authorities of a trust domain, PEM and SPIFFE JWKS
+//! ```
+//!
+//! ```
+//! use signet_identity::SpiffeId;
+//! let id = SpiffeId::parse("spiffe://example.org/ns/prod/sa/web").unwrap();
+//! assert_eq!(id.trust_domain_name(), "example.org");
+//! assert_eq!(id.path(), "/ns/prod/sa/web");
+//! ```
+
+mod bundle;
+mod inspect;
+mod spiffe_id;
+mod verify;
+pub mod x509_svid;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+
+// Public interface.
+pub use bundle::{certificates_from_pem, certificates_to_pem, BundleError, TrustBundle};
+pub use inspect::{inspect_chain, key_type, CertSummary};
+pub use spiffe_id::{
+    validate_path, IdError, SpiffeId, TrustDomain, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN,
+};
+pub use verify::{verify_x509_svid, SvidError, VerifiedSvid};
+pub use x509_svid::Violation;
+
+/// Re-exported so that dependents name certificates with the same type.
+pub use rustls_pki_types::CertificateDer;
