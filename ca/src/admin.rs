@@ -1,0 +1,282 @@
+//! The admin API: gRPC on a local Unix socket (mode 0600). Handlers convert
+//! protobuf to domain types and call [`Ca`]; every [`CaError`] becomes a gRPC
+//! status in one place, [`status`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use signet_proto::admin as pb;
+use signet_proto::admin::admin_server::{Admin, AdminServer};
+use tokio::net::{UnixListener, UnixStream};
+use tonic::{Request, Response, Status};
+
+use crate::entry::{Entry, EntryInput};
+use crate::store::{AgentRecord, EntryFilter, StoreError};
+use crate::{Ca, CaError};
+
+/// Maps a CA error to the gRPC status a client can act on. Internal details
+/// (database errors) are logged, not sent.
+pub fn status(e: &CaError) -> Status {
+    match e {
+        CaError::Entry(_) | CaError::InvalidArgument(_) | CaError::JoinToken(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        CaError::Store(StoreError::NotFound(_)) => Status::not_found(e.to_string()),
+        CaError::Store(StoreError::AlreadyExists(_)) => Status::already_exists(e.to_string()),
+        CaError::Issue(i) => match i {
+            crate::issuance::IssueError::CaExpired | crate::issuance::IssueError::Sign(_) => {
+                tracing::error!(error = %e, "issuance failed");
+                Status::unavailable(e.to_string())
+            }
+            _ => Status::invalid_argument(e.to_string()),
+        },
+        _ => {
+            tracing::error!(error = %e, "admin request failed");
+            Status::internal("internal error in the CA; see its log")
+        }
+    }
+}
+
+/// The gRPC service implementation.
+pub struct AdminService {
+    ca: Arc<Ca>,
+}
+
+impl AdminService {
+    /// A tonic server for `ca`.
+    pub fn server(ca: Arc<Ca>) -> AdminServer<Self> {
+        AdminServer::new(Self { ca })
+    }
+
+    fn finish<T>(&self, method: &str, r: Result<T, CaError>) -> Result<Response<T>, Status> {
+        let r = r.map(Response::new).map_err(|e| status(&e));
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.ca.metrics.admin_call(method, code);
+        r
+    }
+}
+
+fn entry_input(spec: Option<pb::EntrySpec>) -> Result<EntryInput, CaError> {
+    let spec = spec.ok_or_else(|| CaError::InvalidArgument("entry spec is missing".into()))?;
+    Ok(EntryInput {
+        spiffe_id: spec.spiffe_id,
+        parent_id: spec.parent_id,
+        selectors: spec.selectors,
+        x509_svid_ttl: spec.x509_svid_ttl_seconds,
+        dns_names: spec.dns_names,
+        admin: spec.admin,
+    })
+}
+
+/// Protobuf form of an entry.
+pub fn entry_to_pb(e: &Entry) -> pb::Entry {
+    pb::Entry {
+        id: e.id.clone(),
+        spec: Some(pb::EntrySpec {
+            spiffe_id: e.spec.spiffe_id.to_string(),
+            parent_id: e.spec.parent_id.to_string(),
+            selectors: e.spec.selectors.iter().map(|s| s.to_string()).collect(),
+            x509_svid_ttl_seconds: e.spec.x509_svid_ttl as i64,
+            dns_names: e.spec.dns_names.clone(),
+            admin: e.spec.admin,
+        }),
+        created_at: e.created_at,
+        updated_at: e.updated_at,
+        revision: e.revision,
+    }
+}
+
+fn agent_to_pb(a: &AgentRecord) -> pb::Agent {
+    pb::Agent {
+        spiffe_id: a.spiffe_id.clone(),
+        attestation_type: a.attestation_type.clone(),
+        svid_serial: a.svid_serial.clone(),
+        svid_expires_at: a.svid_expires_at,
+        banned: a.banned,
+        created_at: a.created_at,
+        updated_at: a.updated_at,
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_entry(
+        &self,
+        req: Request<pb::CreateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let r = async {
+            let input = entry_input(req.into_inner().spec)?;
+            let entry = self.ca.create_entry(&input).await?;
+            tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spec.spiffe_id, parent_id = %entry.spec.parent_id, "entry created");
+            Ok(entry_to_pb(&entry))
+        }
+        .await;
+        self.finish("CreateEntry", r)
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let req = req.into_inner();
+        let filter = EntryFilter {
+            parent_id: non_empty(req.parent_id),
+            spiffe_id: non_empty(req.spiffe_id),
+        };
+        let r = self
+            .ca
+            .list_entries(&filter)
+            .await
+            .map(|entries| pb::ListEntriesResponse {
+                entries: entries.iter().map(entry_to_pb).collect(),
+            });
+        self.finish("ListEntries", r)
+    }
+
+    async fn get_entry(
+        &self,
+        req: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let id = req.into_inner().id;
+        let r = self
+            .ca
+            .store
+            .get_entry(&id)
+            .await
+            .map(|e| entry_to_pb(&e))
+            .map_err(CaError::from);
+        self.finish("GetEntry", r)
+    }
+
+    async fn update_entry(
+        &self,
+        req: Request<pb::UpdateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let r = async {
+            let req = req.into_inner();
+            let input = entry_input(req.spec)?;
+            let entry = self.ca.update_entry(&req.id, &input).await?;
+            tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
+            Ok(entry_to_pb(&entry))
+        }
+        .await;
+        self.finish("UpdateEntry", r)
+    }
+
+    async fn delete_entry(
+        &self,
+        req: Request<pb::DeleteEntryRequest>,
+    ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
+        let id = req.into_inner().id;
+        let r = self.ca.store.delete_entry(&id).await.map_err(CaError::from);
+        if r.is_ok() {
+            tracing::info!(entry_id = %id, "entry deleted");
+        }
+        self.finish("DeleteEntry", r.map(|_| pb::DeleteEntryResponse {}))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinToken>, Status> {
+        let req = req.into_inner();
+        let node = non_empty(req.node_name);
+        let r = self
+            .ca
+            .create_join_token(req.ttl_seconds, node.as_deref())
+            .await
+            .map(|t| pb::JoinToken {
+                token: t.token,
+                expires_at: t.expires_at,
+                agent_id: t.agent_id.to_string(),
+            });
+        self.finish("CreateJoinToken", r)
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let r = self
+            .ca
+            .list_agents()
+            .await
+            .map(|agents| pb::ListAgentsResponse {
+                agents: agents.iter().map(agent_to_pb).collect(),
+            });
+        self.finish("ListAgents", r)
+    }
+
+    async fn ban_agent(
+        &self,
+        req: Request<pb::AgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = req.into_inner().spiffe_id;
+        let r = self.ca.ban_agent(&id).await.map(|a| agent_to_pb(&a));
+        self.finish("BanAgent", r)
+    }
+
+    async fn evict_agent(
+        &self,
+        req: Request<pb::AgentRequest>,
+    ) -> Result<Response<pb::EvictAgentResponse>, Status> {
+        let id = req.into_inner().spiffe_id;
+        let r = self
+            .ca
+            .evict_agent(&id)
+            .await
+            .map(|_| pb::EvictAgentResponse {});
+        self.finish("EvictAgent", r)
+    }
+
+    async fn get_bundle(
+        &self,
+        _req: Request<pb::GetBundleRequest>,
+    ) -> Result<Response<pb::Bundle>, Status> {
+        let r = self.ca.bundle().await.map(|b| pb::Bundle {
+            trust_domain: b.trust_domain().to_string(),
+            x509_authorities: b.authorities().iter().map(|c| c.to_vec()).collect(),
+            sequence: b.sequence,
+            refresh_hint_seconds: b.refresh_hint_secs.unwrap_or(0) as i64,
+        });
+        self.finish("GetBundle", r)
+    }
+}
+
+/// Binds the admin socket: replaces a stale socket file (nobody listening),
+/// refuses to replace a live one, and sets mode 0600 before serving.
+pub async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running CA", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Whether a connecting peer may use the admin API: root, or the user the CA
+/// runs as. File mode 0600 already enforces this; the check also holds if an
+/// operator loosens the mode by mistake.
+pub fn peer_allowed(stream: &UnixStream, own_uid: u32) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) => cred.uid() == 0 || cred.uid() == own_uid,
+        Err(_) => false,
+    }
+}

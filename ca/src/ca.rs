@@ -1,0 +1,213 @@
+//! The CA's shared state and its operations, independent of any transport:
+//! the admin API (and, next, the node API) are thin layers over [`Ca`].
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use signet_identity::x509_svid::unix_seconds;
+use signet_identity::{BundleError, CertificateDer, TrustBundle, TrustDomain};
+
+use crate::authority::{create_private_dir, Authority, AuthorityError};
+use crate::config::{CaConfig, ConfigError};
+use crate::entry::{Entry, EntryError, EntryInput, EntrySpec};
+use crate::issuance::{sign_for_entry, IssueError, IssuedSvid};
+use crate::join_token::{self, JoinTokenError, NewJoinToken};
+use crate::metrics::Metrics;
+use crate::store::{AgentRecord, EntryFilter, Store, StoreError};
+
+/// Everything that can go wrong in a CA operation. The admin API maps each
+/// variant to one gRPC status in one place (`admin::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Storage failure, not found, or duplicate.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An entry failed validation.
+    #[error(transparent)]
+    Entry(#[from] EntryError),
+    /// Signing key problem.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// Issuance refused or failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// Join token problem.
+    #[error(transparent)]
+    JoinToken(#[from] JoinTokenError),
+    /// Bundle could not be assembled.
+    #[error("trust bundle: {0}")]
+    Bundle(#[from] BundleError),
+    /// Any other invalid request.
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// The running CA: configuration, database, current signing authority.
+pub struct Ca {
+    /// The configuration it was started with.
+    pub config: CaConfig,
+    /// Its trust domain.
+    pub trust_domain: TrustDomain,
+    /// Its database.
+    pub store: Store,
+    /// Its metrics.
+    pub metrics: Metrics,
+    authority: RwLock<Arc<Authority>>,
+}
+
+impl Ca {
+    /// Opens (or initialises) the CA: data dir, database, signing key, and a
+    /// self-test of key + chain + bundle.
+    pub async fn open(config: CaConfig) -> Result<Arc<Ca>, CaError> {
+        let trust_domain = config.validate()?;
+        create_private_dir(&config.data_dir)?;
+        let store = Store::connect(&config.database_url()).await?;
+        let now = SystemTime::now();
+        let authority = Authority::load_or_create(&store, &config, &trust_domain, now).await?;
+        let ca = Arc::new(Ca {
+            metrics: Metrics::new(),
+            authority: RwLock::new(Arc::new(authority)),
+            config,
+            trust_domain,
+            store,
+        });
+        let bundle = ca.bundle().await?;
+        ca.authority().self_test(&bundle, now)?;
+        ca.metrics
+            .set_ca_expiry(unix_seconds(ca.authority().not_after));
+        Ok(ca)
+    }
+
+    /// The signing authority in force.
+    pub fn authority(&self) -> Arc<Authority> {
+        match self.authority.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The trust bundle as published now.
+    pub async fn bundle(&self) -> Result<TrustBundle, CaError> {
+        let (certs, sequence) = self.store.bundle(unix_seconds(SystemTime::now())).await?;
+        let mut bundle = TrustBundle::new(
+            self.trust_domain.clone(),
+            certs.into_iter().map(CertificateDer::from).collect(),
+        )?;
+        bundle.sequence = sequence;
+        bundle.refresh_hint_secs = Some(self.config.bundle_refresh_hint);
+        Ok(bundle)
+    }
+
+    /// Validates and stores a new entry.
+    pub async fn create_entry(&self, input: &EntryInput) -> Result<Entry, CaError> {
+        let spec = self.validate_entry(input)?;
+        Ok(self.store.create_entry(&spec, now()).await?)
+    }
+
+    /// Validates and applies an update to an entry.
+    pub async fn update_entry(&self, id: &str, input: &EntryInput) -> Result<Entry, CaError> {
+        let spec = self.validate_entry(input)?;
+        Ok(self.store.update_entry(id, &spec, now()).await?)
+    }
+
+    fn validate_entry(&self, input: &EntryInput) -> Result<EntrySpec, CaError> {
+        Ok(input.validate(&self.trust_domain, self.config.max_ttl())?)
+    }
+
+    /// Lists entries.
+    pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, CaError> {
+        Ok(self.store.list_entries(filter).await?)
+    }
+
+    /// Mints a join token (`ttl` seconds, 0 for the configured default).
+    pub async fn create_join_token(
+        &self,
+        ttl: i64,
+        node_name: Option<&str>,
+    ) -> Result<NewJoinToken, CaError> {
+        if ttl < 0 {
+            return Err(CaError::InvalidArgument(
+                "token TTL must not be negative".into(),
+            ));
+        }
+        let ttl = if ttl == 0 {
+            self.config.join_token_ttl as i64
+        } else {
+            ttl
+        };
+        let token = join_token::generate()?;
+        let agent_id = join_token::agent_id(&self.trust_domain, node_name, &token)?;
+        let now = now();
+        let expires_at = now + ttl;
+        self.store
+            .insert_join_token(
+                &join_token::hash(&token),
+                agent_id.as_str(),
+                expires_at,
+                now,
+            )
+            .await?;
+        self.metrics.join_tokens_created.inc();
+        tracing::info!(agent_id = %agent_id, expires_at, "join token created");
+        Ok(NewJoinToken {
+            token,
+            agent_id,
+            expires_at,
+        })
+    }
+
+    /// Lists agents.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, CaError> {
+        Ok(self.store.list_agents().await?)
+    }
+
+    /// Bans an agent.
+    pub async fn ban_agent(&self, spiffe_id: &str) -> Result<AgentRecord, CaError> {
+        let agent = self.store.ban_agent(spiffe_id, now()).await?;
+        tracing::warn!(agent_id = spiffe_id, "agent banned");
+        Ok(agent)
+    }
+
+    /// Evicts an agent.
+    pub async fn evict_agent(&self, spiffe_id: &str) -> Result<(), CaError> {
+        self.store.delete_agent(spiffe_id).await?;
+        tracing::warn!(agent_id = spiffe_id, "agent evicted");
+        Ok(())
+    }
+
+    /// Signs the SVID an entry describes from a CSR.
+    pub fn sign_for_entry(&self, csr_der: &[u8], entry: &EntrySpec) -> Result<IssuedSvid, CaError> {
+        let result = sign_for_entry(
+            &self.authority(),
+            csr_der,
+            entry,
+            self.config.default_ttl(),
+            SystemTime::now(),
+        );
+        match &result {
+            Ok(_) => {
+                self.metrics.svids_issued.inc();
+            }
+            Err(e) => self.metrics.issuance_failed(e),
+        }
+        Ok(result?)
+    }
+
+    /// Whether the CA can issue now: database reachable, signing cert valid
+    /// for longer than the default SVID TTL.
+    pub async fn is_ready(&self) -> bool {
+        let cert_ok = self.authority().not_after > SystemTime::now() + Duration::from_secs(60);
+        cert_ok && self.store.ping().await
+    }
+}
+
+fn now() -> i64 {
+    unix_seconds(SystemTime::now())
+}
+
+#[cfg(test)]
+#[path = "ca_tests.rs"]
+mod tests;

@@ -1,0 +1,219 @@
+//! CA configuration: a TOML file, each field overridable by a CLI flag.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use signet_identity::TrustDomain;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything `signet ca serve` needs. Every field has a default so that an
+/// empty file (or none) plus `--trust-domain` is a working CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaConfig {
+    /// The trust domain this CA is the authority for. Default `example.org`.
+    pub trust_domain: String,
+    /// Where keys and the SQLite database live. Default `/var/lib/signet/ca`.
+    pub data_dir: PathBuf,
+    /// Node API listen address (agents connect here). Default `0.0.0.0:8081`.
+    pub listen: String,
+    /// Admin API Unix socket, mode 0600. Default `<data_dir>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+    /// `sqlite://...` or `postgres://...`. Default: `<data_dir>/signet.db` (SQLite, WAL).
+    pub database_url: Option<String>,
+    /// Address for `/metrics`, `/ready`, `/live`. Default `127.0.0.1:9988`.
+    pub metrics_listen: String,
+    /// X.509-SVID lifetime when an entry does not set one, seconds. Default 3600.
+    pub default_x509_svid_ttl: u64,
+    /// Largest X.509-SVID lifetime an entry may ask for, seconds. Default 86400.
+    pub max_x509_svid_ttl: u64,
+    /// Lifetime of the CA's own signing certificate, seconds. Default one year.
+    pub ca_ttl: u64,
+    /// Default join token lifetime, seconds. Default 600.
+    pub join_token_ttl: u64,
+    /// `spiffe_refresh_hint` published with the bundle, seconds. Default 300.
+    pub bundle_refresh_hint: u64,
+    /// Upstream CA certificate (PEM, may include its chain). With
+    /// `upstream_key`, Signet signs with an intermediate under it.
+    pub upstream_cert: Option<PathBuf>,
+    /// Upstream CA private key (PEM, PKCS#8).
+    pub upstream_key: Option<PathBuf>,
+    /// Roots of the upstream PKI (PEM). Default: the self-signed certificate
+    /// at the end of `upstream_cert`.
+    pub upstream_bundle: Option<PathBuf>,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "example.org".into(),
+            data_dir: PathBuf::from("/var/lib/signet/ca"),
+            listen: "0.0.0.0:8081".into(),
+            admin_socket: None,
+            database_url: None,
+            metrics_listen: "127.0.0.1:9988".into(),
+            default_x509_svid_ttl: 3600,
+            max_x509_svid_ttl: 86400,
+            ca_ttl: 365 * 86400,
+            join_token_ttl: 600,
+            bundle_refresh_hint: 300,
+            upstream_cert: None,
+            upstream_key: None,
+            upstream_bundle: None,
+        }
+    }
+}
+
+impl CaConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// Checks values and returns the parsed trust domain.
+    pub fn validate(&self) -> Result<TrustDomain, ConfigError> {
+        let td = TrustDomain::new(&self.trust_domain).map_err(|e| {
+            ConfigError::Invalid(format!("trust_domain {:?}: {e}", self.trust_domain))
+        })?;
+        if self.default_x509_svid_ttl == 0 || self.max_x509_svid_ttl == 0 {
+            return Err(ConfigError::Invalid("SVID TTLs must be positive".into()));
+        }
+        if self.default_x509_svid_ttl > self.max_x509_svid_ttl {
+            return Err(ConfigError::Invalid(format!(
+                "default_x509_svid_ttl ({}) exceeds max_x509_svid_ttl ({})",
+                self.default_x509_svid_ttl, self.max_x509_svid_ttl
+            )));
+        }
+        if self.ca_ttl <= self.max_x509_svid_ttl {
+            return Err(ConfigError::Invalid(format!(
+                "ca_ttl ({}) must be longer than max_x509_svid_ttl ({})",
+                self.ca_ttl, self.max_x509_svid_ttl
+            )));
+        }
+        if self.upstream_cert.is_some() != self.upstream_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "upstream_cert and upstream_key go together: set both or neither".into(),
+            ));
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "database_url must start with sqlite: or postgres:// (got {:?})",
+                    redact_url(url)
+                )));
+            }
+        }
+        Ok(td)
+    }
+
+    /// The admin socket path, defaulted under the data dir.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+
+    /// The database URL, defaulted to SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("signet.db").display()
+            )
+        })
+    }
+
+    /// Default SVID TTL as a duration.
+    pub fn default_ttl(&self) -> Duration {
+        Duration::from_secs(self.default_x509_svid_ttl)
+    }
+
+    /// Maximum SVID TTL as a duration.
+    pub fn max_ttl(&self) -> Duration {
+        Duration::from_secs(self.max_x509_svid_ttl)
+    }
+}
+
+/// A database URL with any password replaced, safe to log.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:****{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_database_urls() {
+        assert_eq!(
+            redact_url("postgres://signet:s3cret@db:5432/signet"),
+            "postgres://signet:****@db:5432/signet"
+        );
+        assert_eq!(redact_url("sqlite:///x/y.db"), "sqlite:///x/y.db");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = toml::from_str::<CaConfig>("trust_domian = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("trust_domian"));
+        let c = CaConfig {
+            trust_domain: "Bad TD".into(),
+            ..CaConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = CaConfig {
+            default_x509_svid_ttl: 10,
+            max_x509_svid_ttl: 5,
+            ..CaConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! Registration entries: which workload, on which agent, gets which SPIFFE ID.
+//! Everything an administrator sends is validated here before it is stored.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use signet_identity::{SpiffeId, TrustDomain};
+
+/// Path prefix reserved for agent identities; no workload may be registered
+/// under it, so a workload can never impersonate a node.
+pub const AGENT_PATH_PREFIX: &str = "/signet/agent";
+
+/// Why an entry (or a selector) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The SPIFFE ID is malformed.
+    #[error("invalid --spiffe-id {id:?}: {reason}")]
+    BadSpiffeId {
+        /// What was given.
+        id: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The parent ID is malformed.
+    #[error("invalid --parent-id {id:?}: {reason}")]
+    BadParentId {
+        /// What was given.
+        id: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A selector is malformed or of an unknown type.
+    #[error("invalid selector {selector:?}: {reason}")]
+    BadSelector {
+        /// What was given.
+        selector: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// No selector at all would match every process on the node.
+    #[error("an entry needs at least one selector (e.g. --selector unix:uid:1000)")]
+    NoSelectors,
+    /// Asked-for TTL beyond the CA's maximum.
+    #[error("x509 SVID TTL {asked}s exceeds the CA's maximum of {max}s; ask for less or raise max_x509_svid_ttl")]
+    TtlTooLong {
+        /// Requested seconds.
+        asked: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// Negative TTL.
+    #[error("x509 SVID TTL must not be negative")]
+    NegativeTtl,
+    /// A DNS name that cannot go into a certificate.
+    #[error(
+        "invalid DNS name {0:?}: use letters, digits, '-' and '.', optionally starting with '*.'"
+    )]
+    BadDnsName(String),
+}
+
+/// Selector types the agent's Unix workload attestor can check.
+const UNIX_SELECTORS: &[&str] = &["uid", "gid", "user", "group", "path", "sha256"];
+
+/// A workload selector, `type:value` (`unix:uid:1000` is type `unix`, value
+/// `uid:1000`). A workload matches an entry when all its selectors match.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Selector {
+    /// The attestor, e.g. `unix`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What that attestor must observe, e.g. `uid:1000`.
+    pub value: String,
+}
+
+impl Selector {
+    /// Parses and validates `type:value`.
+    pub fn parse(s: &str) -> Result<Self, EntryError> {
+        let bad = |reason: &str| EntryError::BadSelector {
+            selector: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (kind, value) = s
+            .split_once(':')
+            .ok_or_else(|| bad("expected type:value, e.g. unix:uid:1000"))?;
+        if kind != "unix" {
+            return Err(bad(&format!(
+                "unknown selector type {kind:?}; supported: unix"
+            )));
+        }
+        let (sub, arg) = value
+            .split_once(':')
+            .ok_or_else(|| bad("expected unix:<uid|gid|user|group|path|sha256>:<value>"))?;
+        match sub {
+            "uid" | "gid" => {
+                arg.parse::<u32>()
+                    .map_err(|_| bad(&format!("{sub} must be a non-negative integer")))?;
+            }
+            "user" | "group" => {
+                if arg.is_empty() || arg.contains(char::is_whitespace) {
+                    return Err(bad(&format!("{sub} must be a non-empty name")));
+                }
+            }
+            "path" => {
+                if !arg.starts_with('/') {
+                    return Err(bad("path must be absolute, e.g. unix:path:/usr/bin/app"));
+                }
+            }
+            "sha256" => {
+                if arg.len() != 64 || !arg.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return Err(bad("sha256 must be 64 lowercase hex digits"));
+                }
+            }
+            other => {
+                return Err(bad(&format!(
+                    "unknown unix selector {other:?}; supported: {}",
+                    UNIX_SELECTORS.join(", ")
+                )))
+            }
+        }
+        Ok(Self {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// The validated fields of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntrySpec {
+    /// The identity the workload gets.
+    pub spiffe_id: SpiffeId,
+    /// The agent allowed to obtain it.
+    pub parent_id: SpiffeId,
+    /// Sorted, deduplicated.
+    pub selectors: Vec<Selector>,
+    /// 0: the CA's default.
+    pub x509_svid_ttl: u64,
+    /// DNS SANs to include.
+    pub dns_names: Vec<String>,
+    /// Reserved for admin workloads.
+    pub admin: bool,
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Opaque unique ID (UUID).
+    pub id: String,
+    /// The fields.
+    #[serde(flatten)]
+    pub spec: EntrySpec,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Starts at 1, bumped on each update.
+    pub revision: i64,
+}
+
+/// Entry fields as an administrator sends them, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct EntryInput {
+    /// SPIFFE ID text.
+    pub spiffe_id: String,
+    /// Parent ID text.
+    pub parent_id: String,
+    /// `type:value` texts.
+    pub selectors: Vec<String>,
+    /// Seconds; 0 for default.
+    pub x509_svid_ttl: i64,
+    /// DNS names.
+    pub dns_names: Vec<String>,
+    /// Admin flag.
+    pub admin: bool,
+}
+
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl EntryInput {
+    /// Validates against the CA's trust domain and maximum TTL.
+    pub fn validate(&self, td: &TrustDomain, max_ttl: Duration) -> Result<EntrySpec, EntryError> {
+        let spiffe_id = SpiffeId::parse(&self.spiffe_id).map_err(|e| EntryError::BadSpiffeId {
+            id: self.spiffe_id.clone(),
+            reason: e.to_string(),
+        })?;
+        let bad_id = |reason: String| EntryError::BadSpiffeId {
+            id: self.spiffe_id.clone(),
+            reason,
+        };
+        if spiffe_id.trust_domain_name() != td.as_str() {
+            return Err(bad_id(format!("not in this CA's trust domain {td}")));
+        }
+        if spiffe_id.is_root() {
+            return Err(bad_id(
+                "a workload ID needs a path, e.g. spiffe://<td>/app".into(),
+            ));
+        }
+        let reserved = td
+            .spiffe_id(AGENT_PATH_PREFIX)
+            .map_err(|e| bad_id(e.to_string()))?;
+        if spiffe_id.is_under(&reserved) {
+            return Err(bad_id(format!(
+                "{AGENT_PATH_PREFIX} is reserved for agents"
+            )));
+        }
+        let parent_id = SpiffeId::parse(&self.parent_id).map_err(|e| EntryError::BadParentId {
+            id: self.parent_id.clone(),
+            reason: e.to_string(),
+        })?;
+        if parent_id.trust_domain_name() != td.as_str() {
+            return Err(EntryError::BadParentId {
+                id: self.parent_id.clone(),
+                reason: format!("not in this CA's trust domain {td}"),
+            });
+        }
+        let mut selectors = self
+            .selectors
+            .iter()
+            .map(|s| Selector::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        selectors.sort();
+        selectors.dedup();
+        if selectors.is_empty() {
+            return Err(EntryError::NoSelectors);
+        }
+        if self.x509_svid_ttl < 0 {
+            return Err(EntryError::NegativeTtl);
+        }
+        let ttl = self.x509_svid_ttl as u64;
+        if ttl > max_ttl.as_secs() {
+            return Err(EntryError::TtlTooLong {
+                asked: ttl,
+                max: max_ttl.as_secs(),
+            });
+        }
+        let mut dns_names = Vec::new();
+        for name in &self.dns_names {
+            let name = name.to_ascii_lowercase();
+            if !valid_dns_name(&name) {
+                return Err(EntryError::BadDnsName(name));
+            }
+            if !dns_names.contains(&name) {
+                dns_names.push(name);
+            }
+        }
+        Ok(EntrySpec {
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: ttl,
+            dns_names,
+            admin: self.admin,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> EntryInput {
+        EntryInput {
+            spiffe_id: "spiffe://example.org/web".into(),
+            parent_id: "spiffe://example.org/signet/agent/node1".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            ..Default::default()
+        }
+    }
+
+    fn check(i: EntryInput) -> Result<EntrySpec, EntryError> {
+        i.validate(
+            &TrustDomain::new("example.org").unwrap(),
+            Duration::from_secs(3600),
+        )
+    }
+
+    #[test]
+    fn every_selector_kind_is_validated() {
+        for ok in [
+            "unix:uid:0",
+            "unix:gid:1000",
+            "unix:user:www-data",
+            "unix:group:staff",
+            "unix:path:/usr/bin/app",
+            &format!("unix:sha256:{}", "ab".repeat(32)),
+        ] {
+            Selector::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "uid:1000",
+            "k8s:ns:default",
+            "unix:uid:-1",
+            "unix:uid:abc",
+            "unix:path:relative",
+            "unix:sha256:xyz",
+            "unix:pid:1",
+            "unix",
+            "unix:user:",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_a_reason() {
+        let mut i = input();
+        i.spiffe_id = "spiffe://example.org/bad//id".into();
+        assert!(matches!(check(i), Err(EntryError::BadSpiffeId { .. })));
+        let mut i = input();
+        i.spiffe_id = "spiffe://other.org/web".into();
+        assert!(matches!(check(i), Err(EntryError::BadSpiffeId { .. })));
+        let mut i = input();
+        i.spiffe_id = "spiffe://example.org/signet/agent/fake".into();
+        assert!(matches!(check(i), Err(EntryError::BadSpiffeId { .. })));
+        let mut i = input();
+        i.spiffe_id = "spiffe://example.org".into();
+        assert!(matches!(check(i), Err(EntryError::BadSpiffeId { .. })));
+        let mut i = input();
+        i.parent_id = "not-an-id".into();
+        assert!(matches!(check(i), Err(EntryError::BadParentId { .. })));
+        let mut i = input();
+        i.selectors.clear();
+        assert_eq!(check(i), Err(EntryError::NoSelectors));
+        let mut i = input();
+        i.selectors = vec!["docker:label:x".into()];
+        assert!(matches!(check(i), Err(EntryError::BadSelector { .. })));
+        let mut i = input();
+        i.x509_svid_ttl = 3601;
+        assert_eq!(
+            check(i),
+            Err(EntryError::TtlTooLong {
+                asked: 3601,
+                max: 3600
+            })
+        );
+        let mut i = input();
+        i.dns_names = vec!["bad_name.example".into()];
+        assert!(matches!(check(i), Err(EntryError::BadDnsName(_))));
+    }
+
+    #[test]
+    fn selectors_are_canonicalised() {
+        let mut i = input();
+        i.selectors = vec![
+            "unix:uid:1".into(),
+            "unix:gid:2".into(),
+            "unix:uid:1".into(),
+        ];
+        let spec = check(i).unwrap();
+        let s: Vec<String> = spec.selectors.iter().map(|s| s.to_string()).collect();
+        assert_eq!(s, vec!["unix:gid:2", "unix:uid:1"]);
+    }
+}

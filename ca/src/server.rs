@@ -1,0 +1,111 @@
+//! `signet ca serve`: opens the CA, binds its endpoints, logs one ready line,
+//! and shuts down gracefully when told to.
+
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::admin::{bind_socket, peer_allowed, AdminService};
+use crate::config::{redact_url, CaConfig};
+use crate::{Ca, CaError};
+
+/// How long in-flight requests get to finish after shutdown is requested.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the CA until `shutdown` completes. Errors before the ready line mean
+/// the CA did not start (bad config, database, key, port in use).
+pub async fn run(
+    config: CaConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), CaError> {
+    let admin_path = config.admin_socket_path();
+    let metrics_listen = config.metrics_listen.clone();
+    let database = redact_url(&config.database_url());
+    let ca = Ca::open(config).await?;
+
+    let io = |what: &str, e: std::io::Error| CaError::InvalidArgument(format!("{what}: {e}"));
+    let admin_listener = bind_socket(&admin_path)
+        .await
+        .map_err(|e| io(&format!("admin socket {}", admin_path.display()), e))?;
+    let own_uid = std::fs::metadata(&admin_path)
+        .map_err(|e| io("admin socket", e))?
+        .uid();
+    let metrics_listener = tokio::net::TcpListener::bind(&metrics_listen)
+        .await
+        .map_err(|e| io(&format!("metrics_listen {metrics_listen}"), e))?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|e| io("metrics_listen", e))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let incoming = UnixListenerStream::new(admin_listener).filter(move |conn| match conn {
+        Ok(stream) if !peer_allowed(stream, own_uid) => {
+            tracing::warn!("admin connection refused: peer is neither root nor the CA's user");
+            false
+        }
+        _ => true,
+    });
+    let admin = tonic::transport::Server::builder()
+        .add_service(AdminService::server(ca.clone()))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+    let health = crate::health::serve(metrics_listener, ca.clone(), stopped(stop_rx.clone()));
+    let admin = tokio::spawn(admin);
+    let health = tokio::spawn(health);
+    let pruner = tokio::spawn(prune_tokens(ca.clone(), stop_rx.clone()));
+
+    tracing::info!(
+        trust_domain = %ca.trust_domain,
+        admin_socket = %admin_path.display(),
+        metrics = %metrics_addr,
+        database = %database,
+        signing_key = %ca.authority().id,
+        "signet CA ready"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN, async {
+        let _ = admin.await;
+        let _ = health.await;
+        let _ = pruner.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
+    }
+    let _ = std::fs::remove_file(&admin_path);
+    ca.store.close().await;
+    tracing::info!("signet CA stopped");
+    Ok(())
+}
+
+/// Deletes expired join tokens every minute.
+async fn prune_tokens(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = signet_identity::x509_svid::unix_seconds(std::time::SystemTime::now());
+                match ca.store.prune_join_tokens(now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(count = n, "pruned expired join tokens"),
+                    Err(e) => tracing::warn!(error = %e, "pruning join tokens failed"),
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Attested agents.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+
+use super::{get, Store, StoreError};
+
+/// An agent the CA has attested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentRecord {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: String,
+    /// How it proved itself, e.g. `join_token`.
+    pub attestation_type: String,
+    /// Hex serial of its current SVID.
+    pub svid_serial: String,
+    /// When its current SVID expires, Unix seconds.
+    pub svid_expires_at: i64,
+    /// Banned agents can neither renew, sign nor re-attest.
+    pub banned: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
+    Ok(AgentRecord {
+        spiffe_id: get(row, "spiffe_id")?,
+        attestation_type: get(row, "attestation_type")?,
+        svid_serial: get(row, "svid_serial")?,
+        svid_expires_at: get(row, "svid_expires_at")?,
+        banned: get::<i64>(row, "banned")? != 0,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+const COLUMNS: &str =
+    "spiffe_id, attestation_type, svid_serial, svid_expires_at, banned, created_at, updated_at";
+
+impl Store {
+    /// Records a (re-)attested agent, or updates its SVID if it exists.
+    /// A banned agent stays banned.
+    pub async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
+             svid_serial = excluded.svid_serial, svid_expires_at = excluded.svid_expires_at, \
+             updated_at = excluded.updated_at"
+        ))
+        .bind(&agent.spiffe_id)
+        .bind(&agent.attestation_type)
+        .bind(&agent.svid_serial)
+        .bind(agent.svid_expires_at)
+        .bind(agent.banned as i64)
+        .bind(agent.created_at)
+        .bind(agent.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One agent.
+    pub async fn get_agent(&self, spiffe_id: &str) -> Result<AgentRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM agents WHERE spiffe_id = $1"
+        ))
+        .bind(spiffe_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("agent {spiffe_id}")))?;
+        agent_from_row(&row)
+    }
+
+    /// All agents, by SPIFFE ID.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM agents ORDER BY spiffe_id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Bans an agent.
+    pub async fn ban_agent(&self, spiffe_id: &str, now: i64) -> Result<AgentRecord, StoreError> {
+        let r = sqlx::query("UPDATE agents SET banned = 1, updated_at = $1 WHERE spiffe_id = $2")
+            .bind(now)
+            .bind(spiffe_id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("agent {spiffe_id}")));
+        }
+        self.get_agent(spiffe_id).await
+    }
+
+    /// Removes an agent's record (it may re-attest with a new token).
+    pub async fn delete_agent(&self, spiffe_id: &str) -> Result<(), StoreError> {
+        let r = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
+            .bind(spiffe_id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("agent {spiffe_id}")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Registration entries in the database.
+
+use signet_identity::SpiffeId;
+use sqlx::any::AnyRow;
+
+use super::{get, Store, StoreError};
+use crate::entry::{Entry, EntrySpec, Selector};
+
+/// Optional filters for listing entries.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    /// Only entries whose parent is this agent.
+    pub parent_id: Option<String>,
+    /// Only entries with this SPIFFE ID.
+    pub spiffe_id: Option<String>,
+}
+
+fn join_selectors(spec: &EntrySpec) -> String {
+    spec.selectors
+        .iter()
+        .map(Selector::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
+    let corrupt =
+        |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("entry {what}: {e}"));
+    let id: String = get(row, "id")?;
+    let spiffe_id =
+        SpiffeId::parse(&get::<String>(row, "spiffe_id")?).map_err(|e| corrupt("spiffe_id", &e))?;
+    let parent_id =
+        SpiffeId::parse(&get::<String>(row, "parent_id")?).map_err(|e| corrupt("parent_id", &e))?;
+    let selectors = get::<String>(row, "selectors")?
+        .lines()
+        .map(Selector::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt("selectors", &e))?;
+    let dns_names = get::<String>(row, "dns_names")?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    Ok(Entry {
+        id,
+        spec: EntrySpec {
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: get::<i64>(row, "x509_svid_ttl")? as u64,
+            dns_names,
+            admin: get::<i64>(row, "admin")? != 0,
+        },
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+        revision: get(row, "revision")?,
+    })
+}
+
+const COLUMNS: &str =
+    "id, spiffe_id, parent_id, selectors, x509_svid_ttl, dns_names, admin, created_at, updated_at, revision";
+
+impl Store {
+    /// Stores a new entry. `AlreadyExists` when an entry with the same SPIFFE
+    /// ID, parent and selectors exists.
+    pub async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(&format!(
+            "INSERT INTO entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(&id)
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(join_selectors(spec))
+        .bind(spec.x509_svid_ttl as i64)
+        .bind(spec.dns_names.join("\n"))
+        .bind(spec.admin as i64)
+        .bind(now)
+        .bind(now)
+        .bind(1i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;
+        Ok(Entry {
+            id,
+            spec: spec.clone(),
+            created_at: now,
+            updated_at: now,
+            revision: 1,
+        })
+    }
+
+    /// One entry by ID.
+    pub async fn get_entry(&self, id: &str) -> Result<Entry, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM entries WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("entry {id}")))?;
+        entry_from_row(&row)
+    }
+
+    /// Entries matching the filter, ordered by SPIFFE ID then ID.
+    pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, StoreError> {
+        // Empty strings mean "no filter" so that one prepared statement serves.
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM entries \
+             WHERE ($1 = '' OR parent_id = $1) AND ($2 = '' OR spiffe_id = $2) \
+             ORDER BY spiffe_id, id"
+        ))
+        .bind(filter.parent_id.clone().unwrap_or_default())
+        .bind(filter.spiffe_id.clone().unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Replaces an entry's fields, bumping its revision.
+    pub async fn update_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+        now: i64,
+    ) -> Result<Entry, StoreError> {
+        let result = sqlx::query(
+            "UPDATE entries SET spiffe_id = $1, parent_id = $2, selectors = $3, x509_svid_ttl = $4, \
+             dns_names = $5, admin = $6, updated_at = $7, revision = revision + 1 WHERE id = $8",
+        )
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(join_selectors(spec))
+        .bind(spec.x509_svid_ttl as i64)
+        .bind(spec.dns_names.join("\n"))
+        .bind(spec.admin as i64)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("entry {id}")));
+        }
+        self.get_entry(id).await
+    }
+
+    /// Deletes an entry.
+    pub async fn delete_entry(&self, id: &str) -> Result<(), StoreError> {
+        let result = sqlx::query("DELETE FROM entries WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("entry {id}")));
+        }
+        Ok(())
+    }
+}
+
+fn duplicate(spec: &EntrySpec) -> String {
+    format!(
+        "an entry for {} under {} with the same selectors",
+        spec.spiffe_id, spec.parent_id
+    )
+}

@@ -1,0 +1,265 @@
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use signet_identity::TrustDomain;
+
+use super::*;
+use crate::entry::EntryInput;
+use crate::test_db::{on_both_backends, TestDb};
+
+on_both_backends!(
+    entries_round_trip_and_filter,
+    duplicate_entry_is_refused_and_nothing_is_stored,
+    missing_entries_are_not_found,
+    join_tokens_are_single_use_and_expire,
+    agents_can_be_banned_and_evicted,
+    ca_keys_and_bundle_sequence_persist_across_reconnect,
+);
+
+fn spec(id: &str, parent: &str, selectors: &[&str]) -> crate::entry::EntrySpec {
+    EntryInput {
+        spiffe_id: id.into(),
+        parent_id: parent.into(),
+        selectors: selectors.iter().map(|s| s.to_string()).collect(),
+        dns_names: vec!["web.example.org".into()],
+        ..Default::default()
+    }
+    .validate(
+        &TrustDomain::new("example.org").unwrap(),
+        Duration::from_secs(86400),
+    )
+    .unwrap()
+}
+
+const A1: &str = "spiffe://example.org/signet/agent/a1";
+const A2: &str = "spiffe://example.org/signet/agent/a2";
+
+async fn entries_round_trip_and_filter(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    let e1 = store
+        .create_entry(
+            &spec("spiffe://example.org/web", A1, &["unix:uid:1000"]),
+            100,
+        )
+        .await
+        .unwrap();
+    let e2 = store
+        .create_entry(
+            &spec(
+                "spiffe://example.org/db",
+                A2,
+                &["unix:uid:1001", "unix:gid:5"],
+            ),
+            101,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_entry(&e1.id).await.unwrap(), e1);
+    assert_eq!(store.get_entry(&e2.id).await.unwrap(), e2);
+    let all = store.list_entries(&EntryFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let a1 = store
+        .list_entries(&EntryFilter {
+            parent_id: Some(A1.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(a1, vec![e1.clone()]);
+    let updated = store
+        .update_entry(
+            &e1.id,
+            &spec("spiffe://example.org/web2", A1, &["unix:uid:1000"]),
+            200,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.revision, 2);
+    assert_eq!(updated.spec.spiffe_id.as_str(), "spiffe://example.org/web2");
+    assert_eq!(updated.created_at, 100);
+    assert_eq!(updated.updated_at, 200);
+    store.delete_entry(&e1.id).await.unwrap();
+    assert_eq!(
+        store.list_entries(&EntryFilter::default()).await.unwrap(),
+        vec![e2]
+    );
+}
+
+async fn duplicate_entry_is_refused_and_nothing_is_stored(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    let s = spec("spiffe://example.org/web", A1, &["unix:uid:1000"]);
+    store.create_entry(&s, 1).await.unwrap();
+    let err = store.create_entry(&s, 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    assert_eq!(
+        store
+            .list_entries(&EntryFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Same ID under another parent, or with other selectors, is a different entry.
+    store
+        .create_entry(&spec("spiffe://example.org/web", A2, &["unix:uid:1000"]), 3)
+        .await
+        .unwrap();
+    store
+        .create_entry(&spec("spiffe://example.org/web", A1, &["unix:uid:1001"]), 4)
+        .await
+        .unwrap();
+    // An update that would collide is refused and leaves the row as it was.
+    let other = store
+        .create_entry(
+            &spec("spiffe://example.org/other", A1, &["unix:uid:1000"]),
+            5,
+        )
+        .await
+        .unwrap();
+    let err = store.update_entry(&other.id, &s, 6).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    assert_eq!(store.get_entry(&other.id).await.unwrap(), other);
+}
+
+async fn missing_entries_are_not_found(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    let s = spec("spiffe://example.org/web", A1, &["unix:uid:1000"]);
+    assert!(matches!(
+        store.get_entry("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.update_entry("nope", &s, 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_entry("nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn join_tokens_are_single_use_and_expire(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    store.insert_join_token("h1", A1, 1000, 10).await.unwrap();
+    store.insert_join_token("h2", A2, 1000, 10).await.unwrap();
+    assert_eq!(
+        store.use_join_token("h1", 500).await.unwrap(),
+        TokenUse::Accepted {
+            agent_id: A1.into()
+        }
+    );
+    assert_eq!(
+        store.use_join_token("h1", 501).await.unwrap(),
+        TokenUse::Unknown
+    );
+    assert_eq!(
+        store.use_join_token("h2", 1000).await.unwrap(),
+        TokenUse::Expired
+    );
+    assert_eq!(
+        store.use_join_token("h2", 10).await.unwrap(),
+        TokenUse::Unknown
+    );
+    assert_eq!(
+        store.use_join_token("never", 10).await.unwrap(),
+        TokenUse::Unknown
+    );
+    store.insert_join_token("h3", A1, 50, 10).await.unwrap();
+    assert_eq!(store.prune_join_tokens(60).await.unwrap(), 1);
+}
+
+async fn agents_can_be_banned_and_evicted(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    let agent = AgentRecord {
+        spiffe_id: A1.into(),
+        attestation_type: "join_token".into(),
+        svid_serial: "01ab".into(),
+        svid_expires_at: 5000,
+        banned: false,
+        created_at: 1,
+        updated_at: 1,
+    };
+    store.upsert_agent(&agent).await.unwrap();
+    assert_eq!(store.list_agents().await.unwrap(), vec![agent.clone()]);
+    let banned = store.ban_agent(A1, 7).await.unwrap();
+    assert!(banned.banned);
+    // Re-recording a banned agent does not lift the ban.
+    store
+        .upsert_agent(&AgentRecord {
+            updated_at: 8,
+            ..agent.clone()
+        })
+        .await
+        .unwrap();
+    assert!(store.get_agent(A1).await.unwrap().banned);
+    store.delete_agent(A1).await.unwrap();
+    assert!(matches!(
+        store.get_agent(A1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.ban_agent(A2, 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_agent(A2).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn ca_keys_and_bundle_sequence_persist_across_reconnect(db: TestDb) {
+    let key = CaKeyRecord {
+        id: "k1".into(),
+        cert_der: vec![1, 2, 3],
+        chain_pem: String::new(),
+        self_signed: true,
+        status: "active".into(),
+        not_before: 10,
+        not_after: 10_000,
+        created_at: 10,
+    };
+    {
+        let store = Store::connect(&db.url).await.unwrap();
+        store
+            .insert_ca_key(&key, &[("fp1".into(), vec![1, 2, 3], 10_000)])
+            .await
+            .unwrap();
+        store
+            .set_setting("trust_domain", "example.org")
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let store = Store::connect(&db.url).await.unwrap();
+    assert_eq!(store.active_ca_keys().await.unwrap(), vec![key.clone()]);
+    assert_eq!(store.bundle(20).await.unwrap(), (vec![vec![1, 2, 3]], 1));
+    assert_eq!(
+        store.setting("trust_domain").await.unwrap().as_deref(),
+        Some("example.org")
+    );
+    // Adding the same root again does not bump the sequence; a new one does.
+    let k2 = CaKeyRecord {
+        id: "k2".into(),
+        ..key.clone()
+    };
+    store
+        .insert_ca_key(&k2, &[("fp1".into(), vec![1, 2, 3], 10_000)])
+        .await
+        .unwrap();
+    assert_eq!(store.bundle(20).await.unwrap().1, 1);
+    let k3 = CaKeyRecord {
+        id: "k3".into(),
+        ..key
+    };
+    store
+        .insert_ca_key(&k3, &[("fp2".into(), vec![4], 10_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.bundle(20).await.unwrap(),
+        (vec![vec![1, 2, 3], vec![4]], 2)
+    );
+    // Expired authorities drop out of the bundle.
+    assert_eq!(store.bundle(10_000).await.unwrap().0.len(), 0);
+}
