@@ -1,1 +1,320 @@
+//! End-to-end tests of `signet ca serve` and the admin CLI, with the real
+//! binary as separate processes.
+#![allow(clippy::unwrap_used)]
 
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const AGENT: &str = "spiffe://example.org/signet/agent/node-1";
+
+fn create_web_entry(ca: &TestCa) -> String {
+    ca.run_ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        AGENT,
+        "--selector",
+        "unix:uid:1000",
+        "--x509-ttl",
+        "30m",
+        "--dns-name",
+        "web.local",
+    ])
+}
+
+#[test]
+fn token_and_entry_create_print_only_the_value_on_stdout() {
+    let ca = TestCa::start(&[]);
+    let token = ca.run_ok(&["token", "create", "--ttl", "5m", "--node-name", "node-1"]);
+    let token = token.strip_suffix('\n').unwrap();
+    assert_eq!(token.len(), 64, "{token:?}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let id = create_web_entry(&ca);
+    let id = id.strip_suffix('\n').unwrap();
+    assert!(!id.contains(char::is_whitespace));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["entry", "show", id, "--output", "json"])).unwrap();
+    assert_eq!(shown["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(shown["x509_svid_ttl"], 1800);
+    assert_eq!(shown["selectors"][0], "unix:uid:1000");
+}
+
+#[test]
+fn entry_lifecycle_through_the_cli() {
+    let ca = TestCa::start(&[]);
+    let id = create_web_entry(&ca).trim().to_owned();
+    let list: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["entry", "list", "--output", "json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let table = ca.run_ok(&["entry", "list"]);
+    assert!(table.starts_with("ENTRY ID"), "{table}");
+    assert!(table.contains("spiffe://example.org/web"));
+    ca.run_ok(&[
+        "entry",
+        "update",
+        &id,
+        "--x509-ttl",
+        "2h",
+        "--selector",
+        "unix:uid:1001",
+    ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["entry", "show", &id, "--output", "json"])).unwrap();
+    assert_eq!(shown["x509_svid_ttl"], 7200);
+    assert_eq!(shown["selectors"][0], "unix:uid:1001");
+    assert_eq!(
+        shown["dns_names"][0], "web.local",
+        "update keeps fields not given"
+    );
+    assert_eq!(shown["revision"], 2);
+    let filtered = ca.run_ok(&[
+        "entry",
+        "list",
+        "--parent-id",
+        "spiffe://example.org/signet/agent/other",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(filtered.trim(), "[]");
+    ca.run_ok(&["entry", "delete", &id]);
+    assert!(ca.run_err(&["entry", "show", &id]).contains("not found"));
+}
+
+#[test]
+fn bad_admin_input_gets_one_line_that_says_what_to_fix_and_stores_nothing() {
+    let ca = TestCa::start(&[]);
+    create_web_entry(&ca);
+    let dup = ca.run_err(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        AGENT,
+        "--selector",
+        "unix:uid:1000",
+    ]);
+    assert!(dup.contains("already exists"), "{dup}");
+    let e = ca.run_err(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/Web Server",
+        "--parent-id",
+        AGENT,
+        "--selector",
+        "unix:uid:1",
+    ]);
+    assert!(e.contains("--spiffe-id"), "{e}");
+    let e = ca.run_err(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/a",
+        "--parent-id",
+        AGENT,
+        "--selector",
+        "docker:label:x",
+    ]);
+    assert!(e.contains("unknown selector type"), "{e}");
+    let e = ca.run_err(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/a",
+        "--parent-id",
+        AGENT,
+        "--selector",
+        "unix:uid:1",
+        "--x509-ttl",
+        "30d",
+    ]);
+    assert!(e.contains("exceeds the CA's maximum"), "{e}");
+    let e = ca.run_err(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/signet/agent/x",
+        "--parent-id",
+        AGENT,
+        "--selector",
+        "unix:uid:1",
+    ]);
+    assert!(e.contains("reserved for agents"), "{e}");
+    let e = ca.run_err(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://other.org/a",
+        "--parent-id",
+        AGENT,
+        "--selector",
+        "unix:uid:1",
+    ]);
+    assert!(e.contains("trust domain"), "{e}");
+    let list: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["entry", "list", "--output", "json"])).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "refused entries were not stored"
+    );
+    let e = run_err(&["entry", "list"], &ca.dir.path().join("nope.sock"));
+    assert!(e.contains("is `signet ca serve` running?"), "{e}");
+    let e = ca.run_err(&["agent", "ban", AGENT]);
+    assert!(e.contains("not found"), "{e}");
+    assert_eq!(
+        ca.run_ok(&["agent", "list", "--output", "json"]).trim(),
+        "[]"
+    );
+}
+
+#[test]
+fn restart_keeps_entries_ca_key_and_bundle() {
+    let ca = TestCa::start(&[]);
+    let id = create_web_entry(&ca).trim().to_owned();
+    let bundle = ca.run_ok(&["bundle", "show"]);
+    let socket = ca.admin_socket.clone();
+    let dir = ca.stop();
+    assert!(!socket.exists(), "admin socket removed on shutdown");
+    let ca = TestCa::start_in(dir, &[]);
+    assert_eq!(ca.run_ok(&["bundle", "show"]), bundle);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["entry", "show", &id, "--output", "json"])).unwrap();
+    assert_eq!(shown["spiffe_id"], "spiffe://example.org/web");
+}
+
+#[test]
+fn bundle_is_published_as_pem_and_spiffe_jwks() {
+    let ca = TestCa::start(&[]);
+    let pem = ca.run_ok(&["bundle", "show", "--format", "pem"]);
+    let path = ca.dir.path().join("bundle.pem");
+    std::fs::write(&path, &pem).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("URI:spiffe://example.org"), "{text}");
+    assert!(text.contains("CA:TRUE"));
+    let jwks: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["bundle", "show", "--format", "jwks"])).unwrap();
+    assert_eq!(jwks["keys"][0]["use"], "x509-svid");
+    assert_eq!(jwks["spiffe_sequence"], 1);
+    assert_eq!(jwks["spiffe_refresh_hint"], 300);
+    // The bundle root is a valid SVID signing certificate.
+    let inspect = run_ok(
+        &["x509", "inspect", path.to_str().unwrap()],
+        &ca.admin_socket,
+    );
+    assert!(inspect.contains("rules:     ok"), "{inspect}");
+}
+
+#[test]
+fn health_and_metrics_endpoints_answer() {
+    let ca = TestCa::start(&[]);
+    assert_eq!(ca.http_get("/live").0, 200);
+    assert_eq!(ca.http_get("/ready"), (200, "ready\n".to_string()));
+    ca.run_ok(&["token", "create"]);
+    let (code, body) = ca.http_get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("signet_ca_join_tokens_created_total 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("signet_ca_admin_calls_total{method=\"CreateJoinToken\",code=\"Ok\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("signet_ca_signing_cert_expiry_timestamp_seconds"),
+        "{body}"
+    );
+}
+
+#[test]
+fn config_file_is_read_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ca.toml");
+    std::fs::write(
+        &cfg,
+        "trust_domain = \"from-file.org\"\ndefault_x509_svid_ttl = 600\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("a.sock");
+    let mut cmd = signet();
+    cmd.args(["ca", "serve", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .arg("--admin-socket")
+        .arg(&socket)
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let mut d = Daemon::spawn(cmd);
+    let ready = d.wait_for("signet CA ready", Duration::from_secs(30));
+    assert!(ready.contains("from-file.org"), "{ready}");
+    drop(d);
+    let mut cmd = signet();
+    cmd.args(["ca", "serve", "--config"])
+        .arg(&cfg)
+        .args(["--trust-domain", "from-flag.org", "--data-dir"])
+        .arg(dir.path().join("d2"))
+        .arg("--admin-socket")
+        .arg(&socket)
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let mut d = Daemon::spawn(cmd);
+    let ready = d.wait_for("signet CA ready", Duration::from_secs(30));
+    assert!(ready.contains("from-flag.org"), "{ready}");
+    drop(d);
+    std::fs::write(&cfg, "trust_domian = \"typo.org\"\n").unwrap();
+    let out = signet()
+        .args(["ca", "serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("trust_domian") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn admin_socket_is_owner_only_and_other_users_are_refused_even_if_its_mode_is_loosened() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = TestCa::start(&[]);
+    let mode = std::fs::metadata(&ca.admin_socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    if !is_root() {
+        eprintln!("!!! SKIPPING the other-uid half of this test: it needs root to run a child as another user");
+        return;
+    }
+    // Loosen the socket and its directories as a careless operator might.
+    std::fs::set_permissions(&ca.admin_socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(ca.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let out = signet()
+        .args(["entry", "list"])
+        .env("SIGNET_ADMIN_SOCKET", &ca.admin_socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a non-owner uid must not use the admin API"
+    );
+    // The owner still can.
+    ca.run_ok(&["entry", "list"]);
+}

@@ -1,1 +1,86 @@
-fn main() {}
+//! `signet`: runs each Signet daemon and administers identities.
+//!
+//! Errors end the process with one line on stderr saying what to fix, and a
+//! non-zero exit status.
+#![forbid(unsafe_code)]
+
+mod admin_client;
+mod commands;
+mod duration;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Signet: zero-trust workload identity (SPIFFE) — CA, agent, sidecar proxy and admin tool.
+#[derive(Parser)]
+#[command(name = "signet", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a throwaway Signet on this machine with no configuration.
+    ///
+    /// Example:
+    ///   signet dev
+    #[command(verbatim_doc_comment)]
+    Dev(commands::dev::DevArgs),
+    /// Run the certificate authority.
+    #[command(subcommand)]
+    Ca(commands::ca::CaCommand),
+    /// Create join tokens for new agents.
+    #[command(subcommand)]
+    Token(commands::token::TokenCommand),
+    /// Manage registration entries (which workload gets which SPIFFE ID).
+    #[command(subcommand)]
+    Entry(commands::entry::EntryCommand),
+    /// List, ban and evict node agents.
+    #[command(subcommand)]
+    Agent(commands::agent::AgentCommand),
+    /// Show the trust bundle.
+    #[command(subcommand)]
+    Bundle(commands::bundle::BundleCommand),
+    /// Inspect X.509 certificates offline.
+    #[command(subcommand)]
+    X509(commands::x509::X509Command),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("signet: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(a) => commands::dev::run(a).await,
+            Command::Ca(c) => c.run().await,
+            Command::Token(c) => c.run().await,
+            Command::Entry(c) => c.run().await,
+            Command::Agent(c) => c.run().await,
+            Command::Bundle(c) => c.run().await,
+            Command::X509(c) => c.run(),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context, then the causes.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("signet: error: {msg}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

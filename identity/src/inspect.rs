@@ -40,14 +40,17 @@ pub struct CertSummary {
 }
 
 /// Describes each certificate of `chain` (leaf first). The first certificate
-/// is judged as a leaf SVID, the rest as signing certificates.
+/// is judged as a leaf SVID and the rest as signing certificates, except
+/// that a lone self-issued CA certificate (a bundle root) is judged as a
+/// signing certificate.
 pub fn inspect_chain(chain: &[CertificateDer<'_>], now: SystemTime) -> Vec<CertSummary> {
     chain
         .iter()
         .enumerate()
         .map(|(i, der)| match x509_parser::parse_x509_certificate(der) {
             Ok((_, cert)) => {
-                let violations = if i == 0 {
+                let lone_root = chain.len() == 1 && cert.is_ca() && cert.subject() == cert.issuer();
+                let violations = if i == 0 && !lone_root {
                     leaf_violations(&cert, now)
                 } else {
                     signing_violations(&cert, now)

@@ -294,3 +294,14 @@ fn inspect_lists_every_broken_rule() {
     assert_eq!(report[0].key_type, "EC P-256");
     assert_eq!(report[0].violations.len(), 2, "{:?}", report[0].violations);
 }
+
+#[test]
+fn inspect_judges_a_lone_root_as_a_signing_certificate() {
+    let ca = TestCa::new("example.org");
+    let report = crate::inspect_chain(std::slice::from_ref(&ca.root.der), SystemTime::now());
+    assert!(
+        report[0].violations.is_empty(),
+        "{:?}",
+        report[0].violations
+    );
+}

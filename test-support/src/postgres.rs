@@ -136,7 +136,9 @@ impl TestPostgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        watchdog.spawn().expect("spawn PostgreSQL watchdog");
+        // Deliberately not waited for: it must outlive this process.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = watchdog.spawn().expect("spawn PostgreSQL watchdog");
         // The tempdir is removed at exit only if nothing else holds it; the
         // watchdog stops the server first, and a leftover dir in /tmp is harmless.
         Some(Self { port, _dir: dir })

@@ -1,0 +1,64 @@
+//! `signet bundle show`.
+
+use anyhow::Context;
+use signet_identity::{CertificateDer, TrustBundle, TrustDomain};
+use signet_proto::admin as pb;
+
+use crate::admin_client::{AdminSocket, ResponseExt};
+
+/// Bundle formats.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BundleFormat {
+    /// PEM certificates (for openssl, curl, most TLS stacks).
+    Pem,
+    /// SPIFFE bundle: a JWK set with spiffe_sequence and spiffe_refresh_hint.
+    Jwks,
+}
+
+/// Bundle commands.
+#[derive(clap::Subcommand)]
+pub enum BundleCommand {
+    /// Print the trust domain's X.509 authorities.
+    ///
+    /// Example:
+    ///   signet bundle show --format pem > bundle.pem
+    #[command(verbatim_doc_comment)]
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+}
+
+impl BundleCommand {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let BundleCommand::Show { format, admin } = self;
+        let b = admin
+            .connect()
+            .await?
+            .get_bundle(pb::GetBundleRequest {})
+            .await
+            .into_result()?;
+        let td =
+            TrustDomain::new(&b.trust_domain).context("the CA sent an invalid trust domain")?;
+        let mut bundle = TrustBundle::new(
+            td,
+            b.x509_authorities
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+        )
+        .context("the CA sent an invalid bundle")?;
+        bundle.sequence = b.sequence;
+        bundle.refresh_hint_secs =
+            (b.refresh_hint_seconds > 0).then_some(b.refresh_hint_seconds as u64);
+        match format {
+            BundleFormat::Pem => print!("{}", bundle.to_pem()),
+            BundleFormat::Jwks => println!("{}", bundle.to_jwks()?),
+        }
+        Ok(())
+    }
+}

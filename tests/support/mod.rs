@@ -1,0 +1,221 @@
+//! Helpers for end-to-end tests that run the real `signet` binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// Path of the `signet` binary under test.
+pub fn signet_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_signet"))
+}
+
+/// A `signet` command with a clean environment for Signet variables.
+pub fn signet() -> Command {
+    let mut c = Command::new(signet_bin());
+    c.env_remove("SIGNET_ADMIN_SOCKET")
+        .env_remove("SPIFFE_ENDPOINT_SOCKET");
+    c
+}
+
+/// Runs `signet` with `args`; returns the output.
+pub fn run(args: &[&str], admin_socket: &Path) -> Output {
+    signet()
+        .args(args)
+        .env("SIGNET_ADMIN_SOCKET", admin_socket)
+        .output()
+        .unwrap()
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn run_ok(args: &[&str], admin_socket: &Path) -> String {
+    let out = run(args, admin_socket);
+    assert!(
+        out.status.success(),
+        "signet {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs and asserts failure with exactly one line on stderr; returns it.
+pub fn run_err(args: &[&str], admin_socket: &Path) -> String {
+    let out = run(args, admin_socket);
+    assert!(
+        !out.status.success(),
+        "signet {args:?} unexpectedly succeeded"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("signet: error: "), "{stderr}");
+    lines[0].to_owned()
+}
+
+/// A daemon child process whose stderr is collected line by line; it is
+/// terminated (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    lines: Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Daemon {
+    pub fn spawn(mut cmd: Command) -> Daemon {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn daemon");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines: rx,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`; panics with the log so far.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?} within {timeout:?}; exit: {:?}; log:\n{}",
+                    self.child.try_wait(),
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit; returns whether it exited with 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.try_recv() {
+                    self.log.push(line);
+                }
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// A `signet ca serve` in a temp dir.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub daemon: Daemon,
+    pub admin_socket: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl TestCa {
+    pub fn start(extra: &[&str]) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestCa {
+        let admin_socket = dir.path().join("admin.sock");
+        let metrics_port = signet_test_support::free_port();
+        let mut cmd = signet();
+        cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--admin-socket")
+            .arg(&admin_socket)
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra);
+        let mut daemon = Daemon::spawn(cmd);
+        daemon.wait_for("signet CA ready", Duration::from_secs(30));
+        TestCa {
+            dir,
+            daemon,
+            admin_socket,
+            metrics_port,
+        }
+    }
+
+    /// Stops the CA and hands back its directory for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        assert!(
+            self.daemon.terminate(),
+            "CA did not exit cleanly:\n{}",
+            self.daemon.log.join("\n")
+        );
+        let TestCa { dir, .. } = self;
+        dir
+    }
+
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        run_ok(args, &self.admin_socket)
+    }
+
+    pub fn run_err(&self, args: &[&str]) -> String {
+        run_err(args, &self.admin_socket)
+    }
+
+    /// HTTP GET on the metrics port: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_port, path)
+    }
+}
+
+/// Minimal HTTP/1.0 GET against 127.0.0.1:`port`.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Whether this test process runs as root (CI does).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
