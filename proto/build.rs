@@ -2,7 +2,11 @@
 //! system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/signet/admin/v1/admin.proto"];
+    let protos = [
+        "proto/signet/admin/v1/admin.proto",
+        "proto/signet/node/v1/node.proto",
+        "proto/workload.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -25,6 +25,7 @@
 mod bundle;
 mod inspect;
 mod spiffe_id;
+pub mod tls;
 mod verify;
 pub mod x509_svid;
 

@@ -4,10 +4,22 @@
 //! are the contract; this crate only compiles them (with protox, no system
 //! `protoc`).
 //!
-//! - [`admin`]: the CA's local administration API (`signet.admin.v1`).
+//! - [`admin`]: the CA's local administration API (`signet.admin.v1`);
+//! - [`node`]: the CA's API for agents, over mTLS (`signet.node.v1`);
+//! - [`workload`]: the standard SPIFFE Workload API agents serve to workloads.
 #![allow(missing_docs)]
 
 /// The CA's administration API, spoken over its admin Unix socket.
 pub mod admin {
     tonic::include_proto!("signet.admin.v1");
+}
+
+/// The CA's API for node agents.
+pub mod node {
+    tonic::include_proto!("signet.node.v1");
+}
+
+/// The SPIFFE Workload API (no protobuf package, as in the public spec).
+pub mod workload {
+    tonic::include_proto!("_");
 }
