@@ -145,7 +145,7 @@ fn bad_admin_input_gets_one_line_that_says_what_to_fix_and_stores_nothing() {
         "--selector",
         "unix:uid:1",
     ]);
-    assert!(e.contains("reserved for agents"), "{e}");
+    assert!(e.contains("reserved for Signet"), "{e}");
     let e = ca.run_err(&[
         "entry",
         "create",
@@ -255,7 +255,7 @@ fn config_file_is_read_and_flags_override_it() {
         .arg(dir.path().join("d"))
         .arg("--admin-socket")
         .arg(&socket)
-        .args(["--metrics-listen", "127.0.0.1:0"]);
+        .args(["--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
     let mut d = Daemon::spawn(cmd);
     let ready = d.wait_for("signet CA ready", Duration::from_secs(30));
     assert!(ready.contains("from-file.org"), "{ready}");
@@ -267,7 +267,7 @@ fn config_file_is_read_and_flags_override_it() {
         .arg(dir.path().join("d2"))
         .arg("--admin-socket")
         .arg(&socket)
-        .args(["--metrics-listen", "127.0.0.1:0"]);
+        .args(["--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
     let mut d = Daemon::spawn(cmd);
     let ready = d.wait_for("signet CA ready", Duration::from_secs(30));
     assert!(ready.contains("from-flag.org"), "{ready}");

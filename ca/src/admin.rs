@@ -175,7 +175,7 @@ impl Admin for AdminService {
         req: Request<pb::DeleteEntryRequest>,
     ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
         let id = req.into_inner().id;
-        let r = self.ca.store.delete_entry(&id).await.map_err(CaError::from);
+        let r = self.ca.delete_entry(&id).await;
         if r.is_ok() {
             tracing::info!(entry_id = %id, "entry deleted");
         }

@@ -56,6 +56,9 @@ pub struct Ca {
     /// Its metrics.
     pub metrics: Metrics,
     authority: RwLock<Arc<Authority>>,
+    /// Bumped whenever entries, agents or the bundle change; sync streams
+    /// to agents wake on it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Ca {
@@ -70,6 +73,7 @@ impl Ca {
         let ca = Arc::new(Ca {
             metrics: Metrics::new(),
             authority: RwLock::new(Arc::new(authority)),
+            changes: tokio::sync::watch::channel(0).0,
             config,
             trust_domain,
             store,
@@ -101,16 +105,37 @@ impl Ca {
         Ok(bundle)
     }
 
+    /// Tells every agent sync stream to re-read its entries.
+    pub fn notify_change(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes on every [`Ca::notify_change`].
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// Validates and stores a new entry.
     pub async fn create_entry(&self, input: &EntryInput) -> Result<Entry, CaError> {
         let spec = self.validate_entry(input)?;
-        Ok(self.store.create_entry(&spec, now()).await?)
+        let entry = self.store.create_entry(&spec, now()).await?;
+        self.notify_change();
+        Ok(entry)
     }
 
     /// Validates and applies an update to an entry.
     pub async fn update_entry(&self, id: &str, input: &EntryInput) -> Result<Entry, CaError> {
         let spec = self.validate_entry(input)?;
-        Ok(self.store.update_entry(id, &spec, now()).await?)
+        let entry = self.store.update_entry(id, &spec, now()).await?;
+        self.notify_change();
+        Ok(entry)
+    }
+
+    /// Deletes an entry.
+    pub async fn delete_entry(&self, id: &str) -> Result<(), CaError> {
+        self.store.delete_entry(id).await?;
+        self.notify_change();
+        Ok(())
     }
 
     fn validate_entry(&self, input: &EntryInput) -> Result<EntrySpec, CaError> {
@@ -167,6 +192,7 @@ impl Ca {
     /// Bans an agent.
     pub async fn ban_agent(&self, spiffe_id: &str) -> Result<AgentRecord, CaError> {
         let agent = self.store.ban_agent(spiffe_id, now()).await?;
+        self.notify_change();
         tracing::warn!(agent_id = spiffe_id, "agent banned");
         Ok(agent)
     }
@@ -174,6 +200,7 @@ impl Ca {
     /// Evicts an agent.
     pub async fn evict_agent(&self, spiffe_id: &str) -> Result<(), CaError> {
         self.store.delete_agent(spiffe_id).await?;
+        self.notify_change();
         tracing::warn!(agent_id = spiffe_id, "agent evicted");
         Ok(())
     }

@@ -7,9 +7,14 @@ use std::time::Duration;
 use serde::Serialize;
 use signet_identity::{SpiffeId, TrustDomain};
 
-/// Path prefix reserved for agent identities; no workload may be registered
-/// under it, so a workload can never impersonate a node.
+/// Path prefix reserved for Signet's own identities (the CA server, agents);
+/// no workload may be registered under it, so a workload can never
+/// impersonate a node or the CA.
+pub const RESERVED_PATH_PREFIX: &str = "/signet";
+/// Path prefix of agent identities (under the reserved prefix).
 pub const AGENT_PATH_PREFIX: &str = "/signet/agent";
+/// Path of the CA server's own SVID, which agents expect on the node API.
+pub const SERVER_PATH: &str = "/signet/server";
 
 /// Why an entry (or a selector) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -331,6 +336,9 @@ mod tests {
         assert!(matches!(check(i), Err(EntryError::BadSpiffeId { .. })));
         let mut i = input();
         i.spiffe_id = "spiffe://example.org/signet/agent/fake".into();
+        assert!(matches!(check(i), Err(EntryError::BadSpiffeId { .. })));
+        let mut i = input();
+        i.spiffe_id = "spiffe://example.org/signet/server".into();
         assert!(matches!(check(i), Err(EntryError::BadSpiffeId { .. })));
         let mut i = input();
         i.spiffe_id = "spiffe://example.org".into();

@@ -3,16 +3,16 @@
 //! Signet's certificate authority for one trust domain.
 //!
 //! ```text
-//!              admin socket (gRPC, 0600)          /metrics /ready /live
-//!                      │                                   │
-//!   signet CLI ──▶ admin::AdminService ──┐          health::serve
-//!                                        ▼
-//!                                   ca::Ca (shared state)
-//!                        ┌───────────────┼─────────────────┐
-//!                        ▼               ▼                 ▼
-//!               authority::Authority  store::Store   issuance::sign_x509_svid
-//!               (signing keys, files  (sqlx: SQLite   (CSR → X.509-SVID chain)
-//!                0600, bundle)         or Postgres)
+//!   agents ──TLS 1.3 / mTLS──▶ node_tls ─▶ node_api::NodeService ─┐
+//!   signet CLI ──admin socket (0600)──▶ admin::AdminService ─────┤
+//!   Prometheus ──▶ health::serve (/metrics /ready /live) ────────┤
+//!                                                                 ▼
+//!                                                        ca::Ca (shared state)
+//!                          ┌──────────────────────────────────┼──────────────────────┐
+//!                          ▼                                  ▼                      ▼
+//!              authority::Authority                    store::Store       issuance::sign_x509_svid
+//!              (signing key: file 0600,                (sqlx: SQLite      (CSR → X.509-SVID chain)
+//!               certificate + bundle in the DB)         or PostgreSQL)
 //! ```
 //!
 //! Entries ([`entry`]) and join tokens ([`join_token`]) are validated before
@@ -27,6 +27,8 @@ pub mod health;
 pub mod issuance;
 pub mod join_token;
 pub mod metrics;
+pub mod node_api;
+pub mod node_tls;
 pub mod server;
 pub mod store;
 

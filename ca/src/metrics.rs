@@ -33,6 +33,8 @@ pub struct Metrics {
     pub issuance_failures: Family<ReasonLabel, Counter>,
     /// Join tokens created.
     pub join_tokens_created: Counter,
+    /// Refused agent attestations and node API calls by reason.
+    pub node_refusals: Family<ReasonLabel, Counter>,
     /// Admin API calls by method and status.
     pub admin_calls: Family<AdminCallLabels, Counter>,
     /// notAfter of the active signing certificate, Unix seconds.
@@ -67,6 +69,12 @@ impl Metrics {
             "Join tokens minted",
             join_tokens_created.clone(),
         );
+        let node_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "node_refusals",
+            "Agent attestations and node API requests refused, by reason",
+            node_refusals.clone(),
+        );
         let admin_calls = Family::<AdminCallLabels, Counter>::default();
         registry.register(
             "admin_calls",
@@ -84,6 +92,7 @@ impl Metrics {
             svids_issued,
             issuance_failures,
             join_tokens_created,
+            node_refusals,
             admin_calls,
             ca_expiry,
         }
@@ -99,6 +108,15 @@ impl Metrics {
             IssueError::Sign(_) => "sign_error",
         };
         self.issuance_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Records a refused attestation or node API request.
+    pub fn attestation_failed(&self, reason: &str) {
+        self.node_refusals
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })

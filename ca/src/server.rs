@@ -40,6 +40,13 @@ pub async fn run(
     let metrics_addr = metrics_listener
         .local_addr()
         .map_err(|e| io("metrics_listen", e))?;
+    let node_listen = ca.config.listen.clone();
+    let node_listener = tokio::net::TcpListener::bind(&node_listen)
+        .await
+        .map_err(|e| io(&format!("listen {node_listen}"), e))?;
+    let node_addr = node_listener.local_addr().map_err(|e| io("listen", e))?;
+    let bundle = signet_identity::tls::BundleHandle::new(ca.bundle().await?);
+    let (tls_config, resolver, server_svid_lifetime) = crate::node_tls::server_config(&ca, bundle)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -57,12 +64,28 @@ pub async fn run(
         .add_service(AdminService::server(ca.clone()))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let health = crate::health::serve(metrics_listener, ca.clone(), stopped(stop_rx.clone()));
+    let node_incoming = tokio_stream::wrappers::ReceiverStream::new(crate::node_tls::accept_tls(
+        node_listener,
+        tls_config,
+        stop_rx.clone(),
+    ));
+    let node = tonic::transport::Server::builder()
+        .add_service(crate::node_api::NodeService::server(ca.clone()))
+        .serve_with_incoming_shutdown(node_incoming, stopped(stop_rx.clone()));
+    let node = tokio::spawn(node);
+    let rotator = tokio::spawn(crate::node_tls::rotate_server_svid(
+        ca.clone(),
+        resolver,
+        server_svid_lifetime,
+        stop_rx.clone(),
+    ));
     let admin = tokio::spawn(admin);
     let health = tokio::spawn(health);
     let pruner = tokio::spawn(prune_tokens(ca.clone(), stop_rx.clone()));
 
     tracing::info!(
         trust_domain = %ca.trust_domain,
+        node_api = %node_addr,
         admin_socket = %admin_path.display(),
         metrics = %metrics_addr,
         database = %database,
@@ -75,6 +98,8 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN, async {
         let _ = admin.await;
+        let _ = node.await;
+        let _ = rotator.await;
         let _ = health.await;
         let _ = pruner.await;
     })

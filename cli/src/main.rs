@@ -36,12 +36,15 @@ enum Command {
     /// Manage registration entries (which workload gets which SPIFFE ID).
     #[command(subcommand)]
     Entry(commands::entry::EntryCommand),
-    /// List, ban and evict node agents.
+    /// Run the node agent; list, ban and evict agents.
     #[command(subcommand)]
     Agent(commands::agent::AgentCommand),
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(commands::bundle::BundleCommand),
+    /// Show or write this process's identity, from the Workload API.
+    #[command(subcommand)]
+    Id(commands::id::IdCommand),
     /// Inspect X.509 certificates offline.
     #[command(subcommand)]
     X509(commands::x509::X509Command),
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Entry(c) => c.run().await,
             Command::Agent(c) => c.run().await,
             Command::Bundle(c) => c.run().await,
+            Command::Id(c) => c.run().await,
             Command::X509(c) => c.run(),
         }
     });

@@ -140,6 +140,7 @@ pub struct TestCa {
     pub daemon: Daemon,
     pub admin_socket: PathBuf,
     pub metrics_port: u16,
+    pub node_port: u16,
 }
 
 impl TestCa {
@@ -151,12 +152,14 @@ impl TestCa {
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestCa {
         let admin_socket = dir.path().join("admin.sock");
         let metrics_port = signet_test_support::free_port();
+        let node_port = signet_test_support::free_port();
         let mut cmd = signet();
         cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--admin-socket")
             .arg(&admin_socket)
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--listen", &format!("127.0.0.1:{node_port}")])
             .args(extra);
         let mut daemon = Daemon::spawn(cmd);
         daemon.wait_for("signet CA ready", Duration::from_secs(30));

@@ -9,6 +9,18 @@ use crate::output::{self, timestamp, Format};
 /// Agent commands.
 #[derive(clap::Subcommand)]
 pub enum AgentCommand {
+    /// Run the node agent: attest to the CA, keep SVIDs fresh, serve the Workload API.
+    ///
+    /// On first start the agent needs a join token and a way to trust the CA
+    /// (--trust-bundle, or --insecure-bootstrap for development). It keeps
+    /// its SVID and key in --data-dir, so later starts need neither. It logs
+    /// one "signet agent ready" line when it serves.
+    ///
+    /// Example:
+    ///   signet agent run --ca ca.internal:8081 --trust-bundle bundle.pem \
+    ///     --join-token $TOKEN --socket /run/signet/agent.sock
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
     /// List attested agents.
     ///
     /// Example:
@@ -70,10 +82,87 @@ impl From<pb::Agent> for AgentView {
     }
 }
 
+/// Flags of `signet agent run`; each overrides the config file.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// The CA's node API address, host:port [default: 127.0.0.1:8081].
+    #[arg(long)]
+    ca: Option<String>,
+    /// PEM bundle to authenticate the CA on first contact.
+    #[arg(long, conflicts_with = "insecure_bootstrap")]
+    trust_bundle: Option<std::path::PathBuf>,
+    /// Trust whatever answers at --ca on first contact (development only).
+    #[arg(long)]
+    insecure_bootstrap: bool,
+    /// Single-use join token (first start only).
+    #[arg(long, env = "SIGNET_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Trust domain of the CA [default: example.org].
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Where the agent keeps its SVID and key [default: /var/lib/signet/agent].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Workload API socket [default: /run/signet/agent.sock].
+    #[arg(long)]
+    socket: Option<std::path::PathBuf>,
+    /// Address for /metrics, /ready and /live [default: 127.0.0.1:9989].
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Renew SVIDs after this fraction of their lifetime [default: 0.5].
+    #[arg(long)]
+    renewal_fraction: Option<f64>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = super::LogFormat::Text)]
+    log_format: super::LogFormat,
+}
+
+async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => signet_agent::config::AgentConfig::from_file(path)?,
+        None => signet_agent::AgentConfig::default(),
+    };
+    if let Some(v) = args.ca {
+        config.ca = v;
+    }
+    if let Some(v) = args.trust_bundle {
+        config.trust_bundle = Some(v);
+    }
+    if args.insecure_bootstrap {
+        config.insecure_bootstrap = true;
+    }
+    if let Some(v) = args.join_token {
+        config.join_token = Some(v);
+    }
+    if let Some(v) = args.trust_domain {
+        config.trust_domain = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.socket {
+        config.socket = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = v;
+    }
+    if let Some(v) = args.renewal_fraction {
+        config.renewal_fraction = v;
+    }
+    config.validate()?;
+    super::init_logging(args.log_format);
+    signet_agent::run(config, super::shutdown_signal()).await?;
+    Ok(())
+}
+
 impl AgentCommand {
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
+            AgentCommand::Run(args) => run_agent(args).await,
             AgentCommand::List { output, admin } => {
                 let agents: Vec<AgentView> = admin
                     .connect()

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod ca;
 pub mod dev;
 pub mod entry;
+pub mod id;
 pub mod token;
 pub mod x509;
 

@@ -1,0 +1,228 @@
+//! Unix workload attestation: who is calling, from facts the kernel vouches
+//! for. The uid, gid and pid come from the socket's peer credentials
+//! (`SO_PEERCRED`, taken by the kernel at `connect`); the binary's path and
+//! hash come from `/proc/<pid>/exe`.
+//!
+//! PID reuse: the caller could exit and its pid be recycled by another
+//! process between `connect` and our reads of `/proc`. As SPIRE does, the
+//! agent pins the process with a pidfd before reading `/proc/<pid>`, and
+//! after reading checks through the pidfd that this same process is still
+//! alive; if it exited, the facts may belong to another process and the
+//! attestation is refused. The uid in `/proc/<pid>/status` must also still
+//! match the peer credentials.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
+
+/// Why a caller could not be attested.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// No peer credentials on the connection.
+    #[error("the caller's credentials are unavailable")]
+    NoCredentials,
+    /// The process is gone (or was replaced) during attestation.
+    #[error("the calling process exited during attestation")]
+    CallerExited,
+    /// `/proc` could not be read.
+    #[error("cannot inspect the calling process: {0}")]
+    Proc(String),
+}
+
+/// Kernel-verified facts about the peer of a Unix socket connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCred {
+    /// Process ID at connect time.
+    pub pid: i32,
+    /// Effective user ID.
+    pub uid: u32,
+    /// Effective group ID.
+    pub gid: u32,
+}
+
+/// Computes `unix:` selectors for callers; caches binary hashes by file
+/// identity (device, inode, size, mtime) so a busy workload is hashed once.
+#[derive(Default)]
+pub struct WorkloadAttestor {
+    hashes: Mutex<HashMap<(u64, u64, u64, i64), String>>,
+}
+
+impl WorkloadAttestor {
+    /// The caller's selectors, e.g. `unix:uid:1000`, `unix:path:/usr/bin/app`.
+    /// The binary's sha256 is computed only when `want_sha256`.
+    pub fn attest(&self, cred: PeerCred, want_sha256: bool) -> Result<Vec<String>, AttestError> {
+        let pid = Pid::from_raw(cred.pid).ok_or(AttestError::NoCredentials)?;
+        let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|_| AttestError::CallerExited)?;
+        let proc_dir = PathBuf::from(format!("/proc/{}", cred.pid));
+
+        let mut selectors = vec![
+            format!("unix:uid:{}", cred.uid),
+            format!("unix:gid:{}", cred.gid),
+        ];
+        if let Some(user) = name_of(Path::new("/etc/passwd"), cred.uid) {
+            selectors.push(format!("unix:user:{user}"));
+        }
+        if let Some(group) = name_of(Path::new("/etc/group"), cred.gid) {
+            selectors.push(format!("unix:group:{group}"));
+        }
+        let status = std::fs::read_to_string(proc_dir.join("status"))
+            .map_err(|e| AttestError::Proc(e.to_string()))?;
+        if !status_uid_matches(&status, cred.uid) {
+            return Err(AttestError::CallerExited);
+        }
+        match std::fs::read_link(proc_dir.join("exe")) {
+            Ok(path) => {
+                selectors.push(format!("unix:path:{}", path.display()));
+                if want_sha256 {
+                    selectors.push(format!(
+                        "unix:sha256:{}",
+                        self.sha256(&proc_dir.join("exe"))?
+                    ));
+                }
+            }
+            // Kernel threads and zombies have no exe; other errors mean we
+            // may not look (the agent lacks CAP_SYS_PTRACE for this uid).
+            Err(e) => tracing::debug!(pid = cred.pid, error = %e, "no binary path for caller"),
+        }
+
+        // Still the same, live process? A pidfd polls readable once it exits.
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        let ready = poll(
+            &mut fds,
+            Some(&rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+        )
+        .map_err(|e| AttestError::Proc(e.to_string()))?;
+        if ready > 0 {
+            return Err(AttestError::CallerExited);
+        }
+        Ok(selectors)
+    }
+
+    fn sha256(&self, exe: &Path) -> Result<String, AttestError> {
+        let mut file =
+            std::fs::File::open(exe).map_err(|e| AttestError::Proc(format!("open binary: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| AttestError::Proc(e.to_string()))?;
+        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        if let Some(h) = self.hashes.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(h);
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| AttestError::Proc(format!("read binary: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        let hex: String = ctx
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Ok(mut m) = self.hashes.lock() {
+            if m.len() > 1024 {
+                m.clear();
+            }
+            m.insert(key, hex.clone());
+        }
+        Ok(hex)
+    }
+}
+
+/// The name for `id` in a passwd- or group-format file (local files only;
+/// names from LDAP/NSS are not seen).
+fn name_of(file: &Path, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let _pw = f.next()?;
+        (f.next()?.parse::<u32>().ok()? == id).then(|| name.to_owned())
+    })
+}
+
+/// Whether `/proc/<pid>/status` shows `uid` as the effective uid.
+fn status_uid_matches(status: &str, uid: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|euid| euid.parse::<u32>().ok())
+        == Some(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> PeerCred {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| -> u32 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        PeerCred {
+            pid: std::process::id() as i32,
+            uid: field("Uid:"),
+            gid: field("Gid:"),
+        }
+    }
+
+    #[test]
+    fn attests_the_calling_process_with_kernel_facts() {
+        let a = WorkloadAttestor::default();
+        let s = a.attest(me(), true).unwrap();
+        assert!(s.contains(&format!("unix:uid:{}", me().uid)));
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(s.contains(&format!("unix:path:{}", exe.display())), "{s:?}");
+        assert!(s
+            .iter()
+            .any(|x| x.starts_with("unix:sha256:") && x.len() == 12 + 64));
+    }
+
+    #[test]
+    fn a_caller_whose_uid_changed_is_refused() {
+        let a = WorkloadAttestor::default();
+        let mut cred = me();
+        cred.uid = cred.uid.wrapping_add(4242);
+        assert!(matches!(
+            a.attest(cred, false),
+            Err(AttestError::CallerExited)
+        ));
+    }
+
+    #[test]
+    fn an_exited_caller_is_refused() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        let a = WorkloadAttestor::default();
+        let r = a.attest(
+            PeerCred {
+                pid,
+                uid: me().uid,
+                gid: me().gid,
+            },
+            false,
+        );
+        assert!(r.is_err(), "{r:?}");
+    }
+}

@@ -1,0 +1,112 @@
+//! Agent configuration: a TOML file, each field overridable by a CLI flag.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything `signet agent run` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The trust domain of the CA. Default `example.org`.
+    pub trust_domain: String,
+    /// The CA's node API, `host:port`. Default `127.0.0.1:8081`.
+    pub ca: String,
+    /// PEM bundle to authenticate the CA on first contact. Required unless
+    /// `insecure_bootstrap`, or the agent already has a bundle in its data dir.
+    pub trust_bundle: Option<PathBuf>,
+    /// Trust the CA blindly on first contact (development only).
+    pub insecure_bootstrap: bool,
+    /// Single-use join token for first attestation.
+    pub join_token: Option<String>,
+    /// Agent SVID, key (0600) and bundle. Default `/var/lib/signet/agent`.
+    pub data_dir: PathBuf,
+    /// Workload API socket, open to every local user. Default `/run/signet/agent.sock`.
+    pub socket: PathBuf,
+    /// Renew an SVID when this fraction of its lifetime has passed. Default 0.5.
+    pub renewal_fraction: f64,
+    /// Address for `/metrics`, `/ready`, `/live`. Default `127.0.0.1:9989`.
+    pub metrics_listen: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "example.org".into(),
+            ca: "127.0.0.1:8081".into(),
+            trust_bundle: None,
+            insecure_bootstrap: false,
+            join_token: None,
+            data_dir: PathBuf::from("/var/lib/signet/agent"),
+            socket: PathBuf::from("/run/signet/agent.sock"),
+            renewal_fraction: 0.5,
+            metrics_listen: "127.0.0.1:9989".into(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// Checks values and returns the trust domain.
+    pub fn validate(&self) -> Result<signet_identity::TrustDomain, ConfigError> {
+        let td = signet_identity::TrustDomain::new(&self.trust_domain).map_err(|e| {
+            ConfigError::Invalid(format!("trust_domain {:?}: {e}", self.trust_domain))
+        })?;
+        if !(self.renewal_fraction > 0.05 && self.renewal_fraction < 0.95) {
+            return Err(ConfigError::Invalid(format!(
+                "renewal_fraction {} must be between 0.05 and 0.95",
+                self.renewal_fraction
+            )));
+        }
+        if self.insecure_bootstrap && self.trust_bundle.is_some() {
+            return Err(ConfigError::Invalid(
+                "give either trust_bundle or insecure_bootstrap, not both".into(),
+            ));
+        }
+        Ok(td)
+    }
+
+    /// When an SVID issued at `issued` and expiring at `expires` is due for
+    /// renewal: `renewal_fraction` of its lifetime, minus up to 10% jitter so
+    /// a fleet does not renew in lockstep.
+    pub fn renew_after(&self, lifetime: Duration, jitter: f64) -> Duration {
+        let fraction = self.renewal_fraction * (1.0 - 0.1 * jitter.clamp(0.0, 1.0));
+        lifetime.mul_f64(fraction)
+    }
+}

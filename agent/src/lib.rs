@@ -1,0 +1,29 @@
+//! # signet-agent
+//!
+//! The node agent: one per host. It proves its node to the CA with a join
+//! token, keeps its own SVID and every workload's SVID fresh, and serves
+//! them to local processes over the standard SPIFFE Workload API.
+//!
+//! ```text
+//!   CA node API ◀──mTLS── node_client ◀── rotator::SvidRotator ──publishes──▶ watch<Snapshot>
+//!                          (agent SVID from agent_identity, data dir 0600)          │
+//!                                                                                   ▼
+//!   workload ──Unix socket──▶ workload_api::WorkloadApi ──attestor::WorkloadAttestor (SO_PEERCRED, /proc, pidfd)
+//! ```
+//!
+//! The rotator is the only owner of certificate state; the Workload API
+//! only reads published snapshots, so a fetch never waits on the CA.
+
+pub mod agent_identity;
+pub mod attestor;
+pub mod config;
+pub mod metrics;
+pub mod node_client;
+pub mod rotator;
+mod run;
+pub mod workload_api;
+pub mod workload_svids;
+
+// Public interface.
+pub use config::AgentConfig;
+pub use run::{run, AgentError};

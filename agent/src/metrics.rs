@@ -1,0 +1,121 @@
+//! Prometheus metrics of the agent, and its `/metrics`, `/ready`, `/live`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of Workload API calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// RPC method.
+    pub method: String,
+    /// gRPC code of the admission decision.
+    pub code: String,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Workload SVIDs obtained for new entries.
+    pub svids_issued: Counter,
+    /// Workload SVIDs rotated.
+    pub svid_rotations: Counter,
+    /// Workload SVIDs held now.
+    pub svids_held: Gauge,
+    /// 1 while the CA answers.
+    pub ca_connected: Gauge,
+    /// Workload API calls by method and admission code.
+    pub workload_calls: Family<CallLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("signet_agent");
+        let svids_issued = Counter::default();
+        registry.register(
+            "x509_svids_issued",
+            "Workload SVIDs obtained for new entries",
+            svids_issued.clone(),
+        );
+        let svid_rotations = Counter::default();
+        registry.register(
+            "x509_svid_rotations",
+            "Workload SVIDs rotated",
+            svid_rotations.clone(),
+        );
+        let svids_held = Gauge::default();
+        registry.register("x509_svids", "Workload SVIDs held", svids_held.clone());
+        let ca_connected = Gauge::default();
+        registry.register(
+            "ca_connected",
+            "1 while the CA answers",
+            ca_connected.clone(),
+        );
+        let workload_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "workload_api_calls",
+            "Workload API calls by method and admission code",
+            workload_calls.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            svids_issued,
+            svid_rotations,
+            svids_held,
+            ca_connected,
+            workload_calls,
+        })
+    }
+
+    /// Records a Workload API admission.
+    pub fn workload_call(&self, method: &str, code: Option<tonic::Code>) {
+        self.workload_calls
+            .get_or_create(&CallLabels {
+                method: method.into(),
+                code: format!("{:?}", code.unwrap_or(tonic::Code::Ok)),
+            })
+            .inc();
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves the endpoints until `shutdown`. Ready means attested and serving.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }),
+        )
+        .route("/ready", get(|| async { (StatusCode::OK, "ready\n") }))
+        .route("/live", get(|| async { "live\n" }))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

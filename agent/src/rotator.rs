@@ -1,0 +1,403 @@
+//! The one worker that owns certificate state: it keeps the agent's own SVID
+//! renewed, follows the entry stream from the CA, gets an SVID (fresh key,
+//! CSR) for every entry, rotates each at `renewal_fraction` of its lifetime
+//! with jitter, and publishes a [`Snapshot`] on every change.
+//!
+//! When the CA is unreachable it keeps serving what it has until each SVID
+//! expires, retries with exponential backoff and jitter, and logs once per
+//! change of state, not per attempt.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::CertificateDer;
+use signet_identity::tls::BundleHandle;
+use signet_identity::x509_svid::unix_seconds;
+use signet_identity::{TrustBundle, TrustDomain};
+use signet_proto::node as pb;
+use signet_proto::node::node_client::NodeClient;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use crate::agent_identity::{self, bundle_from_pb, new_key_and_csr, AgentSvid};
+use crate::config::AgentConfig;
+use crate::metrics::Metrics;
+use crate::node_client::{self, ServerTrust};
+use crate::workload_svids::{Snapshot, WorkloadSvid};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A uniform random number in [0, 1).
+pub fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u32::from_le_bytes(b) as f64 / (u32::MAX as f64 + 1.0)
+}
+
+/// Whether the CA answered the last attempt (for state-change logging).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CaState {
+    Unknown,
+    Connected,
+    Unreachable(String),
+}
+
+/// Messages from the entry-sync task.
+enum SyncEvent {
+    Snapshot(pb::EntrySnapshot),
+    Ended(String),
+}
+
+/// Owns the agent SVID and every workload SVID.
+pub struct SvidRotator {
+    config: AgentConfig,
+    td: TrustDomain,
+    data_dir: PathBuf,
+    agent: AgentSvid,
+    bundle: BundleHandle,
+    client: Option<NodeClient<Channel>>,
+    sync: Option<mpsc::Receiver<SyncEvent>>,
+    entries: Vec<pb::WorkloadEntry>,
+    svids: HashMap<String, Arc<WorkloadSvid>>,
+    published: watch::Sender<Arc<Snapshot>>,
+    ca_state: CaState,
+    backoff: Duration,
+    retry_at: Option<tokio::time::Instant>,
+    metrics: Arc<Metrics>,
+}
+
+impl SvidRotator {
+    /// A rotator for an attested agent. `published` receives snapshots.
+    pub fn new(
+        config: AgentConfig,
+        td: TrustDomain,
+        agent: AgentSvid,
+        bundle: TrustBundle,
+        published: watch::Sender<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            data_dir: config.data_dir.clone(),
+            config,
+            td,
+            agent,
+            bundle: BundleHandle::new(bundle),
+            client: None,
+            sync: None,
+            entries: Vec::new(),
+            svids: HashMap::new(),
+            published,
+            ca_state: CaState::Unknown,
+            backoff: MIN_BACKOFF,
+            retry_at: None,
+            metrics,
+        }
+    }
+
+    fn set_ca_state(&mut self, state: CaState) {
+        if state == self.ca_state {
+            return;
+        }
+        match &state {
+            CaState::Connected => {
+                tracing::info!(ca = %self.config.ca, "connected to the CA");
+                self.metrics.ca_connected.set(1);
+            }
+            CaState::Unreachable(reason) => {
+                tracing::warn!(ca = %self.config.ca, reason = %reason, "CA unreachable; serving cached SVIDs until they expire, retrying with backoff");
+                self.metrics.ca_connected.set(0);
+            }
+            CaState::Unknown => {}
+        }
+        self.ca_state = state;
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.client = None;
+        self.sync = None;
+        self.set_ca_state(CaState::Unreachable(reason));
+        let wait = self.backoff.mul_f64(0.8 + 0.4 * jitter());
+        self.retry_at = Some(tokio::time::Instant::now() + wait);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff = MIN_BACKOFF;
+        self.retry_at = None;
+        self.set_ca_state(CaState::Connected);
+    }
+
+    /// Connects and starts the entry stream.
+    async fn connect(&mut self) -> Result<(), String> {
+        let trust = ServerTrust::Bundle(self.bundle.clone());
+        let mut client =
+            node_client::connect(&self.config.ca, &self.td, &trust, Some(&self.agent.cert))
+                .await
+                .map_err(|e| e.to_string())?;
+        let stream = client
+            .sync_entries(pb::SyncEntriesRequest {})
+            .await
+            .map_err(|s| format!("{}: {}", code_name(s.code()), s.message()))?
+            .into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(forward_sync(stream, tx));
+        self.client = Some(client);
+        self.sync = Some(rx);
+        Ok(())
+    }
+
+    fn renew_at(&self, not_before: i64, not_after: i64) -> i64 {
+        let lifetime = Duration::from_secs((not_after - not_before).max(1) as u64);
+        // Deterministic per SVID so the due time does not move each loop.
+        let j = ((not_after as u64).wrapping_mul(2654435761) % 1000) as f64 / 1000.0;
+        not_before + self.config.renew_after(lifetime, j).as_secs() as i64
+    }
+
+    async fn renew_agent(&mut self) -> Result<(), String> {
+        let Some(client) = self.client.as_mut() else {
+            return Err("not connected".into());
+        };
+        let (key, csr) = new_key_and_csr().map_err(|e| e.to_string())?;
+        let resp = client
+            .renew_agent(pb::RenewAgentRequest { csr })
+            .await
+            .map_err(|s| format!("renew agent SVID: {}: {}", code_name(s.code()), s.message()))?
+            .into_inner();
+        let (svid, bundle) =
+            agent_identity::from_response(&resp, &key).map_err(|e| e.to_string())?;
+        agent_identity::save(&self.data_dir, &svid, &bundle).map_err(|e| e.to_string())?;
+        tracing::info!(agent_id = %svid.id, not_after = svid.not_after, "agent SVID renewed");
+        self.agent = svid;
+        self.bundle.set(bundle);
+        // Reconnect so the CA sees the new SVID on every later call.
+        self.client = None;
+        self.sync = None;
+        Ok(())
+    }
+
+    /// Entries whose SVID is missing, outdated or due, and the next due time.
+    fn due_entries(&self, now: i64) -> (Vec<pb::WorkloadEntry>, Option<i64>) {
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for e in &self.entries {
+            match self.svids.get(&e.id) {
+                Some(s) if s.entry_revision == e.revision => {
+                    let at = self.renew_at(s.not_before, s.not_after);
+                    if now >= at {
+                        due.push(e.clone());
+                    } else {
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                    }
+                }
+                _ => due.push(e.clone()),
+            }
+        }
+        (due, next)
+    }
+
+    async fn sign(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), String> {
+        let Some(client) = self.client.as_mut() else {
+            return Err("not connected".into());
+        };
+        let mut keys = HashMap::new();
+        let mut requests = Vec::with_capacity(due.len());
+        for e in &due {
+            let (key, csr) = new_key_and_csr().map_err(|e| e.to_string())?;
+            keys.insert(e.id.clone(), key);
+            requests.push(pb::SvidRequest {
+                entry_id: e.id.clone(),
+                csr,
+            });
+        }
+        let resp = client
+            .sign_svids(pb::SignSvidsRequest { requests })
+            .await
+            .map_err(|s| format!("sign SVIDs: {}: {}", code_name(s.code()), s.message()))?
+            .into_inner();
+        for svid in resp.svids {
+            let (Some(key), Some(entry)) = (
+                keys.remove(&svid.entry_id),
+                due.iter().find(|e| e.id == svid.entry_id),
+            ) else {
+                continue;
+            };
+            let chain: Vec<CertificateDer<'static>> = svid
+                .cert_chain
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+            let not_before = chain
+                .first()
+                .and_then(|c| x509_parser::parse_x509_certificate(c).ok())
+                .map(|(_, c)| c.validity().not_before.timestamp())
+                .unwrap_or_else(|| unix_seconds(SystemTime::now()));
+            let rotated = self.svids.contains_key(&entry.id);
+            self.svids.insert(
+                entry.id.clone(),
+                Arc::new(WorkloadSvid {
+                    entry_id: entry.id.clone(),
+                    entry_revision: entry.revision,
+                    spiffe_id: svid.spiffe_id.clone(),
+                    chain,
+                    key_pkcs8: key.serialize_der(),
+                    not_before,
+                    not_after: svid.expires_at,
+                }),
+            );
+            if rotated {
+                self.metrics.svid_rotations.inc();
+            } else {
+                self.metrics.svids_issued.inc();
+            }
+            tracing::debug!(spiffe_id = %svid.spiffe_id, not_after = svid.expires_at, rotated, "workload SVID ready");
+        }
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, s: pb::EntrySnapshot) {
+        if let Ok(bundle) = bundle_from_pb(s.bundle.as_ref()) {
+            if bundle.authorities() != self.bundle.get().authorities() {
+                if let Err(e) = agent_identity::save_bundle(&self.data_dir, &bundle) {
+                    tracing::warn!(error = %e, "cannot save the new bundle");
+                }
+                tracing::info!(sequence = bundle.sequence, "trust bundle updated");
+            }
+            self.bundle.set(bundle);
+        }
+        self.entries = s.entries;
+        let live: std::collections::HashSet<&String> = self.entries.iter().map(|e| &e.id).collect();
+        self.svids.retain(|id, _| live.contains(id));
+    }
+
+    fn publish(&mut self, now: i64) {
+        self.svids.retain(|_, s| s.not_after > now);
+        let mut svids: Vec<_> = self.svids.values().cloned().collect();
+        svids.sort_by(|a, b| {
+            a.spiffe_id
+                .cmp(&b.spiffe_id)
+                .then(a.entry_id.cmp(&b.entry_id))
+        });
+        let snapshot = Snapshot {
+            bundle: Some(self.bundle.get()),
+            entries: self.entries.clone(),
+            svids,
+        };
+        self.metrics.svids_held.set(snapshot.svids.len() as i64);
+        self.published.send_if_modified(|cur| {
+            let changed = cur.svids != snapshot.svids
+                || cur.entries != snapshot.entries
+                || cur.bundle.as_ref().map(|b| b.authorities().to_vec())
+                    != snapshot.bundle.as_ref().map(|b| b.authorities().to_vec());
+            if changed {
+                *cur = Arc::new(snapshot);
+            }
+            changed
+        });
+    }
+
+    /// Runs until `stop` turns true.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let now = unix_seconds(SystemTime::now());
+            let may_try = self
+                .retry_at
+                .is_none_or(|t| tokio::time::Instant::now() >= t);
+            if may_try {
+                if let Err(reason) = self.step(now).await {
+                    self.fail(reason);
+                }
+            }
+            self.publish(unix_seconds(SystemTime::now()));
+            if !self.agent.is_valid_at(SystemTime::now()) {
+                tracing::error!(agent_id = %self.agent.id, "agent SVID expired while the CA was unreachable; restart the agent with a new --join-token");
+            }
+
+            // Sleep until the next due time, a retry, an entry change, or stop.
+            let now = unix_seconds(SystemTime::now());
+            let mut wake = now + 3600;
+            let agent_due = self.renew_at(self.agent.not_before, self.agent.not_after);
+            wake = wake.min(agent_due);
+            if let (_, Some(next)) = self.due_entries(now) {
+                wake = wake.min(next);
+            }
+            if let Some(exp) = self.svids.values().map(|s| s.not_after).min() {
+                wake = wake.min(exp);
+            }
+            let mut deadline =
+                tokio::time::Instant::now() + Duration::from_secs((wake - now).max(0) as u64);
+            if let Some(r) = self.retry_at {
+                deadline = r.min(deadline).max(tokio::time::Instant::now());
+            }
+            let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(50));
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                ev = recv_sync(&mut self.sync) => match ev {
+                    Some(SyncEvent::Snapshot(s)) => self.apply_snapshot(s),
+                    Some(SyncEvent::Ended(reason)) => self.fail(reason),
+                    None => self.fail("entry stream closed".into()),
+                },
+                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            }
+        }
+    }
+
+    /// One pass: connect, renew the agent SVID, issue what is due.
+    async fn step(&mut self, now: i64) -> Result<(), String> {
+        if self.client.is_none() {
+            self.connect().await?;
+            // The first snapshot follows right away; take it before signing.
+            if let Some(rx) = self.sync.as_mut() {
+                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                    Ok(Some(SyncEvent::Snapshot(s))) => self.apply_snapshot(s),
+                    Ok(Some(SyncEvent::Ended(r))) => return Err(r),
+                    Ok(None) | Err(_) => return Err("no entry snapshot from the CA".into()),
+                }
+            }
+        }
+        if now >= self.renew_at(self.agent.not_before, self.agent.not_after) {
+            self.renew_agent().await?;
+            return Box::pin(self.step(now)).await;
+        }
+        let (due, _) = self.due_entries(now);
+        if !due.is_empty() {
+            self.sign(due).await?;
+        }
+        self.succeeded();
+        Ok(())
+    }
+}
+
+async fn recv_sync(rx: &mut Option<mpsc::Receiver<SyncEvent>>) -> Option<SyncEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn forward_sync(
+    mut stream: tonic::Streaming<pb::EntrySnapshot>,
+    tx: mpsc::Sender<SyncEvent>,
+) {
+    loop {
+        let ev = match stream.message().await {
+            Ok(Some(s)) => SyncEvent::Snapshot(s),
+            Ok(None) => SyncEvent::Ended("the CA closed the entry stream".into()),
+            Err(s) => SyncEvent::Ended(format!(
+                "entry stream: {}: {}",
+                code_name(s.code()),
+                s.message()
+            )),
+        };
+        let end = matches!(ev, SyncEvent::Ended(_));
+        if tx.send(ev).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+fn code_name(c: tonic::Code) -> String {
+    format!("{c:?}")
+}

@@ -1,0 +1,188 @@
+//! `signet agent run`: obtain or load the agent's identity, start the SVID
+//! rotator and the Workload API, log one ready line, stop on request.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use signet_identity::tls::BundleHandle;
+use signet_identity::{TrustBundle, TrustDomain};
+use signet_proto::node as pb;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::agent_identity::{self, AgentSvid, IdentityError};
+use crate::config::{AgentConfig, ConfigError};
+use crate::node_client::{self, ConnectError, ServerTrust};
+use crate::rotator::SvidRotator;
+use crate::workload_api::WorkloadApi;
+use crate::workload_svids::Snapshot;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Identity files or attestation material.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The CA could not be reached for attestation.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The CA refused attestation.
+    #[error("attestation refused by the CA: {0}")]
+    Attestation(String),
+    /// A required setting is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// Socket or listener problem.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Attests with the join token (first start, or the stored SVID expired).
+async fn attest(
+    config: &AgentConfig,
+    td: &TrustDomain,
+) -> Result<(AgentSvid, TrustBundle), AgentError> {
+    let token = config.join_token.as_deref().ok_or_else(|| {
+        AgentError::Missing(
+            "this agent has no identity yet: pass --join-token (create one with `signet token create` on the CA)".into(),
+        )
+    })?;
+    let trust = if config.insecure_bootstrap {
+        tracing::warn!("INSECURE BOOTSTRAP: trusting whatever answers at the CA address for first contact; never use this outside development");
+        ServerTrust::InsecureBootstrap
+    } else {
+        let path = config.trust_bundle.as_deref().ok_or_else(|| {
+            AgentError::Missing("pass --trust-bundle (the CA's bundle, `signet bundle show`) or --insecure-bootstrap for development".into())
+        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AgentError::Io(format!("trust bundle {}: {e}", path.display())))?;
+        let bundle = TrustBundle::from_pem(td.clone(), &text)
+            .map_err(|e| AgentError::Io(format!("trust bundle {}: {e}", path.display())))?;
+        ServerTrust::Bundle(BundleHandle::new(bundle))
+    };
+    let mut client = node_client::connect(&config.ca, td, &trust, None).await?;
+    let (key, csr) = agent_identity::new_key_and_csr()?;
+    let resp = client
+        .attest_agent(pb::AttestAgentRequest {
+            join_token: token.to_owned(),
+            csr,
+        })
+        .await
+        .map_err(|s| AgentError::Attestation(s.message().to_owned()))?
+        .into_inner();
+    let (svid, bundle) = agent_identity::from_response(&resp, &key)?;
+    if svid.id.trust_domain_name() != td.as_str() {
+        return Err(AgentError::Attestation(format!(
+            "the CA issued {} outside trust domain {td}",
+            svid.id
+        )));
+    }
+    agent_identity::save(&config.data_dir, &svid, &bundle)?;
+    tracing::info!(agent_id = %svid.id, "attested with join token");
+    Ok((svid, bundle))
+}
+
+/// Binds the Workload API socket: directory 0755, socket 0777.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, AgentError> {
+    let err =
+        |e: std::io::Error| AgentError::Io(format!("Workload API socket {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(AgentError::Io(format!(
+                "{} is in use by a running agent",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let td = config.validate()?;
+    agent_identity::prepare_data_dir(&config.data_dir)?;
+    let (svid, bundle) = match agent_identity::load(&config.data_dir, &td)? {
+        Some((svid, bundle)) if svid.is_valid_at(SystemTime::now()) => {
+            tracing::info!(agent_id = %svid.id, not_after = svid.not_after, "using the stored agent SVID");
+            (svid, bundle)
+        }
+        Some((svid, _)) => {
+            tracing::warn!(agent_id = %svid.id, "the stored agent SVID has expired; re-attesting with the join token");
+            attest(&config, &td).await?
+        }
+        None => attest(&config, &td).await?,
+    };
+    let agent_id = svid.id.clone();
+    let metrics = crate::metrics::Metrics::new();
+    let (state_tx, state_rx) = watch::channel(Arc::new(Snapshot::empty()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = bind_socket(&config.socket)?;
+    let metrics_listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+        .await
+        .map_err(|e| AgentError::Io(format!("metrics_listen {}: {e}", config.metrics_listen)))?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|e| AgentError::Io(e.to_string()))?;
+
+    let rotator = SvidRotator::new(
+        config.clone(),
+        td.clone(),
+        svid,
+        bundle,
+        state_tx,
+        metrics.clone(),
+    );
+    let rotator = tokio::spawn(rotator.run(stop_rx.clone()));
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = tonic::transport::Server::builder()
+        .add_service(WorkloadApi::server(state_rx, metrics.clone()))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+    let api = tokio::spawn(api);
+    let health = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        metrics,
+        stopped(stop_rx.clone()),
+    ));
+
+    tracing::info!(
+        agent_id = %agent_id,
+        trust_domain = %td,
+        ca = %config.ca,
+        socket = %config.socket.display(),
+        metrics = %metrics_addr,
+        "signet agent ready"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let _ = api.await;
+        let _ = rotator.await;
+        let _ = health.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("signet agent stopped");
+    Ok(())
+}

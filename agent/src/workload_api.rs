@@ -1,0 +1,237 @@
+//! The standard SPIFFE Workload API on a Unix socket, open to every local
+//! user: who gets what is decided by attesting each caller, not by file
+//! modes. Every request must carry the `workload.spiffe.io: true` header.
+//! `FetchX509SVID` and `FetchX509Bundles` stream a new message whenever the
+//! caller's SVIDs or the bundle change; JWT methods are not implemented yet.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use signet_proto::workload as pb;
+use signet_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::attestor::{PeerCred, WorkloadAttestor};
+use crate::metrics::Metrics;
+use crate::workload_svids::Snapshot;
+
+/// The security header every Workload API request must carry.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// The Workload API service.
+pub struct WorkloadApi {
+    state: watch::Receiver<Arc<Snapshot>>,
+    attestor: Arc<WorkloadAttestor>,
+    metrics: Arc<Metrics>,
+}
+
+impl WorkloadApi {
+    /// A tonic server over the rotator's published snapshots.
+    pub fn server(
+        state: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+    ) -> SpiffeWorkloadApiServer<Self> {
+        SpiffeWorkloadApiServer::new(Self {
+            state,
+            attestor: Arc::new(WorkloadAttestor::default()),
+            metrics,
+        })
+    }
+
+    /// Checks the header and attests the caller: its selectors.
+    fn admit<T>(&self, req: &Request<T>, method: &str) -> Result<Vec<String>, Status> {
+        let result = self.admit_inner(req);
+        self.metrics
+            .workload_call(method, result.as_ref().err().map(|s| s.code()));
+        result
+    }
+
+    fn admit_inner<T>(&self, req: &Request<T>) -> Result<Vec<String>, Status> {
+        match req
+            .metadata()
+            .get(SECURITY_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("true") => {}
+            _ => {
+                return Err(Status::invalid_argument(
+                    "security header missing from request",
+                ))
+            }
+        }
+        let cred = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .and_then(|c| {
+                Some(PeerCred {
+                    pid: c.pid()?,
+                    uid: c.uid(),
+                    gid: c.gid(),
+                })
+            })
+            .ok_or_else(|| Status::unauthenticated("caller credentials unavailable"))?;
+        let needs_sha = self.state.borrow().needs_sha256();
+        self.attestor.attest(cred, needs_sha).map_err(|e| {
+            tracing::info!(pid = cred.pid, uid = cred.uid, error = %e, "workload attestation failed");
+            Status::permission_denied(format!("workload attestation failed: {e}"))
+        })
+    }
+}
+
+/// The X509SVIDResponse for a caller, `None` while it has matching entries
+/// whose SVIDs are not issued yet, `Err` when nothing matches.
+fn svid_response(
+    snapshot: &Snapshot,
+    caller: &[String],
+) -> Result<Option<pb::X509svidResponse>, Status> {
+    let matching: Vec<&str> = snapshot
+        .matching_entries(caller)
+        .map(|e| e.id.as_str())
+        .collect();
+    if matching.is_empty() {
+        return Err(Status::permission_denied("no identity issued"));
+    }
+    let Some(bundle) = &snapshot.bundle else {
+        return Ok(None);
+    };
+    let bundle_der = bundle.to_concatenated_der();
+    let svids: Vec<pb::X509svid> = snapshot
+        .svids
+        .iter()
+        .filter(|s| matching.contains(&s.entry_id.as_str()))
+        .map(|s| pb::X509svid {
+            spiffe_id: s.spiffe_id.clone(),
+            x509_svid: s.chain.iter().flat_map(|c| c.iter().copied()).collect(),
+            x509_svid_key: s.key_pkcs8.clone(),
+            bundle: bundle_der.clone(),
+            hint: String::new(),
+        })
+        .collect();
+    if svids.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(pb::X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles: Default::default(),
+    }))
+}
+
+fn bundles_response(snapshot: &Snapshot) -> Option<pb::X509BundlesResponse> {
+    let bundle = snapshot.bundle.as_ref()?;
+    let mut bundles = std::collections::HashMap::new();
+    bundles.insert(
+        bundle.trust_domain().id().to_string(),
+        bundle.to_concatenated_der(),
+    );
+    Some(pb::X509BundlesResponse {
+        crl: Vec::new(),
+        bundles,
+    })
+}
+
+/// Streams `make(snapshot)` whenever it changes, until the client goes away
+/// or `make` returns an error (sent as the final status).
+fn watch_stream<T, F>(
+    mut state: watch::Receiver<Arc<Snapshot>>,
+    make: F,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: Fn(&Snapshot) -> Result<Option<T>, Status> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut last: Option<T> = None;
+        loop {
+            let current = state.borrow_and_update().clone();
+            match make(&current) {
+                Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
+                    if tx.send(Ok(msg.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(msg);
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                r = state.changed() => if r.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = BoxStream<pb::X509svidResponse>;
+    type FetchX509BundlesStream = BoxStream<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = BoxStream<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let caller = self.admit(&req, "FetchX509SVID")?;
+        // Refuse at once (no stream) when nothing matches.
+        svid_response(&self.state.borrow(), &caller)?;
+        Ok(Response::new(watch_stream(self.state.clone(), move |s| {
+            svid_response(s, &caller)
+        })))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let caller = self.admit(&req, "FetchX509Bundles")?;
+        // Bundles go to workloads this agent has an identity for, as SPIRE does.
+        svid_response(&self.state.borrow(), &caller)?;
+        Ok(Response::new(watch_stream(self.state.clone(), |s| {
+            Ok(bundles_response(s))
+        })))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        self.admit(&req, "FetchJWTSVID")?;
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not supported by this agent yet",
+        ))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        self.admit(&req, "FetchJWTBundles")?;
+        Err(Status::unimplemented(
+            "JWT bundles are not supported by this agent yet",
+        ))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        self.admit(&req, "ValidateJWTSVID")?;
+        Err(Status::unimplemented(
+            "JWT-SVID validation is not supported by this agent yet",
+        ))
+    }
+}

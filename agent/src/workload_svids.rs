@@ -1,0 +1,107 @@
+//! What the agent currently holds for its workloads: the entries parented to
+//! it, an SVID (with key) for each, and the bundle. The rotator publishes a
+//! new [`Snapshot`] on every change; Workload API streams watch it.
+
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use signet_identity::TrustBundle;
+use signet_proto::node::WorkloadEntry;
+
+/// An SVID the agent holds for one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSvid {
+    /// The entry it was issued for.
+    pub entry_id: String,
+    /// The entry revision it reflects (an update re-issues).
+    pub entry_revision: i64,
+    /// The SPIFFE ID.
+    pub spiffe_id: String,
+    /// DER chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// PKCS#8 DER key, generated on this node.
+    pub key_pkcs8: Vec<u8>,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Everything the Workload API serves, at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The trust domain's bundle.
+    pub bundle: Option<Arc<TrustBundle>>,
+    /// Entries parented to this agent, as last synced.
+    pub entries: Vec<WorkloadEntry>,
+    /// SVIDs by entry, for entries that have one.
+    pub svids: Vec<Arc<WorkloadSvid>>,
+}
+
+impl Snapshot {
+    /// An empty snapshot (before the first sync).
+    pub fn empty() -> Self {
+        Self {
+            bundle: None,
+            entries: Vec::new(),
+            svids: Vec::new(),
+        }
+    }
+
+    /// Entries whose selectors are all among `caller`'s selectors.
+    pub fn matching_entries<'a>(
+        &'a self,
+        caller: &'a [String],
+    ) -> impl Iterator<Item = &'a WorkloadEntry> + 'a {
+        self.entries.iter().filter(move |e| {
+            !e.selectors.is_empty() && e.selectors.iter().all(|s| caller.contains(s))
+        })
+    }
+
+    /// Whether any entry needs the binary's sha256 to be matched.
+    pub fn needs_sha256(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.selectors.iter().any(|s| s.starts_with("unix:sha256:")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, selectors: &[&str]) -> WorkloadEntry {
+        WorkloadEntry {
+            id: id.into(),
+            selectors: selectors.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_caller_matches_only_when_it_has_every_selector() {
+        let s = Snapshot {
+            bundle: None,
+            entries: vec![
+                entry("a", &["unix:uid:1000"]),
+                entry("b", &["unix:uid:1000", "unix:path:/usr/bin/app"]),
+                entry("c", &["unix:uid:1001"]),
+                entry("empty", &[]),
+            ],
+            svids: Vec::new(),
+        };
+        let caller: Vec<String> = vec![
+            "unix:uid:1000".into(),
+            "unix:gid:1000".into(),
+            "unix:path:/bin/sh".into(),
+        ];
+        let ids: Vec<&str> = s.matching_entries(&caller).map(|e| e.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["a"],
+            "partial matches and entries without selectors never match"
+        );
+        let other: Vec<String> = vec!["unix:uid:0".into()];
+        assert_eq!(s.matching_entries(&other).count(), 0);
+    }
+}

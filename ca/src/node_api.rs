@@ -1,0 +1,324 @@
+//! The node API: how agents attest, renew their SVID, follow their entries
+//! and get workload SVIDs signed. Every call but `AttestAgent` is
+//! authenticated by the agent's SVID presented over mTLS, and the agent must
+//! be on record, not banned, and presenting its current SVID.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use signet_identity::x509_svid::unix_seconds;
+use signet_identity::{SpiffeId, TrustBundle};
+use signet_proto::node as pb;
+use signet_proto::node::node_server::{Node, NodeServer};
+use tokio_stream::Stream;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Request, Response, Status};
+
+use crate::admin::status;
+use crate::entry::Entry;
+use crate::issuance::sign_x509_svid;
+use crate::join_token;
+use crate::store::{AgentRecord, EntryFilter, StoreError, TokenUse};
+use crate::{Ca, CaError};
+
+/// Most CSRs one `SignSvids` call may carry.
+const MAX_BATCH: usize = 1000;
+/// How often a sync stream re-reads its entries even without a local change
+/// notification (changes made through another CA replica).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The gRPC service implementation.
+pub struct NodeService {
+    ca: Arc<Ca>,
+}
+
+impl NodeService {
+    /// A tonic server for `ca`.
+    pub fn server(ca: Arc<Ca>) -> NodeServer<Self> {
+        NodeServer::new(Self { ca })
+    }
+}
+
+/// The agent SPIFFE ID and serial (hex) of the client certificate.
+fn peer_agent<T>(req: &Request<T>) -> Result<(SpiffeId, String), Status> {
+    let certs = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .ok_or_else(|| {
+            Status::unauthenticated("this call needs the agent's SVID as TLS client certificate")
+        })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| Status::unauthenticated("unparsable client certificate"))?;
+    let id = signet_identity::x509_svid::leaf_spiffe_id(&cert)
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    Ok((id, join_token::hex(cert.raw_serial())))
+}
+
+impl NodeService {
+    /// The calling agent's record, if it may use the API.
+    async fn authorized_agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
+        let (id, serial) = peer_agent(req)?;
+        let agent = self.agent_in_good_standing(&id).await?;
+        if agent.svid_serial != serial {
+            return Err(Status::permission_denied(format!(
+                "agent {id} presented SVID serial {serial}, not its current one; re-connect with the latest SVID"
+            )));
+        }
+        Ok(agent)
+    }
+
+    async fn agent_in_good_standing(&self, id: &SpiffeId) -> Result<AgentRecord, Status> {
+        let agent = match self.ca.store.get_agent(id.as_str()).await {
+            Ok(a) => a,
+            Err(StoreError::NotFound(_)) => {
+                return Err(Status::permission_denied(format!(
+                    "agent {id} is not attested (evicted?); re-attest with a new join token"
+                )))
+            }
+            Err(e) => return Err(status(&e.into())),
+        };
+        if agent.banned {
+            return Err(Status::permission_denied(format!("agent {id} is banned")));
+        }
+        Ok(agent)
+    }
+
+    fn agent_svid(
+        &self,
+        id: &SpiffeId,
+        csr: &[u8],
+        bundle: &TrustBundle,
+    ) -> Result<(pb::AgentSvid, AgentRecord), CaError> {
+        let now = SystemTime::now();
+        let svid = sign_x509_svid(
+            &self.ca.authority(),
+            csr,
+            id,
+            &[],
+            self.ca.config.default_ttl(),
+            now,
+        )?;
+        self.ca.metrics.svids_issued.inc();
+        let record = AgentRecord {
+            spiffe_id: id.to_string(),
+            attestation_type: "join_token".into(),
+            svid_serial: svid.serial.clone(),
+            svid_expires_at: svid.not_after,
+            banned: false,
+            created_at: unix_seconds(now),
+            updated_at: unix_seconds(now),
+        };
+        Ok((
+            pb::AgentSvid {
+                spiffe_id: id.to_string(),
+                cert_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
+                expires_at: svid.not_after,
+                bundle: Some(bundle_to_pb(bundle)),
+            },
+            record,
+        ))
+    }
+}
+
+/// Protobuf form of a bundle.
+pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
+    pb::Bundle {
+        trust_domain: b.trust_domain().to_string(),
+        x509_authorities: b.authorities().iter().map(|c| c.to_vec()).collect(),
+        sequence: b.sequence,
+    }
+}
+
+fn entry_to_pb(e: &Entry) -> pb::WorkloadEntry {
+    pb::WorkloadEntry {
+        id: e.id.clone(),
+        spiffe_id: e.spec.spiffe_id.to_string(),
+        selectors: e.spec.selectors.iter().map(|s| s.to_string()).collect(),
+        x509_svid_ttl_seconds: e.spec.x509_svid_ttl as i64,
+        dns_names: e.spec.dns_names.clone(),
+        revision: e.revision,
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::EntrySnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn attest_agent(
+        &self,
+        req: Request<pb::AttestAgentRequest>,
+    ) -> Result<Response<pb::AgentSvid>, Status> {
+        let req = req.into_inner();
+        let now = unix_seconds(SystemTime::now());
+        let agent_id = match self
+            .ca
+            .store
+            .use_join_token(&join_token::hash(&req.join_token), now)
+            .await
+            .map_err(|e| status(&e.into()))?
+        {
+            TokenUse::Accepted { agent_id } => agent_id,
+            TokenUse::Expired => {
+                self.ca.metrics.attestation_failed("expired_token");
+                return Err(Status::permission_denied(
+                    "join token has expired; create a new one",
+                ));
+            }
+            TokenUse::Unknown => {
+                self.ca.metrics.attestation_failed("unknown_token");
+                return Err(Status::permission_denied(
+                    "join token is unknown or already used",
+                ));
+            }
+        };
+        let id = SpiffeId::parse(&agent_id)
+            .map_err(|e| Status::internal(format!("stored agent ID: {e}")))?;
+        if let Ok(existing) = self.ca.store.get_agent(id.as_str()).await {
+            if existing.banned {
+                self.ca.metrics.attestation_failed("banned");
+                return Err(Status::permission_denied(format!("agent {id} is banned")));
+            }
+        }
+        let bundle = self.ca.bundle().await.map_err(|e| status(&e))?;
+        let (svid, record) = self
+            .agent_svid(&id, &req.csr, &bundle)
+            .map_err(|e| status(&e))?;
+        self.ca
+            .store
+            .upsert_agent(&record)
+            .await
+            .map_err(|e| status(&e.into()))?;
+        self.ca.notify_change();
+        tracing::info!(agent_id = %id, serial = %record.svid_serial, "agent attested");
+        Ok(Response::new(svid))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::AgentSvid>, Status> {
+        let agent = self.authorized_agent(&req).await?;
+        let id = SpiffeId::parse(&agent.spiffe_id).map_err(|e| Status::internal(e.to_string()))?;
+        let bundle = self.ca.bundle().await.map_err(|e| status(&e))?;
+        let (svid, mut record) = self
+            .agent_svid(&id, &req.into_inner().csr, &bundle)
+            .map_err(|e| status(&e))?;
+        record.created_at = agent.created_at;
+        self.ca
+            .store
+            .upsert_agent(&record)
+            .await
+            .map_err(|e| status(&e.into()))?;
+        tracing::info!(agent_id = %id, serial = %record.svid_serial, "agent SVID renewed");
+        Ok(Response::new(svid))
+    }
+
+    type SyncEntriesStream = SnapshotStream;
+
+    async fn sync_entries(
+        &self,
+        req: Request<pb::SyncEntriesRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let agent = self.authorized_agent(&req).await?;
+        let id = SpiffeId::parse(&agent.spiffe_id).map_err(|e| Status::internal(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let ca = self.ca.clone();
+        let service = NodeService { ca: ca.clone() };
+        tokio::spawn(async move {
+            let mut changes = ca.subscribe_changes();
+            let mut last: Option<pb::EntrySnapshot> = None;
+            loop {
+                // A ban or eviction ends the stream.
+                if let Err(s) = service.agent_in_good_standing(&id).await {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+                let snapshot = async {
+                    let entries = ca
+                        .list_entries(&EntryFilter {
+                            parent_id: Some(id.to_string()),
+                            spiffe_id: None,
+                        })
+                        .await?;
+                    let bundle = ca.bundle().await?;
+                    Ok::<_, CaError>(pb::EntrySnapshot {
+                        entries: entries.iter().map(entry_to_pb).collect(),
+                        bundle: Some(bundle_to_pb(&bundle)),
+                    })
+                }
+                .await;
+                match snapshot {
+                    Ok(s) if last.as_ref() != Some(&s) => {
+                        if tx.send(Ok(s.clone())).await.is_err() {
+                            return;
+                        }
+                        last = Some(s);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(agent_id = %id, error = %e, "cannot build entry snapshot; retrying")
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn sign_svids(
+        &self,
+        req: Request<pb::SignSvidsRequest>,
+    ) -> Result<Response<pb::SignSvidsResponse>, Status> {
+        let agent = self.authorized_agent(&req).await?;
+        let requests = req.into_inner().requests;
+        if requests.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} CSRs per call"
+            )));
+        }
+        // Check every request before signing anything: all or nothing.
+        let mut entries = Vec::with_capacity(requests.len());
+        for r in &requests {
+            let entry = self
+                .ca
+                .store
+                .get_entry(&r.entry_id)
+                .await
+                .map_err(|e| status(&e.into()))?;
+            if entry.spec.parent_id.as_str() != agent.spiffe_id {
+                self.ca.metrics.attestation_failed("foreign_entry");
+                tracing::warn!(agent_id = %agent.spiffe_id, entry_id = %r.entry_id, "agent asked for an SVID of an entry that is not its own");
+                return Err(Status::permission_denied(format!(
+                    "entry {} is not parented to {}; nothing was signed",
+                    r.entry_id, agent.spiffe_id
+                )));
+            }
+            entries.push(entry);
+        }
+        let mut svids = Vec::with_capacity(requests.len());
+        for (r, entry) in requests.iter().zip(&entries) {
+            let svid = self
+                .ca
+                .sign_for_entry(&r.csr, &entry.spec)
+                .map_err(|e| status(&e))?;
+            svids.push(pb::WorkloadSvid {
+                entry_id: entry.id.clone(),
+                spiffe_id: entry.spec.spiffe_id.to_string(),
+                cert_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
+                expires_at: svid.not_after,
+            });
+        }
+        Ok(Response::new(pb::SignSvidsResponse { svids }))
+    }
+}

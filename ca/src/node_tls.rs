@@ -1,0 +1,179 @@
+//! TLS for the node API: the CA serves it with its own X.509-SVID
+//! (`spiffe://<td>/signet/server`, re-issued at half-life) and asks clients
+//! for an agent SVID. A client without a certificate is let through the
+//! handshake (only `AttestAgent` accepts that); a client certificate that is
+//! not a valid agent SVID of this trust domain fails the handshake.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use signet_identity::tls::{provider, Authorizer, BundleHandle, SpiffeClientVerifier};
+use signet_identity::SpiffeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+
+use crate::entry::{AGENT_PATH_PREFIX, SERVER_PATH};
+use crate::issuance::sign_x509_svid;
+use crate::{Ca, CaError};
+
+/// How long a client gets to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the CA's current server SVID to every handshake.
+#[derive(Debug)]
+pub struct ServerCertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ServerCertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        })
+    }
+}
+
+impl ServerCertResolver {
+    fn set(&self, key: Arc<CertifiedKey>) {
+        match self.current.write() {
+            Ok(mut g) => *g = key,
+            Err(p) => *p.into_inner() = key,
+        }
+    }
+}
+
+/// The CA's node API server SVID: key generated here, signed by the CA's
+/// own authority like any other SVID.
+fn issue_server_svid(ca: &Ca) -> Result<(Arc<CertifiedKey>, Duration), CaError> {
+    let id = ca
+        .trust_domain
+        .spiffe_id(SERVER_PATH)
+        .map_err(|e| CaError::InvalidArgument(e.to_string()))?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(crate::issuance::IssueError::Sign)?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(crate::issuance::IssueError::Sign)?;
+    let now = SystemTime::now();
+    let svid = sign_x509_svid(
+        &ca.authority(),
+        csr.der(),
+        &id,
+        &[],
+        ca.config.default_ttl(),
+        now,
+    )?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .map_err(|e| CaError::InvalidArgument(format!("server key: {e}")))?;
+    let lifetime = Duration::from_secs(
+        (svid.not_after - signet_identity::x509_svid::unix_seconds(now)).max(2) as u64,
+    );
+    Ok((
+        Arc::new(CertifiedKey::new(svid.chain, signing_key)),
+        lifetime,
+    ))
+}
+
+/// The rustls server configuration of the node API, and the resolver whose
+/// certificate [`rotate_server_svid`] keeps fresh.
+pub fn server_config(
+    ca: &Ca,
+    bundle: BundleHandle,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ServerCertResolver>, Duration), CaError> {
+    let (key, lifetime) = issue_server_svid(ca)?;
+    let resolver = Arc::new(ServerCertResolver {
+        current: RwLock::new(key),
+    });
+    let agent_prefix = ca
+        .trust_domain
+        .spiffe_id(AGENT_PATH_PREFIX)
+        .map_err(|e| CaError::InvalidArgument(e.to_string()))?;
+    let authorize: Authorizer =
+        Arc::new(move |id: &SpiffeId| id.is_under(&agent_prefix) && *id != agent_prefix);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| CaError::InvalidArgument(format!("TLS: {e}")))?
+        .with_client_cert_verifier(SpiffeClientVerifier::new(bundle, authorize, false))
+        .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((Arc::new(config), resolver, lifetime))
+}
+
+/// Re-issues the server SVID at half of its lifetime until `stop`.
+pub async fn rotate_server_svid(
+    ca: Arc<Ca>,
+    resolver: Arc<ServerCertResolver>,
+    mut lifetime: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lifetime / 2) => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
+        }
+        match issue_server_svid(&ca) {
+            Ok((key, l)) => {
+                resolver.set(key);
+                lifetime = l;
+                tracing::debug!("node API server SVID renewed");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew the node API server SVID; retrying in 30s");
+                lifetime = Duration::from_secs(60);
+            }
+        }
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop,
+/// yielding established streams to tonic.
+pub fn accept_tls(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) -> mpsc::Receiver<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "node API accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(peer = %peer, error = %e, "node API handshake refused")
+                    }
+                    Err(_) => tracing::info!(peer = %peer, "node API handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}

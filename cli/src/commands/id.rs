@@ -1,0 +1,270 @@
+//! `signet id show|fetch`: a workload's view, through the Workload API.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Context};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use signet_identity::{certificates_to_pem, inspect_chain, CertificateDer};
+use signet_proto::workload as pb;
+use signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use tonic::transport::{Endpoint, Uri};
+
+use crate::duration::human;
+use crate::output::{self, seconds_until, timestamp, Format};
+
+/// Default Workload API socket.
+pub const DEFAULT_SOCKET: &str = "/run/signet/agent.sock";
+
+/// Where to find the agent.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkloadSocket {
+    /// Workload API socket: a path or unix:///path [env: SPIFFE_ENDPOINT_SOCKET] [default: /run/signet/agent.sock].
+    #[arg(long = "socket")]
+    socket: Option<String>,
+}
+
+impl WorkloadSocket {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        let raw = self
+            .socket
+            .clone()
+            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok())
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+        socket_path(&raw)
+    }
+}
+
+/// Parses `unix:///path`, `unix:/path` or a plain path.
+pub fn socket_path(raw: &str) -> anyhow::Result<PathBuf> {
+    let path = if let Some(rest) = raw.strip_prefix("unix://") {
+        rest
+    } else if let Some(rest) = raw.strip_prefix("unix:") {
+        rest
+    } else if raw.contains("://") {
+        return Err(anyhow!(
+            "Workload API address {raw:?} is not a Unix socket (use unix:///path)"
+        ));
+    } else {
+        raw
+    };
+    if !path.starts_with('/') {
+        return Err(anyhow!(
+            "Workload API socket {raw:?} must be an absolute path"
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Identity commands.
+#[derive(clap::Subcommand)]
+pub enum IdCommand {
+    /// Show this process's SPIFFE identities, fetched from the Workload API.
+    ///
+    /// Example:
+    ///   signet id show --socket /run/signet/agent.sock
+    #[command(verbatim_doc_comment)]
+    Show {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// How long to wait for the agent to issue an identity.
+        #[arg(long, default_value = "10", value_parser = crate::duration::parse_seconds)]
+        timeout: i64,
+    },
+    /// Write the SVID, its key and the bundle to files, for apps that read files.
+    ///
+    /// Writes svid.pem (chain), svid.key (mode 0600) and bundle.pem; further
+    /// identities go to svid.1.pem, svid.1.key, ...
+    ///
+    /// Example:
+    ///   signet id fetch --write /etc/myapp/tls
+    #[command(verbatim_doc_comment)]
+    Fetch {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Directory to write into.
+        #[arg(long)]
+        write: PathBuf,
+        /// How long to wait for the agent to issue an identity.
+        #[arg(long, default_value = "10", value_parser = crate::duration::parse_seconds)]
+        timeout: i64,
+    },
+}
+
+async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509svidResponse> {
+    let path = socket.path()?;
+    if !path.exists() {
+        return Err(anyhow!(
+            "Workload API socket {} does not exist: is `signet agent run` running? (set --socket or SPIFFE_ENDPOINT_SOCKET)",
+            path.display()
+        ));
+    }
+    let p = path.clone();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = p.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .with_context(|| format!("cannot connect to {}", path.display()))?;
+    let mut client = SpiffeWorkloadApiClient::new(channel);
+    let mut req = tonic::Request::new(pb::X509svidRequest {});
+    req.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    let wait = Duration::from_secs(timeout.max(1) as u64);
+    let result = tokio::time::timeout(wait, async {
+        let mut stream = client.fetch_x509svid(req).await?.into_inner();
+        stream
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
+    })
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "no identity from the agent within {}; is an entry registered for this process?",
+            human(timeout)
+        )
+    })?;
+    result.map_err(|s| match s.code() {
+        tonic::Code::PermissionDenied => anyhow!(
+            "the agent has no identity for this process ({}); register an entry whose selectors match it, e.g. --selector unix:uid:{}",
+            s.message(),
+            rustix::process::getuid().as_raw()
+        ),
+        _ => anyhow!("Workload API: {}", s.message()),
+    })
+}
+
+fn split_chain(der: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use x509_parser::prelude::FromDer;
+    let mut rest = der;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (next, _) = x509_parser::certificate::X509Certificate::from_der(rest)
+            .map_err(|e| anyhow!("the agent sent an unparsable certificate: {e}"))?;
+        out.push(CertificateDer::from(
+            rest[..rest.len() - next.len()].to_vec(),
+        ));
+        rest = next;
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct SvidView {
+    spiffe_id: String,
+    expires_at: i64,
+    chain: Vec<signet_identity::CertSummary>,
+}
+
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+impl IdCommand {
+    /// Runs the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            IdCommand::Show {
+                socket,
+                output,
+                timeout,
+            } => {
+                let resp = fetch(&socket, timeout).await?;
+                let mut views = Vec::new();
+                for svid in &resp.svids {
+                    let chain = inspect_chain(&split_chain(&svid.x509_svid)?, SystemTime::now());
+                    views.push(SvidView {
+                        spiffe_id: svid.spiffe_id.clone(),
+                        expires_at: chain.first().map(|c| c.not_after_unix).unwrap_or(0),
+                        chain,
+                    });
+                }
+                match output {
+                    Format::Json => output::json(&views)?,
+                    Format::Table => {
+                        for v in &views {
+                            println!("SPIFFE ID:  {}", v.spiffe_id);
+                            println!(
+                                "Expires:    {} (in {})",
+                                timestamp(v.expires_at),
+                                human(seconds_until(v.expires_at))
+                            );
+                            for (i, c) in v.chain.iter().enumerate() {
+                                println!(
+                                    "Chain [{i}]:  {} (issuer {}, {})",
+                                    c.subject, c.issuer, c.key_type
+                                );
+                            }
+                            println!();
+                        }
+                    }
+                }
+                Ok(())
+            }
+            IdCommand::Fetch {
+                socket,
+                write,
+                timeout,
+            } => {
+                let resp = fetch(&socket, timeout).await?;
+                std::fs::create_dir_all(&write)
+                    .with_context(|| format!("cannot create {}", write.display()))?;
+                for (i, svid) in resp.svids.iter().enumerate() {
+                    let suffix = if i == 0 {
+                        String::new()
+                    } else {
+                        format!(".{i}")
+                    };
+                    let chain = split_chain(&svid.x509_svid)?;
+                    write_file(
+                        &write.join(format!("svid{suffix}.pem")),
+                        certificates_to_pem(&chain).as_bytes(),
+                        0o644,
+                    )?;
+                    let key =
+                        pem::encode(&pem::Pem::new("PRIVATE KEY", svid.x509_svid_key.clone()));
+                    write_file(
+                        &write.join(format!("svid{suffix}.key")),
+                        key.as_bytes(),
+                        0o600,
+                    )?;
+                    if i == 0 {
+                        let bundle = split_chain(&svid.bundle)?;
+                        write_file(
+                            &write.join("bundle.pem"),
+                            certificates_to_pem(&bundle).as_bytes(),
+                            0o644,
+                        )?;
+                    }
+                    eprintln!(
+                        "wrote {} to {}",
+                        svid.spiffe_id,
+                        write.join(format!("svid{suffix}.pem")).display()
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
