@@ -54,8 +54,9 @@ pub struct AgentSvid {
     pub id: SpiffeId,
     /// Certificate chain and key, as used for mTLS to the CA.
     pub cert: ClientCert,
-    /// notBefore, Unix seconds.
-    pub not_before: i64,
+    /// When it was received (or, loaded from disk, its notBefore), Unix
+    /// seconds; renewal is timed from here.
+    pub issued_at: i64,
     /// notAfter, Unix seconds.
     pub not_after: i64,
 }
@@ -112,7 +113,7 @@ pub fn from_response(
                 chain,
                 key_pkcs8: key.serialize_der(),
             },
-            not_before,
+            issued_at: unix_seconds(SystemTime::now()).max(not_before),
             not_after,
         },
         bundle,
@@ -209,7 +210,7 @@ pub fn load(
                 chain,
                 key_pkcs8: key.serialize_der(),
             },
-            not_before,
+            issued_at: not_before,
             not_after,
         },
         bundle,

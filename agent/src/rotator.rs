@@ -149,11 +149,13 @@ impl SvidRotator {
         Ok(())
     }
 
-    fn renew_at(&self, not_before: i64, not_after: i64) -> i64 {
-        let lifetime = Duration::from_secs((not_after - not_before).max(1) as u64);
-        // Deterministic per SVID so the due time does not move each loop.
-        let j = ((not_after as u64).wrapping_mul(2654435761) % 1000) as f64 / 1000.0;
-        not_before + self.config.renew_after(lifetime, j).as_secs() as i64
+    /// When an SVID received at `issued_at` and expiring at `not_after` is
+    /// due, in milliseconds since the epoch. The jitter is derived from the
+    /// expiry so the due time stays put across loop iterations.
+    fn renew_at_ms(&self, issued_at: i64, not_after: i64) -> i64 {
+        let lifetime = Duration::from_secs((not_after - issued_at).max(1) as u64);
+        let j = ((not_after as u64).wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
+        issued_at * 1000 + self.config.renew_after(lifetime, j).as_millis() as i64
     }
 
     async fn renew_agent(&mut self) -> Result<(), String> {
@@ -178,15 +180,16 @@ impl SvidRotator {
         Ok(())
     }
 
-    /// Entries whose SVID is missing, outdated or due, and the next due time.
-    fn due_entries(&self, now: i64) -> (Vec<pb::WorkloadEntry>, Option<i64>) {
+    /// Entries whose SVID is missing, outdated or due at `now_ms`, and the
+    /// next due time (ms).
+    fn due_entries(&self, now_ms: i64) -> (Vec<pb::WorkloadEntry>, Option<i64>) {
         let mut due = Vec::new();
         let mut next: Option<i64> = None;
         for e in &self.entries {
             match self.svids.get(&e.id) {
                 Some(s) if s.entry_revision == e.revision => {
-                    let at = self.renew_at(s.not_before, s.not_after);
-                    if now >= at {
+                    let at = self.renew_at_ms(s.issued_at, s.not_after);
+                    if now_ms >= at {
                         due.push(e.clone());
                     } else {
                         next = Some(next.map_or(at, |n| n.min(at)));
@@ -229,11 +232,6 @@ impl SvidRotator {
                 .into_iter()
                 .map(CertificateDer::from)
                 .collect();
-            let not_before = chain
-                .first()
-                .and_then(|c| x509_parser::parse_x509_certificate(c).ok())
-                .map(|(_, c)| c.validity().not_before.timestamp())
-                .unwrap_or_else(|| unix_seconds(SystemTime::now()));
             let rotated = self.svids.contains_key(&entry.id);
             self.svids.insert(
                 entry.id.clone(),
@@ -243,7 +241,7 @@ impl SvidRotator {
                     spiffe_id: svid.spiffe_id.clone(),
                     chain,
                     key_pkcs8: key.serialize_der(),
-                    not_before,
+                    issued_at: unix_seconds(SystemTime::now()),
                     not_after: svid.expires_at,
                 }),
             );
@@ -301,12 +299,11 @@ impl SvidRotator {
     /// Runs until `stop` turns true.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
-            let now = unix_seconds(SystemTime::now());
             let may_try = self
                 .retry_at
                 .is_none_or(|t| tokio::time::Instant::now() >= t);
             if may_try {
-                if let Err(reason) = self.step(now).await {
+                if let Err(reason) = self.step().await {
                     self.fail(reason);
                 }
             }
@@ -316,18 +313,17 @@ impl SvidRotator {
             }
 
             // Sleep until the next due time, a retry, an entry change, or stop.
-            let now = unix_seconds(SystemTime::now());
-            let mut wake = now + 3600;
-            let agent_due = self.renew_at(self.agent.not_before, self.agent.not_after);
-            wake = wake.min(agent_due);
-            if let (_, Some(next)) = self.due_entries(now) {
+            let now_ms = now_ms();
+            let mut wake = now_ms + 3_600_000;
+            wake = wake.min(self.renew_at_ms(self.agent.issued_at, self.agent.not_after));
+            if let (_, Some(next)) = self.due_entries(now_ms) {
                 wake = wake.min(next);
             }
             if let Some(exp) = self.svids.values().map(|s| s.not_after).min() {
-                wake = wake.min(exp);
+                wake = wake.min(exp * 1000);
             }
             let mut deadline =
-                tokio::time::Instant::now() + Duration::from_secs((wake - now).max(0) as u64);
+                tokio::time::Instant::now() + Duration::from_millis((wake - now_ms).max(0) as u64);
             if let Some(r) = self.retry_at {
                 deadline = r.min(deadline).max(tokio::time::Instant::now());
             }
@@ -345,7 +341,7 @@ impl SvidRotator {
     }
 
     /// One pass: connect, renew the agent SVID, issue what is due.
-    async fn step(&mut self, now: i64) -> Result<(), String> {
+    async fn step(&mut self) -> Result<(), String> {
         if self.client.is_none() {
             self.connect().await?;
             // The first snapshot follows right away; take it before signing.
@@ -357,11 +353,11 @@ impl SvidRotator {
                 }
             }
         }
-        if now >= self.renew_at(self.agent.not_before, self.agent.not_after) {
+        if now_ms() >= self.renew_at_ms(self.agent.issued_at, self.agent.not_after) {
             self.renew_agent().await?;
-            return Box::pin(self.step(now)).await;
+            return Box::pin(self.step()).await;
         }
-        let (due, _) = self.due_entries(now);
+        let (due, _) = self.due_entries(now_ms());
         if !due.is_empty() {
             self.sign(due).await?;
         }
@@ -396,6 +392,13 @@ async fn forward_sync(
             return;
         }
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn code_name(c: tonic::Code) -> String {

@@ -21,8 +21,9 @@ pub struct WorkloadSvid {
     pub chain: Vec<CertificateDer<'static>>,
     /// PKCS#8 DER key, generated on this node.
     pub key_pkcs8: Vec<u8>,
-    /// Unix seconds.
-    pub not_before: i64,
+    /// When the agent received it, Unix seconds (rotation is timed from
+    /// here: notBefore is backdated for clock skew).
+    pub issued_at: i64,
     /// Unix seconds.
     pub not_after: i64,
 }

@@ -221,11 +221,11 @@ impl EntryInput {
             ));
         }
         let reserved = td
-            .spiffe_id(AGENT_PATH_PREFIX)
+            .spiffe_id(RESERVED_PATH_PREFIX)
             .map_err(|e| bad_id(e.to_string()))?;
         if spiffe_id.is_under(&reserved) {
             return Err(bad_id(format!(
-                "{AGENT_PATH_PREFIX} is reserved for agents"
+                "{RESERVED_PATH_PREFIX}/... is reserved for Signet's own identities (agents, CA server)"
             )));
         }
         let parent_id = SpiffeId::parse(&self.parent_id).map_err(|e| EntryError::BadParentId {

@@ -150,9 +150,13 @@ impl TestCa {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestCa {
+        Self::start_with_port(dir, signet_test_support::free_port(), extra)
+    }
+
+    /// Starts (or restarts) the CA in `dir` with its node API on `node_port`.
+    pub fn start_with_port(dir: tempfile::TempDir, node_port: u16, extra: &[&str]) -> TestCa {
         let admin_socket = dir.path().join("admin.sock");
         let metrics_port = signet_test_support::free_port();
-        let node_port = signet_test_support::free_port();
         let mut cmd = signet();
         cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
             .arg(dir.path().join("data"))
@@ -168,6 +172,7 @@ impl TestCa {
             daemon,
             admin_socket,
             metrics_port,
+            node_port,
         }
     }
 
@@ -221,4 +226,109 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
+}
+
+impl TestCa {
+    /// The node API address.
+    pub fn node_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.node_port)
+    }
+
+    /// Writes the bundle to a file agents can bootstrap from.
+    pub fn bundle_file(&self) -> PathBuf {
+        let path = self.dir.path().join("bootstrap-bundle.pem");
+        std::fs::write(&path, self.run_ok(&["bundle", "show"])).unwrap();
+        path
+    }
+
+    /// A join token for node `name`.
+    pub fn token(&self, name: &str) -> String {
+        self.run_ok(&["token", "create", "--node-name", name])
+            .trim()
+            .to_owned()
+    }
+
+    /// Registers `id` under agent node `node` with `selectors`; returns the entry ID.
+    pub fn entry(&self, id: &str, node: &str, selectors: &[&str], extra: &[&str]) -> String {
+        let parent = format!("spiffe://example.org/signet/agent/{node}");
+        let mut args = vec!["entry", "create", "--spiffe-id", id, "--parent-id", &parent];
+        for s in selectors {
+            args.push("--selector");
+            args.push(s);
+        }
+        args.extend_from_slice(extra);
+        self.run_ok(&args).trim().to_owned()
+    }
+}
+
+/// A `signet agent run` in a temp dir. The directory is world-readable so
+/// that processes of other users can reach the Workload API socket.
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub daemon: Daemon,
+    pub socket: PathBuf,
+}
+
+impl TestAgent {
+    /// Starts an agent against `ca` and waits for its ready line.
+    pub fn start(ca: &TestCa, token: &str, extra: &[&str]) -> TestAgent {
+        let (dir, cmd, socket) = Self::command(ca, token, extra);
+        let mut daemon = Daemon::spawn(cmd);
+        daemon.wait_for("signet agent ready", Duration::from_secs(30));
+        TestAgent {
+            dir,
+            daemon,
+            socket,
+        }
+    }
+
+    /// The command that would start an agent, its dir and socket.
+    pub fn command(
+        ca: &TestCa,
+        token: &str,
+        extra: &[&str],
+    ) -> (tempfile::TempDir, Command, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("agent.sock");
+        let mut cmd = signet();
+        cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--trust-bundle"])
+            .arg(ca.bundle_file())
+            .args(["--join-token", token, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(extra);
+        (dir, cmd, socket)
+    }
+
+    /// `unix://` endpoint of the Workload API.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+/// Retries `f` every 50 ms until it returns `Some`, or panics after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The uid of this test process.
+pub fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }

@@ -115,34 +115,56 @@ async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509
         .await
         .with_context(|| format!("cannot connect to {}", path.display()))?;
     let mut client = SpiffeWorkloadApiClient::new(channel);
-    let mut req = tonic::Request::new(pb::X509svidRequest {});
-    req.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    let wait = Duration::from_secs(timeout.max(1) as u64);
-    let result = tokio::time::timeout(wait, async {
-        let mut stream = client.fetch_x509svid(req).await?.into_inner();
-        stream
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
-    })
-    .await
-    .map_err(|_| {
-        anyhow!(
-            "no identity from the agent within {}; is an entry registered for this process?",
-            human(timeout)
-        )
-    })?;
-    result.map_err(|s| match s.code() {
-        tonic::Code::PermissionDenied => anyhow!(
-            "the agent has no identity for this process ({}); register an entry whose selectors match it, e.g. --selector unix:uid:{}",
-            s.message(),
-            rustix::process::getuid().as_raw()
-        ),
-        _ => anyhow!("Workload API: {}", s.message()),
-    })
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.max(1) as u64);
+    let mut said = false;
+    loop {
+        let mut req = tonic::Request::new(pb::X509svidRequest {});
+        req.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        let attempt = tokio::time::timeout_at(deadline, async {
+            let mut stream = client.fetch_x509svid(req).await?.into_inner();
+            stream
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
+        })
+        .await;
+        let status = match attempt {
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(s)) => s,
+            Err(_) => tonic::Status::deadline_exceeded("no answer"),
+        };
+        // An entry created a moment ago reaches the agent within about a
+        // second: keep asking until the deadline, and say so.
+        let retry = matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unavailable
+        );
+        if !retry || tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+            return Err(match status.code() {
+                tonic::Code::PermissionDenied => anyhow!(
+                    "the agent has no identity for this process ({}); register an entry whose selectors match it, e.g. --selector unix:uid:{}",
+                    status.message(),
+                    rustix::process::getuid().as_raw()
+                ),
+                tonic::Code::DeadlineExceeded => anyhow!(
+                    "no identity from the agent within {}; is an entry registered for this process?",
+                    human(timeout)
+                ),
+                _ => anyhow!("Workload API: {}", status.message()),
+            });
+        }
+        if !said {
+            eprintln!(
+                "waiting up to {} for the agent to issue an identity for this process...",
+                human(timeout)
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn split_chain(der: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {

@@ -1,0 +1,490 @@
+//! End-to-end tests of the node agent: real `signet` CA and agent processes,
+//! the independent `spiffe` crate as the Workload API client.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use signet_identity::TrustDomain;
+use signet_proto::node as pb;
+use support::*;
+use tokio_stream::StreamExt;
+
+const TD: &str = "example.org";
+
+fn uid_selector() -> String {
+    format!("unix:uid:{}", my_uid())
+}
+
+async fn spiffe_client(agent: &TestAgent) -> spiffe::WorkloadApiClient {
+    spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap()
+}
+
+/// Fetches through the spiffe crate until an SVID arrives.
+async fn fetch_svid(agent: &TestAgent, timeout: Duration) -> spiffe::X509Svid {
+    let client = spiffe_client(agent).await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client.fetch_x509_svid().await {
+            Ok(svid) => return svid,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no SVID within {timeout:?}: {e}"),
+        }
+    }
+}
+
+fn leaf_serial(svid: &spiffe::X509Svid) -> Vec<u8> {
+    let der = svid.cert_chain()[0].as_ref();
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workload_gets_its_svid_through_the_spiffe_crate() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/ns/test/sa/me",
+        "node-1",
+        &[&uid_selector()],
+        &[],
+    );
+    let svid = fetch_svid(&agent, Duration::from_secs(10)).await;
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://example.org/ns/test/sa/me"
+    );
+    // The bundle served next to it verifies the SVID with Signet's own verifier.
+    let ctx = spiffe_client(&agent)
+        .await
+        .fetch_x509_context()
+        .await
+        .unwrap();
+    let td = spiffe::TrustDomain::new(TD).unwrap();
+    let bundle = ctx.bundle_set().get(&td).expect("bundle for example.org");
+    let roots: Vec<_> = bundle
+        .authorities()
+        .iter()
+        .map(|c| c.as_ref().to_vec().into())
+        .collect();
+    let ours = signet_identity::TrustBundle::new(TrustDomain::new(TD).unwrap(), roots).unwrap();
+    let chain: Vec<_> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| c.as_ref().to_vec().into())
+        .collect();
+    signet_identity::verify_x509_svid(&chain, &ours, std::time::SystemTime::now()).unwrap();
+    // `signet id show` agrees.
+    let out = signet()
+        .args(["id", "show", "--output", "json"])
+        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["spiffe_id"], "spiffe://example.org/ns/test/sa/me");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_is_pushed_on_the_open_stream() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/rotating",
+        "node-1",
+        &[&uid_selector()],
+        &["--x509-ttl", "3"],
+    );
+    fetch_svid(&agent, Duration::from_secs(10)).await;
+    let client = spiffe_client(&agent).await;
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    let mut serials = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while serials.len() < 3 && Instant::now() < deadline {
+        let svid = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let serial = leaf_serial(&svid);
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+    }
+    assert_eq!(
+        serials.len(),
+        3,
+        "expected two rotations pushed on one stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_entry_reaches_an_open_stream_within_a_second() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/first",
+        "node-1",
+        &[&uid_selector()],
+        &[],
+    );
+    fetch_svid(&agent, Duration::from_secs(10)).await;
+    let client = spiffe_client(&agent).await;
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.svids().len(), 1);
+    let start = Instant::now();
+    ca.entry(
+        "spiffe://example.org/second",
+        "node-1",
+        &[&uid_selector()],
+        &[],
+    );
+    loop {
+        let ctx = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if ctx.svids().len() == 2 {
+            break;
+        }
+    }
+    let took = start.elapsed();
+    eprintln!("entry create (CLI process) -> SVID on the open stream: {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn a_caller_with_another_uid_is_refused_and_gets_no_key() {
+    if !is_root() {
+        eprintln!("!!! SKIPPING: needs root to run a child as another uid");
+        return;
+    }
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/root-only",
+        "node-1",
+        &[&uid_selector()],
+        &[],
+    );
+    // Our uid gets the identity...
+    let out = signet()
+        .args(["id", "show", "--socket"])
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ...uid 65534, on the same (world-open) socket, does not.
+    use std::os::unix::process::CommandExt;
+    let out = signet()
+        .args(["id", "fetch", "--timeout", "3", "--write"])
+        .arg(agent.dir.path().join("nobody-out"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no identity issued"), "{err}");
+    assert!(!agent.dir.path().join("nobody-out/svid.key").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_the_security_header_are_rejected() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry("spiffe://example.org/me", "node-1", &[&uid_selector()], &[]);
+    fetch_svid(&agent, Duration::from_secs(10)).await;
+    let path = agent.socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client =
+        signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
+    let status = client
+        .fetch_x509svid(signet_proto::workload::X509svidRequest {})
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "security header missing from request");
+    let status = client
+        .fetch_x509_bundles(signet_proto::workload::X509BundlesRequest {})
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn a_used_or_expired_join_token_is_refused() {
+    let ca = TestCa::start(&[]);
+    let token = ca.token("node-1");
+    let _first = TestAgent::start(&ca, &token, &[]);
+    let (_dir, mut cmd, _) = TestAgent::command(&ca, &token, &[]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("unknown or already used"), "{err}");
+
+    let short = ca
+        .run_ok(&["token", "create", "--ttl", "1", "--node-name", "node-2"])
+        .trim()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(2100));
+    let (_dir, mut cmd, _) = TestAgent::command(&ca, &short, &[]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("expired"), "{err}");
+}
+
+/// A node API client with the credentials an agent keeps in its data dir.
+async fn node_client_as(
+    agent: &TestAgent,
+    ca: &TestCa,
+) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
+    let td = TrustDomain::new(TD).unwrap();
+    let (svid, bundle) = signet_agent::agent_identity::load(&agent.dir.path().join("data"), &td)
+        .unwrap()
+        .unwrap();
+    let trust = signet_agent::node_client::ServerTrust::Bundle(
+        signet_identity::tls::BundleHandle::new(bundle),
+    );
+    signet_agent::node_client::connect(&ca.node_addr(), &td, &trust, Some(&svid.cert))
+        .await
+        .unwrap()
+}
+
+fn csr() -> Vec<u8> {
+    signet_agent::agent_identity::new_key_and_csr().unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_cannot_get_an_svid_for_another_agents_entry() {
+    let ca = TestCa::start(&[]);
+    let a1 = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let _a2 = TestAgent::start(&ca, &ca.token("node-2"), &[]);
+    let mine = ca.entry("spiffe://example.org/mine", "node-1", &["unix:uid:1"], &[]);
+    let theirs = ca.entry(
+        "spiffe://example.org/theirs",
+        "node-2",
+        &["unix:uid:1"],
+        &[],
+    );
+    let mut client = node_client_as(&a1, &ca).await;
+    let status = client
+        .sign_svids(pb::SignSvidsRequest {
+            requests: vec![
+                pb::SvidRequest {
+                    entry_id: mine.clone(),
+                    csr: csr(),
+                },
+                pb::SvidRequest {
+                    entry_id: theirs,
+                    csr: csr(),
+                },
+            ],
+        })
+        .await
+        .expect_err("a batch with a foreign entry must fail");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // Its own entry alone is fine.
+    let ok = client
+        .sign_svids(pb::SignSvidsRequest {
+            requests: vec![pb::SvidRequest {
+                entry_id: mine,
+                csr: csr(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.svids[0].spiffe_id, "spiffe://example.org/mine");
+    // And its sync stream only ever shows its own entries.
+    let mut sync = client
+        .sync_entries(pb::SyncEntriesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let snap = sync.message().await.unwrap().unwrap();
+    let ids: Vec<_> = snap.entries.iter().map(|e| e.spiffe_id.as_str()).collect();
+    assert_eq!(ids, vec!["spiffe://example.org/mine"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_banned_agent_can_neither_renew_nor_sign_nor_reattest() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let entry = ca.entry("spiffe://example.org/w", "node-1", &["unix:uid:1"], &[]);
+    let mut client = node_client_as(&agent, &ca).await;
+    ca.run_ok(&["agent", "ban", "spiffe://example.org/signet/agent/node-1"]);
+    let s = client
+        .renew_agent(pb::RenewAgentRequest { csr: csr() })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied);
+    let s = client
+        .sign_svids(pb::SignSvidsRequest {
+            requests: vec![pb::SvidRequest {
+                entry_id: entry,
+                csr: csr(),
+            }],
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied);
+    let (_dir, mut cmd, _) = TestAgent::command(&ca, &ca.token("node-1"), &[]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("banned"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicted_agent_is_refused_until_it_reattests_with_a_new_token() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let entry = ca.entry("spiffe://example.org/w", "node-1", &["unix:uid:1"], &[]);
+    let mut client = node_client_as(&agent, &ca).await;
+    ca.run_ok(&["agent", "evict", "spiffe://example.org/signet/agent/node-1"]);
+    let s = client
+        .sign_svids(pb::SignSvidsRequest {
+            requests: vec![pb::SvidRequest {
+                entry_id: entry.clone(),
+                csr: csr(),
+            }],
+        })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied);
+    let again = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let mut client = node_client_as(&again, &ca).await;
+    client
+        .sign_svids(pb::SignSvidsRequest {
+            requests: vec![pb::SvidRequest {
+                entry_id: entry,
+                csr: csr(),
+            }],
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workloads_keep_cached_svids_while_the_ca_is_down_and_rotation_resumes_after() {
+    let ca = TestCa::start(&[]);
+    let node_port = ca.node_port;
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/durable",
+        "node-1",
+        &[&uid_selector()],
+        &["--x509-ttl", "8"],
+    );
+    let before = fetch_svid(&agent, Duration::from_secs(10)).await;
+
+    // Kill the CA hard.
+    let dir = {
+        let mut ca = ca;
+        ca.daemon.child.kill().unwrap();
+        ca.daemon.child.wait().unwrap();
+        let TestCa { dir, .. } = ca;
+        dir
+    };
+    // The workload still gets an SVID from the agent's cache.
+    for _ in 0..5 {
+        let svid = fetch_svid(&agent, Duration::from_secs(2)).await;
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/durable");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // CA back on the same address: the same agent process resumes rotation.
+    let _ca = TestCa::start_with_port(dir, node_port, &[]);
+    let client = spiffe_client(&agent).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let svid = client.fetch_x509_svid().await.unwrap();
+        if leaf_serial(&svid) != leaf_serial(&before)
+            && svid_not_after(&svid) > svid_not_after(&before) + 4
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation after the CA came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(agent.daemon.child.id() > 0);
+}
+
+fn svid_not_after(svid: &spiffe::X509Svid) -> i64 {
+    let (_, cert) = x509_parser::parse_x509_certificate(svid.cert_chain()[0].as_ref()).unwrap();
+    cert.validity().not_after.timestamp()
+}
+
+#[test]
+fn agent_restart_reuses_its_stored_identity_without_a_token() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let data = agent.dir.path().join("data");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("agent_key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let socket_mode = std::fs::metadata(&agent.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        socket_mode, 0o777,
+        "the Workload API socket is open to every local user"
+    );
+    let TestAgent {
+        dir,
+        mut daemon,
+        socket,
+    } = agent;
+    assert!(daemon.terminate());
+    let mut cmd = signet();
+    cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let mut d = Daemon::spawn(cmd);
+    d.wait_for("using the stored agent SVID", Duration::from_secs(10));
+    d.wait_for("connected to the CA", Duration::from_secs(10));
+}
