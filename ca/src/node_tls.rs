@@ -160,6 +160,8 @@ pub fn accept_tls(
                 },
                 _ = stop.changed() => return,
             };
+            // Small gRPC frames must not wait for delayed ACKs (Nagle).
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
