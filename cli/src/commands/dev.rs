@@ -1,9 +1,10 @@
 //! `signet dev`: a complete, throwaway Signet on one machine with no
 //! configuration, in the spirit of `vault server -dev`.
 //!
-//! Today it runs the CA on embedded defaults (SQLite in a fresh directory),
-//! registers a join token and an identity for the calling user, and prints
-//! where everything lives and what to try next. Every daemon runs as a child
+//! Today it runs the CA on embedded defaults (SQLite in a fresh directory)
+//! and an agent attested with a join token it creates, registers an identity
+//! for the calling user, and prints where everything lives and what to try
+//! next. Every daemon runs as a child
 //! process; Ctrl-C stops them all and removes the directory unless --keep.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,10 @@ struct ChildDaemon {
 
 impl ChildDaemon {
     fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            eprintln!("  {} stopped", self.name);
+            return;
+        }
         if let Ok(None) = self.child.try_wait() {
             let pid = rustix::process::Pid::from_child(&self.child);
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -108,6 +113,7 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
     let admin_socket = dir.join("admin.sock");
     let ca_log = dir.join("ca.log");
     let metrics_port = free_port()?;
+    let node_port = free_port()?;
     eprintln!("starting the CA (log: {})", ca_log.display());
     let mut ca = spawn_logged(
         "CA",
@@ -122,6 +128,8 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
             &admin_socket.to_string_lossy(),
             "--metrics-listen",
             &format!("127.0.0.1:{metrics_port}"),
+            "--listen",
+            &format!("127.0.0.1:{node_port}"),
         ],
         &ca_log,
     )?;
@@ -132,11 +140,51 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
 
     let token = client
         .create_join_token(pb::CreateJoinTokenRequest {
-            ttl_seconds: 3600,
+            ttl_seconds: 600,
             node_name: "dev-node".into(),
         })
         .await
         .into_result()?;
+    let bundle = client
+        .get_bundle(pb::GetBundleRequest {})
+        .await
+        .into_result()?;
+    let bundle_path = dir.join("bundle.pem");
+    let certs: Vec<_> = bundle
+        .x509_authorities
+        .into_iter()
+        .map(signet_identity::CertificateDer::from)
+        .collect();
+    std::fs::write(&bundle_path, signet_identity::certificates_to_pem(&certs))
+        .with_context(|| format!("cannot write {}", bundle_path.display()))?;
+
+    let agent_socket = dir.join("agent.sock");
+    let agent_log = dir.join("agent.log");
+    eprintln!("starting the agent (log: {})", agent_log.display());
+    let mut agent = spawn_logged(
+        "agent",
+        &[
+            "agent",
+            "run",
+            "--trust-domain",
+            &args.trust_domain,
+            "--ca",
+            &format!("127.0.0.1:{node_port}"),
+            "--trust-bundle",
+            &bundle_path.to_string_lossy(),
+            "--join-token",
+            &token.token,
+            "--data-dir",
+            &dir.join("agent").to_string_lossy(),
+            "--socket",
+            &agent_socket.to_string_lossy(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &agent_log,
+    )?;
+    wait_for_socket(&agent_socket, &mut agent, &agent_log, "agent").await?;
+
     let uid = rustix::process::getuid().as_raw();
     let me = format!("spiffe://{}/dev/uid-{uid}", args.trust_domain);
     client
@@ -157,19 +205,27 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
     println!("  trust domain     {}", args.trust_domain);
     println!("  directory        {}", dir.display());
     println!("  CA admin socket  {}", admin_socket.display());
+    println!("  CA node API      127.0.0.1:{node_port}");
     println!("  CA metrics       http://127.0.0.1:{metrics_port}/metrics  (/ready, /live)");
     println!("  CA log           {}", ca_log.display());
     println!(
-        "  join token       {} (agent {})",
-        token.token, token.agent_id
+        "  agent            {} (log: {})",
+        token.agent_id,
+        agent_log.display()
     );
+    println!("  Workload API     unix://{}", agent_socket.display());
     println!("  your identity    {me} (entry for unix:uid:{uid})");
     println!();
     println!("Try:");
     println!("  export SIGNET_ADMIN_SOCKET={}", admin_socket.display());
+    println!(
+        "  export SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        agent_socket.display()
+    );
+    println!("  signet id show");
     println!("  signet entry list");
+    println!("  signet agent list");
     println!("  signet bundle show --format jwks");
-    println!("  signet token create --ttl 10m");
     println!();
     println!(
         "Press Ctrl-C to stop{}.",
@@ -186,10 +242,45 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
             let tail = std::fs::read_to_string(&ca_log).unwrap_or_default();
             return Err(anyhow!("the CA exited unexpectedly; its log ends with: {}", last_line(&tail)));
         }
+        _ = child_exit(&mut agent) => {
+            let tail = std::fs::read_to_string(&agent_log).unwrap_or_default();
+            return Err(anyhow!("the agent exited unexpectedly; its log ends with: {}", last_line(&tail)));
+        }
     }
     eprintln!("\nstopping");
+    agent.stop();
     ca.stop();
     Ok(())
+}
+
+async fn wait_for_socket(
+    path: &Path,
+    child: &mut ChildDaemon,
+    log: &Path,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    eprintln!("waiting for the {what} to open {} ...", path.display());
+    loop {
+        if let Ok(Some(status)) = child.child.try_wait() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(anyhow!(
+                "the {what} exited ({status}): {}",
+                last_line(&text)
+            ));
+        }
+        if path.exists() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "the {what} did not open {} within 60s; see {}",
+                path.display(),
+                log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_for_ca(
