@@ -488,3 +488,41 @@ fn agent_restart_reuses_its_stored_identity_without_a_token() {
     d.wait_for("using the stored agent SVID", Duration::from_secs(10));
     d.wait_for("connected to the CA", Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_renews_its_own_svid_and_keeps_serving() {
+    // A 4 s default TTL: the agent SVID and the CA's server SVID both turn
+    // over every ~2 s, so renewal and reconnection run several times.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ca.toml");
+    std::fs::write(&cfg, "default_x509_svid_ttl = 4\n").unwrap();
+    let ca = TestCa::start_in(dir, &["--config", cfg.to_str().unwrap()]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry("spiffe://example.org/w", "node-1", &[&uid_selector()], &[]);
+    let serial = || -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&ca.run_ok(&["agent", "list", "--output", "json"])).unwrap();
+        v[0]["svid_serial"].as_str().unwrap().to_owned()
+    };
+    let first = serial();
+    let mut seen = vec![first];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "agent SVID renewed only {} times",
+            seen.len() - 1
+        );
+        let s = serial();
+        if !seen.contains(&s) {
+            seen.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still serving fresh workload SVIDs after renewals.
+    let svid = fetch_svid(&agent, Duration::from_secs(5)).await;
+    assert!(
+        svid_not_after(&svid)
+            > signet_identity::x509_svid::unix_seconds(std::time::SystemTime::now())
+    );
+}
