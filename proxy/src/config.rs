@@ -1,0 +1,169 @@
+//! Proxy configuration (`proxy.toml`). The key names are a contract that
+//! scripts and docs rely on: extend, never rename.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::IdPattern;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Application protocol of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes both ways (any protocol).
+    #[default]
+    Tcp,
+    /// HTTP/1.1 and HTTP/2, so policy can match methods and paths.
+    Http,
+}
+
+/// The inbound side: terminate mTLS, authorize, forward to the local app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where peers connect, e.g. `0.0.0.0:15006`.
+    pub listen: String,
+    /// The local app, e.g. `127.0.0.1:8080`.
+    pub forward_to: String,
+    /// `tcp` (default) or `http`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// One outbound listener: plaintext in, mTLS to `upstream`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Local address the app connects to, e.g. `127.0.0.1:15001`.
+    pub listen: String,
+    /// The peer's inbound proxy, e.g. `10.0.0.2:15006`.
+    pub upstream: String,
+    /// The SPIFFE ID (or `.../*` pattern) the upstream must present.
+    pub server_id: String,
+    /// `tcp` (default) or `http`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Everything `signet proxy run` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Workload API socket; default `SPIFFE_ENDPOINT_SOCKET`, then
+    /// `unix:///run/signet/agent.sock`.
+    #[serde(default)]
+    pub workload_api_socket: Option<String>,
+    /// Directory of policy TOML files (required with an inbound listener).
+    #[serde(default)]
+    pub policy_dir: Option<PathBuf>,
+    /// `/metrics`, `/ready`, `/live`. Default `127.0.0.1:15000`.
+    #[serde(default = "default_admin")]
+    pub admin_listen: String,
+    /// How long open connections may take to finish on SIGTERM, seconds. Default 30.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: u64,
+    /// The inbound listener, if any.
+    #[serde(default)]
+    pub inbound: Option<InboundConfig>,
+    /// Outbound listeners.
+    #[serde(default)]
+    pub outbound: Vec<OutboundConfig>,
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:15000".into()
+}
+
+fn default_drain() -> u64 {
+    30
+}
+
+impl ProxyConfig {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: ProxyConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.inbound.is_none() && self.outbound.is_empty() {
+            return Err(ConfigError::Invalid(
+                "configure [inbound] and/or at least one [[outbound]]".into(),
+            ));
+        }
+        if self.inbound.is_some() && self.policy_dir.is_none() {
+            return Err(ConfigError::Invalid(
+                "an [inbound] listener needs policy_dir (default deny: without policy nothing gets in)".into(),
+            ));
+        }
+        let http = self
+            .inbound
+            .iter()
+            .map(|i| i.protocol)
+            .chain(self.outbound.iter().map(|o| o.protocol));
+        if http.into_iter().any(|p| p == Protocol::Http) {
+            return Err(ConfigError::Invalid(
+                "protocol = \"http\" is not supported by this version yet; use \"tcp\"".into(),
+            ));
+        }
+        for o in &self.outbound {
+            IdPattern::parse(&o.server_id).map_err(|e| {
+                ConfigError::Invalid(format!("[[outbound]] listen {}: server_id {e}", o.listen))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The Workload API socket path.
+    pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
+        let raw = self
+            .workload_api_socket
+            .clone()
+            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok())
+            .unwrap_or_else(|| "unix:///run/signet/agent.sock".into());
+        let path = raw
+            .strip_prefix("unix://")
+            .or_else(|| raw.strip_prefix("unix:"))
+            .unwrap_or(&raw);
+        if !path.starts_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "workload_api_socket {raw:?} must be unix:///absolute/path"
+            )));
+        }
+        Ok(PathBuf::from(path))
+    }
+}

@@ -1,0 +1,171 @@
+//! Inbound: terminate mTLS, authenticate the peer's SVID, authorize its
+//! SPIFFE ID against policy, then forward bytes to the local app. A peer
+//! without a valid SVID fails the handshake; a valid peer that policy does
+//! not allow is closed before a single byte reaches the app.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::forward::{ms_since, splice};
+use crate::metrics::{DecisionLabels, Metrics, PeerLabels};
+use crate::policy::Request;
+use crate::policy_watch::PolicyHandle;
+use crate::workload_identity::IdentityWatch;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every inbound connection needs.
+pub struct Inbound {
+    /// rustls server configuration.
+    pub tls: tokio_rustls::TlsAcceptor,
+    /// The local app.
+    pub forward_to: String,
+    /// Policy in force.
+    pub policy: PolicyHandle,
+    /// Our identity (the destination of every request).
+    pub identity: IdentityWatch,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A short reason for a failed handshake, for metrics.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    let s = format!("{e:?}");
+    if s.contains("NotAuthorized") {
+        "peer_not_authorized"
+    } else if s.contains("WrongTrustDomain") {
+        "wrong_trust_domain"
+    } else if s.contains("Expired") {
+        "peer_svid_expired"
+    } else if s.contains("NoCertificatesPresented") || s.contains("CertificateRequired") {
+        "no_client_certificate"
+    } else if s.contains("Untrusted")
+        || s.contains("UnknownIssuer")
+        || s.contains("Leaf(")
+        || s.contains("Intermediate")
+    {
+        "peer_svid_invalid"
+    } else if s.contains("InvalidContentType")
+        || s.contains("InvalidMessage")
+        || s.contains("corrupt")
+    {
+        "not_tls"
+    } else if s.contains("NoCertificate")
+        || s.contains("HandshakeFailure")
+        || s.contains("AlertReceived")
+    {
+        "handshake_failure"
+    } else {
+        "other"
+    }
+}
+
+impl Inbound {
+    /// Accepts until `stop`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbound accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.handle(tcp, addr).await });
+        }
+    }
+
+    async fn handle(&self, tcp: TcpStream, addr: std::net::SocketAddr) {
+        let start = Instant::now();
+        let _ = tcp.set_nodelay(true);
+        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = failure_reason(&e);
+                self.metrics.handshake_failed("inbound", reason);
+                tracing::info!(direction = "inbound", client = %addr, reason, error = %e, "handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.metrics.handshake_failed("inbound", "timeout");
+                return;
+            }
+        };
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(signet_identity::tls::peer_spiffe_id);
+        let Some(peer) = peer else {
+            self.metrics
+                .handshake_failed("inbound", "no_client_certificate");
+            return;
+        };
+        let Some(own) = self.identity.borrow().as_ref().map(|i| i.spiffe_id.clone()) else {
+            return;
+        };
+        let decision = self.policy.get().evaluate(&Request {
+            from: &peer,
+            to: &own,
+            method: None,
+            path: None,
+        });
+        let rule = decision.rule_name();
+        self.metrics
+            .authz
+            .get_or_create(&DecisionLabels {
+                decision: if decision.allowed { "allow" } else { "deny" }.into(),
+                rule: rule.clone(),
+            })
+            .inc();
+        if !decision.allowed {
+            tracing::info!(direction = "inbound", peer = %peer, decision = "deny", rule = %rule, bytes_in = 0, bytes_out = 0, duration_ms = ms_since(start), "connection");
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            return;
+        }
+        let mut local = match TcpStream::connect(&self.forward_to).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(direction = "inbound", peer = %peer, forward_to = %self.forward_to, error = %e, "cannot reach the local app");
+                return;
+            }
+        };
+        let _ = local.set_nodelay(true);
+        let labels = PeerLabels {
+            direction: "inbound".into(),
+            peer: peer.to_string(),
+        };
+        self.metrics.connections.get_or_create(&labels).inc();
+        self.metrics.active.inc();
+        let (to_peer, from_peer, err) = splice(&mut tls, &mut local).await;
+        self.metrics.active.dec();
+        self.metrics
+            .bytes_to_peer
+            .get_or_create(&labels)
+            .inc_by(to_peer);
+        self.metrics
+            .bytes_from_peer
+            .get_or_create(&labels)
+            .inc_by(from_peer);
+        tracing::info!(
+            direction = "inbound",
+            peer = %peer,
+            decision = "allow",
+            rule = %rule,
+            bytes_in = from_peer,
+            bytes_out = to_peer,
+            duration_ms = ms_since(start),
+            error = err.map(|e| e.to_string()).unwrap_or_default(),
+            "connection"
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! # signet-proxy
+//!
+//! The sidecar: zero trust enforced on every hop.
+//!
+//! ```text
+//!   peer sidecar ──mTLS──▶ inbound ──policy(from = peer ID, to = our ID)──▶ local app
+//!   local app ──plain──▶ outbound ──mTLS (server must be server_id)──▶ peer sidecar
+//!                  ▲                          ▲
+//!          tls (rustls configs reading the current SVID per handshake)
+//!                  ▲
+//!          workload_identity (Workload API stream from the agent)
+//!   policy_watch (file changes, SIGHUP) ──▶ policy (pure evaluation: deny > allow > default deny)
+//! ```
+
+pub mod config;
+mod forward;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod policy;
+pub mod policy_watch;
+mod run;
+pub mod tls;
+pub mod workload_identity;
+
+// Public interface.
+pub use config::ProxyConfig;
+pub use run::{run, ProxyError};

@@ -1,0 +1,220 @@
+//! Prometheus metrics of the proxy, and its `/metrics`, `/ready`, `/live`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::workload_identity::IdentityWatch;
+
+/// Direction and peer of a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// Peer SPIFFE ID.
+    pub peer: String,
+}
+
+/// A handshake failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// Short reason.
+    pub reason: String,
+}
+
+/// An authorization decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// `file:line (effect)` or `default-deny`.
+    pub rule: String,
+}
+
+/// Outcome label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// The proxy's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections by direction and peer.
+    pub connections: Family<PeerLabels, Counter>,
+    /// Bytes sent to the peer, by direction and peer.
+    pub bytes_to_peer: Family<PeerLabels, Counter>,
+    /// Bytes received from the peer, by direction and peer.
+    pub bytes_from_peer: Family<PeerLabels, Counter>,
+    /// Handshake failures by reason.
+    pub handshake_failures: Family<FailureLabels, Counter>,
+    /// Authorization decisions by rule.
+    pub authz: Family<DecisionLabels, Counter>,
+    /// Policy reloads by result.
+    pub policy_reloads: Family<ResultLabel, Counter>,
+    /// Open connections.
+    pub active: Gauge,
+    svid_expiry: Gauge,
+    /// Set once the listeners are bound.
+    pub listening: AtomicBool,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut r = Registry::with_prefix("signet_proxy");
+        let connections = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "connections",
+            "Connections by direction and peer identity",
+            connections.clone(),
+        );
+        let bytes_to_peer = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "bytes_to_peer",
+            "Bytes sent to the peer",
+            bytes_to_peer.clone(),
+        );
+        let bytes_from_peer = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "bytes_from_peer",
+            "Bytes received from the peer",
+            bytes_from_peer.clone(),
+        );
+        let handshake_failures = Family::<FailureLabels, Counter>::default();
+        r.register(
+            "handshake_failures",
+            "TLS handshake failures by reason",
+            handshake_failures.clone(),
+        );
+        let authz = Family::<DecisionLabels, Counter>::default();
+        r.register(
+            "authorization_decisions",
+            "Authorization decisions by rule",
+            authz.clone(),
+        );
+        let policy_reloads = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "policy_reloads",
+            "Policy reloads by result",
+            policy_reloads.clone(),
+        );
+        let active = Gauge::default();
+        r.register("active_connections", "Open connections", active.clone());
+        let svid_expiry = Gauge::default();
+        r.register(
+            "svid_expiry_seconds",
+            "Seconds until the current SVID expires",
+            svid_expiry.clone(),
+        );
+        Arc::new(Self {
+            registry: r,
+            connections,
+            bytes_to_peer,
+            bytes_from_peer,
+            handshake_failures,
+            authz,
+            policy_reloads,
+            active,
+            svid_expiry,
+            listening: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts a handshake failure.
+    pub fn handshake_failed(&self, direction: &str, reason: &str) {
+        self.handshake_failures
+            .get_or_create(&FailureLabels {
+                direction: direction.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a reload.
+    pub fn reload(&self, ok: bool) {
+        self.policy_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "success" } else { "failure" }.into(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    identity: IdentityWatch,
+}
+
+fn seconds_left(identity: &IdentityWatch) -> Option<i64> {
+    let now = signet_identity::x509_svid::unix_seconds(SystemTime::now());
+    identity.borrow().as_ref().map(|i| i.not_after - now)
+}
+
+/// Serves the endpoints until `shutdown`. Ready: listeners bound and an
+/// unexpired SVID.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    identity: IdentityWatch,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<AdminState>| async move {
+                s.metrics
+                    .svid_expiry
+                    .set(seconds_left(&s.identity).unwrap_or(0));
+                let mut out = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut out, &s.metrics.registry);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    out,
+                )
+            }),
+        )
+        .route(
+            "/ready",
+            get(|State(s): State<AdminState>| async move {
+                let listening = s.metrics.listening.load(Ordering::Relaxed);
+                match seconds_left(&s.identity) {
+                    Some(left) if left > 0 && listening => (StatusCode::OK, "ready\n".to_string()),
+                    Some(left) if left <= 0 => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: SVID expired\n".into(),
+                    ),
+                    None => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: waiting for an SVID from the agent\n".into(),
+                    ),
+                    _ => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: listeners not bound\n".into(),
+                    ),
+                }
+            }),
+        )
+        .route("/live", get(|| async { "live\n" }))
+        .with_state(AdminState { metrics, identity });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,167 @@
+//! Reading a policy directory: every `*.toml` file, in name order. Any error
+//! is reported with file, line and reason, and the whole directory is
+//! refused (the caller keeps its last good policy).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Effect, IdPattern, Policy, Rule};
+
+/// A problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file (or directory).
+    pub file: PathBuf,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
+        } else {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    allow: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    deny: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    to: Spanned<String>,
+    from: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    paths: Vec<Spanned<String>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses one policy file's text.
+pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Rule>, PolicyError> {
+    let err = |line: usize, reason: String| PolicyError {
+        file: file.to_owned(),
+        line,
+        reason,
+    };
+    let doc: FileDoc = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+        err(line, e.message().to_owned())
+    })?;
+    let mut rules = Vec::new();
+    let tagged = doc
+        .allow
+        .into_iter()
+        .map(|r| (Effect::Allow, r))
+        .chain(doc.deny.into_iter().map(|r| (Effect::Deny, r)));
+    for (effect, raw) in tagged {
+        let line = line_of(text, raw.span().start);
+        let raw = raw.into_inner();
+        let at = |s: &Spanned<String>| line_of(text, s.span().start);
+        let to = IdPattern::parse(raw.to.get_ref())
+            .map_err(|e| err(at(&raw.to), format!("`to`: {e}")))?;
+        let from_line = line_of(text, raw.from.span().start);
+        let from_list = raw.from.into_inner();
+        if from_list.is_empty() {
+            return Err(err(from_line, "`from` is empty: name at least one caller (an ID, a \"spiffe://td/path/*\" prefix, or \"spiffe://td\")".into()));
+        }
+        let from = from_list
+            .iter()
+            .map(|s| IdPattern::parse(s.get_ref()).map_err(|e| err(at(s), format!("`from`: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut methods = Vec::new();
+        for m in &raw.methods {
+            let v = m.get_ref();
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(err(
+                    at(m),
+                    format!("`methods`: {v:?} is not an HTTP method"),
+                ));
+            }
+            methods.push(v.to_ascii_uppercase());
+        }
+        let mut paths = Vec::new();
+        for p in &raw.paths {
+            let v = p.get_ref();
+            if !v.starts_with('/') {
+                return Err(err(at(p), format!("`paths`: {v:?} must start with '/'")));
+            }
+            if v.trim_end_matches('*').contains('*') {
+                return Err(err(
+                    at(p),
+                    format!("`paths`: {v:?}: '*' is only allowed at the end"),
+                ));
+            }
+            paths.push(v.clone());
+        }
+        rules.push(Rule {
+            effect,
+            to,
+            from,
+            methods,
+            paths,
+            file: file.to_owned(),
+            line,
+        });
+    }
+    // Keep rules in file order whatever their kind.
+    rules.sort_by_key(|r| r.line);
+    Ok(rules)
+}
+
+/// Loads every `*.toml` file of `dir` (not hidden, not in subdirectories).
+pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
+    let dir_err = |reason: String| PolicyError {
+        file: dir.to_owned(),
+        line: 0,
+        reason,
+    };
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| dir_err(format!("cannot read policy directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    let mut policy = Policy::default();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| PolicyError {
+            file: file.clone(),
+            line: 0,
+            reason: format!("cannot read: {e}"),
+        })?;
+        policy.rules.extend(parse_file(&file, &text)?);
+    }
+    Ok(policy)
+}

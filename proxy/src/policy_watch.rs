@@ -1,0 +1,128 @@
+//! Keeps the policy in force up to date: reloads the directory when a file
+//! changes (checked every second) or on SIGHUP. A directory that fails to
+//! load is reported with file, line and reason, and the last good policy
+//! stays in force — never "no policy", never "allow all".
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use signet_identity::SpiffeId;
+use tokio::sync::watch;
+
+use crate::config::Protocol;
+use crate::metrics::Metrics;
+use crate::policy::{load_dir, CompiledPolicy, PolicyError};
+use crate::workload_identity::IdentityWatch;
+
+/// The policy in force, swapped atomically on reload.
+#[derive(Clone, Default)]
+pub struct PolicyHandle(Arc<RwLock<Arc<CompiledPolicy>>>);
+
+impl PolicyHandle {
+    /// The policy for the next decision.
+    pub fn get(&self) -> Arc<CompiledPolicy> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, p: CompiledPolicy) {
+        let p = Arc::new(p);
+        match self.0.write() {
+            Ok(mut g) => *g = p,
+            Err(e) => *e.into_inner() = p,
+        }
+    }
+}
+
+/// Loads and checks a policy directory for a listener of `protocol` whose
+/// own identity is `own`.
+pub fn load_checked(
+    dir: &Path,
+    own: Option<&SpiffeId>,
+    protocol: Protocol,
+) -> Result<CompiledPolicy, PolicyError> {
+    let policy = load_dir(dir)?;
+    if protocol == Protocol::Tcp {
+        if let Some(r) = CompiledPolicy::for_destination(&policy, own)
+            .http_only_rules()
+            .next()
+        {
+            return Err(PolicyError {
+                file: r.file.clone(),
+                line: r.line,
+                reason: "this rule restricts methods/paths, which a tcp listener cannot check; set protocol = \"http\" or drop methods/paths".into(),
+            });
+        }
+    }
+    Ok(CompiledPolicy::for_destination(&policy, None))
+}
+
+/// What identifies a directory's contents cheaply: names, sizes, mtimes.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.path(), m.len(), m.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Loads the initial policy into a new handle.
+pub fn initial(
+    dir: &Path,
+    own: &SpiffeId,
+    protocol: Protocol,
+) -> Result<PolicyHandle, PolicyError> {
+    let handle = PolicyHandle::default();
+    let p = load_checked(dir, Some(own), protocol)?;
+    tracing::info!(dir = %dir.display(), rules = p.len(), "policy loaded");
+    handle.set(p);
+    Ok(handle)
+}
+
+/// Watches `dir` until `stop`.
+pub async fn watch(
+    dir: PathBuf,
+    handle: PolicyHandle,
+    identity: IdentityWatch,
+    protocol: Protocol,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = fingerprint(&dir);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = stop.changed() => return,
+        };
+        let now = fingerprint(&dir);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        let own = identity.borrow().as_ref().map(|i| i.spiffe_id.clone());
+        match load_checked(&dir, own.as_ref(), protocol) {
+            Ok(p) => {
+                tracing::info!(dir = %dir.display(), rules = p.len(), trigger = if forced { "SIGHUP" } else { "file change" }, "policy reloaded");
+                handle.set(p);
+                metrics.reload(true);
+            }
+            Err(e) => {
+                tracing::error!(file = %e.file.display(), line = e.line, reason = %e.reason, "policy reload rejected; keeping the last good policy");
+                metrics.reload(false);
+            }
+        }
+    }
+}

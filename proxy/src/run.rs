@@ -1,0 +1,160 @@
+//! `signet proxy run`: wait for an SVID from the agent, load policy, bind
+//! the listeners, log one ready line, drain gracefully on shutdown.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signet_identity::tls::Authorizer;
+use signet_identity::SpiffeId;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{ConfigError, ProxyConfig};
+use crate::inbound::Inbound;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::policy::{IdPattern, PolicyError};
+use crate::{policy_watch, tls, workload_identity};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The initial policy does not load.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Runs the proxy until `shutdown` completes, then drains.
+pub async fn run(
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ProxyError> {
+    config.validate()?;
+    let socket = config.socket_path()?;
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut identity = workload_identity::spawn(socket.clone(), stop_rx.clone());
+    let admin = bind(&config.admin_listen).await?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    tokio::spawn(crate::metrics::serve(
+        admin,
+        metrics.clone(),
+        identity.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    // Not ready, and no listener bound, until the first SVID arrives.
+    tracing::info!(socket = %socket.display(), admin = %admin_addr, "waiting for an SVID from the agent");
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = identity.wait_for(|i| i.is_some()) => { r.map_err(|_| ProxyError::Tls("identity watcher stopped".into()))?; }
+        _ = &mut shutdown => { let _ = stop_tx.send(true); return Ok(()); }
+    }
+    let own: SpiffeId = identity
+        .borrow()
+        .as_ref()
+        .map(|i| i.spiffe_id.clone())
+        .ok_or_else(|| ProxyError::Tls("no identity".into()))?;
+
+    if let Some(inbound) = &config.inbound {
+        let dir = config
+            .policy_dir
+            .clone()
+            .ok_or_else(|| ConfigError::Invalid("policy_dir is required".into()))?;
+        let policy = policy_watch::initial(&dir, &own, inbound.protocol)?;
+        let listener = bind(&inbound.listen).await?;
+        let server = tls::server_config(identity.clone()).map_err(ProxyError::Tls)?;
+        let handler = Arc::new(Inbound {
+            tls: tokio_rustls::TlsAcceptor::from(server),
+            forward_to: inbound.forward_to.clone(),
+            policy: policy.clone(),
+            identity: identity.clone(),
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(handler.serve(listener, stop_rx.clone()));
+        tokio::spawn(policy_watch::watch(
+            dir,
+            policy,
+            identity.clone(),
+            inbound.protocol,
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    for o in &config.outbound {
+        let pattern = IdPattern::parse(&o.server_id)
+            .map_err(|e| ConfigError::Invalid(format!("server_id {e}")))?;
+        let authorize: Authorizer = Arc::new(move |id| pattern.matches(id));
+        let client = tls::client_config(identity.clone(), authorize).map_err(ProxyError::Tls)?;
+        let listener = bind(&o.listen).await?;
+        let handler = Arc::new(Outbound {
+            tls: tokio_rustls::TlsConnector::from(client),
+            upstream: o.upstream.clone(),
+            server_id: o.server_id.clone(),
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(handler.serve(listener, stop_rx.clone()));
+    }
+    metrics.listening.store(true, Ordering::Relaxed);
+    tracing::info!(
+        spiffe_id = %own,
+        inbound = config.inbound.as_ref().map(|i| format!("{} -> {}", i.listen, i.forward_to)).unwrap_or_default(),
+        outbound = config.outbound.iter().map(|o| format!("{} -> {} ({})", o.listen, o.upstream, o.server_id)).collect::<Vec<_>>().join(", "),
+        admin = %admin_addr,
+        "signet proxy ready"
+    );
+
+    shutdown.await;
+    // Stop accepting; let open connections finish up to the drain timeout.
+    metrics.listening.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + Duration::from_secs(config.drain_timeout);
+    let mut open = metrics.active.get();
+    tracing::info!(
+        open_connections = open,
+        timeout_s = config.drain_timeout,
+        "draining"
+    );
+    while open > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open = metrics.active.get();
+    }
+    if open > 0 {
+        tracing::warn!(
+            open_connections = open,
+            "drain timeout reached; closing the remaining connections"
+        );
+    }
+    tracing::info!("signet proxy stopped");
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! rustls configurations of the two sides. Both read the current identity
+//! per handshake, so a rotation applies to the next handshake at once, and
+//! both fail closed when the SVID has expired.
+
+use std::sync::Arc;
+
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
+use signet_identity::tls::{provider, Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
+
+use crate::workload_identity::IdentityWatch;
+
+/// Hands rustls the current SVID, or nothing once it has expired.
+#[derive(Debug)]
+pub struct CurrentSvid(pub IdentityWatchDebug);
+
+/// `IdentityWatch` with a Debug impl, as rustls' traits require.
+pub struct IdentityWatchDebug(pub IdentityWatch);
+
+impl std::fmt::Debug for IdentityWatchDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityWatch")
+    }
+}
+
+impl CurrentSvid {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let guard = self.0 .0.borrow();
+        let id = guard.as_ref()?;
+        if !id.is_valid() {
+            tracing::warn!(spiffe_id = %id.spiffe_id, "refusing handshake: our SVID has expired and the agent has not renewed it");
+            return None;
+        }
+        Some(id.key.clone())
+    }
+}
+
+impl ResolvesServerCert for CurrentSvid {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl ResolvesClientCert for CurrentSvid {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Inbound: present our SVID, require a client SVID of our trust domain's
+/// bundle (authorization by policy happens right after the handshake).
+pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig>, String> {
+    let bundle = identity
+        .borrow()
+        .as_ref()
+        .map(|i| i.bundle.clone())
+        .ok_or("no identity yet")?;
+    let any: Authorizer = Arc::new(|_| true);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(SpiffeClientVerifier::new(bundle, any, true))
+        .with_cert_resolver(Arc::new(CurrentSvid(IdentityWatchDebug(identity))));
+    // Resumption between sidecars: stateful cache plus tickets.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    config.send_tls13_tickets = 2;
+    Ok(Arc::new(config))
+}
+
+/// Outbound: present our SVID, accept only a server whose ID `authorize`s.
+pub fn client_config(
+    identity: IdentityWatch,
+    authorize: Authorizer,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let bundle = identity
+        .borrow()
+        .as_ref()
+        .map(|i| i.bundle.clone())
+        .ok_or("no identity yet")?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(SpiffeServerVerifier::new(bundle, authorize))
+        .with_client_cert_resolver(Arc::new(CurrentSvid(IdentityWatchDebug(identity))));
+    config.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+    Ok(Arc::new(config))
+}
