@@ -42,6 +42,12 @@ enum Command {
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(commands::bundle::BundleCommand),
+    /// Run the sidecar proxy.
+    #[command(subcommand)]
+    Proxy(commands::proxy::ProxyCommand),
+    /// Validate policy files and evaluate requests against them.
+    #[command(subcommand)]
+    Policy(commands::proxy::PolicyCommand),
     /// Show or write this process's identity, from the Workload API.
     #[command(subcommand)]
     Id(commands::id::IdCommand),
@@ -71,6 +77,8 @@ fn main() -> std::process::ExitCode {
             Command::Agent(c) => c.run().await,
             Command::Bundle(c) => c.run().await,
             Command::Id(c) => c.run().await,
+            Command::Proxy(c) => c.run().await,
+            Command::Policy(c) => c.run(),
             Command::X509(c) => c.run(),
         }
     });

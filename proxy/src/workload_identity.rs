@@ -93,11 +93,11 @@ fn identity_from(
 }
 
 async fn stream_once(
-    socket: &PathBuf,
+    socket: &std::path::Path,
     tx: &watch::Sender<Option<Arc<Identity>>>,
     handle: &mut Option<BundleHandle>,
 ) -> Result<(), String> {
-    let path = socket.clone();
+    let path = socket.to_owned();
     let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();

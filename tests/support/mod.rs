@@ -332,3 +332,157 @@ pub fn my_uid() -> u32 {
         .map(|m| m.uid())
         .unwrap_or(0)
 }
+
+/// A TCP echo server on loopback that counts the connections it accepted.
+pub struct EchoApp {
+    pub port: u16,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EchoApp {
+    pub fn start() -> EchoApp {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        EchoApp { port, accepted }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// CA, two agents ("hosts" a and b), an echo app behind an inbound proxy on
+/// host b (identity `payments`), and an outbound proxy on host a (identity
+/// `checkout`) pointed at it.
+pub struct Mesh {
+    pub ca: TestCa,
+    pub agent_a: TestAgent,
+    pub agent_b: TestAgent,
+    pub app: EchoApp,
+    pub policy_dir: PathBuf,
+    pub server: Daemon,
+    pub client: Option<Daemon>,
+    pub client_port: u16,
+    pub server_port: u16,
+    pub server_admin: u16,
+}
+
+pub const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
+pub const PAYMENTS: &str = "spiffe://example.org/ns/prod/sa/payments";
+
+impl Mesh {
+    /// Starts everything; `policy` is written to payments.toml first;
+    /// `server_id` is what the outbound side expects; `ttl` the SVID TTL.
+    pub fn start(policy: &str, server_id: &str, ttl: &str) -> Mesh {
+        let ca = TestCa::start(&[]);
+        let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
+        let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+        let uid = format!("unix:uid:{}", my_uid());
+        ca.entry(CHECKOUT, "node-a", &[&uid], &["--x509-ttl", ttl]);
+        ca.entry(PAYMENTS, "node-b", &[&uid], &["--x509-ttl", ttl]);
+        let app = EchoApp::start();
+        let policy_dir = ca.dir.path().join("policies");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        std::fs::write(policy_dir.join("payments.toml"), policy).unwrap();
+        let (server_port, server_admin) = (
+            signet_test_support::free_port(),
+            signet_test_support::free_port(),
+        );
+        let server_cfg = ca.dir.path().join("server.toml");
+        std::fs::write(
+            &server_cfg,
+            format!(
+                "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{server_admin}\"\ndrain_timeout = 5\n[inbound]\nlisten = \"127.0.0.1:{server_port}\"\nforward_to = \"127.0.0.1:{}\"\n",
+                agent_b.socket.display(),
+                policy_dir.display(),
+                app.port
+            ),
+        )
+        .unwrap();
+        let mut cmd = signet();
+        cmd.args(["proxy", "run", "--config"]).arg(&server_cfg);
+        let mut server = Daemon::spawn(cmd);
+        server.wait_for("signet proxy ready", Duration::from_secs(20));
+        let mut mesh = Mesh {
+            ca,
+            agent_a,
+            agent_b,
+            app,
+            policy_dir,
+            server,
+            client: None,
+            client_port: 0,
+            server_port,
+            server_admin,
+        };
+        mesh.start_client(server_id);
+        mesh
+    }
+
+    /// (Re)starts the outbound proxy expecting `server_id`.
+    pub fn start_client(&mut self, server_id: &str) {
+        self.client = None;
+        let port = signet_test_support::free_port();
+        let cfg = self.ca.dir.path().join(format!("client-{port}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nserver_id = \"{server_id}\"\n",
+                self.agent_a.socket.display(),
+                self.server_port
+            ),
+        )
+        .unwrap();
+        let mut cmd = signet();
+        cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+        let mut client = Daemon::spawn(cmd);
+        client.wait_for("signet proxy ready", Duration::from_secs(20));
+        self.client = Some(client);
+        self.client_port = port;
+    }
+
+    /// Sends `data` through the pair, half-closes, and returns what came back
+    /// before EOF.
+    pub fn round_trip(&self, data: &[u8]) -> Vec<u8> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reader = s.try_clone().unwrap();
+        let data = data.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = s.write_all(&data);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        });
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        writer.join().unwrap();
+        out
+    }
+
+    /// The inbound proxy's metrics text.
+    pub fn server_metrics(&self) -> String {
+        http_get(self.server_admin, "/metrics").1
+    }
+}

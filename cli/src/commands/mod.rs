@@ -6,6 +6,7 @@ pub mod ca;
 pub mod dev;
 pub mod entry;
 pub mod id;
+pub mod proxy;
 pub mod token;
 pub mod x509;
 

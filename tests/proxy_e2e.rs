@@ -1,0 +1,273 @@
+//! End-to-end tests of the sidecar proxy: CA, two agents and two proxies as
+//! real processes, an echo app behind the inbound proxy.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const ALLOW_CHECKOUT: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+"#;
+
+const ALLOW_WEB_ONLY: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/web"]
+"#;
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn an_allowed_identity_gets_through_with_bytes_intact_both_ways() {
+    let mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "1h");
+    assert_eq!(mesh.round_trip(b"hello payments"), b"hello payments");
+    let big = pseudo_random(16 * 1024 * 1024 + 123);
+    let back = mesh.round_trip(&big);
+    assert_eq!(back.len(), big.len());
+    assert!(back == big, "16 MiB came back altered");
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains(&format!(
+            "signet_proxy_connections_total{{direction=\"inbound\",peer=\"{CHECKOUT}\"}} 2"
+        )),
+        "{m}"
+    );
+    assert!(m.contains("signet_proxy_authorization_decisions_total{decision=\"allow\",rule=\"payments.toml:2 (allow)\"} 2"), "{m}");
+}
+
+#[test]
+fn a_denied_identity_is_refused_and_the_app_sees_nothing() {
+    let mesh = Mesh::start(ALLOW_WEB_ONLY, PAYMENTS, "1h");
+    assert_eq!(mesh.round_trip(b"let me in"), b"");
+    assert_eq!(
+        mesh.app.connections(),
+        0,
+        "not a single connection may reach the app"
+    );
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains(
+            "signet_proxy_authorization_decisions_total{decision=\"deny\",rule=\"default-deny\"} 1"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn the_outbound_side_refuses_an_upstream_with_the_wrong_identity() {
+    let mesh = Mesh::start(
+        ALLOW_CHECKOUT,
+        "spiffe://example.org/ns/prod/sa/ledger",
+        "1h",
+    );
+    assert_eq!(mesh.round_trip(b"secret"), b"");
+    assert_eq!(mesh.app.connections(), 0);
+}
+
+/// A rustls client presenting `chain`/`key` straight to the inbound proxy;
+/// returns whether any echo came back.
+fn direct_tls(
+    mesh: &Mesh,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> bool {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bundle = signet_identity::TrustBundle::from_pem(
+            signet_identity::TrustDomain::new("example.org").unwrap(),
+            &mesh.ca.run_ok(&["bundle", "show"]),
+        )
+        .unwrap();
+        let verifier = signet_identity::tls::SpiffeServerVerifier::new(
+            signet_identity::tls::BundleHandle::new(bundle),
+            Arc::new(|_: &signet_identity::SpiffeId| true),
+        );
+        let config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(
+                chain,
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", mesh.server_port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("x").unwrap();
+        let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+        else {
+            return false;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if tls.write_all(b"ping").await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 4];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        )
+    })
+}
+
+#[test]
+fn foreign_trust_domain_expired_and_plaintext_peers_are_refused() {
+    use signet_identity::testing::{LeafSpec, TestCa as MintCa, TestIssuer};
+    let mesh = Mesh::start(
+        r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org", "spiffe://other.org"]
+"#,
+        PAYMENTS,
+        "1h",
+    );
+    // Control: a valid SVID minted with the real CA key is let through.
+    let key_dir = mesh.ca.dir.path().join("data/keys");
+    let key_file = std::fs::read_dir(&key_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let root_pem = mesh.ca.run_ok(&["bundle", "show"]);
+    let real = TestIssuer {
+        der: signet_identity::certificates_from_pem(&root_pem).unwrap()[0].clone(),
+        key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_file).unwrap()).unwrap(),
+        chain: Vec::new(),
+    };
+    let (chain, key) = real.leaf(&LeafSpec::valid("spiffe://example.org/ns/prod/sa/any"));
+    assert!(
+        direct_tls(&mesh, chain, &key),
+        "control: a valid SVID must pass"
+    );
+    let before = mesh.app.connections();
+
+    // Expired, signed by the real CA.
+    let mut spec = LeafSpec::valid("spiffe://example.org/ns/prod/sa/any");
+    spec.not_before = std::time::SystemTime::now() - Duration::from_secs(7200);
+    spec.not_after = std::time::SystemTime::now() - Duration::from_secs(60);
+    let (chain, key) = real.leaf(&spec);
+    assert!(!direct_tls(&mesh, chain, &key), "expired SVID accepted");
+    // CA-flagged leaf, signed by the real CA.
+    let mut spec = LeafSpec::valid("spiffe://example.org/ns/prod/sa/any");
+    spec.is_ca = true;
+    let (chain, key) = real.leaf(&spec);
+    assert!(!direct_tls(&mesh, chain, &key), "CA-flagged leaf accepted");
+    // Another trust domain's CA, even for an ID policy would allow.
+    let foreign = MintCa::new("other.org");
+    let (chain, key) = foreign.leaf(&LeafSpec::valid("spiffe://other.org/ns/prod/sa/any"));
+    assert!(
+        !direct_tls(&mesh, chain, &key),
+        "foreign trust domain accepted"
+    );
+    // A foreign CA minting an ID in our trust domain.
+    let (chain, key) = foreign.leaf(&LeafSpec::valid("spiffe://example.org/ns/prod/sa/checkout"));
+    assert!(!direct_tls(&mesh, chain, &key), "foreign CA accepted");
+    // Plaintext.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.server_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(
+        !out.windows(3).any(|w| w == b"GET"),
+        "plaintext must not be echoed"
+    );
+    assert_eq!(
+        mesh.app.connections(),
+        before,
+        "refused peers never reach the app"
+    );
+    let m = mesh.server_metrics();
+    assert!(m.contains("reason=\"peer_svid_expired\""), "{m}");
+    assert!(m.contains("reason=\"not_tls\""), "{m}");
+}
+
+#[test]
+fn a_policy_change_applies_without_restart_and_a_broken_file_keeps_the_last_good_policy() {
+    let mesh = Mesh::start(ALLOW_WEB_ONLY, PAYMENTS, "1h");
+    assert_eq!(mesh.round_trip(b"x"), b"");
+    std::fs::write(mesh.policy_dir.join("payments.toml"), ALLOW_CHECKOUT).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new policy to allow checkout",
+        || (mesh.round_trip(b"now?") == b"now?").then_some(()),
+    );
+    // A broken file: rejected, and checkout is still allowed.
+    std::fs::write(
+        mesh.policy_dir.join("zz-broken.toml"),
+        "[[deny]]\nto = \"spiffe://example.org/ns/prod/sa/payments\"\nfrom = [\"not an id\"]\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            mesh.round_trip(b"still"),
+            b"still",
+            "a broken file must not change the policy in force"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains("signet_proxy_policy_reloads_total{result=\"failure\"}"),
+        "{m}"
+    );
+    // `signet policy check` names the file and line.
+    let out = signet()
+        .args(["policy", "check"])
+        .arg(&mesh.policy_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("zz-broken.toml:3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_svid_rotation_during_a_long_lived_connection_does_not_break_it() {
+    let mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "3");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut i = 0u32;
+    // ~8 s with 3 s SVIDs: both proxies rotate several times meanwhile.
+    while started.elapsed() < Duration::from_secs(8) {
+        let msg = format!("message {i}\n");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // New connections use the new SVIDs.
+    assert_eq!(mesh.round_trip(b"fresh"), b"fresh");
+    // And a rotation did happen in the inbound proxy meanwhile.
+    let mut mesh = mesh;
+    mesh.server.wait_for("first=false", Duration::from_secs(1));
+}
