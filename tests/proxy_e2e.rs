@@ -271,3 +271,65 @@ fn an_svid_rotation_during_a_long_lived_connection_does_not_break_it() {
     let mut mesh = mesh;
     mesh.server.wait_for("first=false", Duration::from_secs(1));
 }
+
+#[test]
+fn before_the_first_svid_the_proxy_is_not_ready_and_accepts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    let (port, admin) = (
+        signet_test_support::free_port(),
+        signet_test_support::free_port(),
+    );
+    let cfg = dir.path().join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}/no-agent.sock\"\npolicy_dir = \"{}/policies\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[inbound]\nlisten = \"127.0.0.1:{port}\"\nforward_to = \"127.0.0.1:9\"\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut d = Daemon::spawn(cmd);
+    d.wait_for(
+        "waiting for an SVID from the agent",
+        Duration::from_secs(10),
+    );
+    let (code, body) = eventually(Duration::from_secs(5), "the admin port", || {
+        std::net::TcpStream::connect(("127.0.0.1", admin))
+            .ok()
+            .map(|_| http_get(admin, "/ready"))
+    });
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("waiting for an SVID"), "{body}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no listener before the first SVID"
+    );
+}
+
+#[test]
+fn sigterm_stops_accepting_and_lets_open_connections_finish() {
+    let mut mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "1h");
+    let mut open = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    open.write_all(b"before\n").unwrap();
+    let mut buf = [0u8; 7];
+    open.read_exact(&mut buf).unwrap();
+    let pid = mesh.server.child.id();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    mesh.server.wait_for("draining", Duration::from_secs(5));
+    // New connections are refused by the inbound proxy...
+    assert_eq!(mesh.round_trip(b"new"), b"");
+    // ...while the open one still works until it is closed.
+    open.write_all(b"during\n").unwrap();
+    open.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"during\n");
+    drop(open);
+    mesh.server
+        .wait_for("signet proxy stopped", Duration::from_secs(10));
+}

@@ -58,10 +58,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Proxy(p) = &cli.command {
+        if let Some(n) = p.worker_threads() {
+            builder.worker_threads(n.max(1));
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("signet: error: cannot start the async runtime: {e}");

@@ -81,6 +81,16 @@ pub struct ProxyConfig {
     /// Directory of policy TOML files (required with an inbound listener).
     #[serde(default)]
     pub policy_dir: Option<PathBuf>,
+    /// Static identity instead of the Workload API: the SVID chain (PEM).
+    /// With `svid_key_file` and `bundle_file`; read once at start.
+    #[serde(default)]
+    pub svid_file: Option<PathBuf>,
+    /// Static identity: the SVID's private key (PKCS#8 PEM).
+    #[serde(default)]
+    pub svid_key_file: Option<PathBuf>,
+    /// Static identity: the trust bundle (PEM).
+    #[serde(default)]
+    pub bundle_file: Option<PathBuf>,
     /// `/metrics`, `/ready`, `/live`. Default `127.0.0.1:15000`.
     #[serde(default = "default_admin")]
     pub admin_listen: String,
@@ -138,6 +148,19 @@ impl ProxyConfig {
         if http.into_iter().any(|p| p == Protocol::Http) {
             return Err(ConfigError::Invalid(
                 "protocol = \"http\" is not supported by this version yet; use \"tcp\"".into(),
+            ));
+        }
+        let statics = [&self.svid_file, &self.svid_key_file, &self.bundle_file];
+        let set = statics.iter().filter(|f| f.is_some()).count();
+        if set != 0 && set != 3 {
+            return Err(ConfigError::Invalid(
+                "svid_file, svid_key_file and bundle_file go together: set all three or none"
+                    .into(),
+            ));
+        }
+        if set == 3 && self.workload_api_socket.is_some() {
+            return Err(ConfigError::Invalid(
+                "give either workload_api_socket or the svid_file/svid_key_file/bundle_file trio, not both".into(),
             ));
         }
         for o in &self.outbound {

@@ -61,7 +61,16 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut identity = workload_identity::spawn(socket.clone(), stop_rx.clone());
+    let mut identity = match (
+        &config.svid_file,
+        &config.svid_key_file,
+        &config.bundle_file,
+    ) {
+        (Some(svid), Some(key), Some(bundle)) => {
+            workload_identity::from_files(svid, key, bundle).map_err(ProxyError::Tls)?
+        }
+        _ => workload_identity::spawn(socket.clone(), stop_rx.clone()),
+    };
     let admin = bind(&config.admin_listen).await?;
     let admin_addr = admin
         .local_addr()

@@ -166,3 +166,41 @@ pub fn spawn(socket: PathBuf, mut stop: watch::Receiver<bool>) -> IdentityWatch 
     });
     rx
 }
+
+/// A fixed identity read from PEM files (no Workload API): for static
+/// deployments and benchmarks. Not reloaded; it expires like any SVID.
+pub fn from_files(
+    svid: &std::path::Path,
+    key: &std::path::Path,
+    bundle: &std::path::Path,
+) -> Result<IdentityWatch, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let chain = signet_identity::certificates_from_pem(&read(svid)?)
+        .map_err(|e| format!("{}: {e}", svid.display()))?;
+    let key_pem = pem::parse_many(read(key)?)
+        .map_err(|e| format!("{}: {e}", key.display()))?
+        .into_iter()
+        .find(|p| p.tag() == "PRIVATE KEY")
+        .ok_or_else(|| format!("{}: no PKCS#8 \"PRIVATE KEY\" block (convert with `openssl pkcs8 -topk8 -nocrypt`)", key.display()))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| e.to_string())?;
+    let spiffe_id = signet_identity::x509_svid::leaf_spiffe_id(&leaf)
+        .map_err(|e| format!("{}: {e}", svid.display()))?;
+    let not_after = leaf.validity().not_after.timestamp();
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(key_pem.into_contents().into()))
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let bundle = TrustBundle::from_pem(spiffe_id.trust_domain(), &read(bundle)?)
+        .map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let identity = Identity {
+        spiffe_id,
+        key: Arc::new(CertifiedKey::new(chain, signing_key)),
+        not_after,
+        bundle: BundleHandle::new(bundle),
+    };
+    // The value never changes; readers only borrow it.
+    let (_tx, rx) = watch::channel(Some(Arc::new(identity)));
+    Ok(rx)
+}

@@ -26,6 +26,9 @@ pub enum ProxyCommand {
         /// Log format.
         #[arg(long, value_enum, default_value_t = super::LogFormat::Text)]
         log_format: super::LogFormat,
+        /// Runtime worker threads [default: one per core].
+        #[arg(long)]
+        worker_threads: Option<usize>,
     },
 }
 
@@ -67,9 +70,17 @@ pub enum PolicyCommand {
 }
 
 impl ProxyCommand {
+    /// Worker threads asked for on the command line.
+    pub fn worker_threads(&self) -> Option<usize> {
+        let ProxyCommand::Run { worker_threads, .. } = self;
+        *worker_threads
+    }
+
     /// Runs the command.
     pub async fn run(self) -> anyhow::Result<()> {
-        let ProxyCommand::Run { config, log_format } = self;
+        let ProxyCommand::Run {
+            config, log_format, ..
+        } = self;
         let config = signet_proxy::ProxyConfig::from_file(&config)?;
         super::init_logging(log_format);
         signet_proxy::run(config, super::shutdown_signal()).await?;
