@@ -11,7 +11,6 @@ use rustls_pki_types::CertificateDer;
 use signet_identity::x509_svid::{leaf_params, unix_seconds};
 use signet_identity::SpiffeId;
 use x509_parser::prelude::FromDer;
-use x509_parser::public_key::PublicKey;
 
 use crate::authority::Authority;
 use crate::entry::EntrySpec;
@@ -66,33 +65,14 @@ fn checked_csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
     csr.verify_signature()
         .map_err(|_| IssueError::BadCsrSignature)?;
     let spki = &csr.certification_request_info.subject_pki;
-    match spki.parsed() {
-        Ok(PublicKey::EC(_)) => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
-            match curve.as_deref() {
-                Some("1.2.840.10045.3.1.7") | Some("1.3.132.0.34") => {}
-                other => return Err(IssueError::UnacceptableKey(format!("EC curve {other:?}"))),
-            }
-        }
-        Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => {}
-        Ok(PublicKey::RSA(rsa)) => {
-            return Err(IssueError::UnacceptableKey(format!(
-                "RSA {} bits",
-                rsa.key_size()
-            )))
-        }
-        _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => {}
-        _ => {
-            return Err(IssueError::UnacceptableKey(format!(
-                "algorithm {}",
-                spki.algorithm.algorithm.to_id_string()
-            )))
-        }
+    let key_type = signet_identity::spki_key_type(spki);
+    let acceptable = match key_type.as_str() {
+        "EC P-256" | "EC P-384" | "Ed25519" => true,
+        rsa if rsa.starts_with("RSA ") => rsa[4..].parse::<usize>().is_ok_and(|bits| bits >= 2048),
+        _ => false,
+    };
+    if !acceptable {
+        return Err(IssueError::UnacceptableKey(key_type));
     }
     Ok(spki.raw.to_vec())
 }

@@ -47,6 +47,32 @@ pub fn certificates_from_pem(text: &str) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
+/// Splits concatenated DER certificates (the Workload API's wire form for
+/// chains and bundles).
+pub fn certificates_from_der_concat(
+    der: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    use x509_parser::prelude::FromDer;
+    let mut rest = der;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (next, _) = x509_parser::certificate::X509Certificate::from_der(rest).map_err(|e| {
+            BundleError::BadAuthority {
+                index: out.len(),
+                reason: e.to_string(),
+            }
+        })?;
+        out.push(CertificateDer::from(
+            rest[..rest.len() - next.len()].to_vec(),
+        ));
+        rest = next;
+    }
+    if out.is_empty() {
+        return Err(BundleError::Empty);
+    }
+    Ok(out)
+}
+
 /// Encodes certificates as concatenated PEM blocks.
 pub fn certificates_to_pem(certs: &[CertificateDer<'_>]) -> String {
     certs

@@ -94,7 +94,12 @@ pub fn inspect_chain(chain: &[CertificateDer<'_>], now: SystemTime) -> Vec<CertS
 
 /// A short name for a certificate's public key type.
 pub fn key_type(cert: &x509_parser::certificate::X509Certificate<'_>) -> String {
-    let spki = cert.public_key();
+    spki_key_type(cert.public_key())
+}
+
+/// A short name for a public key type: `EC P-256`, `EC P-384`, `RSA 2048`,
+/// `Ed25519`, ...
+pub fn spki_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
     match spki.parsed() {
         Ok(PublicKey::EC(_)) => {
             let curve = spki

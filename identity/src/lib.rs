@@ -33,8 +33,11 @@ pub mod x509_svid;
 pub mod testing;
 
 // Public interface.
-pub use bundle::{certificates_from_pem, certificates_to_pem, BundleError, TrustBundle};
-pub use inspect::{inspect_chain, key_type, CertSummary};
+pub use bundle::{
+    certificates_from_der_concat, certificates_from_pem, certificates_to_pem, BundleError,
+    TrustBundle,
+};
+pub use inspect::{inspect_chain, key_type, spki_key_type, CertSummary};
 pub use spiffe_id::{
     validate_path, IdError, SpiffeId, TrustDomain, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN,
 };

@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::metrics::{Metrics, PeerLabels};
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Buffer per direction: one TLS record.
@@ -10,7 +12,7 @@ const BUF: usize = 16 * 1024;
 
 /// Copies between `peer` (the mTLS side) and `local` until both directions
 /// are done. Returns (bytes to peer, bytes from peer, error if any).
-pub async fn splice<P, L>(peer: &mut P, local: &mut L) -> (u64, u64, Option<std::io::Error>)
+async fn splice<P, L>(peer: &mut P, local: &mut L) -> (u64, u64, Option<std::io::Error>)
 where
     P: AsyncRead + AsyncWrite + Unpin + ?Sized,
     L: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -24,4 +26,34 @@ where
 /// Milliseconds since `start`.
 pub fn ms_since(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
+}
+
+/// Relays one authorized connection and keeps its metrics: connection and
+/// byte counters by direction and peer, and the active-connection gauge.
+/// Returns (bytes to peer, bytes from peer, error if any).
+pub async fn relay<P, L>(
+    metrics: &Metrics,
+    direction: &str,
+    peer: &str,
+    tls: &mut P,
+    local: &mut L,
+) -> (u64, u64, Option<std::io::Error>)
+where
+    P: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    L: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let labels = PeerLabels {
+        direction: direction.into(),
+        peer: peer.into(),
+    };
+    metrics.connections.get_or_create(&labels).inc();
+    metrics.active.inc();
+    let (to_peer, from_peer, err) = splice(tls, local).await;
+    metrics.active.dec();
+    metrics.bytes_to_peer.get_or_create(&labels).inc_by(to_peer);
+    metrics
+        .bytes_from_peer
+        .get_or_create(&labels)
+        .inc_by(from_peer);
+    (to_peer, from_peer, err)
 }

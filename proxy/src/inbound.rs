@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::forward::{ms_since, splice};
-use crate::metrics::{DecisionLabels, Metrics, PeerLabels};
+use crate::forward::{ms_since, relay};
+use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy::Request;
 use crate::policy_watch::PolicyHandle;
 use crate::workload_identity::IdentityWatch;
@@ -140,22 +140,14 @@ impl Inbound {
             }
         };
         let _ = local.set_nodelay(true);
-        let labels = PeerLabels {
-            direction: "inbound".into(),
-            peer: peer.to_string(),
-        };
-        self.metrics.connections.get_or_create(&labels).inc();
-        self.metrics.active.inc();
-        let (to_peer, from_peer, err) = splice(&mut tls, &mut local).await;
-        self.metrics.active.dec();
-        self.metrics
-            .bytes_to_peer
-            .get_or_create(&labels)
-            .inc_by(to_peer);
-        self.metrics
-            .bytes_from_peer
-            .get_or_create(&labels)
-            .inc_by(from_peer);
+        let (to_peer, from_peer, err) = relay(
+            &self.metrics,
+            "inbound",
+            &peer.to_string(),
+            &mut tls,
+            &mut local,
+        )
+        .await;
         tracing::info!(
             direction = "inbound",
             peer = %peer,

@@ -8,9 +8,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::forward::{ms_since, splice};
+use crate::forward::{ms_since, relay};
 use crate::inbound::failure_reason;
-use crate::metrics::{Metrics, PeerLabels};
+use crate::metrics::Metrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -76,22 +76,8 @@ impl Outbound {
             .and_then(signet_identity::tls::peer_spiffe_id)
             .map(|id| id.to_string())
             .unwrap_or_default();
-        let labels = PeerLabels {
-            direction: "outbound".into(),
-            peer: peer.clone(),
-        };
-        self.metrics.connections.get_or_create(&labels).inc();
-        self.metrics.active.inc();
-        let (to_peer, from_peer, err) = splice(&mut tls, &mut local).await;
-        self.metrics.active.dec();
-        self.metrics
-            .bytes_to_peer
-            .get_or_create(&labels)
-            .inc_by(to_peer);
-        self.metrics
-            .bytes_from_peer
-            .get_or_create(&labels)
-            .inc_by(from_peer);
+        let (to_peer, from_peer, err) =
+            relay(&self.metrics, "outbound", &peer, &mut tls, &mut local).await;
         tracing::info!(
             direction = "outbound",
             peer = %peer,

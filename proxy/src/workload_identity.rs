@@ -18,7 +18,6 @@ use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tokio::sync::watch;
 use tonic::transport::{Endpoint, Uri};
-use x509_parser::prelude::FromDer;
 
 /// The proxy's current SVID.
 pub struct Identity {
@@ -44,17 +43,7 @@ impl Identity {
 pub type IdentityWatch = watch::Receiver<Option<Arc<Identity>>>;
 
 fn split_chain(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut rest = der;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let (next, _) =
-            x509_parser::certificate::X509Certificate::from_der(rest).map_err(|e| e.to_string())?;
-        out.push(CertificateDer::from(
-            rest[..rest.len() - next.len()].to_vec(),
-        ));
-        rest = next;
-    }
-    Ok(out)
+    signet_identity::certificates_from_der_concat(der).map_err(|e| e.to_string())
 }
 
 fn identity_from(

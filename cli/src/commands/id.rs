@@ -168,18 +168,8 @@ async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509
 }
 
 fn split_chain(der: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    use x509_parser::prelude::FromDer;
-    let mut rest = der;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let (next, _) = x509_parser::certificate::X509Certificate::from_der(rest)
-            .map_err(|e| anyhow!("the agent sent an unparsable certificate: {e}"))?;
-        out.push(CertificateDer::from(
-            rest[..rest.len() - next.len()].to_vec(),
-        ));
-        rest = next;
-    }
-    Ok(out)
+    signet_identity::certificates_from_der_concat(der)
+        .map_err(|e| anyhow!("the agent sent an unparsable certificate: {e}"))
 }
 
 #[derive(Serialize)]
