@@ -333,3 +333,113 @@ fn sigterm_stops_accepting_and_lets_open_connections_finish() {
     mesh.server
         .wait_for("signet proxy stopped", Duration::from_secs(10));
 }
+
+/// Sends one raw HTTP/1.1 request through the outbound proxy; returns the
+/// status code and body.
+fn http_request(mesh: &Mesh, method: &str, path: &str, extra_headers: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: payments\r\nContent-Length: 0\r\nConnection: close\r\n{extra_headers}\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn http_listeners_authorize_each_request_and_pass_the_verified_peer_id() {
+    let mesh = Mesh::start_with(
+        r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+methods = ["GET"]
+paths = ["/v1/*"]
+"#,
+        PAYMENTS,
+        "1h",
+        "http",
+    );
+    // Allowed, with a forged identity header that must be replaced.
+    let (code, body) = http_request(
+        &mesh,
+        "GET",
+        "/v1/pay?x=1",
+        "x-signet-peer-id: spiffe://example.org/admin\r\nX-Signet-Peer-Id: forged\r\n",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        format!("{CHECKOUT}|GET /v1/pay?x=1"),
+        "the app sees exactly the verified peer ID"
+    );
+    let hits = mesh.app.connections();
+    // Wrong method, wrong path: 403, and the app sees nothing.
+    assert_eq!(http_request(&mesh, "POST", "/v1/pay", "").0, 403);
+    assert_eq!(http_request(&mesh, "GET", "/v2/pay", "").0, 403);
+    assert_eq!(
+        mesh.app.connections(),
+        hits,
+        "denied requests never reach the app"
+    );
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains(
+            "signet_proxy_authorization_decisions_total{decision=\"deny\",rule=\"default-deny\"} 2"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn http2_requests_are_authorized_one_by_one_on_one_connection() {
+    let mesh = Mesh::start_with(
+        r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+paths = ["/v1/*"]
+"#,
+        PAYMENTS,
+        "1h",
+        "http",
+    );
+    let port = mesh.client_port;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt.block_on(async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for path in ["/v1/a", "/v2/b", "/v1/c"] {
+            let req = hyper::Request::get(format!("http://payments{path}"))
+                .header("x-signet-peer-id", "spiffe://example.org/forged")
+                .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            out.push((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        out
+    });
+    assert_eq!(results[0], (200, format!("{CHECKOUT}|GET /v1/a")));
+    assert_eq!(results[1].0, 403);
+    assert_eq!(results[2], (200, format!("{CHECKOUT}|GET /v1/c")));
+}

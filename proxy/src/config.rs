@@ -65,7 +65,8 @@ pub struct OutboundConfig {
     pub upstream: String,
     /// The SPIFFE ID (or `.../*` pattern) the upstream must present.
     pub server_id: String,
-    /// `tcp` (default) or `http`.
+    /// `tcp` (default) or `http`. Outbound traffic is relayed as bytes
+    /// either way; HTTP semantics are enforced by the receiving side.
     #[serde(default)]
     pub protocol: Protocol,
 }
@@ -138,16 +139,6 @@ impl ProxyConfig {
         if self.inbound.is_some() && self.policy_dir.is_none() {
             return Err(ConfigError::Invalid(
                 "an [inbound] listener needs policy_dir (default deny: without policy nothing gets in)".into(),
-            ));
-        }
-        let http = self
-            .inbound
-            .iter()
-            .map(|i| i.protocol)
-            .chain(self.outbound.iter().map(|o| o.protocol));
-        if http.into_iter().any(|p| p == Protocol::Http) {
-            return Err(ConfigError::Invalid(
-                "protocol = \"http\" is not supported by this version yet; use \"tcp\"".into(),
             ));
         }
         let statics = [&self.svid_file, &self.svid_key_file, &self.bundle_file];

@@ -29,6 +29,8 @@ pub struct Inbound {
     pub identity: IdentityWatch,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Set for `protocol = "http"`: requests are parsed and decided one by one.
+    pub http: Option<Arc<crate::http::HttpForwarder>>,
 }
 
 /// A short reason for a failed handshake, for metrics.
@@ -113,6 +115,27 @@ impl Inbound {
         let Some(own) = self.identity.borrow().as_ref().map(|i| i.spiffe_id.clone()) else {
             return;
         };
+        if let Some(forwarder) = &self.http {
+            self.metrics
+                .connections
+                .get_or_create(&crate::metrics::PeerLabels {
+                    direction: "inbound".into(),
+                    peer: peer.to_string(),
+                })
+                .inc();
+            self.metrics.active.inc();
+            let ctx = Arc::new(crate::http::HttpContext {
+                peer,
+                own,
+                policy: self.policy.clone(),
+                metrics: self.metrics.clone(),
+                forwarder: forwarder.clone(),
+            });
+            crate::http::serve(tls, ctx).await;
+            self.metrics.active.dec();
+            return;
+        }
+
         let decision = self.policy.get().evaluate(&Request {
             from: &peer,
             to: &own,

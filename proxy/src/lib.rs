@@ -14,6 +14,7 @@
 
 pub mod config;
 mod forward;
+pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -126,3 +126,26 @@ pub async fn watch(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tcp_listener_refuses_method_and_path_rules_for_its_own_id() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.toml"),
+            "[[allow]]\nto = \"spiffe://example.org/api\"\nfrom = [\"spiffe://example.org/web\"]\nmethods = [\"GET\"]\n",
+        )
+        .unwrap();
+        let own = SpiffeId::parse("spiffe://example.org/api").unwrap();
+        let e = load_checked(dir.path(), Some(&own), Protocol::Tcp).unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.reason.contains("protocol = \"http\""), "{e}");
+        assert!(load_checked(dir.path(), Some(&own), Protocol::Http).is_ok());
+        // Rules for other destinations do not matter to this listener.
+        let other = SpiffeId::parse("spiffe://example.org/other").unwrap();
+        assert!(load_checked(dir.path(), Some(&other), Protocol::Tcp).is_ok());
+    }
+}

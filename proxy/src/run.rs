@@ -109,6 +109,8 @@ pub async fn run(
             policy: policy.clone(),
             identity: identity.clone(),
             metrics: metrics.clone(),
+            http: (inbound.protocol == crate::config::Protocol::Http)
+                .then(|| Arc::new(crate::http::HttpForwarder::new(&inbound.forward_to))),
         });
         tokio::spawn(handler.serve(listener, stop_rx.clone()));
         tokio::spawn(policy_watch::watch(

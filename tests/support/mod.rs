@@ -369,6 +369,68 @@ impl EchoApp {
         EchoApp { port, accepted }
     }
 
+    /// An HTTP/1.1 app: answers every request with 200 and a body listing
+    /// the `x-signet-peer-id` values it received, then the method and path.
+    pub fn start_http() -> EchoApp {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let mut peer_ids = Vec::new();
+                        let mut content_length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let line = line.trim_end();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                if k.eq_ignore_ascii_case("x-signet-peer-id") {
+                                    peer_ids.push(v.trim().to_owned());
+                                }
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    content_length = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0u8; content_length];
+                        let _ = reader.read_exact(&mut body);
+                        let mut parts = request_line.split_whitespace();
+                        let reply = format!(
+                            "{}|{} {}",
+                            peer_ids.join(","),
+                            parts.next().unwrap_or(""),
+                            parts.next().unwrap_or("")
+                        );
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
+                            reply.len()
+                        );
+                    }
+                });
+            }
+        });
+        EchoApp { port, accepted }
+    }
+
     pub fn connections(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -397,13 +459,23 @@ impl Mesh {
     /// Starts everything; `policy` is written to payments.toml first;
     /// `server_id` is what the outbound side expects; `ttl` the SVID TTL.
     pub fn start(policy: &str, server_id: &str, ttl: &str) -> Mesh {
+        Self::start_with(policy, server_id, ttl, "tcp")
+    }
+
+    /// Like [`Mesh::start`], with the inbound listener's protocol; an
+    /// `http` mesh puts an HTTP app (see [`EchoApp::start_http`]) behind it.
+    pub fn start_with(policy: &str, server_id: &str, ttl: &str, protocol: &str) -> Mesh {
         let ca = TestCa::start(&[]);
         let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
         let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
         let uid = format!("unix:uid:{}", my_uid());
         ca.entry(CHECKOUT, "node-a", &[&uid], &["--x509-ttl", ttl]);
         ca.entry(PAYMENTS, "node-b", &[&uid], &["--x509-ttl", ttl]);
-        let app = EchoApp::start();
+        let app = if protocol == "http" {
+            EchoApp::start_http()
+        } else {
+            EchoApp::start()
+        };
         let policy_dir = ca.dir.path().join("policies");
         std::fs::create_dir_all(&policy_dir).unwrap();
         std::fs::write(policy_dir.join("payments.toml"), policy).unwrap();
@@ -415,7 +487,7 @@ impl Mesh {
         std::fs::write(
             &server_cfg,
             format!(
-                "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{server_admin}\"\ndrain_timeout = 5\n[inbound]\nlisten = \"127.0.0.1:{server_port}\"\nforward_to = \"127.0.0.1:{}\"\n",
+                "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{server_admin}\"\ndrain_timeout = 5\n[inbound]\nlisten = \"127.0.0.1:{server_port}\"\nforward_to = \"127.0.0.1:{}\"\nprotocol = \"{protocol}\"\n",
                 agent_b.socket.display(),
                 policy_dir.display(),
                 app.port
