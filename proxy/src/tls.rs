@@ -67,9 +67,11 @@ pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(SpiffeClientVerifier::new(bundle, any, true))
         .with_cert_resolver(Arc::new(CurrentSvid(IdentityWatchDebug(identity))));
-    // Resumption between sidecars: stateful cache plus tickets.
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-    config.send_tls13_tickets = 2;
+    // Resumption between sidecars: one ticket per connection into a bounded
+    // stateful cache. Each entry holds the client's chain (~1 KiB), so the
+    // cache size is the main memory knob here (4,096 entries cost ~5 MiB).
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(512);
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
