@@ -1,10 +1,12 @@
 //! `signet dev`: a complete, throwaway Signet on one machine with no
 //! configuration, in the spirit of `vault server -dev`.
 //!
-//! Today it runs the CA on embedded defaults (SQLite in a fresh directory)
-//! and an agent attested with a join token it creates, registers an identity
-//! for the calling user, and prints where everything lives and what to try
-//! next. Every daemon runs as a child
+//! It runs the CA on embedded defaults (SQLite in a fresh directory), an
+//! agent attested with a join token it creates, and a demo: a payments
+//! service behind a Signet proxy, called by checkout (allowed) and web
+//! (denied) through their own proxies, under a policy file the user can
+//! edit. It makes one allowed and one denied call and prints what happened,
+//! where everything lives and what to try next. Every daemon runs as a child
 //! process; Ctrl-C stops them all and removes the directory unless --keep.
 
 use std::path::{Path, PathBuf};
@@ -34,12 +36,12 @@ pub struct DevArgs {
 struct ChildDaemon {
     name: &'static str,
     child: Child,
+    stopped: bool,
 }
 
 impl ChildDaemon {
     fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            eprintln!("  {} stopped", self.name);
+        if std::mem::replace(&mut self.stopped, true) {
             return;
         }
         if let Ok(None) = self.child.try_wait() {
@@ -48,15 +50,18 @@ impl ChildDaemon {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
-                    eprintln!("  stopped {}", self.name);
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            eprintln!("  killed {} (did not stop within 10s)", self.name);
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                eprintln!("  killed {} (did not stop within 10s)", self.name);
+                return;
+            }
         }
+        eprintln!("  stopped {}", self.name);
     }
 }
 
@@ -68,6 +73,15 @@ impl Drop for ChildDaemon {
 
 fn spawn_logged(name: &'static str, args: &[&str], log: &Path) -> anyhow::Result<ChildDaemon> {
     let exe = std::env::current_exe().context("cannot find the signet binary")?;
+    spawn_binary(name, &exe, args, log)
+}
+
+fn spawn_binary(
+    name: &'static str,
+    exe: &Path,
+    args: &[&str],
+    log: &Path,
+) -> anyhow::Result<ChildDaemon> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = Command::new(exe)
@@ -77,7 +91,11 @@ fn spawn_logged(name: &'static str, args: &[&str], log: &Path) -> anyhow::Result
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
-    Ok(ChildDaemon { name, child })
+    Ok(ChildDaemon {
+        name,
+        child,
+        stopped: false,
+    })
 }
 
 /// Runs the dev environment until Ctrl-C.
@@ -186,46 +204,136 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
     wait_for_socket(&agent_socket, &mut agent, &agent_log, "agent").await?;
 
     let uid = rustix::process::getuid().as_raw();
-    let me = format!("spiffe://{}/dev/uid-{uid}", args.trust_domain);
-    client
-        .create_entry(pb::CreateEntryRequest {
-            spec: Some(pb::EntrySpec {
-                spiffe_id: me.clone(),
-                parent_id: token.agent_id.clone(),
-                selectors: vec![format!("unix:uid:{uid}")],
-                ..Default::default()
-            }),
-        })
-        .await
-        .into_result()?;
+    let td = &args.trust_domain;
+    let me = format!("spiffe://{td}/dev/you");
+    let exe = std::fs::canonicalize(std::env::current_exe()?)?;
+    // Who is who on this one host: the same uid, told apart by binary path.
+    let bin = dir.join("bin");
+    let mut demo = Vec::new();
+    for name in ["payments", "checkout", "web"] {
+        let path = super::dev_demo::binary_named(&bin, &format!("{name}-proxy"))?;
+        demo.push((name, format!("spiffe://{td}/demo/{name}"), path));
+    }
+    let mut register = vec![(me.clone(), exe.clone())];
+    register.extend(demo.iter().map(|(_, id, path)| (id.clone(), path.clone())));
+    for (id, path) in &register {
+        client
+            .create_entry(pb::CreateEntryRequest {
+                spec: Some(pb::EntrySpec {
+                    spiffe_id: id.clone(),
+                    parent_id: token.agent_id.clone(),
+                    selectors: vec![
+                        format!("unix:uid:{uid}"),
+                        format!("unix:path:{}", path.display()),
+                    ],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .into_result()?;
+    }
+
+    // The payments service (in this process) behind an HTTP inbound proxy;
+    // checkout and web call it through their own outbound proxies.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let app_port = app.local_addr()?.port();
+    tokio::spawn(super::dev_demo::serve_demo_app(app));
+    let policy_dir = dir.join("policies");
+    std::fs::create_dir_all(&policy_dir)?;
+    let policy_file = policy_dir.join("payments.toml");
+    std::fs::write(
+        &policy_file,
+        format!(
+            "# Who may call payments. Edit me: changes apply within a second.\n\n\
+             [[allow]]\nto = \"spiffe://{td}/demo/payments\"\nfrom = [\"spiffe://{td}/demo/checkout\"]\n\n\
+             [[deny]]\nto = \"spiffe://{td}/demo/payments\"\nfrom = [\"spiffe://{td}/demo/web\"]\n"
+        ),
+    )?;
+    let payments_port = free_port()?;
+    let socket_url = format!("unix://{}", agent_socket.display());
+    let mut proxies = Vec::new();
+    let mut ports = Vec::new();
+    for (name, _, path) in &demo {
+        let config = dir.join(format!("{name}-proxy.toml"));
+        let body = if *name == "payments" {
+            format!(
+                "workload_api_socket = \"{socket_url}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout = 2\n\
+                 [inbound]\nlisten = \"127.0.0.1:{payments_port}\"\nforward_to = \"127.0.0.1:{app_port}\"\nprotocol = \"http\"\n",
+                policy_dir.display()
+            )
+        } else {
+            let port = free_port()?;
+            ports.push((*name, port));
+            format!(
+                "workload_api_socket = \"{socket_url}\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout = 2\n\
+                 [[outbound]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{payments_port}\"\nserver_id = \"spiffe://{td}/demo/payments\"\n"
+            )
+        };
+        std::fs::write(&config, body)?;
+        let log = dir.join(format!("{name}-proxy.log"));
+        eprintln!("starting the {name} proxy (log: {})", log.display());
+        let mut child = spawn_binary(
+            if *name == "payments" {
+                "payments proxy"
+            } else if *name == "checkout" {
+                "checkout proxy"
+            } else {
+                "web proxy"
+            },
+            path,
+            &["proxy", "run", "--config", &config.to_string_lossy()],
+            &log,
+        )?;
+        wait_for_log(&log, "signet proxy ready", &mut child, name).await?;
+        proxies.push(child);
+    }
+    let port_of = |n: &str| {
+        ports
+            .iter()
+            .find(|(x, _)| *x == n)
+            .map(|(_, p)| *p)
+            .unwrap_or(0)
+    };
+    let (checkout_port, web_port) = (port_of("checkout"), port_of("web"));
+    let allowed = super::dev_demo::get(checkout_port).await?;
+    let denied = super::dev_demo::get(web_port).await?;
 
     println!();
     println!("Signet dev environment is ready.");
     println!();
-    println!("  trust domain     {}", args.trust_domain);
+    println!("  trust domain     {td}");
     println!("  directory        {}", dir.display());
     println!("  CA admin socket  {}", admin_socket.display());
-    println!("  CA node API      127.0.0.1:{node_port}");
-    println!("  CA metrics       http://127.0.0.1:{metrics_port}/metrics  (/ready, /live)");
-    println!("  CA log           {}", ca_log.display());
+    println!("  CA node API      127.0.0.1:{node_port}   metrics http://127.0.0.1:{metrics_port}/metrics");
+    println!("  agent            {}", token.agent_id);
+    println!("  Workload API     {socket_url}");
+    println!("  policy dir       {}", policy_dir.display());
+    println!("  logs             {}/*.log", dir.display());
+    println!();
+    println!("Demo: payments (spiffe://{td}/demo/payments) behind a Signet proxy on 127.0.0.1:{payments_port};");
+    println!("checkout and web call it through their own Signet proxies.");
     println!(
-        "  agent            {} (log: {})",
-        token.agent_id,
-        agent_log.display()
+        "  allowed call     checkout -> payments: HTTP {} \"{}\"",
+        allowed.0, allowed.1
     );
-    println!("  Workload API     unix://{}", agent_socket.display());
-    println!("  your identity    {me} (entry for unix:uid:{uid})");
+    println!(
+        "  denied call      web -> payments: HTTP {} \"{}\"",
+        denied.0, denied.1
+    );
     println!();
     println!("Try:");
     println!("  export SIGNET_ADMIN_SOCKET={}", admin_socket.display());
-    println!(
-        "  export SPIFFE_ENDPOINT_SOCKET=unix://{}",
-        agent_socket.display()
-    );
-    println!("  signet id show");
+    println!("  export SPIFFE_ENDPOINT_SOCKET={socket_url}");
+    println!("  signet id show                      # your identity: {me}");
     println!("  signet entry list");
     println!("  signet agent list");
-    println!("  signet bundle show --format jwks");
+    println!("  curl http://127.0.0.1:{checkout_port}/         # as checkout: allowed");
+    println!("  curl http://127.0.0.1:{web_port}/         # as web: denied (403)");
+    println!("  signet policy eval --policy {} --from spiffe://{td}/demo/web --to spiffe://{td}/demo/payments", policy_dir.display());
+    println!(
+        "  # edit {} to allow web, then curl again",
+        policy_file.display()
+    );
     println!();
     println!(
         "Press Ctrl-C to stop{}.",
@@ -236,21 +344,60 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
         }
     );
 
-    tokio::select! {
-        _ = super::shutdown_signal() => {}
-        _ = child_exit(&mut ca) => {
-            let tail = std::fs::read_to_string(&ca_log).unwrap_or_default();
-            return Err(anyhow!("the CA exited unexpectedly; its log ends with: {}", last_line(&tail)));
-        }
-        _ = child_exit(&mut agent) => {
-            let tail = std::fs::read_to_string(&agent_log).unwrap_or_default();
-            return Err(anyhow!("the agent exited unexpectedly; its log ends with: {}", last_line(&tail)));
-        }
-    }
+    let mut children: Vec<&mut ChildDaemon> = vec![&mut ca, &mut agent];
+    children.extend(proxies.iter_mut());
+    let result = tokio::select! {
+        _ = super::shutdown_signal() => Ok(()),
+        name = any_child_exit(&mut children) => Err(anyhow!("the {name} exited unexpectedly; see the logs in {}", dir.display())),
+    };
     eprintln!("\nstopping");
+    for p in proxies.iter_mut() {
+        p.stop();
+    }
     agent.stop();
     ca.stop();
-    Ok(())
+    result
+}
+
+/// Completes with the name of the first child that exits.
+async fn any_child_exit(children: &mut [&mut ChildDaemon]) -> &'static str {
+    loop {
+        for c in children.iter_mut() {
+            if let Ok(Some(_)) = c.child.try_wait() {
+                return c.name;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `log` contains `needle`, or the child exits.
+async fn wait_for_log(
+    log: &Path,
+    needle: &str,
+    child: &mut ChildDaemon,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.child.try_wait() {
+            return Err(anyhow!(
+                "the {what} proxy exited ({status}): {}",
+                last_line(&text)
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "the {what} proxy is not ready after 60s; see {}",
+                log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_for_socket(
@@ -315,15 +462,6 @@ async fn wait_for_ca(
             said = true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn child_exit(ca: &mut ChildDaemon) {
-    loop {
-        if let Ok(Some(_)) = ca.child.try_wait() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bundle;
 pub mod ca;
 pub mod dev;
+mod dev_demo;
 pub mod entry;
 pub mod id;
 pub mod proxy;
