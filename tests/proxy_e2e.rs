@@ -443,3 +443,79 @@ paths = ["/v1/*"]
     assert_eq!(results[1].0, 403);
     assert_eq!(results[2], (200, format!("{CHECKOUT}|GET /v1/c")));
 }
+
+#[test]
+fn an_expired_svid_that_is_not_renewed_makes_new_connections_fail_closed() {
+    use signet_identity::testing::{LeafSpec, TestCa as MintCa};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MintCa::new("example.org");
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, ca.bundle().to_pem()).unwrap();
+    let write_identity = |name: &str, id: &str, lifetime: Duration| {
+        let mut spec = LeafSpec::valid(id);
+        spec.not_after = std::time::SystemTime::now() + lifetime;
+        let (chain, key) = ca.leaf(&spec);
+        let (crt, k) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&crt, signet_identity::certificates_to_pem(&chain)).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (crt, k)
+    };
+    // The server's SVID lives 3 s and nobody renews it.
+    let (server_crt, server_key) = write_identity("server", PAYMENTS, Duration::from_secs(3));
+    let (client_crt, client_key) = write_identity("client", CHECKOUT, Duration::from_secs(3600));
+    let app = EchoApp::start();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/p.toml"), ALLOW_CHECKOUT).unwrap();
+    let (server_port, client_port) = (
+        signet_test_support::free_port(),
+        signet_test_support::free_port(),
+    );
+    let server_cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &server_cfg,
+        format!(
+            "svid_file = \"{}\"\nsvid_key_file = \"{}\"\nbundle_file = \"{}\"\npolicy_dir = \"{}/policies\"\nadmin_listen = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:{server_port}\"\nforward_to = \"127.0.0.1:{}\"\n",
+            server_crt.display(), server_key.display(), bundle.display(), dir.path().display(), app.port
+        ),
+    )
+    .unwrap();
+    let client_cfg = dir.path().join("client.toml");
+    std::fs::write(
+        &client_cfg,
+        format!(
+            "svid_file = \"{}\"\nsvid_key_file = \"{}\"\nbundle_file = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{client_port}\"\nupstream = \"127.0.0.1:{server_port}\"\nserver_id = \"{PAYMENTS}\"\n",
+            client_crt.display(), client_key.display(), bundle.display()
+        ),
+    )
+    .unwrap();
+    let mut server = Daemon::spawn({
+        let mut c = signet();
+        c.args(["proxy", "run", "--config"]).arg(&server_cfg);
+        c
+    });
+    server.wait_for("signet proxy ready", Duration::from_secs(10));
+    let mut client = Daemon::spawn({
+        let mut c = signet();
+        c.args(["proxy", "run", "--config"]).arg(&client_cfg);
+        c
+    });
+    client.wait_for("signet proxy ready", Duration::from_secs(10));
+    let round_trip = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", client_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"ping");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    assert_eq!(round_trip(), b"ping", "works while the SVID is valid");
+    std::thread::sleep(Duration::from_millis(4200));
+    let before = app.connections();
+    assert_eq!(round_trip(), b"", "an expired SVID must not be presented");
+    assert_eq!(app.connections(), before);
+    server.wait_for("our SVID has expired", Duration::from_secs(5));
+}

@@ -2,6 +2,7 @@
 //! per handshake, so a rotation applies to the next handshake at once, and
 //! both fail closed when the SVID has expired.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use rustls::client::ResolvesClientCert;
@@ -14,7 +15,22 @@ use crate::workload_identity::IdentityWatch;
 
 /// Hands rustls the current SVID, or nothing once it has expired.
 #[derive(Debug)]
-pub struct CurrentSvid(pub IdentityWatchDebug);
+pub struct CurrentSvid {
+    identity: IdentityWatchDebug,
+    /// notAfter of the expired SVID already reported, so an outage logs
+    /// once, not once per refused handshake.
+    warned: AtomicI64,
+}
+
+impl CurrentSvid {
+    /// A resolver over the identity watch.
+    pub fn new(identity: IdentityWatch) -> Self {
+        Self {
+            identity: IdentityWatchDebug(identity),
+            warned: AtomicI64::new(i64::MIN),
+        }
+    }
+}
 
 /// `IdentityWatch` with a Debug impl, as rustls' traits require.
 pub struct IdentityWatchDebug(pub IdentityWatch);
@@ -27,10 +43,12 @@ impl std::fmt::Debug for IdentityWatchDebug {
 
 impl CurrentSvid {
     fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let guard = self.0 .0.borrow();
+        let guard = self.identity.0.borrow();
         let id = guard.as_ref()?;
         if !id.is_valid() {
-            tracing::warn!(spiffe_id = %id.spiffe_id, "refusing handshake: our SVID has expired and the agent has not renewed it");
+            if self.warned.swap(id.not_after, Ordering::Relaxed) != id.not_after {
+                tracing::warn!(spiffe_id = %id.spiffe_id, not_after = id.not_after, "refusing handshakes: our SVID has expired and the agent has not renewed it");
+            }
             return None;
         }
         Some(id.key.clone())
@@ -66,7 +84,7 @@ pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(SpiffeClientVerifier::new(bundle, any, true))
-        .with_cert_resolver(Arc::new(CurrentSvid(IdentityWatchDebug(identity))));
+        .with_cert_resolver(Arc::new(CurrentSvid::new(identity)));
     // Resumption between sidecars: one ticket per connection into a bounded
     // stateful cache. Each entry holds the client's chain (~1 KiB), so the
     // cache size is the main memory knob here (4,096 entries cost ~5 MiB).
@@ -90,7 +108,7 @@ pub fn client_config(
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(SpiffeServerVerifier::new(bundle, authorize))
-        .with_client_cert_resolver(Arc::new(CurrentSvid(IdentityWatchDebug(identity))));
+        .with_client_cert_resolver(Arc::new(CurrentSvid::new(identity)));
     config.resumption = rustls::client::Resumption::in_memory_sessions(1024);
     Ok(Arc::new(config))
 }
