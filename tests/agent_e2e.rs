@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signet_identity::TrustDomain;
@@ -524,5 +525,119 @@ async fn the_agent_renews_its_own_svid_and_keeps_serving() {
     assert!(
         svid_not_after(&svid)
             > signet_identity::x509_svid::unix_seconds(std::time::SystemTime::now())
+    );
+}
+
+/// A node API channel whose TLS client configuration (and so its session
+/// ticket store) the caller keeps, as an attacker resuming sessions would.
+async fn node_channel_with(
+    ca: &TestCa,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<signet_proto::node::node_client::NodeClient<tonic::transport::Channel>, String> {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let target = ca.node_addr();
+    let channel = tonic::transport::Endpoint::from_static("http://signet-ca")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&target).await?;
+                let name = rustls::pki_types::ServerName::try_from("signet-ca").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(signet_proto::node::node_client::NodeClient::new(channel))
+}
+
+/// One TLS connection to the node API that reads the server's first bytes
+/// (which also takes in any session ticket); returns its handshake kind.
+async fn raw_handshake_kind(
+    ca: &TestCa,
+    config: Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(ca.node_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("signet-ca").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = [0u8; 9];
+    let _ = tokio::time::timeout(Duration::from_secs(2), tls.read_exact(&mut buf)).await;
+    tls.get_ref().1.handshake_kind()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_agent_svid_cannot_renew_through_resumption_or_an_old_connection() {
+    // Agent SVIDs live 4 s; the agent is stopped after attesting, so its
+    // serial stays the CA's current one and only expiry stands in the way.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ca.toml");
+    std::fs::write(&cfg, "default_x509_svid_ttl = 4\n").unwrap();
+    let ca = TestCa::start_in(dir, &["--config", cfg.to_str().unwrap()]);
+    let mut agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    agent.daemon.terminate();
+    let td = TrustDomain::new(TD).unwrap();
+    let (svid, bundle) = signet_agent::agent_identity::load(&agent.dir.path().join("data"), &td)
+        .unwrap()
+        .unwrap();
+    let server_id = td.spiffe_id("/signet/server").unwrap();
+    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
+        signet_identity::tls::BundleHandle::new(bundle),
+        Arc::new(move |id: &signet_identity::SpiffeId| *id == server_id),
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(
+            svid.cert.chain.clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(svid.cert.key_pkcs8.clone().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let config = Arc::new(config);
+
+    // Control: while the SVID is valid, calls succeed.
+    let mut old = node_channel_with(&ca, config.clone()).await.unwrap();
+    old.sync_entries(pb::SyncEntriesRequest {}).await.unwrap();
+    // The node API hands out no session tickets: with the same client
+    // configuration, a later connection is a full handshake again.
+    for _ in 0..2 {
+        let kind = raw_handshake_kind(&ca, config.clone()).await;
+        assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+    }
+    let not_after = std::time::UNIX_EPOCH + Duration::from_secs(svid.not_after as u64);
+    while std::time::SystemTime::now() < not_after + Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection made while it was valid does not carry it past expiry.
+    let status = old
+        .renew_agent(pb::RenewAgentRequest { csr: csr() })
+        .await
+        .expect_err("an expired agent renewed on its old connection");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // A new connection cannot resume the session (no certificate sent) to
+    // get past the expiry check of the handshake.
+    let renewed = match node_channel_with(&ca, config).await {
+        Ok(mut c) => c
+            .renew_agent(pb::RenewAgentRequest { csr: csr() })
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !renewed,
+        "an expired agent renewed itself through resumption"
     );
 }

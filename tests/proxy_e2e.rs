@@ -81,6 +81,67 @@ fn the_outbound_side_refuses_an_upstream_with_the_wrong_identity() {
     assert_eq!(mesh.app.connections(), 0);
 }
 
+/// A rustls client configuration presenting `chain`/`key`, trusting the
+/// mesh's bundle, with TLS 1.3 session resumption.
+fn direct_client_config(
+    mesh: &Mesh,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> Arc<rustls::ClientConfig> {
+    let bundle = signet_identity::TrustBundle::from_pem(
+        signet_identity::TrustDomain::new("example.org").unwrap(),
+        &mesh.ca.run_ok(&["bundle", "show"]),
+    )
+    .unwrap();
+    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
+        signet_identity::tls::BundleHandle::new(bundle),
+        Arc::new(|_: &signet_identity::SpiffeId| true),
+    );
+    let config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(
+            chain,
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    Arc::new(config)
+}
+
+/// Connects straight to the inbound proxy with `config`; returns the kind
+/// of handshake (None if it failed) and whether an echo came back.
+fn tls_echo(
+    mesh: &Mesh,
+    config: Arc<rustls::ClientConfig>,
+) -> (Option<rustls::HandshakeKind>, bool) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", mesh.server_port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("x").unwrap();
+        let Ok(mut tls) = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+        else {
+            return (None, false);
+        };
+        let kind = tls.get_ref().1.handshake_kind();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if tls.write_all(b"ping").await.is_err() {
+            return (kind, false);
+        }
+        let mut buf = [0u8; 4];
+        let echoed = matches!(
+            tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        );
+        (kind, echoed)
+    })
+}
+
 /// A rustls client presenting `chain`/`key` straight to the inbound proxy;
 /// returns whether any echo came back.
 fn direct_tls(
@@ -88,52 +149,30 @@ fn direct_tls(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: &rcgen::KeyPair,
 ) -> bool {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let bundle = signet_identity::TrustBundle::from_pem(
-            signet_identity::TrustDomain::new("example.org").unwrap(),
-            &mesh.ca.run_ok(&["bundle", "show"]),
-        )
-        .unwrap();
-        let verifier = signet_identity::tls::SpiffeServerVerifier::new(
-            signet_identity::tls::BundleHandle::new(bundle),
-            Arc::new(|_: &signet_identity::SpiffeId| true),
-        );
-        let config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(
-                chain,
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", mesh.server_port))
-            .await
-            .unwrap();
-        let name = rustls::pki_types::ServerName::try_from("x").unwrap();
-        let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-        else {
-            return false;
-        };
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        if tls.write_all(b"ping").await.is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 4];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await,
-            Ok(Ok(_))
-        )
-    })
+    tls_echo(mesh, direct_client_config(mesh, chain, key)).1
+}
+
+/// An issuer holding the mesh CA's real signing key, to mint SVIDs with
+/// properties the CA would never issue.
+fn real_issuer(mesh: &Mesh) -> signet_identity::testing::TestIssuer {
+    let key_dir = mesh.ca.dir.path().join("data/keys");
+    let key_file = std::fs::read_dir(&key_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let root_pem = mesh.ca.run_ok(&["bundle", "show"]);
+    signet_identity::testing::TestIssuer {
+        der: signet_identity::certificates_from_pem(&root_pem).unwrap()[0].clone(),
+        key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_file).unwrap()).unwrap(),
+        chain: Vec::new(),
+    }
 }
 
 #[test]
 fn foreign_trust_domain_expired_and_plaintext_peers_are_refused() {
-    use signet_identity::testing::{LeafSpec, TestCa as MintCa, TestIssuer};
+    use signet_identity::testing::{LeafSpec, TestCa as MintCa};
     let mesh = Mesh::start(
         r#"
 [[allow]]
@@ -144,19 +183,7 @@ from = ["spiffe://example.org", "spiffe://other.org"]
         "1h",
     );
     // Control: a valid SVID minted with the real CA key is let through.
-    let key_dir = mesh.ca.dir.path().join("data/keys");
-    let key_file = std::fs::read_dir(&key_dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let root_pem = mesh.ca.run_ok(&["bundle", "show"]);
-    let real = TestIssuer {
-        der: signet_identity::certificates_from_pem(&root_pem).unwrap()[0].clone(),
-        key: rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_file).unwrap()).unwrap(),
-        chain: Vec::new(),
-    };
+    let real = real_issuer(&mesh);
     let (chain, key) = real.leaf(&LeafSpec::valid("spiffe://example.org/ns/prod/sa/any"));
     assert!(
         direct_tls(&mesh, chain, &key),
@@ -203,6 +230,54 @@ from = ["spiffe://example.org", "spiffe://other.org"]
     let m = mesh.server_metrics();
     assert!(m.contains("reason=\"peer_svid_expired\""), "{m}");
     assert!(m.contains("reason=\"not_tls\""), "{m}");
+}
+
+#[test]
+fn an_expired_svid_cannot_come_back_through_tls_session_resumption() {
+    use signet_identity::testing::LeafSpec;
+    let mesh = Mesh::start(
+        r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org"]
+"#,
+        PAYMENTS,
+        "1h",
+    );
+    // An SVID from the real CA key that expires in a few seconds.
+    let mut spec = LeafSpec::valid("spiffe://example.org/ns/prod/sa/short");
+    let expiry = std::time::SystemTime::now() + Duration::from_secs(4);
+    spec.not_after = expiry;
+    let (chain, key) = real_issuer(&mesh).leaf(&spec);
+    let config = direct_client_config(&mesh, chain, &key);
+    assert_eq!(
+        tls_echo(&mesh, config.clone()),
+        (Some(rustls::HandshakeKind::Full), true)
+    );
+    // Control: while the SVID is valid, resumption works and is served.
+    assert_eq!(
+        tls_echo(&mesh, config.clone()),
+        (Some(rustls::HandshakeKind::Resumed), true),
+        "the test needs the proxy to resume sessions"
+    );
+    let before = mesh.app.connections();
+    while std::time::SystemTime::now() < expiry + Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Expired: the resumed session (no certificate sent) must be refused.
+    let (kind, echoed) = tls_echo(&mesh, config);
+    assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
+    assert!(!echoed, "an expired SVID was served through resumption");
+    assert_eq!(
+        mesh.app.connections(),
+        before,
+        "the app saw the expired peer"
+    );
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains("signet_proxy_handshake_failures_total{direction=\"inbound\",reason=\"peer_svid_expired\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -442,6 +517,109 @@ paths = ["/v1/*"]
     assert_eq!(results[0], (200, format!("{CHECKOUT}|GET /v1/a")));
     assert_eq!(results[1].0, 403);
     assert_eq!(results[2], (200, format!("{CHECKOUT}|GET /v1/c")));
+}
+
+const PUBLIC_ONLY_NO_ADMIN_NO_DELETE: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+paths = ["/public/*"]
+
+[[deny]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+paths = ["/admin*"]
+
+[[deny]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+methods = ["DELETE"]
+"#;
+
+/// Spellings that once reached `/admin.txt` (or ran `DELETE`) past a policy
+/// that allows only `/public/*` and denies `/admin*` and `DELETE`, with the
+/// status each must get now: 403 where the canonical form is denied, 400
+/// where no single meaning exists.
+const BYPASS_ATTEMPTS: &[(&str, &str, u16)] = &[
+    ("GET", "/public/../admin.txt", 403),
+    ("GET", "//admin", 403),
+    ("GET", "/./admin.txt", 403),
+    ("GET", "/%61dmin", 403),
+    ("GET", "/public/%2e%2e/admin.txt", 403),
+    ("GET", "/public/%2E%2E/%2E%2E/admin.txt", 403),
+    ("delete", "/public/x", 403),
+    ("Delete", "/public/x", 403),
+    ("GET", "/public%2F..%2Fadmin.txt", 400),
+    ("GET", "/public/..%2Fadmin.txt", 400),
+    ("GET", "/public/..%5Cadmin.txt", 400),
+    ("GET", "/public/..;/admin.txt", 400),
+];
+
+#[test]
+fn http_policy_cannot_be_bypassed_by_another_spelling_of_the_path_or_method() {
+    let mesh = Mesh::start_with(PUBLIC_ONLY_NO_ADMIN_NO_DELETE, PAYMENTS, "1h", "http");
+    // Control: the allowed resource, written non-canonically, reaches the
+    // app in canonical form (what policy saw is what the app gets), the
+    // query untouched, and the identity header in every spelling replaced.
+    let (code, body) = http_request(
+        &mesh,
+        "get",
+        "/public/./a//b/%7Ex?q=/../admin",
+        "x_signet_peer_id: spiffe://example.org/forged\r\nX_Signet_Peer_Id: forged\r\n",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, format!("{CHECKOUT}|GET /public/a/b/~x?q=/../admin"));
+    let hits = mesh.app.connections();
+    for (method, path, want) in BYPASS_ATTEMPTS {
+        let (code, body) = http_request(&mesh, method, path, "");
+        assert_eq!(code, *want, "HTTP/1.1 {method} {path}: {body}");
+    }
+    // A raw backslash: refused (by the parser or by canonicalisation).
+    let (code, _) = http_request(&mesh, "GET", "/public/..\\admin.txt", "");
+    assert_eq!(code, 400, "raw backslash");
+
+    // The same over HTTP/2, one connection.
+    let port = mesh.client_port;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt.block_on(async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for (method, path, _) in BYPASS_ATTEMPTS {
+            let req = hyper::Request::builder()
+                .method(hyper::Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(format!("http://payments{path}"))
+                .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            out.push((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        out
+    });
+    for ((method, path, want), (code, body)) in BYPASS_ATTEMPTS.iter().zip(&results) {
+        assert_eq!(code, want, "HTTP/2 {method} {path}: {body}");
+    }
+    assert_eq!(
+        mesh.app.connections(),
+        hits,
+        "no spelling of a denied request reaches the app"
+    );
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains("rule=\"invalid-request-target\""),
+        "ambiguous requests are counted: {m}"
+    );
 }
 
 #[test]

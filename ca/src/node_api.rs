@@ -56,6 +56,13 @@ fn peer_agent<T>(req: &Request<T>) -> Result<(SpiffeId, String), Status> {
         .map_err(|_| Status::unauthenticated("unparsable client certificate"))?;
     let id = signet_identity::x509_svid::leaf_spiffe_id(&cert)
         .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    // The handshake checked the SVID when the connection was made; an
+    // HTTP/2 connection can outlive it.
+    if !cert.validity().is_valid() {
+        return Err(Status::unauthenticated(format!(
+            "agent {id}: the SVID this connection was made with has expired; re-attest with a new join token"
+        )));
+    }
     Ok((id, join_token::hex(cert.raw_serial())))
 }
 

@@ -104,6 +104,12 @@ pub fn server_config(
         .with_client_cert_verifier(SpiffeClientVerifier::new(bundle, authorize, false))
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed TLS 1.3 session runs no certificate
+    // verifier, so an agent whose SVID has expired could resume its way
+    // back in. Agents hold one long-lived connection, so full handshakes
+    // cost nothing that matters.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok((Arc::new(config), resolver, lifetime))
 }
 

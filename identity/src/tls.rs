@@ -286,6 +286,39 @@ pub fn peer_spiffe_id(leaf: &CertificateDer<'_>) -> Option<SpiffeId> {
     crate::x509_svid::leaf_spiffe_id(&cert).ok()
 }
 
+/// The authenticated peer of an established TLS connection, safe against
+/// session resumption.
+///
+/// After a full handshake the verifiers above have checked the peer's chain,
+/// so only its ID is read. A resumed TLS 1.3 handshake runs no verifier: the
+/// peer sends no certificate and rustls restores the chain stored in the
+/// session ticket, however long ago it was checked. Without a fresh check a
+/// peer whose SVID has since expired, whose authority left the bundle, or
+/// whose ID is no longer authorized would be served as its old identity, for
+/// as long as it keeps resuming (every resumption yields a new ticket). So
+/// for a resumed session the stored chain is verified again, now, against
+/// the current bundle and `authorize`.
+pub fn established_peer(
+    conn: &rustls::CommonState,
+    bundle: &BundleHandle,
+    authorize: &Authorizer,
+    now: SystemTime,
+) -> Result<SpiffeId, PeerRefused> {
+    let chain = conn
+        .peer_certificates()
+        .filter(|c| !c.is_empty())
+        .ok_or(PeerRefused::Svid(SvidError::EmptyChain))?;
+    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        let leaf = &chain[0];
+        return peer_spiffe_id(leaf).ok_or(PeerRefused::Svid(SvidError::EmptyChain));
+    }
+    let verified = verify_x509_svid(chain, &bundle.get(), now).map_err(PeerRefused::Svid)?;
+    if !authorize(&verified.spiffe_id) {
+        return Err(PeerRefused::NotAuthorized(verified.spiffe_id));
+    }
+    Ok(verified.spiffe_id)
+}
+
 #[cfg(test)]
 #[path = "tls_tests.rs"]
 mod tests;

@@ -146,3 +146,113 @@ async fn client_refuses_a_server_with_the_wrong_id() {
         "the client side refuses: {e}"
     );
 }
+
+/// Two handshakes between the same configs (the second resumes) over
+/// in-memory pipes; returns the established peer, as the server sees it
+/// with `check`, for each.
+async fn full_then_resumed(
+    ca: &TestCa,
+    check: impl Fn(&rustls::CommonState) -> Result<SpiffeId, PeerRefused>,
+) -> Vec<(Option<rustls::HandshakeKind>, Result<SpiffeId, PeerRefused>)> {
+    let handle = BundleHandle::new(ca.bundle());
+    let server = cred(ca, "spiffe://example.org/server");
+    let mut server_cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(SpiffeClientVerifier::new(
+            handle.clone(),
+            allow("spiffe://example.org/"),
+            true,
+        ))
+        .with_single_cert(server.0, server.1)
+        .unwrap();
+    server_cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
+    let client = cred(ca, "spiffe://example.org/client");
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(SpiffeServerVerifier::new(handle, allow("spiffe://")))
+        .with_client_auth_cert(client.0, client.1)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let client = tokio::spawn({
+            let connector = connector.clone();
+            async move {
+                let mut tls = connector
+                    .connect(ServerName::try_from("signet").unwrap(), a)
+                    .await
+                    .unwrap();
+                tls.write_all(b"ping").await.unwrap();
+                // Reading also takes in the session ticket.
+                let mut buf = [0u8; 4];
+                tls.read_exact(&mut buf).await.unwrap();
+            }
+        });
+        let mut tls = acceptor.accept(b).await.unwrap();
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.unwrap();
+        tls.write_all(&buf).await.unwrap();
+        let conn = tls.get_ref().1;
+        out.push((conn.handshake_kind(), check(conn)));
+        client.await.unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_verified_again_now() {
+    let ca = TestCa::new("example.org");
+    let any = allow("spiffe://example.org/");
+    let handle = BundleHandle::new(ca.bundle());
+    let now = SystemTime::now();
+    let runs = full_then_resumed(&ca, |c| established_peer(c, &handle, &any, now)).await;
+    assert_eq!(runs[0].0, Some(rustls::HandshakeKind::Full));
+    assert_eq!(
+        runs[1].0,
+        Some(rustls::HandshakeKind::Resumed),
+        "the test needs a resumed session"
+    );
+    for (_, peer) in &runs {
+        assert_eq!(
+            peer.as_ref().unwrap().as_str(),
+            "spiffe://example.org/client"
+        );
+    }
+
+    // Two hours on, the client's SVID has expired: resumption must not
+    // bring it back to life.
+    let later = now + Duration::from_secs(7200);
+    let runs = full_then_resumed(&ca, |c| established_peer(c, &handle, &any, later)).await;
+    assert!(runs[0].1.is_ok(), "a full handshake was verified by rustls");
+    assert!(
+        matches!(&runs[1].1, Err(PeerRefused::Svid(SvidError::Leaf(_)))),
+        "{:?}",
+        runs[1].1
+    );
+
+    // The authority left the bundle since the ticket was issued.
+    let other = BundleHandle::new(TestCa::new("example.org").bundle());
+    let runs = full_then_resumed(&ca, |c| established_peer(c, &other, &any, now)).await;
+    assert!(
+        matches!(
+            &runs[1].1,
+            Err(PeerRefused::Svid(SvidError::Untrusted { .. }))
+        ),
+        "{:?}",
+        runs[1].1
+    );
+
+    // The ID is no longer authorized.
+    let none: Authorizer = Arc::new(|_: &SpiffeId| false);
+    let runs = full_then_resumed(&ca, |c| established_peer(c, &handle, &none, now)).await;
+    assert!(
+        matches!(&runs[1].1, Err(PeerRefused::NotAuthorized(_))),
+        "{:?}",
+        runs[1].1
+    );
+}

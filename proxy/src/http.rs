@@ -2,8 +2,11 @@
 //! connection are parsed (HTTP/1.1 or HTTP/2, detected), each is authorized
 //! with its method and path, and allowed ones are forwarded to the local app
 //! over pooled HTTP/1.1 with the verified peer identity in
-//! `x-signet-peer-id` — any such header the peer sent is removed first, so
-//! the app can trust it. Denied requests get 403 and never reach the app.
+//! `x-signet-peer-id` — any such header the peer sent (in any spelling a
+//! framework could map onto it) is removed first, so the app can trust it.
+//! Denied requests get 403 and never reach the app. Method and path are put
+//! in canonical form first ([`policy::canonical_path`]): policy decides on
+//! that form and the app receives exactly it; ambiguous spellings get 400.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -78,13 +81,39 @@ pub struct HttpContext {
     pub forwarder: Arc<HttpForwarder>,
 }
 
+/// Whether `name` is, or could be read by an app framework as, the identity
+/// header: CGI/WSGI-style servers map `x_signet_peer_id` onto the same
+/// variable (`HTTP_X_SIGNET_PEER_ID`) as `x-signet-peer-id`.
+fn is_identity_header(name: &str) -> bool {
+    name.len() == PEER_ID_HEADER.len()
+        && name
+            .bytes()
+            .zip(PEER_ID_HEADER.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+}
+
 async fn handle(
     ctx: Arc<HttpContext>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
+    // Policy decides on the canonical form, and the app receives exactly it.
+    let canonical = policy::canonical_method(req.method().as_str())
+        .and_then(|method| Ok((method, policy::canonical_path(req.uri().path())?)));
+    let (method, path) = match canonical {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.metrics
+                .authz
+                .get_or_create(&DecisionLabels {
+                    decision: "deny".into(),
+                    rule: "invalid-request-target".into(),
+                })
+                .inc();
+            tracing::info!(direction = "inbound", peer = %ctx.peer, method = %req.method(), path = %req.uri().path(), decision = "deny", reason = %e, status = 400, "request");
+            return Ok(text(StatusCode::BAD_REQUEST, "request path or method not accepted: ambiguous spelling (see the Signet README, HTTP mode)\n"));
+        }
+    };
     let decision = ctx.policy.get().evaluate(&policy::Request {
         from: &ctx.peer,
         to: &ctx.own,
@@ -107,7 +136,14 @@ async fn handle(
     for h in HOP_BY_HOP {
         headers.remove(*h);
     }
-    headers.remove(PEER_ID_HEADER);
+    let spoofed: Vec<_> = headers
+        .keys()
+        .filter(|k| is_identity_header(k.as_str()))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
     if let Ok(v) = ctx.peer.as_str().parse() {
         headers.insert(PEER_ID_HEADER, v);
     }
@@ -116,16 +152,17 @@ async fn handle(
             req.headers_mut().insert(hyper::header::HOST, host);
         }
     }
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let uri = match format!("http://{}{}", ctx.forwarder.forward_to, path_and_query).parse() {
-        Ok(u) => u,
-        Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n")),
+    let target = match req.uri().query() {
+        Some(q) => format!("http://{}{path}?{q}", ctx.forwarder.forward_to),
+        None => format!("http://{}{path}", ctx.forwarder.forward_to),
+    };
+    let (Ok(uri), Ok(forwarded_method)) =
+        (target.parse(), hyper::Method::from_bytes(method.as_bytes()))
+    else {
+        return Ok(text(StatusCode::BAD_REQUEST, "bad request target\n"));
     };
     *req.uri_mut() = uri;
+    *req.method_mut() = forwarded_method;
     *req.version_mut() = hyper::Version::HTTP_11;
     let (status, resp) = match ctx.forwarder.client.request(req).await {
         Ok(resp) => (resp.status().as_u16(), resp.map(|b| b.boxed())),

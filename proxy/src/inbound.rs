@@ -4,7 +4,10 @@
 //! not allow is closed before a single byte reaches the app.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use signet_identity::tls::{established_peer, Authorizer, PeerRefused};
+use signet_identity::SvidError;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -65,6 +68,25 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// Authentication on inbound accepts any SPIFFE ID of the bundle; policy
+/// decides afterwards.
+pub(crate) fn any_id() -> Authorizer {
+    std::sync::Arc::new(|_| true)
+}
+
+/// The metrics reason for a peer refused after the handshake.
+pub(crate) fn refusal_reason(e: &PeerRefused) -> &'static str {
+    match e {
+        PeerRefused::NotAuthorized(_) => "peer_not_authorized",
+        PeerRefused::Svid(SvidError::WrongTrustDomain { .. }) => "wrong_trust_domain",
+        PeerRefused::Svid(SvidError::EmptyChain) => "no_client_certificate",
+        PeerRefused::Svid(SvidError::Leaf(signet_identity::Violation::Expired(_))) => {
+            "peer_svid_expired"
+        }
+        PeerRefused::Svid(_) => "peer_svid_invalid",
+    }
+}
+
 impl Inbound {
     /// Accepts until `stop`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -101,19 +123,24 @@ impl Inbound {
                 return;
             }
         };
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(signet_identity::tls::peer_spiffe_id);
-        let Some(peer) = peer else {
-            self.metrics
-                .handshake_failed("inbound", "no_client_certificate");
+        let Some((own, bundle)) = self
+            .identity
+            .borrow()
+            .as_ref()
+            .map(|i| (i.spiffe_id.clone(), i.bundle.clone()))
+        else {
             return;
         };
-        let Some(own) = self.identity.borrow().as_ref().map(|i| i.spiffe_id.clone()) else {
-            return;
+        // A resumed session is checked again: the ticket's chain may have
+        // expired or lost its authority since it was verified.
+        let peer = match established_peer(tls.get_ref().1, &bundle, &any_id(), SystemTime::now()) {
+            Ok(peer) => peer,
+            Err(e) => {
+                let reason = refusal_reason(&e);
+                self.metrics.handshake_failed("inbound", reason);
+                tracing::info!(direction = "inbound", client = %addr, reason, error = %e, "resumed session refused");
+                return;
+            }
         };
         if let Some(forwarder) = &self.http {
             self.metrics

@@ -2,15 +2,17 @@
 //! our SVID; the upstream must present the expected SPIFFE ID.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::forward::{ms_since, relay};
-use crate::inbound::failure_reason;
+use crate::inbound::{failure_reason, refusal_reason};
 use crate::metrics::Metrics;
+use crate::workload_identity::IdentityWatch;
+use signet_identity::tls::{established_peer, Authorizer};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -22,6 +24,10 @@ pub struct Outbound {
     pub upstream: String,
     /// The ID pattern the upstream must present (for logs).
     pub server_id: String,
+    /// The check of `server_id`, applied again to resumed sessions.
+    pub authorize: Authorizer,
+    /// Our identity, for the bundle resumed sessions are checked against.
+    pub identity: IdentityWatch,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -68,14 +74,25 @@ impl Outbound {
                 return;
             }
         };
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(signet_identity::tls::peer_spiffe_id)
-            .map(|id| id.to_string())
-            .unwrap_or_default();
+        // A resumed session is checked again: the upstream's SVID in the
+        // ticket may have expired or lost its authority since.
+        let Some(bundle) = self.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
+            return;
+        };
+        let peer = match established_peer(
+            tls.get_ref().1,
+            &bundle,
+            &self.authorize,
+            SystemTime::now(),
+        ) {
+            Ok(peer) => peer.to_string(),
+            Err(e) => {
+                let reason = refusal_reason(&e);
+                self.metrics.handshake_failed("outbound", reason);
+                tracing::warn!(direction = "outbound", upstream = %self.upstream, expected = %self.server_id, reason, error = %e, "resumed session refused");
+                return;
+            }
+        };
         let (to_peer, from_peer, err) =
             relay(&self.metrics, "outbound", &peer, &mut tls, &mut local).await;
         tracing::info!(

@@ -7,6 +7,7 @@
 //! tables with `to` (an ID or pattern), `from` (a list of patterns) and, for
 //! HTTP listeners, optional `methods` and `paths`.
 
+mod http_target;
 mod load;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use signet_identity::SpiffeId;
 
+pub use http_target::{canonical_method, canonical_path, TargetError};
 pub use load::{load_dir, parse_file, PolicyError};
 
 /// Which SPIFFE IDs a rule names.
@@ -160,9 +162,9 @@ pub struct Request<'a> {
     pub from: &'a SpiffeId,
     /// The destination (the inbound proxy's own identity).
     pub to: &'a SpiffeId,
-    /// HTTP method, for HTTP listeners.
+    /// HTTP method, for HTTP listeners, in [`canonical_method`] form.
     pub method: Option<&'a str>,
-    /// HTTP path, for HTTP listeners.
+    /// HTTP path (no query), for HTTP listeners, in [`canonical_path`] form.
     pub path: Option<&'a str>,
 }
 

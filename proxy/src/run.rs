@@ -126,12 +126,15 @@ pub async fn run(
         let pattern = IdPattern::parse(&o.server_id)
             .map_err(|e| ConfigError::Invalid(format!("server_id {e}")))?;
         let authorize: Authorizer = Arc::new(move |id| pattern.matches(id));
-        let client = tls::client_config(identity.clone(), authorize).map_err(ProxyError::Tls)?;
+        let client =
+            tls::client_config(identity.clone(), authorize.clone()).map_err(ProxyError::Tls)?;
         let listener = bind(&o.listen).await?;
         let handler = Arc::new(Outbound {
             tls: tokio_rustls::TlsConnector::from(client),
             upstream: o.upstream.clone(),
             server_id: o.server_id.clone(),
+            authorize,
+            identity: identity.clone(),
             metrics: metrics.clone(),
         });
         tokio::spawn(handler.serve(listener, stop_rx.clone()));

@@ -79,11 +79,14 @@ pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig
         .as_ref()
         .map(|i| i.bundle.clone())
         .ok_or("no identity yet")?;
-    let any: Authorizer = Arc::new(|_| true);
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(SpiffeClientVerifier::new(bundle, any, true))
+        .with_client_cert_verifier(SpiffeClientVerifier::new(
+            bundle,
+            crate::inbound::any_id(),
+            true,
+        ))
         .with_cert_resolver(Arc::new(CurrentSvid::new(identity)));
     // Resumption between sidecars: one ticket per connection into a bounded
     // stateful cache. Each entry holds the client's chain (~1 KiB), so the

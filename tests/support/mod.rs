@@ -370,7 +370,8 @@ impl EchoApp {
     }
 
     /// An HTTP/1.1 app: answers every request with 200 and a body listing
-    /// the `x-signet-peer-id` values it received, then the method and path.
+    /// the `x-signet-peer-id` values it received (in `-` or `_` spelling),
+    /// then the method and path.
     pub fn start_http() -> EchoApp {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -402,7 +403,9 @@ impl EchoApp {
                                 break;
                             }
                             if let Some((k, v)) = line.split_once(':') {
-                                if k.eq_ignore_ascii_case("x-signet-peer-id") {
+                                // Any spelling a framework could map onto the
+                                // identity header (`x_signet_peer_id` too).
+                                if k.replace('_', "-").eq_ignore_ascii_case("x-signet-peer-id") {
                                     peer_ids.push(v.trim().to_owned());
                                 }
                                 if k.eq_ignore_ascii_case("content-length") {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use signet_identity::SpiffeId;
-use signet_proxy::policy::{load_dir, CompiledPolicy, Request};
+use signet_proxy::policy::{canonical_method, canonical_path, load_dir, CompiledPolicy, Request};
 
 /// Proxy commands.
 #[derive(clap::Subcommand)]
@@ -108,7 +108,20 @@ impl PolicyCommand {
                 let to = SpiffeId::parse(&to).with_context(|| format!("--to {to:?}"))?;
                 let p = load_dir(&policy).map_err(|e| anyhow!("{e}"))?;
                 let compiled = CompiledPolicy::for_destination(&p, Some(&to));
-                let method = method.map(|m| m.to_ascii_uppercase());
+                // The proxy decides on the canonical form; so does eval.
+                let method = method
+                    .map(|m| canonical_method(&m).map_err(|e| anyhow!("--method {m:?}: {e}")))
+                    .transpose()?;
+                let path = path
+                    .map(|p| {
+                        canonical_path(&p).map_err(|e| {
+                            anyhow!("--path {p:?}: {e}; the proxy answers such requests with 400")
+                        })
+                    })
+                    .transpose()?;
+                if let Some(p) = &path {
+                    println!("path (canonical): {p}");
+                }
                 let d = compiled.evaluate(&Request {
                     from: &from,
                     to: &to,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Effect, IdPattern, Policy, Rule};
+use super::{canonical_method, canonical_path, Effect, IdPattern, Policy, Rule};
 
 /// A problem in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,25 +96,31 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Rule>, PolicyError> {
         let mut methods = Vec::new();
         for m in &raw.methods {
             let v = m.get_ref();
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
-                return Err(err(
-                    at(m),
-                    format!("`methods`: {v:?} is not an HTTP method"),
-                ));
-            }
-            methods.push(v.to_ascii_uppercase());
+            let canonical = canonical_method(v)
+                .map_err(|_| err(at(m), format!("`methods`: {v:?} is not an HTTP method")))?;
+            methods.push(canonical);
         }
         let mut paths = Vec::new();
         for p in &raw.paths {
             let v = p.get_ref();
-            if !v.starts_with('/') {
-                return Err(err(at(p), format!("`paths`: {v:?} must start with '/'")));
-            }
-            if v.trim_end_matches('*').contains('*') {
+            let prefix = v.strip_suffix('*').unwrap_or(v);
+            if prefix.contains('*') {
                 return Err(err(
                     at(p),
                     format!("`paths`: {v:?}: '*' is only allowed at the end"),
                 ));
+            }
+            // Requests are matched in canonical form, so a pattern in any
+            // other form could never match what it seems to name.
+            match canonical_path(prefix) {
+                Ok(c) if c == prefix => {}
+                Ok(c) => {
+                    return Err(err(
+                        at(p),
+                        format!("`paths`: {v:?} is not in canonical form; requests are matched after normalisation, write {:?}", format!("{c}{}", &v[prefix.len()..])),
+                    ))
+                }
+                Err(e) => return Err(err(at(p), format!("`paths`: {v:?}: {e}"))),
             }
             paths.push(v.clone());
         }

@@ -135,6 +135,11 @@ fn bad_files_are_refused_with_file_line_and_reason() {
         ("[[allow]]\nto = \"spiffe://example.org/a/*/b\"\nfrom = [\"spiffe://example.org/b\"]\n", 2, "'*'"),
         ("[[allow]\nto = 1\n", 1, ""),
         ("[[allow]]\nto = \"spiffe://example.org/a\"\nfrom = [\"spiffe://example.org/b\"]\npaths = [\"v1\"]\n", 4, "must start with '/'"),
+        ("[[deny]]\nto = \"spiffe://example.org/a\"\nfrom = [\"spiffe://example.org/b\"]\npaths = [\"//admin*\"]\n", 4, "write \"/admin*\""),
+        ("[[deny]]\nto = \"spiffe://example.org/a\"\nfrom = [\"spiffe://example.org/b\"]\npaths = [\"/%61dmin\"]\n", 4, "not in canonical form"),
+        ("[[deny]]\nto = \"spiffe://example.org/a\"\nfrom = [\"spiffe://example.org/b\"]\npaths = [\"/a/../admin\"]\n", 4, "not in canonical form"),
+        ("[[deny]]\nto = \"spiffe://example.org/a\"\nfrom = [\"spiffe://example.org/b\"]\npaths = [\"/a%2Fb\"]\n", 4, "escaped"),
+        ("[[deny]]\nto = \"spiffe://example.org/a\"\nfrom = [\"spiffe://example.org/b\"]\nmethods = [\"DE LETE\"]\n", 4, "not an HTTP method"),
     ];
     for (text, line, reason) in cases {
         let e = parse_file(Path::new("bad.toml"), text).unwrap_err();
@@ -159,4 +164,14 @@ fn a_directory_is_loaded_in_name_order_and_any_bad_file_refuses_it() {
     let e = load_dir(dir.path()).unwrap_err();
     assert!(e.file.ends_with("c.toml"), "{e}");
     assert!(load_dir(&dir.path().join("missing")).is_err());
+}
+
+#[test]
+fn methods_in_files_are_upper_cased_so_requests_in_any_case_match() {
+    let rules = parse_file(
+        Path::new("m.toml"),
+        "[[deny]]\nto = \"spiffe://example.org/a\"\nfrom = [\"spiffe://example.org/b\"]\nmethods = [\"delete\"]\n",
+    )
+    .unwrap();
+    assert_eq!(rules[0].methods, vec!["DELETE".to_owned()]);
 }
