@@ -641,3 +641,70 @@ async fn an_expired_agent_svid_cannot_renew_through_resumption_or_an_old_connect
         "an expired agent renewed itself through resumption"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
+    let ca = TestCa::start(&[]);
+    let TestAgent {
+        dir,
+        mut daemon,
+        socket,
+    } = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    assert!(daemon.terminate());
+    let agent = TestAgent {
+        dir,
+        daemon,
+        socket,
+    };
+    // The CA signs a renewal whose answer is lost before the agent stores
+    // it (full disk, connection reset): the agent still has only S1.
+    let mut s1 = node_client_as(&agent, &ca).await;
+    let lost = s1
+        .renew_agent(pb::RenewAgentRequest { csr: csr() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!lost.cert_chain.is_empty());
+    s1.sync_entries(pb::SyncEntriesRequest {})
+        .await
+        .expect("the SVID renewed from stays usable until the new one is used");
+
+    // The real agent, restarted on its stored (old) SVID, gets back in.
+    let mut cmd = signet();
+    cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--data-dir"])
+        .arg(agent.dir.path().join("data"))
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let mut restarted = Daemon::spawn(cmd);
+    restarted.wait_for("connected to the CA", Duration::from_secs(15));
+    assert!(restarted.terminate());
+
+    // Renewing again from S1 works; once S3 is used, S1 is done.
+    let (key, csr3) = signet_agent::agent_identity::new_key_and_csr().unwrap();
+    let resp = s1
+        .renew_agent(pb::RenewAgentRequest { csr: csr3 })
+        .await
+        .unwrap()
+        .into_inner();
+    let (s3_svid, bundle) = signet_agent::agent_identity::from_response(&resp, &key).unwrap();
+    let td = TrustDomain::new(TD).unwrap();
+    let trust = signet_agent::node_client::ServerTrust::Bundle(
+        signet_identity::tls::BundleHandle::new(bundle),
+    );
+    let mut s3 =
+        signet_agent::node_client::connect(&ca.node_addr(), &td, &trust, Some(&s3_svid.cert))
+            .await
+            .unwrap();
+    s3.sync_entries(pb::SyncEntriesRequest {}).await.unwrap();
+    let status = s1
+        .sync_entries(pb::SyncEntriesRequest {})
+        .await
+        .expect_err("the old SVID must be refused once the new one is in use");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // The lost S2 was never used and is not accepted either: only the
+    // current serial and the one it was renewed from count.
+    let v: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["agent", "list", "--output", "json"])).unwrap();
+    assert!(v[0]["previous_svid_serial"].is_null(), "{v}");
+}

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -317,4 +317,61 @@ fn admin_socket_is_owner_only_and_other_users_are_refused_even_if_its_mode_is_lo
     );
     // The owner still can.
     ca.run_ok(&["entry", "list"]);
+}
+
+#[test]
+fn a_missing_signing_key_file_stops_the_ca_instead_of_making_a_new_root() {
+    let ca = TestCa::start(&[]);
+    let bundle = ca.run_ok(&["bundle", "show"]);
+    let dir = ca.stop();
+    let keys = dir.path().join("data/keys");
+    let key_file = std::fs::read_dir(&keys)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let aside = dir.path().join("moved-away.pem");
+    std::fs::rename(&key_file, &aside).unwrap();
+
+    // Refused, with one error that says how to recover; nothing new made.
+    let mut cmd = signet();
+    cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--admin-socket")
+        .arg(dir.path().join("admin.sock"))
+        .args(["--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    let mut daemon = Daemon::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the CA started without its key");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let err = daemon.wait_for("no key file at", Duration::from_secs(5));
+    assert!(err.contains("no key file at"), "{err}");
+    assert!(err.contains("restore the file"), "{err}");
+    assert!(err.contains("--replace-lost-key"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&keys).unwrap().count(),
+        0,
+        "no new key was made"
+    );
+
+    // Restored: the same CA, the same bundle.
+    std::fs::rename(&aside, &key_file).unwrap();
+    let ca = TestCa::start_in(dir, &[]);
+    assert_eq!(ca.run_ok(&["bundle", "show"]), bundle);
+    let dir = ca.stop();
+
+    // Lost for good: the operator asks for a new key; the old root stays
+    // in the bundle so SVIDs it signed keep verifying until they expire.
+    std::fs::remove_file(&key_file).unwrap();
+    let ca = TestCa::start_in(dir, &["--replace-lost-key"]);
+    let after = ca.run_ok(&["bundle", "show"]);
+    assert!(after.contains(bundle.trim()), "old root kept");
+    assert_eq!(after.matches("BEGIN CERTIFICATE").count(), 2, "{after}");
 }

@@ -66,6 +66,8 @@ pub struct SvidRotator {
     ca_state: CaState,
     backoff: Duration,
     retry_at: Option<tokio::time::Instant>,
+    /// The agent SVID's expiry has been logged (once, not per loop).
+    expiry_reported: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -93,6 +95,7 @@ impl SvidRotator {
             ca_state: CaState::Unknown,
             backoff: MIN_BACKOFF,
             retry_at: None,
+            expiry_reported: false,
             metrics,
         }
     }
@@ -308,9 +311,11 @@ impl SvidRotator {
                 }
             }
             self.publish(unix_seconds(SystemTime::now()));
-            if !self.agent.is_valid_at(SystemTime::now()) {
-                tracing::error!(agent_id = %self.agent.id, "agent SVID expired while the CA was unreachable; restart the agent with a new --join-token");
+            let expired = !self.agent.is_valid_at(SystemTime::now());
+            if expired && !self.expiry_reported {
+                tracing::error!(agent_id = %self.agent.id, not_after = self.agent.not_after, "agent SVID expired before it could be renewed; the CA will not take it again: restart the agent with a new --join-token");
             }
+            self.expiry_reported = expired;
 
             // Sleep until the next due time, a retry, an entry change, or stop.
             let now_ms = now_ms();

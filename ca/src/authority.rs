@@ -50,9 +50,38 @@ pub enum AuthorityError {
     /// Stored state is inconsistent.
     #[error("{0}")]
     Inconsistent(String),
+    /// The database gives this replica an active key whose file is gone.
+    #[error("the active CA signing key {id} of this replica has no key file at {path}: restore the file from a backup and start again; only if it is lost for good, start once with --replace-lost-key (a new key is made, and every agent and workload must get the new trust bundle)")]
+    MissingKey {
+        /// The key's ID.
+        id: String,
+        /// Where its file should be.
+        path: PathBuf,
+    },
     /// The authority failed its own self-test.
     #[error("self-test failed: a probe SVID does not verify against the bundle: {0}")]
     SelfTest(String),
+}
+
+/// This replica's ID: a random name kept in `<data_dir>/replica_id`, made
+/// on first start. The database records which replica holds each signing
+/// key's file, so a missing file of our own is an error, not another
+/// replica's key.
+pub fn replica_id(data_dir: &Path) -> Result<String, AuthorityError> {
+    let path = data_dir.join("replica_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) => Err(AuthorityError::Inconsistent(format!(
+            "{} is empty; remove it to make a new replica ID",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, format!("{id}\n")).map_err(io_err(&path))?;
+            Ok(id)
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuthorityError + '_ {
@@ -103,13 +132,29 @@ impl Authority {
         create_private_dir(&keys_dir)?;
         let upstream = config.upstream_cert.is_some();
         let horizon = unix_seconds(now) + config.max_x509_svid_ttl as i64;
+        let replica = replica_id(&config.data_dir)?;
         for record in store.active_ca_keys().await? {
             if record.not_after <= horizon || record.self_signed == upstream {
                 continue;
             }
             let key_path = keys_dir.join(format!("{}.pem", record.id));
-            if !key_path.exists() {
-                continue; // another replica's key
+            let file_here = key_path.exists();
+            match record.replica.as_deref() {
+                Some(owner) if owner != replica => continue, // another replica's key
+                None if !file_here => continue,              // unrecorded, and not ours
+                None => store.set_ca_key_replica(&record.id, &replica).await?,
+                Some(_) if !file_here && config.replace_lost_key => {
+                    store.mark_ca_key_lost(&record.id).await?;
+                    tracing::warn!(key_id = %record.id, path = %key_path.display(), "signing key file is missing: key marked lost as asked (--replace-lost-key); a new key will be made");
+                    continue;
+                }
+                Some(_) if !file_here => {
+                    return Err(AuthorityError::MissingKey {
+                        id: record.id,
+                        path: key_path,
+                    })
+                }
+                Some(_) => {}
             }
             let authority = Self::from_record(&record, &key_path)?;
             tracing::info!(key_id = %record.id, not_after = record.not_after, "loaded CA signing key");
@@ -215,6 +260,7 @@ impl Authority {
             not_before: nb,
             not_after: na,
             created_at: unix_seconds(now),
+            replica: Some(replica_id(&config.data_dir)?),
         };
         store
             .insert_ca_key(&record, &[(fingerprint(&cert), cert.to_vec(), na)])
@@ -272,6 +318,7 @@ impl Authority {
             not_before: nb,
             not_after: na,
             created_at: unix_seconds(now),
+            replica: Some(replica_id(&config.data_dir)?),
         };
         let roots: Vec<_> = upstream
             .roots

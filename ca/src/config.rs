@@ -65,6 +65,11 @@ pub struct CaConfig {
     /// Roots of the upstream PKI (PEM). Default: the self-signed certificate
     /// at the end of `upstream_cert`.
     pub upstream_bundle: Option<PathBuf>,
+    /// Recovery only (flag `--replace-lost-key`, not meant to stay in a
+    /// file): when this replica's active signing key file is missing, mark
+    /// the key lost and make a new one instead of refusing to start. Every
+    /// agent and workload then needs the new bundle. Default false.
+    pub replace_lost_key: bool,
 }
 
 impl Default for CaConfig {
@@ -84,6 +89,7 @@ impl Default for CaConfig {
             upstream_cert: None,
             upstream_key: None,
             upstream_bundle: None,
+            replace_lost_key: false,
         }
     }
 }

@@ -70,13 +70,29 @@ impl NodeService {
     /// The calling agent's record, if it may use the API.
     async fn authorized_agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
         let (id, serial) = peer_agent(req)?;
-        let agent = self.agent_in_good_standing(&id).await?;
-        if agent.svid_serial != serial {
-            return Err(Status::permission_denied(format!(
-                "agent {id} presented SVID serial {serial}, not its current one; re-connect with the latest SVID"
-            )));
+        let mut agent = self.agent_in_good_standing(&id).await?;
+        if agent.svid_serial == serial {
+            if agent.previous_svid_serial.is_some() {
+                // The renewed SVID reached the agent: the old one is done.
+                self.ca
+                    .store
+                    .forget_previous_serial(id.as_str(), &serial)
+                    .await
+                    .map_err(|e| status(&e.into()))?;
+                agent.previous_svid_serial = None;
+            }
+            return Ok(agent);
         }
-        Ok(agent)
+        if agent.previous_svid_serial.as_deref() == Some(serial.as_str()) {
+            // The last renewal's answer never reached the agent (or was
+            // not stored): it may go on with the SVID it renewed from.
+            tracing::info!(agent_id = %id, serial = %serial, "agent presented the SVID it last renewed from; accepted until it uses the new one");
+            agent.svid_serial = serial;
+            return Ok(agent);
+        }
+        Err(Status::permission_denied(format!(
+            "agent {id} presented SVID serial {serial}, neither its current nor its previous one; re-connect with the latest SVID"
+        )))
     }
 
     async fn agent_in_good_standing(&self, id: &SpiffeId) -> Result<AgentRecord, Status> {
@@ -95,11 +111,15 @@ impl NodeService {
         Ok(agent)
     }
 
+    /// Signs an agent SVID and the record that makes it current;
+    /// `renewed_from` is the serial presented on renewal (`None` on
+    /// attestation).
     fn agent_svid(
         &self,
         id: &SpiffeId,
         csr: &[u8],
         bundle: &TrustBundle,
+        renewed_from: Option<String>,
     ) -> Result<(pb::AgentSvid, AgentRecord), CaError> {
         let now = SystemTime::now();
         let svid = sign_x509_svid(
@@ -115,6 +135,7 @@ impl NodeService {
             spiffe_id: id.to_string(),
             attestation_type: "join_token".into(),
             svid_serial: svid.serial.clone(),
+            previous_svid_serial: renewed_from,
             svid_expires_at: svid.not_after,
             banned: false,
             created_at: unix_seconds(now),
@@ -193,7 +214,7 @@ impl Node for NodeService {
         }
         let bundle = self.ca.bundle().await.map_err(|e| status(&e))?;
         let (svid, record) = self
-            .agent_svid(&id, &req.csr, &bundle)
+            .agent_svid(&id, &req.csr, &bundle, None)
             .map_err(|e| status(&e))?;
         self.ca
             .store
@@ -213,7 +234,7 @@ impl Node for NodeService {
         let id = SpiffeId::parse(&agent.spiffe_id).map_err(|e| Status::internal(e.to_string()))?;
         let bundle = self.ca.bundle().await.map_err(|e| status(&e))?;
         let (svid, mut record) = self
-            .agent_svid(&id, &req.into_inner().csr, &bundle)
+            .agent_svid(&id, &req.into_inner().csr, &bundle, Some(agent.svid_serial))
             .map_err(|e| status(&e))?;
         record.created_at = agent.created_at;
         self.ca

@@ -14,6 +14,11 @@ pub struct AgentRecord {
     pub attestation_type: String,
     /// Hex serial of its current SVID.
     pub svid_serial: String,
+    /// Hex serial of the SVID it renewed from, accepted until the agent
+    /// first presents the current one (the renewal's answer may never have
+    /// reached the agent's disk). `None` once the new SVID is in use, and
+    /// after (re-)attestation.
+    pub previous_svid_serial: Option<String>,
     /// When its current SVID expires, Unix seconds.
     pub svid_expires_at: i64,
     /// Banned agents can neither renew, sign nor re-attest.
@@ -29,6 +34,7 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
         spiffe_id: get(row, "spiffe_id")?,
         attestation_type: get(row, "attestation_type")?,
         svid_serial: get(row, "svid_serial")?,
+        previous_svid_serial: get(row, "previous_svid_serial")?,
         svid_expires_at: get(row, "svid_expires_at")?,
         banned: get::<i64>(row, "banned")? != 0,
         created_at: get(row, "created_at")?,
@@ -36,18 +42,18 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
     })
 }
 
-const COLUMNS: &str =
-    "spiffe_id, attestation_type, svid_serial, svid_expires_at, banned, created_at, updated_at";
+const COLUMNS: &str = "spiffe_id, attestation_type, svid_serial, svid_expires_at, banned, \
+     created_at, updated_at, previous_svid_serial";
 
 impl Store {
     /// Records a (re-)attested agent, or updates its SVID if it exists.
     /// A banned agent stays banned.
     pub async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
              svid_serial = excluded.svid_serial, svid_expires_at = excluded.svid_expires_at, \
-             updated_at = excluded.updated_at"
+             updated_at = excluded.updated_at, previous_svid_serial = excluded.previous_svid_serial"
         ))
         .bind(&agent.spiffe_id)
         .bind(&agent.attestation_type)
@@ -56,6 +62,7 @@ impl Store {
         .bind(agent.banned as i64)
         .bind(agent.created_at)
         .bind(agent.updated_at)
+        .bind(agent.previous_svid_serial.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -79,6 +86,23 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(agent_from_row).collect()
+    }
+
+    /// The agent has presented its current SVID: its previous serial is no
+    /// longer accepted.
+    pub async fn forget_previous_serial(
+        &self,
+        spiffe_id: &str,
+        serial: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE agents SET previous_svid_serial = NULL WHERE spiffe_id = $1 AND svid_serial = $2",
+        )
+        .bind(spiffe_id)
+        .bind(serial)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Bans an agent.

@@ -27,6 +27,10 @@ pub struct CaKeyRecord {
     pub not_after: i64,
     /// Unix seconds.
     pub created_at: i64,
+    /// The replica whose data dir holds the private key; `None` for keys
+    /// made before replicas were recorded (adopted by the replica that has
+    /// the file).
+    pub replica: Option<String>,
 }
 
 fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
@@ -39,6 +43,7 @@ fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
         not_before: get(row, "not_before")?,
         not_after: get(row, "not_after")?,
         created_at: get(row, "created_at")?,
+        replica: get(row, "replica")?,
     })
 }
 
@@ -52,8 +57,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO ca_keys (id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO ca_keys (id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&key.id)
         .bind(&key.cert_der)
@@ -63,6 +68,7 @@ impl Store {
         .bind(key.not_before)
         .bind(key.not_after)
         .bind(key.created_at)
+        .bind(key.replica.as_deref())
         .execute(&mut *tx)
         .await?;
         let mut added = 0;
@@ -104,12 +110,33 @@ impl Store {
     /// Signing keys with status `active`, newest expiry first.
     pub async fn active_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at \
+            "SELECT id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica \
              FROM ca_keys WHERE status = 'active' ORDER BY not_after DESC, id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from_row).collect()
+    }
+
+    /// Records that `replica` holds the private key of CA key `id`.
+    pub async fn set_ca_key_replica(&self, id: &str, replica: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE ca_keys SET replica = $1 WHERE id = $2")
+            .bind(replica)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks CA key `id` as `lost`: its private key is gone for good and it
+    /// signs nothing more. Its certificate stays in the bundle until it
+    /// expires, so SVIDs it signed keep verifying.
+    pub async fn mark_ca_key_lost(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE ca_keys SET status = 'lost' WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The bundle's authorities (DER) still valid at `now`, oldest first,

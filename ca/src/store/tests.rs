@@ -175,6 +175,7 @@ async fn agents_can_be_banned_and_evicted(db: TestDb) {
         spiffe_id: A1.into(),
         attestation_type: "join_token".into(),
         svid_serial: "01ab".into(),
+        previous_svid_serial: None,
         svid_expires_at: 5000,
         banned: false,
         created_at: 1,
@@ -193,6 +194,32 @@ async fn agents_can_be_banned_and_evicted(db: TestDb) {
         .await
         .unwrap();
     assert!(store.get_agent(A1).await.unwrap().banned);
+    // A renewal keeps the serial it renewed from until the new one is used.
+    store
+        .upsert_agent(&AgentRecord {
+            svid_serial: "02cd".into(),
+            previous_svid_serial: Some("01ab".into()),
+            ..agent.clone()
+        })
+        .await
+        .unwrap();
+    let renewed = store.get_agent(A1).await.unwrap();
+    assert_eq!(renewed.previous_svid_serial.as_deref(), Some("01ab"));
+    store.forget_previous_serial(A1, "01ab").await.unwrap();
+    assert!(
+        store
+            .get_agent(A1)
+            .await
+            .unwrap()
+            .previous_svid_serial
+            .is_some(),
+        "only presenting the current serial forgets the previous one"
+    );
+    store.forget_previous_serial(A1, "02cd").await.unwrap();
+    assert_eq!(
+        store.get_agent(A1).await.unwrap().previous_svid_serial,
+        None
+    );
     store.delete_agent(A1).await.unwrap();
     assert!(matches!(
         store.get_agent(A1).await,
@@ -218,6 +245,7 @@ async fn ca_keys_and_bundle_sequence_persist_across_reconnect(db: TestDb) {
         not_before: 10,
         not_after: 10_000,
         created_at: 10,
+        replica: Some("r1".into()),
     };
     {
         let store = Store::connect(&db.url).await.unwrap();

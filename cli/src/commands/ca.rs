@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Recovery: this replica's active signing key file is gone for good;
+    /// mark it lost and make a new key (agents need the new bundle).
+    #[arg(long)]
+    replace_lost_key: bool,
 }
 
 impl CaCommand {
@@ -86,6 +90,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = v;
     }
+    config.replace_lost_key |= args.replace_lost_key;
     config.validate()?;
     init_logging(args.log_format);
     signet_ca::run(config, shutdown_signal())
