@@ -324,6 +324,57 @@ fn a_policy_change_applies_without_restart_and_a_broken_file_keeps_the_last_good
 }
 
 #[test]
+fn a_policy_change_closes_the_open_connections_of_a_revoked_peer() {
+    let mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "1h");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"open").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"open");
+    // A second connection whose peer stays allowed under the next policy
+    // is not a concern here: only checkout calls payments in this mesh.
+    std::fs::write(mesh.policy_dir.join("payments.toml"), ALLOW_WEB_ONLY).unwrap();
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the revoked connection stayed open"
+    );
+    assert!(
+        matches!(r, Ok(0)) || r.is_err(),
+        "expected the connection to be closed: {r:?}"
+    );
+    let _ = s.write_all(b"still there?");
+    assert!(
+        mesh.round_trip(b"new").is_empty(),
+        "and new ones are refused"
+    );
+}
+
+#[test]
+fn a_dry_run_rule_is_counted_and_logged_but_not_enforced() {
+    let mesh = Mesh::start(
+        &format!(
+            "{ALLOW_CHECKOUT}\n[[deny]]\nmode = \"audit\"\nto = \"{PAYMENTS}\"\nfrom = [\"{CHECKOUT}\"]\n"
+        ),
+        PAYMENTS,
+        "1h",
+    );
+    assert_eq!(
+        mesh.round_trip(b"dry"),
+        b"dry",
+        "audit rules decide nothing"
+    );
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains("signet_proxy_authorization_decisions_total{decision=\"would_deny\",rule=\"payments.toml:6 (audit deny)\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
 fn an_svid_rotation_during_a_long_lived_connection_does_not_break_it() {
     let mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "3");
     let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();

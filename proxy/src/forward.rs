@@ -30,13 +30,15 @@ pub fn ms_since(start: Instant) -> u64 {
 
 /// Relays one authorized connection and keeps its metrics: connection and
 /// byte counters by direction and peer, and the active-connection gauge.
-/// Returns (bytes to peer, bytes from peer, error if any).
+/// The relay is cut when `revoked` completes (policy no longer allows the
+/// peer). Returns (bytes to peer, bytes from peer, error if any).
 pub async fn relay<P, L>(
     metrics: &Metrics,
     direction: &str,
     peer: &str,
     tls: &mut P,
     local: &mut L,
+    revoked: impl std::future::Future<Output = ()>,
 ) -> (u64, u64, Option<std::io::Error>)
 where
     P: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -48,7 +50,10 @@ where
     };
     metrics.connections.get_or_create(&labels).inc();
     metrics.active.inc();
-    let (to_peer, from_peer, err) = splice(tls, local).await;
+    let (to_peer, from_peer, err) = tokio::select! {
+        r = splice(tls, local) => r,
+        _ = revoked => (0, 0, Some(std::io::Error::other("closed: policy no longer allows this peer"))),
+    };
     metrics.active.dec();
     metrics.bytes_to_peer.get_or_create(&labels).inc_by(to_peer);
     metrics

@@ -81,6 +81,14 @@ pub struct HttpContext {
     pub forwarder: Arc<HttpForwarder>,
 }
 
+/// Log fields for an audit (dry-run) difference: label and rule, or empty.
+pub(crate) fn audit_fields(d: &policy::Decision) -> (&'static str, String) {
+    d.audit
+        .as_ref()
+        .map(|a| (a.label(), a.rule_name()))
+        .unwrap_or(("", String::new()))
+}
+
 /// Whether `name` is, or could be read by an app framework as, the identity
 /// header: CGI/WSGI-style servers map `x_signet_peer_id` onto the same
 /// variable (`HTTP_X_SIGNET_PEER_ID`) as `x-signet-peer-id`.
@@ -121,15 +129,10 @@ async fn handle(
         path: Some(&path),
     });
     let rule = decision.rule_name();
-    ctx.metrics
-        .authz
-        .get_or_create(&DecisionLabels {
-            decision: if decision.allowed { "allow" } else { "deny" }.into(),
-            rule: rule.clone(),
-        })
-        .inc();
+    ctx.metrics.decided(&decision);
+    let (audit, audit_rule) = audit_fields(&decision);
     if !decision.allowed {
-        tracing::info!(direction = "inbound", peer = %ctx.peer, method, path, decision = "deny", rule = %rule, status = 403, duration_ms = start.elapsed().as_millis() as u64, "request");
+        tracing::info!(direction = "inbound", peer = %ctx.peer, method, path, decision = "deny", rule = %rule, audit, audit_rule, status = 403, duration_ms = start.elapsed().as_millis() as u64, "request");
         return Ok(text(StatusCode::FORBIDDEN, "forbidden by policy\n"));
     }
     let headers = req.headers_mut();
@@ -174,7 +177,7 @@ async fn handle(
             )
         }
     };
-    tracing::info!(direction = "inbound", peer = %ctx.peer, method, path, decision = "allow", rule = %rule, status, duration_ms = start.elapsed().as_millis() as u64, "request");
+    tracing::info!(direction = "inbound", peer = %ctx.peer, method, path, decision = "allow", rule = %rule, audit, audit_rule, status, duration_ms = start.elapsed().as_millis() as u64, "request");
     Ok(resp)
 }
 

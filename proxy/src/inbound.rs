@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::forward::{ms_since, relay};
-use crate::metrics::{DecisionLabels, Metrics};
+use crate::metrics::Metrics;
+use crate::open_connections::OpenConnections;
 use crate::policy::Request;
 use crate::policy_watch::PolicyHandle;
 use crate::workload_identity::IdentityWatch;
@@ -34,6 +35,8 @@ pub struct Inbound {
     pub metrics: Arc<Metrics>,
     /// Set for `protocol = "http"`: requests are parsed and decided one by one.
     pub http: Option<Arc<crate::http::HttpForwarder>>,
+    /// Open connections, closed when a policy reload revokes their peer.
+    pub open: Arc<OpenConnections>,
 }
 
 /// A short reason for a failed handshake, for metrics.
@@ -151,14 +154,20 @@ impl Inbound {
                 })
                 .inc();
             self.metrics.active.inc();
+            let registration = self.open.register(&peer, &own);
             let ctx = Arc::new(crate::http::HttpContext {
-                peer,
+                peer: peer.clone(),
                 own,
                 policy: self.policy.clone(),
                 metrics: self.metrics.clone(),
                 forwarder: forwarder.clone(),
             });
-            crate::http::serve(tls, ctx).await;
+            tokio::select! {
+                _ = crate::http::serve(tls, ctx) => {}
+                _ = registration.revoked() => {
+                    tracing::info!(direction = "inbound", peer = %peer, "HTTP connection closed with its streams: policy no longer allows this peer");
+                }
+            }
             self.metrics.active.dec();
             return;
         }
@@ -170,15 +179,10 @@ impl Inbound {
             path: None,
         });
         let rule = decision.rule_name();
-        self.metrics
-            .authz
-            .get_or_create(&DecisionLabels {
-                decision: if decision.allowed { "allow" } else { "deny" }.into(),
-                rule: rule.clone(),
-            })
-            .inc();
+        self.metrics.decided(&decision);
+        let (audit, audit_rule) = crate::http::audit_fields(&decision);
         if !decision.allowed {
-            tracing::info!(direction = "inbound", peer = %peer, decision = "deny", rule = %rule, bytes_in = 0, bytes_out = 0, duration_ms = ms_since(start), "connection");
+            tracing::info!(direction = "inbound", peer = %peer, decision = "deny", rule = %rule, audit, audit_rule, bytes_in = 0, bytes_out = 0, duration_ms = ms_since(start), "connection");
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             return;
         }
@@ -190,12 +194,14 @@ impl Inbound {
             }
         };
         let _ = local.set_nodelay(true);
+        let registration = self.open.register(&peer, &own);
         let (to_peer, from_peer, err) = relay(
             &self.metrics,
             "inbound",
             &peer.to_string(),
             &mut tls,
             &mut local,
+            registration.revoked(),
         )
         .await;
         tracing::info!(
@@ -203,6 +209,8 @@ impl Inbound {
             peer = %peer,
             decision = "allow",
             rule = %rule,
+            audit,
+            audit_rule,
             bytes_in = from_peer,
             bytes_out = to_peer,
             duration_ms = ms_since(start),

@@ -10,6 +10,7 @@
 //!                  ▲
 //!          workload_identity (Workload API stream from the agent)
 //!   policy_watch (file changes, SIGHUP) ──▶ policy (pure evaluation: deny > allow > default deny)
+//!          └──▶ open_connections (close what a new policy revokes)
 //! ```
 
 pub mod config;
@@ -17,6 +18,7 @@ mod forward;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
+pub mod open_connections;
 pub mod outbound;
 pub mod policy;
 pub mod policy_watch;

@@ -37,7 +37,7 @@ pub struct FailureLabels {
 /// An authorization decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    /// `allow` or `deny`.
+    /// `allow` or `deny`; `would_deny` or `would_allow` for audit rules.
     pub decision: String,
     /// `file:line (effect)` or `default-deny`.
     pub rule: String,
@@ -142,6 +142,25 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Counts an authorization decision, and what audit rules would have
+    /// decided where they differ (`would_deny`, `would_allow`).
+    pub fn decided(&self, d: &crate::policy::Decision) {
+        self.authz
+            .get_or_create(&DecisionLabels {
+                decision: if d.allowed { "allow" } else { "deny" }.into(),
+                rule: d.rule_name(),
+            })
+            .inc();
+        if let Some(a) = &d.audit {
+            self.authz
+                .get_or_create(&DecisionLabels {
+                    decision: a.label().into(),
+                    rule: a.rule_name(),
+                })
+                .inc();
+        }
     }
 
     /// Counts a reload.

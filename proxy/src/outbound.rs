@@ -93,8 +93,15 @@ impl Outbound {
                 return;
             }
         };
-        let (to_peer, from_peer, err) =
-            relay(&self.metrics, "outbound", &peer, &mut tls, &mut local).await;
+        let (to_peer, from_peer, err) = relay(
+            &self.metrics,
+            "outbound",
+            &peer,
+            &mut tls,
+            &mut local,
+            std::future::pending(),
+        )
+        .await;
         tracing::info!(
             direction = "outbound",
             peer = %peer,

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::metrics::Metrics;
+use crate::open_connections::OpenConnections;
 use crate::policy::{load_dir, CompiledPolicy, PolicyError};
 use crate::workload_identity::IdentityWatch;
 
@@ -29,7 +30,10 @@ impl PolicyHandle {
     }
 
     fn set(&self, p: CompiledPolicy) {
-        let p = Arc::new(p);
+        self.set_shared(Arc::new(p))
+    }
+
+    fn set_shared(&self, p: Arc<CompiledPolicy>) {
         match self.0.write() {
             Ok(mut g) => *g = p,
             Err(e) => *e.into_inner() = p,
@@ -96,6 +100,7 @@ pub async fn watch(
     identity: IdentityWatch,
     protocol: Protocol,
     metrics: Arc<Metrics>,
+    open: Arc<OpenConnections>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -113,11 +118,33 @@ pub async fn watch(
         }
         seen = now;
         let own = identity.borrow().as_ref().map(|i| i.spiffe_id.clone());
-        match load_checked(&dir, own.as_ref(), protocol) {
+        // Reading and indexing a large policy is blocking work: keep it off
+        // the threads that serve requests.
+        let loaded = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || load_checked(&dir, own.as_ref(), protocol)).await
+        };
+        let loaded = match loaded {
+            Ok(r) => r,
+            Err(e) => Err(PolicyError {
+                file: dir.clone(),
+                line: 0,
+                reason: format!("policy loader failed: {e}"),
+            }),
+        };
+        match loaded {
             Ok(p) => {
+                let p = Arc::new(p);
                 tracing::info!(dir = %dir.display(), rules = p.len(), trigger = if forced { "SIGHUP" } else { "file change" }, "policy reloaded");
-                handle.set(p);
+                handle.set_shared(p.clone());
                 metrics.reload(true);
+                let closed = open.revoke_denied(&p);
+                if closed > 0 {
+                    tracing::info!(
+                        connections = closed,
+                        "closing connections of peers the new policy revokes"
+                    );
+                }
             }
             Err(e) => {
                 tracing::error!(file = %e.file.display(), line = e.line, reason = %e.reason, "policy reload rejected; keeping the last good policy");

@@ -103,7 +103,9 @@ pub async fn run(
         let policy = policy_watch::initial(&dir, &own, inbound.protocol)?;
         let listener = bind(&inbound.listen).await?;
         let server = tls::server_config(identity.clone()).map_err(ProxyError::Tls)?;
+        let open = Arc::new(crate::open_connections::OpenConnections::default());
         let handler = Arc::new(Inbound {
+            open: open.clone(),
             tls: tokio_rustls::TlsAcceptor::from(server),
             forward_to: inbound.forward_to.clone(),
             policy: policy.clone(),
@@ -119,6 +121,7 @@ pub async fn run(
             identity.clone(),
             inbound.protocol,
             metrics.clone(),
+            open,
             stop_rx.clone(),
         ));
     }

@@ -1,10 +1,29 @@
-//! `signet proxy run` and `signet policy check|eval`.
+//! `signet proxy run` and `signet policy check|eval|test`.
 
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use signet_identity::SpiffeId;
-use signet_proxy::policy::{canonical_method, canonical_path, load_dir, CompiledPolicy, Request};
+use std::sync::Arc;
+
+use signet_proxy::policy::{
+    canonical_method, canonical_path, cases, load_dir, CompiledPolicy, Mode, Request, Rule,
+};
+
+/// `ALLOW by allow payments.toml:3` or `DENY (no rule matched: default deny)`.
+fn explain(allowed: bool, rule: &Option<Arc<Rule>>) -> String {
+    let verdict = if allowed { "ALLOW" } else { "DENY" };
+    match rule {
+        Some(r) => {
+            let kind = match r.mode {
+                Mode::Enforce => r.effect.to_string(),
+                Mode::Audit => format!("audit {}", r.effect),
+            };
+            format!("{verdict} by {kind} {}:{}", r.file.display(), r.line)
+        }
+        None => format!("{verdict} (no rule matched: default deny)"),
+    }
+}
 
 /// Proxy commands.
 #[derive(clap::Subcommand)]
@@ -41,6 +60,25 @@ pub enum PolicyCommand {
     ///   signet policy check ./policies
     #[command(verbatim_doc_comment)]
     Check {
+        /// Directory of *.toml policy files.
+        dir: PathBuf,
+    },
+    /// Run the test cases kept beside the rules ([[test]] tables), for CI on
+    /// your policy repo: one line per failure with the rule that decided,
+    /// exit status 1 if any fails.
+    ///
+    /// A test case, in any policy file:
+    ///   [[test]]
+    ///   from = "spiffe://example.org/ns/prod/sa/web"
+    ///   to = "spiffe://example.org/ns/prod/sa/payments"
+    ///   method = "GET"          # optional, HTTP listeners
+    ///   path = "/v1/pay"        # optional, HTTP listeners
+    ///   expect = "deny"         # or "allow"
+    ///
+    /// Example:
+    ///   signet policy test ./policies
+    #[command(verbatim_doc_comment)]
+    Test {
         /// Directory of *.toml policy files.
         dir: PathBuf,
     },
@@ -128,14 +166,52 @@ impl PolicyCommand {
                     method: method.as_deref(),
                     path: path.as_deref(),
                 });
-                let verdict = if d.allowed { "ALLOW" } else { "DENY" };
-                match &d.rule {
-                    Some(r) => {
-                        println!("{verdict} by {} {}:{}", r.effect, r.file.display(), r.line)
-                    }
-                    None => println!("{verdict} (no rule matched: default deny)"),
+                println!("{}", explain(d.allowed, &d.rule));
+                if let Some(a) = &d.audit {
+                    println!("audit: would {}", explain(a.allowed, &a.rule));
                 }
                 Ok(())
+            }
+            PolicyCommand::Test { dir } => {
+                let p = load_dir(&dir).map_err(|e| anyhow!("{e}"))?;
+                if p.tests.is_empty() {
+                    return Err(anyhow!(
+                        "{}: no [[test]] cases; add some beside the rules (see `signet policy test --help`)",
+                        dir.display()
+                    ));
+                }
+                let outcomes = cases::run(&p);
+                let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed()).collect();
+                for o in &failed {
+                    let c = o.case;
+                    let request = match (&c.method, &c.path) {
+                        (None, None) => String::new(),
+                        (m, path) => format!(
+                            " {} {}",
+                            m.as_deref().unwrap_or("*"),
+                            path.as_deref().unwrap_or("*")
+                        ),
+                    };
+                    println!(
+                        "FAIL {}:{}: {} -> {}{request}: expected {}, got {}",
+                        c.file.display(),
+                        c.line,
+                        c.from,
+                        c.to,
+                        c.expect,
+                        explain(o.decision.allowed, &o.decision.rule).to_lowercase(),
+                    );
+                }
+                println!(
+                    "policy tests: {} passed, {} failed",
+                    outcomes.len() - failed.len(),
+                    failed.len()
+                );
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    std::process::exit(1)
+                }
             }
         }
     }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{canonical_method, canonical_path, Effect, IdPattern, Policy, Rule};
+use signet_identity::SpiffeId;
+
+use super::{canonical_method, canonical_path, Effect, IdPattern, Mode, Policy, Rule, TestCase};
 
 /// A problem in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +38,15 @@ impl std::error::Error for PolicyError {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDoc {
+    /// `"audit"` makes every rule of the file a dry run.
+    #[serde(default)]
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     allow: Vec<Spanned<RawRule>>,
     #[serde(default)]
     deny: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    test: Vec<Spanned<RawTest>>,
 }
 
 #[derive(Deserialize)]
@@ -51,40 +58,86 @@ struct RawRule {
     methods: Vec<Spanned<String>>,
     #[serde(default)]
     paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    mode: Option<Spanned<String>>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
-        .count()
-        + 1
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTest {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    #[serde(default)]
+    method: Option<Spanned<String>>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    expect: Spanned<String>,
 }
 
-/// Parses one policy file's text.
-pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Rule>, PolicyError> {
+/// Line numbers from byte offsets in one pass over the text (a file of
+/// 10,000 rules must load in linear time).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        Lines(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    /// 1-based line of byte `offset`.
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
+}
+
+fn parse_mode(m: &Option<Spanned<String>>, default: Mode) -> Result<Mode, (usize, String)> {
+    match m {
+        None => Ok(default),
+        Some(v) => match v.get_ref().as_str() {
+            "enforce" => Ok(Mode::Enforce),
+            "audit" => Ok(Mode::Audit),
+            other => Err((
+                v.span().start,
+                format!("`mode`: {other:?} is not \"enforce\" or \"audit\""),
+            )),
+        },
+    }
+}
+
+/// Parses one policy file's text: its rules and its test cases.
+pub fn parse_file(file: &Path, text: &str) -> Result<Policy, PolicyError> {
+    let lines = Lines::new(text);
     let err = |line: usize, reason: String| PolicyError {
         file: file.to_owned(),
         line,
         reason,
     };
+    let at = |s: &Spanned<String>| lines.of(s.span().start);
     let doc: FileDoc = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+        let line = e.span().map(|s| lines.of(s.start)).unwrap_or(0);
         err(line, e.message().to_owned())
     })?;
-    let mut rules = Vec::new();
+    let file_mode =
+        parse_mode(&doc.mode, Mode::Enforce).map_err(|(o, reason)| err(lines.of(o), reason))?;
+    let mut policy = Policy::default();
     let tagged = doc
         .allow
         .into_iter()
         .map(|r| (Effect::Allow, r))
         .chain(doc.deny.into_iter().map(|r| (Effect::Deny, r)));
     for (effect, raw) in tagged {
-        let line = line_of(text, raw.span().start);
+        let line = lines.of(raw.span().start);
         let raw = raw.into_inner();
-        let at = |s: &Spanned<String>| line_of(text, s.span().start);
+        let mode =
+            parse_mode(&raw.mode, file_mode).map_err(|(o, reason)| err(lines.of(o), reason))?;
         let to = IdPattern::parse(raw.to.get_ref())
             .map_err(|e| err(at(&raw.to), format!("`to`: {e}")))?;
-        let from_line = line_of(text, raw.from.span().start);
+        let from_line = lines.of(raw.from.span().start);
         let from_list = raw.from.into_inner();
         if from_list.is_empty() {
             return Err(err(from_line, "`from` is empty: name at least one caller (an ID, a \"spiffe://td/path/*\" prefix, or \"spiffe://td\")".into()));
@@ -124,8 +177,9 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Rule>, PolicyError> {
             }
             paths.push(v.clone());
         }
-        rules.push(Rule {
+        policy.rules.push(Rule {
             effect,
+            mode,
             to,
             from,
             methods,
@@ -135,8 +189,48 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Rule>, PolicyError> {
         });
     }
     // Keep rules in file order whatever their kind.
-    rules.sort_by_key(|r| r.line);
-    Ok(rules)
+    policy.rules.sort_by_key(|r| r.line);
+    for raw in doc.test {
+        let line = lines.of(raw.span().start);
+        let raw = raw.into_inner();
+        let id = |s: &Spanned<String>, what: &str| {
+            SpiffeId::parse(s.get_ref()).map_err(|e| err(at(s), format!("test `{what}`: {e}")))
+        };
+        let expect = match raw.expect.get_ref().as_str() {
+            "allow" => Effect::Allow,
+            "deny" => Effect::Deny,
+            other => {
+                return Err(err(
+                    at(&raw.expect),
+                    format!("test `expect`: {other:?} is not \"allow\" or \"deny\""),
+                ))
+            }
+        };
+        let method = raw
+            .method
+            .as_ref()
+            .map(|m| {
+                canonical_method(m.get_ref()).map_err(|e| err(at(m), format!("test `method`: {e}")))
+            })
+            .transpose()?;
+        let path = raw
+            .path
+            .as_ref()
+            .map(|p| {
+                canonical_path(p.get_ref()).map_err(|e| err(at(p), format!("test `path`: {e}")))
+            })
+            .transpose()?;
+        policy.tests.push(TestCase {
+            from: id(&raw.from, "from")?,
+            to: id(&raw.to, "to")?,
+            method,
+            path,
+            expect,
+            file: file.to_owned(),
+            line,
+        });
+    }
+    Ok(policy)
 }
 
 /// Loads every `*.toml` file of `dir` (not hidden, not in subdirectories).
@@ -167,7 +261,9 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
             line: 0,
             reason: format!("cannot read: {e}"),
         })?;
-        policy.rules.extend(parse_file(&file, &text)?);
+        let one = parse_file(&file, &text)?;
+        policy.rules.extend(one.rules);
+        policy.tests.extend(one.tests);
     }
     Ok(policy)
 }
