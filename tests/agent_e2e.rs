@@ -708,3 +708,81 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
         serde_json::from_str(&ca.run_ok(&["agent", "list", "--output", "json"])).unwrap();
     assert!(v[0]["previous_svid_serial"].is_null(), "{v}");
 }
+
+/// An admin API client on the CA's socket (for tests that need many calls).
+async fn admin_client(
+    ca: &TestCa,
+) -> signet_proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
+    let path = ca.admin_socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://signet-ca.local")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    signet_proto::admin::admin_client::AdminClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sign_batch_cap_holds_at_1000_and_an_agent_with_1001_entries_gets_every_svid() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let mut admin = admin_client(&ca).await;
+    let mut ids = Vec::new();
+    for i in 0..1001 {
+        let e = admin
+            .create_entry(signet_proto::admin::CreateEntryRequest {
+                spec: Some(signet_proto::admin::EntrySpec {
+                    spiffe_id: format!("spiffe://example.org/bulk/{i}"),
+                    parent_id: "spiffe://example.org/signet/agent/node-1".into(),
+                    selectors: vec!["unix:uid:4000000".into()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(e.id);
+    }
+    // The cap, on both sides: 1,001 CSRs are refused, 1,000 are signed.
+    let mut node = node_client_as(&agent, &ca).await;
+    let requests = |n: usize| pb::SignSvidsRequest {
+        requests: ids[..n]
+            .iter()
+            .map(|id| pb::SvidRequest {
+                entry_id: id.clone(),
+                csr: csr(),
+            })
+            .collect(),
+    };
+    let over = node.sign_svids(requests(1001)).await.unwrap_err();
+    assert_eq!(over.code(), tonic::Code::InvalidArgument, "{over:?}");
+    let at = node.sign_svids(requests(1000)).await.unwrap().into_inner();
+    assert_eq!(at.svids.len(), 1000);
+    // The agent splits its 1,001 due entries into calls the CA accepts.
+    let metrics_port = agent_metrics_port(&agent);
+    eventually(Duration::from_secs(120), "1,001 workload SVIDs", || {
+        let (_, m) = http_get(metrics_port, "/metrics");
+        m.contains("signet_agent_x509_svids 1001").then_some(())
+    });
+}
+
+/// The agent's metrics port, from its ready line.
+fn agent_metrics_port(agent: &TestAgent) -> u16 {
+    let line = agent
+        .daemon
+        .log
+        .iter()
+        .find(|l| l.contains("signet agent ready"))
+        .expect("ready line");
+    let addr = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("metrics="))
+        .expect("metrics= in the ready line");
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}

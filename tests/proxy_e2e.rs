@@ -388,6 +388,11 @@ fn an_svid_rotation_during_a_long_lived_connection_does_not_break_it() {
         let mut buf = vec![0u8; msg.len()];
         s.read_exact(&mut buf).unwrap();
         assert_eq!(buf, msg.as_bytes());
+        // New connections keep working across rotations too, although
+        // their session tickets were made with SVIDs since replaced.
+        if i % 4 == 0 {
+            assert_eq!(mesh.round_trip(b"new"), b"new", "new connection {i}");
+        }
         i += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -396,6 +401,61 @@ fn an_svid_rotation_during_a_long_lived_connection_does_not_break_it() {
     // And a rotation did happen in the inbound proxy meanwhile.
     let mut mesh = mesh;
     mesh.server.wait_for("first=false", Duration::from_secs(1));
+}
+
+#[test]
+fn session_tickets_older_than_the_upstreams_svid_fall_back_to_a_full_handshake() {
+    // The upstream rotates every ~1.5 s (3 s SVIDs); the caller's own SVID
+    // is a static one-hour SVID, so its tickets are never dropped because
+    // its own SVID changed: only the upstream's expiry makes them stale.
+    let mut mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "3");
+    let issuer = real_issuer(&mesh);
+    let dir = mesh.ca.dir.path().to_owned();
+    let (chain, key) = issuer.leaf(&signet_identity::testing::LeafSpec::valid(CHECKOUT));
+    std::fs::write(
+        dir.join("static.pem"),
+        signet_identity::certificates_to_pem(&chain),
+    )
+    .unwrap();
+    std::fs::write(dir.join("static.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("bundle.pem"), mesh.ca.run_ok(&["bundle", "show"])).unwrap();
+    let port = signet_test_support::free_port();
+    let cfg = dir.join("static-client.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "svid_file = \"{0}/static.pem\"\nsvid_key_file = \"{0}/static.key\"\nbundle_file = \"{0}/bundle.pem\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{1}\"\nserver_id = \"{PAYMENTS}\"\n",
+            dir.display(),
+            mesh.server_port
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut client = Daemon::spawn(cmd);
+    client.wait_for("signet proxy ready", Duration::from_secs(20));
+    mesh.client = Some(client);
+    mesh.client_port = port;
+    // Every new connection succeeds for ~7 s, across several upstream
+    // rotations, although most offer a ticket whose server SVID expired.
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(7) {
+        assert_eq!(mesh.round_trip(b"again"), b"again", "connection {n}");
+        n += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let client_log = {
+        let c = mesh.client.as_mut().unwrap();
+        c.terminate();
+        c.log.join("\n")
+    };
+    assert!(
+        !client_log
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("resumed session refused")),
+        "no connection failed for a stale ticket:\n{client_log}"
+    );
 }
 
 #[test]

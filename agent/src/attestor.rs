@@ -46,13 +46,32 @@ pub struct PeerCred {
 }
 
 /// Computes `unix:` selectors for callers; caches binary hashes by file
-/// identity (device, inode, size, mtime) so a busy workload is hashed once.
-#[derive(Default)]
+/// identity so a busy workload is hashed once. The identity is (device,
+/// inode, size, ctime): unlike mtime, the change time cannot be set back by
+/// whoever modifies the file, so a binary changed in place is hashed again.
 pub struct WorkloadAttestor {
-    hashes: Mutex<HashMap<(u64, u64, u64, i64), String>>,
+    hashes: Mutex<HashMap<FileIdentity, String>>,
+    max_hash_bytes: u64,
+}
+
+/// What identifies one version of a file: device, inode, size, ctime (s, ns).
+type FileIdentity = (u64, u64, u64, i64, i64);
+
+impl Default for WorkloadAttestor {
+    fn default() -> Self {
+        Self::new(1 << 30)
+    }
 }
 
 impl WorkloadAttestor {
+    /// An attestor that hashes binaries of at most `max_hash_bytes`.
+    pub fn new(max_hash_bytes: u64) -> Self {
+        Self {
+            hashes: Mutex::new(HashMap::new()),
+            max_hash_bytes,
+        }
+    }
+
     /// The caller's selectors, e.g. `unix:uid:1000`, `unix:path:/usr/bin/app`.
     /// The binary's sha256 is computed only when `want_sha256`.
     pub fn attest(&self, cred: PeerCred, want_sha256: bool) -> Result<Vec<String>, AttestError> {
@@ -79,10 +98,9 @@ impl WorkloadAttestor {
             Ok(path) => {
                 selectors.push(format!("unix:path:{}", path.display()));
                 if want_sha256 {
-                    selectors.push(format!(
-                        "unix:sha256:{}",
-                        self.sha256(&proc_dir.join("exe"))?
-                    ));
+                    if let Some(hash) = self.sha256(&proc_dir.join("exe"))? {
+                        selectors.push(format!("unix:sha256:{hash}"));
+                    }
                 }
             }
             // Kernel threads and zombies have no exe; other errors mean we
@@ -106,15 +124,27 @@ impl WorkloadAttestor {
         Ok(selectors)
     }
 
-    fn sha256(&self, exe: &Path) -> Result<String, AttestError> {
+    /// The binary's SHA-256 (hex), or `None` when it is larger than this
+    /// attestor hashes.
+    fn sha256(&self, exe: &Path) -> Result<Option<String>, AttestError> {
         let mut file =
             std::fs::File::open(exe).map_err(|e| AttestError::Proc(format!("open binary: {e}")))?;
         let meta = file
             .metadata()
             .map_err(|e| AttestError::Proc(e.to_string()))?;
-        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        );
         if let Some(h) = self.hashes.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(h);
+            return Ok(Some(h));
+        }
+        if meta.size() > self.max_hash_bytes {
+            tracing::warn!(path = %exe.display(), size = meta.size(), max = self.max_hash_bytes, "binary too large to hash; no unix:sha256 selector for this caller");
+            return Ok(None);
         }
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; 64 * 1024];
@@ -139,7 +169,7 @@ impl WorkloadAttestor {
             }
             m.insert(key, hex.clone());
         }
-        Ok(hex)
+        Ok(Some(hex))
     }
 }
 
@@ -196,6 +226,38 @@ mod tests {
         assert!(s
             .iter()
             .any(|x| x.starts_with("unix:sha256:") && x.len() == 12 + 64));
+    }
+
+    #[test]
+    fn a_binary_changed_in_place_with_its_mtime_restored_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("app");
+        std::fs::write(&bin, b"original binary").unwrap();
+        let mtime = std::fs::metadata(&bin).unwrap().modified().unwrap();
+        let a = WorkloadAttestor::default();
+        let first = a.sha256(&bin).unwrap().unwrap();
+        // Same size, same inode, mtime set back: only ctime tells.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&bin, b"tampered binary").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&bin)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&bin).unwrap().modified().unwrap(), mtime);
+        let second = a.sha256(&bin).unwrap().unwrap();
+        assert_ne!(first, second, "the cache served the old binary's hash");
+    }
+
+    #[test]
+    fn binaries_over_the_size_limit_are_not_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("huge");
+        let f = std::fs::File::create(&bin).unwrap();
+        f.set_len(40 << 30).unwrap(); // sparse: 40 GiB apparent
+        let a = WorkloadAttestor::new(1 << 20);
+        assert_eq!(a.sha256(&bin).unwrap(), None);
     }
 
     #[test]

@@ -52,6 +52,40 @@ pub struct AgentConfig {
     pub renewal_fraction: f64,
     /// Address for `/metrics`, `/ready`, `/live`. Default `127.0.0.1:9989`.
     pub metrics_listen: String,
+    /// Limits of the Workload API (`[limits]`); each has a default.
+    pub limits: WorkloadApiLimits,
+}
+
+/// What one local user may hold of the Workload API. Hitting a limit is
+/// counted in `signet_agent_workload_refusals_total{reason=...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadApiLimits {
+    /// Open Workload API connections in all. Default 4,096.
+    pub max_connections: usize,
+    /// Open connections per caller uid; more from that uid are closed at
+    /// accept, other users are unaffected. Default 64.
+    pub max_connections_per_uid: usize,
+    /// Open `FetchX509SVID`/`FetchX509Bundles` streams per caller uid;
+    /// more get RESOURCE_EXHAUSTED. Default 64.
+    pub max_streams_per_uid: usize,
+    /// Binaries larger than this are not hashed for `unix:sha256`
+    /// selectors (the selector is then absent). Default 1 GiB.
+    pub max_binary_hash_bytes: u64,
+    /// Binaries hashed at once, on the blocking pool. Default 2.
+    pub concurrent_binary_hashes: usize,
+}
+
+impl Default for WorkloadApiLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_uid: 64,
+            max_streams_per_uid: 64,
+            max_binary_hash_bytes: 1 << 30,
+            concurrent_binary_hashes: 2,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -66,6 +100,7 @@ impl Default for AgentConfig {
             socket: PathBuf::from("/run/signet/agent.sock"),
             renewal_fraction: 0.5,
             metrics_listen: "127.0.0.1:9989".into(),
+            limits: WorkloadApiLimits::default(),
         }
     }
 }

@@ -34,6 +34,15 @@ pub struct Metrics {
     pub ca_connected: Gauge,
     /// Workload API calls by method and admission code.
     pub workload_calls: Family<CallLabels, Counter>,
+    /// Workload API connections and streams refused by a limit.
+    pub workload_refusals: Family<ReasonLabel, Counter>,
+}
+
+/// A reason label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Short reason.
+    pub reason: String,
 }
 
 impl Metrics {
@@ -66,8 +75,15 @@ impl Metrics {
             "Workload API calls by method and admission code",
             workload_calls.clone(),
         );
+        let workload_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "workload_refusals",
+            "Workload API connections and streams refused by a limit (max_connections, max_per_source = per uid, max_streams_per_uid)",
+            workload_refusals.clone(),
+        );
         Arc::new(Self {
             registry,
+            workload_refusals,
             svids_issued,
             svid_rotations,
             svids_held,
@@ -82,6 +98,15 @@ impl Metrics {
             .get_or_create(&CallLabels {
                 method: method.into(),
                 code: format!("{:?}", code.unwrap_or(tonic::Code::Ok)),
+            })
+            .inc();
+    }
+
+    /// Records a Workload API connection or stream refused by a limit.
+    pub fn workload_refused(&self, reason: &str) {
+        self.workload_refusals
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
             })
             .inc();
     }

@@ -204,7 +204,15 @@ impl SvidRotator {
         (due, next)
     }
 
+    /// Gets SVIDs for `due` entries, in calls of at most the CA's batch size.
     async fn sign(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), String> {
+        for batch in due.chunks(pb::MAX_SIGN_BATCH) {
+            self.sign_batch(batch.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn sign_batch(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), String> {
         let Some(client) = self.client.as_mut() else {
             return Err("not connected".into());
         };

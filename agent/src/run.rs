@@ -7,11 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use signet_identity::admission::{Admission, Admitted};
 use signet_identity::tls::BundleHandle;
 use signet_identity::{TrustBundle, TrustDomain};
 use signet_proto::node as pb;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::config::WorkloadApiLimits;
 
 use crate::agent_identity::{self, AgentSvid, IdentityError};
 use crate::config::{AgentConfig, ConfigError};
@@ -112,12 +116,47 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, AgentError> {
     Ok(listener)
 }
 
+/// The Workload API's connections, each admitted by its caller's uid (from
+/// the kernel's peer credentials) under `limits`: one user's flood of idle
+/// connections cannot starve another user's workloads.
+fn admitted_by_uid(
+    listener: tokio::net::UnixListener,
+    limits: &WorkloadApiLimits,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Admitted<tokio::net::UnixStream, u32>>> {
+    let admission = Admission::new(limits.max_connections, limits.max_connections_per_uid);
+    UnixListenerStream::new(listener).filter_map(move |conn| {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let uid = match stream.peer_cred() {
+            Ok(c) => c.uid(),
+            Err(_) => return None,
+        };
+        match admission.admit(uid) {
+            Ok(ticket) => Some(Ok(Admitted::new(stream, ticket))),
+            Err(refused) => {
+                metrics.workload_refused(refused.reason());
+                tracing::debug!(
+                    uid,
+                    reason = refused.reason(),
+                    "Workload API connection refused"
+                );
+                None
+            }
+        }
+    })
+}
+
 /// Runs the agent until `shutdown` completes.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     let td = config.validate()?;
+    let fd_limit = signet_identity::admission::raise_fd_limit();
+    tracing::debug!(fd_limit, "open-file limit");
     agent_identity::prepare_data_dir(&config.data_dir)?;
     let (svid, bundle) = match agent_identity::load(&config.data_dir, &td)? {
         Some((svid, bundle)) if svid.is_valid_at(SystemTime::now()) => {
@@ -155,9 +194,16 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let limits = config.limits.clone();
+    let incoming = admitted_by_uid(listener, &limits, metrics.clone());
     let api = tonic::transport::Server::builder()
-        .add_service(WorkloadApi::server(state_rx, metrics.clone()))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+        .max_concurrent_streams(32)
+        .http2_max_header_list_size(16 * 1024)
+        .add_service(
+            WorkloadApi::server(state_rx, metrics.clone(), &limits)
+                .max_decoding_message_size(64 * 1024),
+        )
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let api = tokio::spawn(api);
     let health = tokio::spawn(crate::metrics::serve(
         metrics_listener,

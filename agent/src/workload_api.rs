@@ -16,7 +16,10 @@ use tokio_stream::Stream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use signet_identity::admission::{Admission, Ticket};
+
 use crate::attestor::{PeerCred, WorkloadAttestor};
+use crate::config::WorkloadApiLimits;
 use crate::metrics::Metrics;
 use crate::workload_svids::Snapshot;
 
@@ -27,7 +30,17 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 pub struct WorkloadApi {
     state: watch::Receiver<Arc<Snapshot>>,
     attestor: Arc<WorkloadAttestor>,
+    /// Bounds the attestations (and so binary hashes) running at once on
+    /// the blocking pool.
+    attesting: Arc<tokio::sync::Semaphore>,
+    streams: Arc<Admission<u32>>,
     metrics: Arc<Metrics>,
+}
+
+/// A caller attested: its uid and selectors.
+struct Caller {
+    uid: u32,
+    selectors: Vec<String>,
 }
 
 impl WorkloadApi {
@@ -35,23 +48,38 @@ impl WorkloadApi {
     pub fn server(
         state: watch::Receiver<Arc<Snapshot>>,
         metrics: Arc<Metrics>,
+        limits: &WorkloadApiLimits,
     ) -> SpiffeWorkloadApiServer<Self> {
         SpiffeWorkloadApiServer::new(Self {
             state,
-            attestor: Arc::new(WorkloadAttestor::default()),
+            attestor: Arc::new(WorkloadAttestor::new(limits.max_binary_hash_bytes)),
+            attesting: Arc::new(tokio::sync::Semaphore::new(
+                limits.concurrent_binary_hashes.max(1),
+            )),
+            streams: Admission::new(usize::MAX, limits.max_streams_per_uid),
             metrics,
         })
     }
 
     /// Checks the header and attests the caller: its selectors.
-    fn admit<T>(&self, req: &Request<T>, method: &str) -> Result<Vec<String>, Status> {
-        let result = self.admit_inner(req);
+    async fn admit<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
+        let result = self.admit_inner(req).await;
         self.metrics
             .workload_call(method, result.as_ref().err().map(|s| s.code()));
         result
     }
 
-    fn admit_inner<T>(&self, req: &Request<T>) -> Result<Vec<String>, Status> {
+    /// A place for one more open stream of `uid`, or RESOURCE_EXHAUSTED.
+    fn stream_slot(&self, uid: u32) -> Result<Ticket<u32>, Status> {
+        self.streams.admit(uid).map_err(|_| {
+            self.metrics.workload_refused("max_streams_per_uid");
+            Status::resource_exhausted(
+                "too many open Workload API streams for this user; close some first",
+            )
+        })
+    }
+
+    async fn admit_inner<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         match req
             .metadata()
             .get(SECURITY_HEADER)
@@ -77,9 +105,28 @@ impl WorkloadApi {
             })
             .ok_or_else(|| Status::unauthenticated("caller credentials unavailable"))?;
         let needs_sha = self.state.borrow().needs_sha256();
-        self.attestor.attest(cred, needs_sha).map_err(|e| {
+        // Reading /proc and hashing a binary block: do it on the blocking
+        // pool, a bounded number at a time, never on the runtime.
+        let permit = self
+            .attesting
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the agent is shutting down"))?;
+        let attestor = self.attestor.clone();
+        let attested = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            attestor.attest(cred, needs_sha)
+        })
+        .await
+        .map_err(|_| Status::internal("workload attestation did not complete"))?;
+        let selectors = attested.map_err(|e| {
             tracing::info!(pid = cred.pid, uid = cred.uid, error = %e, "workload attestation failed");
             Status::permission_denied(format!("workload attestation failed: {e}"))
+        })?;
+        Ok(Caller {
+            uid: cred.uid,
+            selectors,
         })
     }
 }
@@ -140,6 +187,7 @@ fn bundles_response(snapshot: &Snapshot) -> Option<pb::X509BundlesResponse> {
 /// or `make` returns an error (sent as the final status).
 fn watch_stream<T, F>(
     mut state: watch::Receiver<Arc<Snapshot>>,
+    slot: Ticket<u32>,
     make: F,
 ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
 where
@@ -148,6 +196,8 @@ where
 {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
+        // The caller's stream slot is held until the stream ends.
+        let _slot = slot;
         let mut last: Option<T> = None;
         loop {
             let current = state.borrow_and_update().clone();
@@ -185,22 +235,27 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let caller = self.admit(&req, "FetchX509SVID")?;
+        let caller = self.admit(&req, "FetchX509SVID").await?;
         // Refuse at once (no stream) when nothing matches.
-        svid_response(&self.state.borrow(), &caller)?;
-        Ok(Response::new(watch_stream(self.state.clone(), move |s| {
-            svid_response(s, &caller)
-        })))
+        svid_response(&self.state.borrow(), &caller.selectors)?;
+        let slot = self.stream_slot(caller.uid)?;
+        let selectors = caller.selectors;
+        Ok(Response::new(watch_stream(
+            self.state.clone(),
+            slot,
+            move |s| svid_response(s, &selectors),
+        )))
     }
 
     async fn fetch_x509_bundles(
         &self,
         req: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let caller = self.admit(&req, "FetchX509Bundles")?;
+        let caller = self.admit(&req, "FetchX509Bundles").await?;
         // Bundles go to workloads this agent has an identity for, as SPIRE does.
-        svid_response(&self.state.borrow(), &caller)?;
-        Ok(Response::new(watch_stream(self.state.clone(), |s| {
+        svid_response(&self.state.borrow(), &caller.selectors)?;
+        let slot = self.stream_slot(caller.uid)?;
+        Ok(Response::new(watch_stream(self.state.clone(), slot, |s| {
             Ok(bundles_response(s))
         })))
     }
@@ -209,7 +264,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        self.admit(&req, "FetchJWTSVID")?;
+        self.admit(&req, "FetchJWTSVID").await?;
         Err(Status::unimplemented(
             "JWT-SVIDs are not supported by this agent yet",
         ))
@@ -219,7 +274,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.admit(&req, "FetchJWTBundles")?;
+        self.admit(&req, "FetchJWTBundles").await?;
         Err(Status::unimplemented(
             "JWT bundles are not supported by this agent yet",
         ))
@@ -229,7 +284,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        self.admit(&req, "ValidateJWTSVID")?;
+        self.admit(&req, "ValidateJWTSVID").await?;
         Err(Status::unimplemented(
             "JWT-SVID validation is not supported by this agent yet",
         ))

@@ -70,6 +70,50 @@ pub struct CaConfig {
     /// the key lost and make a new one instead of refusing to start. Every
     /// agent and workload then needs the new bundle. Default false.
     pub replace_lost_key: bool,
+    /// Limits of the node API (`[limits]`); each has a default.
+    pub limits: NodeApiLimits,
+}
+
+/// What one client may hold of the node API, and for how long. Hitting a
+/// limit is counted in `signet_ca_node_refusals_total{reason=...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeApiLimits {
+    /// Seconds a client gets to complete its TLS handshake. Default 5.
+    pub handshake_timeout: u64,
+    /// Open node API connections; more are closed at accept. Default
+    /// 10,000 (the open-file limit is raised to its hard limit at start).
+    pub max_connections: usize,
+    /// Connections per source address that have not completed a TLS
+    /// handshake with an agent SVID (handshaking, or attesting without
+    /// one); more are closed at accept. Default 32.
+    pub max_unauthenticated_per_source: usize,
+    /// Seconds a connection without an agent SVID (attestation only) may
+    /// stay open. Default 30.
+    pub unauthenticated_lifetime: u64,
+    /// Failed attestations per source address per minute; past it,
+    /// attestations from that address are refused at once
+    /// (RESOURCE_EXHAUSTED) without touching the database. Default 10.
+    pub attestation_failures_per_minute: u32,
+    /// Largest request message from an agent, bytes. Default 1 MiB (a
+    /// full SignSvids batch of 1,000 CSRs is about 0.4 MiB).
+    pub max_request_bytes: usize,
+    /// Concurrent streams per agent connection. Default 32.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for NodeApiLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: 5,
+            max_connections: 10_000,
+            max_unauthenticated_per_source: 32,
+            unauthenticated_lifetime: 30,
+            attestation_failures_per_minute: 10,
+            max_request_bytes: 1024 * 1024,
+            max_concurrent_streams: 32,
+        }
+    }
 }
 
 impl Default for CaConfig {
@@ -90,6 +134,7 @@ impl Default for CaConfig {
             upstream_key: None,
             upstream_bundle: None,
             replace_lost_key: false,
+            limits: NodeApiLimits::default(),
         }
     }
 }
@@ -126,6 +171,19 @@ impl CaConfig {
                 "ca_ttl ({}) must be longer than max_x509_svid_ttl ({})",
                 self.ca_ttl, self.max_x509_svid_ttl
             )));
+        }
+        let l = &self.limits;
+        if l.handshake_timeout == 0
+            || l.max_connections == 0
+            || l.max_unauthenticated_per_source == 0
+            || l.unauthenticated_lifetime == 0
+            || l.attestation_failures_per_minute == 0
+            || l.max_request_bytes < 64 * 1024
+            || l.max_concurrent_streams == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[limits]: every limit must be positive (max_request_bytes at least 65536)".into(),
+            ));
         }
         if self.upstream_cert.is_some() != self.upstream_key.is_some() {
             return Err(ConfigError::Invalid(

@@ -77,6 +77,12 @@ fn checked_csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
     Ok(spki.raw.to_vec())
 }
 
+/// Checks a CSR (well-formed, whole, self-signed, acceptable key) without
+/// signing anything: done before a join token is spent on it.
+pub fn check_csr(csr_der: &[u8]) -> Result<(), IssueError> {
+    checked_csr_public_key(csr_der).map(|_| ())
+}
+
 /// Signs an X.509-SVID for `id` with the public key of `csr_der`.
 /// `ttl` is capped by the signing certificate's remaining lifetime.
 pub fn sign_x509_svid(

@@ -19,6 +19,7 @@
 //! they are stored; nothing from outside is trusted.
 
 pub mod admin;
+pub mod attest_throttle;
 pub mod authority;
 mod ca;
 pub mod config;

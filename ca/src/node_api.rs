@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{SpiffeId, TrustBundle};
@@ -16,14 +16,14 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::admin::status;
+use crate::attest_throttle::AttestThrottle;
 use crate::entry::Entry;
-use crate::issuance::sign_x509_svid;
+use crate::issuance::{check_csr, sign_x509_svid};
 use crate::join_token;
 use crate::store::{AgentRecord, EntryFilter, StoreError, TokenUse};
 use crate::{Ca, CaError};
 
-/// Most CSRs one `SignSvids` call may carry.
-const MAX_BATCH: usize = 1000;
+use signet_proto::node::MAX_SIGN_BATCH as MAX_BATCH;
 /// How often a sync stream re-reads its entries even without a local change
 /// notification (changes made through another CA replica).
 const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
@@ -31,13 +31,23 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// The gRPC service implementation.
 pub struct NodeService {
     ca: Arc<Ca>,
+    throttle: Arc<AttestThrottle>,
 }
 
 impl NodeService {
-    /// A tonic server for `ca`.
-    pub fn server(ca: Arc<Ca>) -> NodeServer<Self> {
-        NodeServer::new(Self { ca })
+    /// A tonic server for `ca`; servers made with the same `throttle` share
+    /// the failed-attestation budget per address.
+    pub fn server(ca: Arc<Ca>, throttle: Arc<AttestThrottle>) -> NodeServer<Self> {
+        NodeServer::new(Self { ca, throttle })
     }
+}
+
+/// The client's IP address, from the connection.
+fn peer_address<T>(req: &Request<T>) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.get_ref().remote_addr())
+        .map(|a| a.ip())
 }
 
 /// The agent SPIFFE ID and serial (hex) of the client certificate.
@@ -129,7 +139,8 @@ impl NodeService {
             &[],
             self.ca.config.default_ttl(),
             now,
-        )?;
+        )
+        .inspect_err(|e| self.ca.metrics.issuance_failed(e))?;
         self.ca.metrics.svids_issued.inc();
         let record = AgentRecord {
             spiffe_id: id.to_string(),
@@ -181,7 +192,30 @@ impl Node for NodeService {
         &self,
         req: Request<pb::AttestAgentRequest>,
     ) -> Result<Response<pb::AgentSvid>, Status> {
+        let source = peer_address(&req);
+        if let Some(addr) = source {
+            if !self.throttle.allows(addr, Instant::now()) {
+                self.ca.metrics.attestation_failed("rate_limited");
+                return Err(Status::resource_exhausted(
+                    "too many failed attestations from this address; wait a minute",
+                ));
+            }
+        }
+        let failed = |reason: &str| {
+            self.ca.metrics.attestation_failed(reason);
+            if let Some(addr) = source {
+                self.throttle.failed(addr, Instant::now());
+            }
+        };
         let req = req.into_inner();
+        // Check the CSR before spending the token on it.
+        if let Err(e) = check_csr(&req.csr) {
+            self.ca.metrics.issuance_failed(&e);
+            failed("bad_csr");
+            return Err(Status::invalid_argument(format!(
+                "{e}; the join token was not used"
+            )));
+        }
         let now = unix_seconds(SystemTime::now());
         let agent_id = match self
             .ca
@@ -192,13 +226,13 @@ impl Node for NodeService {
         {
             TokenUse::Accepted { agent_id } => agent_id,
             TokenUse::Expired => {
-                self.ca.metrics.attestation_failed("expired_token");
+                failed("expired_token");
                 return Err(Status::permission_denied(
                     "join token has expired; create a new one",
                 ));
             }
             TokenUse::Unknown => {
-                self.ca.metrics.attestation_failed("unknown_token");
+                failed("unknown_token");
                 return Err(Status::permission_denied(
                     "join token is unknown or already used",
                 ));
@@ -208,7 +242,7 @@ impl Node for NodeService {
             .map_err(|e| Status::internal(format!("stored agent ID: {e}")))?;
         if let Ok(existing) = self.ca.store.get_agent(id.as_str()).await {
             if existing.banned {
-                self.ca.metrics.attestation_failed("banned");
+                failed("banned");
                 return Err(Status::permission_denied(format!("agent {id} is banned")));
             }
         }
@@ -256,7 +290,10 @@ impl Node for NodeService {
         let id = SpiffeId::parse(&agent.spiffe_id).map_err(|e| Status::internal(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let ca = self.ca.clone();
-        let service = NodeService { ca: ca.clone() };
+        let service = NodeService {
+            ca: ca.clone(),
+            throttle: self.throttle.clone(),
+        };
         tokio::spawn(async move {
             let mut changes = ca.subscribe_changes();
             let mut last: Option<pb::EntrySnapshot> = None;

@@ -11,18 +11,19 @@ use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use signet_identity::admission::Admission;
 use signet_identity::tls::{provider, Authorizer, BundleHandle, SpiffeClientVerifier};
 use signet_identity::SpiffeId;
+use std::net::IpAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 
+use crate::config::NodeApiLimits;
+
 use crate::entry::{AGENT_PATH_PREFIX, SERVER_PATH};
 use crate::issuance::sign_x509_svid;
 use crate::{Ca, CaError};
-
-/// How long a client gets to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the CA's current server SVID to every handshake.
 #[derive(Debug)]
@@ -144,15 +145,38 @@ pub async fn rotate_server_svid(
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes off the accept loop,
-/// yielding established streams to tonic.
+/// Established node API connections, sorted by whether the client proved
+/// itself with an agent SVID in the handshake. The two kinds are served by
+/// differently limited servers: a client without a certificate can only
+/// attest, so it gets small messages, few streams and a short life.
+pub struct NodeIncoming {
+    /// Connections with an agent SVID.
+    pub agents: mpsc::Receiver<Result<Admitted, std::io::Error>>,
+    /// Connections without a client certificate (attestation only).
+    pub unauthenticated: mpsc::Receiver<Result<Admitted, std::io::Error>>,
+}
+
+/// A TLS connection that holds its place under the node API's limits for
+/// as long as it is open.
+pub type Admitted = signet_identity::admission::Admitted<TlsStream<TcpStream>, IpAddr>;
+
+/// Accepts TCP connections under `limits`, completes TLS handshakes off the
+/// accept loop, and hands established streams to the two servers.
 pub fn accept_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    limits: &NodeApiLimits,
+    ca: Arc<Ca>,
     mut stop: watch::Receiver<bool>,
-) -> mpsc::Receiver<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
+) -> NodeIncoming {
+    let (agents_tx, agents) = mpsc::channel(64);
+    let (unauth_tx, unauthenticated) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let admission = Admission::new(
+        limits.max_connections,
+        limits.max_unauthenticated_per_source,
+    );
+    let handshake_timeout = Duration::from_secs(limits.handshake_timeout);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -166,22 +190,49 @@ pub fn accept_tls(
                 },
                 _ = stop.changed() => return,
             };
+            let mut ticket = match admission.admit(peer.ip()) {
+                Ok(t) => t,
+                Err(refused) => {
+                    ca.metrics.attestation_failed(refused.reason());
+                    continue;
+                }
+            };
             // Small gRPC frames must not wait for delayed ACKs (Nagle).
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (agents_tx, unauth_tx) = (agents_tx.clone(), unauth_tx.clone());
+            let ca = ca.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let has_cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|c| !c.is_empty());
+                        let tx = if has_cert {
+                            // An agent: no longer counted against its address.
+                            ticket.established();
+                            agents_tx
+                        } else {
+                            unauth_tx
+                        };
+                        let _ = tx.send(Ok(Admitted::new(tls, ticket))).await;
                     }
                     Ok(Err(e)) => {
+                        ca.metrics.attestation_failed("handshake_failed");
                         tracing::info!(peer = %peer, error = %e, "node API handshake refused")
                     }
-                    Err(_) => tracing::info!(peer = %peer, "node API handshake timed out"),
+                    Err(_) => {
+                        ca.metrics.attestation_failed("handshake_timeout");
+                        tracing::debug!(peer = %peer, "node API handshake timed out")
+                    }
                 }
             });
         }
     });
-    rx
+    NodeIncoming {
+        agents,
+        unauthenticated,
+    }
 }

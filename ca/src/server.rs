@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -14,7 +15,11 @@ use crate::config::{redact_url, CaConfig};
 use crate::{Ca, CaError};
 
 /// How long in-flight requests get to finish after shutdown is requested.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Largest request from a client without an SVID: an AttestAgent (token
+/// and CSR) is well under 4 KiB.
+const UNAUTHENTICATED_MAX_REQUEST: usize = 16 * 1024;
 
 /// Runs the CA until `shutdown` completes. Errors before the ready line mean
 /// the CA did not start (bad config, database, key, port in use).
@@ -26,6 +31,8 @@ pub async fn run(
     let metrics_listen = config.metrics_listen.clone();
     let database = redact_url(&config.database_url());
     let ca = Ca::open(config).await?;
+    let fd_limit = signet_identity::admission::raise_fd_limit();
+    tracing::debug!(fd_limit, "open-file limit");
 
     let io = |what: &str, e: std::io::Error| CaError::InvalidArgument(format!("{what}: {e}"));
     let admin_listener = bind_socket(&admin_path)
@@ -64,15 +71,51 @@ pub async fn run(
         .add_service(AdminService::server(ca.clone()))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let health = crate::health::serve(metrics_listener, ca.clone(), stopped(stop_rx.clone()));
-    let node_incoming = tokio_stream::wrappers::ReceiverStream::new(crate::node_tls::accept_tls(
+    let limits = ca.config.limits.clone();
+    let throttle = Arc::new(crate::attest_throttle::AttestThrottle::new(
+        limits.attestation_failures_per_minute,
+    ));
+    let incoming = crate::node_tls::accept_tls(
         node_listener,
         tls_config,
+        &limits,
+        ca.clone(),
         stop_rx.clone(),
-    ));
+    );
+    // Agents (authenticated by their SVID in the handshake).
     let node = tonic::transport::Server::builder()
-        .add_service(crate::node_api::NodeService::server(ca.clone()))
-        .serve_with_incoming_shutdown(node_incoming, stopped(stop_rx.clone()));
-    let node = tokio::spawn(node);
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(16 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_max_pending_accept_reset_streams(Some(32))
+        .add_service(
+            crate::node_api::NodeService::server(ca.clone(), throttle.clone())
+                .max_decoding_message_size(limits.max_request_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(incoming.agents),
+            stopped(stop_rx.clone()),
+        );
+    // Clients without an SVID can only attest: small messages, few
+    // streams, a short life.
+    let attest = tonic::transport::Server::builder()
+        .max_concurrent_streams(2)
+        .http2_max_header_list_size(8 * 1024)
+        .max_connection_age(Duration::from_secs(limits.unauthenticated_lifetime))
+        .max_connection_age_grace(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .add_service(
+            crate::node_api::NodeService::server(ca.clone(), throttle)
+                .max_decoding_message_size(UNAUTHENTICATED_MAX_REQUEST),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(incoming.unauthenticated),
+            stopped(stop_rx.clone()),
+        );
+    let node = tokio::spawn(async move {
+        let _ = tokio::join!(node, attest);
+    });
     let rotator = tokio::spawn(crate::node_tls::rotate_server_svid(
         ca.clone(),
         resolver,

@@ -13,6 +13,9 @@
 //!   verify_x509_svid(chain, &TrustBundle, now) -> VerifiedSvid
 //!          │
 //!   TrustBundle                 authorities of a trust domain, PEM and SPIFFE JWKS
+//!
+//!   tls                         rustls verifiers; established_peer (safe against resumption)
+//!   admission                   connection caps every listener applies before parsing a byte
 //! ```
 //!
 //! ```
@@ -22,6 +25,7 @@
 //! assert_eq!(id.path(), "/ns/prod/sa/web");
 //! ```
 
+pub mod admission;
 mod bundle;
 mod inspect;
 mod spiffe_id;

@@ -17,6 +17,10 @@ pub mod admin {
 /// The CA's API for node agents.
 pub mod node {
     tonic::include_proto!("signet.node.v1");
+
+    /// Most CSRs one `SignSvids` call may carry: the CA refuses more, and
+    /// agents split larger sets of due entries into calls of this size.
+    pub const MAX_SIGN_BATCH: usize = 1000;
 }
 
 /// The SPIFFE Workload API (no protobuf package, as in the public spec).

@@ -69,6 +69,11 @@ pub struct OutboundConfig {
     /// either way; HTTP semantics are enforced by the receiving side.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Local users (uids) whose connections may use this listener, and so
+    /// this workload's identity. Default: the proxy's own uid only. Checked
+    /// on every connection from this host's loopback (kernel socket table).
+    #[serde(default)]
+    pub allowed_uids: Option<Vec<u32>>,
 }
 
 /// Everything `signet proxy run` needs.
@@ -104,6 +109,61 @@ pub struct ProxyConfig {
     /// Outbound listeners.
     #[serde(default)]
     pub outbound: Vec<OutboundConfig>,
+    /// Limits every listener enforces (`[limits]`); each has a default.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// What one client may hold of a proxy, and for how long. Hitting a limit
+/// is counted in `signet_proxy_connections_refused_total` or
+/// `signet_proxy_handshake_failures_total{reason="timeout"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Seconds a peer gets to complete its TLS handshake, from accept.
+    /// Default 5.
+    pub handshake_timeout: u64,
+    /// Open connections per listener; more are closed at accept. Default
+    /// 10,000 (the process's open-file limit is raised to its hard limit
+    /// at start; each relayed connection uses two descriptors).
+    pub max_connections: usize,
+    /// Connections per source address still in their TLS handshake; more
+    /// from that address are closed at accept. Default 256.
+    pub max_handshakes_per_source: usize,
+    /// HTTP mode: seconds a connection may stay open with no request in
+    /// flight. Default 60.
+    pub http_idle_timeout: u64,
+    /// HTTP/1 mode: seconds a client gets to send a request's headers.
+    /// Default 10.
+    pub http_header_timeout: u64,
+    /// HTTP mode: most header fields in one request. Default 100.
+    pub http_max_headers: usize,
+    /// HTTP mode: most bytes of headers in one request. Default 65,536.
+    pub http_max_header_bytes: usize,
+    /// HTTP/2: most concurrent streams per connection. Default 256.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: 5,
+            max_connections: 10_000,
+            max_handshakes_per_source: 256,
+            http_idle_timeout: 60,
+            http_header_timeout: 10,
+            http_max_headers: 100,
+            http_max_header_bytes: 64 * 1024,
+            http2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The TLS handshake timeout.
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.handshake_timeout)
+    }
 }
 
 fn default_admin() -> String {
@@ -152,6 +212,21 @@ impl ProxyConfig {
         if set == 3 && self.workload_api_socket.is_some() {
             return Err(ConfigError::Invalid(
                 "give either workload_api_socket or the svid_file/svid_key_file/bundle_file trio, not both".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.handshake_timeout == 0
+            || l.max_connections == 0
+            || l.max_handshakes_per_source == 0
+            || l.http_idle_timeout == 0
+            || l.http_header_timeout == 0
+            || l.http_max_headers == 0
+            || l.http_max_header_bytes < 1024
+            || l.http2_max_concurrent_streams == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[limits]: every limit must be positive (http_max_header_bytes at least 1024)"
+                    .into(),
             ));
         }
         for o in &self.outbound {

@@ -17,9 +17,10 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use signet_identity::SpiffeId;
 
+use crate::config::LimitsConfig;
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy;
 use crate::policy_watch::PolicyHandle;
@@ -181,17 +182,106 @@ async fn handle(
     Ok(resp)
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on an authenticated connection until it closes.
-pub async fn serve<S>(stream: S, ctx: Arc<HttpContext>)
+/// Requests in flight on one connection and when the last one ended: a
+/// connection with none for `http_idle_timeout` is closed.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_end: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Decrements the in-flight count when a request's handling ends, however
+/// it ends.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(a: &Arc<Activity>) -> Self {
+        a.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    /// Whether nothing has been in flight for `idle` (since `opened`).
+    fn idle_for(&self, idle: std::time::Duration, opened: Instant) -> bool {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return false;
+        }
+        let last = self
+            .last_end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(opened);
+        last.elapsed() >= idle
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an authenticated connection until it
+/// closes, under `limits`: header count, size and read time, HTTP/2
+/// streams, and an idle timeout after which the connection is shut down
+/// gracefully (requests in flight finish).
+pub async fn serve<S>(stream: S, ctx: Arc<HttpContext>, limits: &LimitsConfig)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let guard = InFlight::start(&activity);
+            let ctx = ctx.clone();
+            async move {
+                let r = handle(ctx, req).await;
+                drop(guard);
+                r
+            }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(limits.http_header_timeout))
+        .max_headers(limits.http_max_headers)
+        .max_buf_size(limits.http_max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.http_max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let idle = std::time::Duration::from_secs(limits.http_idle_timeout);
+    let opened = Instant::now();
+    let mut check = tokio::time::interval(idle.min(std::time::Duration::from_secs(5)));
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = check.tick(), if !shutting_down => {
+                if activity.idle_for(idle, opened) {
+                    tracing::debug!(idle_s = limits.http_idle_timeout, "closing idle HTTP connection");
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! not allow is closed before a single byte reaches the app.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use signet_identity::tls::{established_peer, Authorizer, PeerRefused};
 use signet_identity::SvidError;
@@ -12,14 +12,15 @@ use signet_identity::SvidError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::LimitsConfig;
 use crate::forward::{ms_since, relay};
+use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
 use crate::open_connections::OpenConnections;
 use crate::policy::Request;
 use crate::policy_watch::PolicyHandle;
 use crate::workload_identity::IdentityWatch;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use signet_identity::admission::Admission;
 
 /// What every inbound connection needs.
 pub struct Inbound {
@@ -37,6 +38,8 @@ pub struct Inbound {
     pub http: Option<Arc<crate::http::HttpForwarder>>,
     /// Open connections, closed when a policy reload revokes their peer.
     pub open: Arc<OpenConnections>,
+    /// Timeouts and caps.
+    pub limits: LimitsConfig,
 }
 
 /// A short reason for a failed handshake, for metrics.
@@ -91,29 +94,32 @@ pub(crate) fn refusal_reason(e: &PeerRefused) -> &'static str {
 }
 
 impl Inbound {
-    /// Accepts until `stop`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let (tcp, addr) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "inbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.changed() => return,
-            };
-            let this = self.clone();
-            tokio::spawn(async move { this.handle(tcp, addr).await });
-        }
+    /// Accepts until `stop`, under the listener's limits.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        let admission = Admission::new(
+            self.limits.max_connections,
+            self.limits.max_handshakes_per_source,
+        );
+        let this = self.clone();
+        accept_loop(
+            listener,
+            "inbound",
+            admission,
+            self.metrics.clone(),
+            stop,
+            move |tcp, addr, ticket| {
+                let this = this.clone();
+                async move { this.handle(tcp, addr, ticket).await }
+            },
+        )
+        .await
     }
 
-    async fn handle(&self, tcp: TcpStream, addr: std::net::SocketAddr) {
+    async fn handle(&self, tcp: TcpStream, addr: std::net::SocketAddr, mut ticket: ConnTicket) {
         let start = Instant::now();
         let _ = tcp.set_nodelay(true);
-        let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout(), self.tls.accept(tcp));
+        let mut tls = match handshake.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let reason = failure_reason(&e);
@@ -126,6 +132,9 @@ impl Inbound {
                 return;
             }
         };
+        // Authenticated (below, for resumed sessions): no longer counted
+        // against its source address.
+        ticket.established();
         let Some((own, bundle)) = self
             .identity
             .borrow()
@@ -163,7 +172,7 @@ impl Inbound {
                 forwarder: forwarder.clone(),
             });
             tokio::select! {
-                _ = crate::http::serve(tls, ctx) => {}
+                _ = crate::http::serve(tls, ctx, &self.limits) => {}
                 _ = registration.revoked() => {
                     tracing::info!(direction = "inbound", peer = %peer, "HTTP connection closed with its streams: policy no longer allows this peer");
                 }

@@ -17,6 +17,7 @@ pub mod config;
 mod forward;
 pub mod http;
 pub mod inbound;
+mod listener;
 pub mod metrics;
 pub mod open_connections;
 pub mod outbound;

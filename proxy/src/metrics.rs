@@ -61,6 +61,8 @@ pub struct Metrics {
     pub bytes_from_peer: Family<PeerLabels, Counter>,
     /// Handshake failures by reason.
     pub handshake_failures: Family<FailureLabels, Counter>,
+    /// Connections closed at accept by a limit, by direction and reason.
+    pub refused: Family<FailureLabels, Counter>,
     /// Authorization decisions by rule.
     pub authz: Family<DecisionLabels, Counter>,
     /// Policy reloads by result.
@@ -100,6 +102,12 @@ impl Metrics {
             "TLS handshake failures by reason",
             handshake_failures.clone(),
         );
+        let refused = Family::<FailureLabels, Counter>::default();
+        r.register(
+            "connections_refused",
+            "Connections closed at accept by a limit (max_connections, max_per_source, uid_not_allowed)",
+            refused.clone(),
+        );
         let authz = Family::<DecisionLabels, Counter>::default();
         r.register(
             "authorization_decisions",
@@ -126,6 +134,7 @@ impl Metrics {
             bytes_to_peer,
             bytes_from_peer,
             handshake_failures,
+            refused,
             authz,
             policy_reloads,
             active,
@@ -161,6 +170,16 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a connection refused at accept.
+    pub fn refused(&self, direction: &str, reason: &str) {
+        self.refused
+            .get_or_create(&FailureLabels {
+                direction: direction.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// Counts a reload.

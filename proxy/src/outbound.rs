@@ -2,19 +2,21 @@
 //! our SVID; the upstream must present the expected SPIFFE ID.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::LimitsConfig;
 use crate::forward::{ms_since, relay};
 use crate::inbound::{failure_reason, refusal_reason};
+use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
+use crate::tls::SvidBoundSessions;
 use crate::workload_identity::IdentityWatch;
+use signet_identity::admission::Admission;
 use signet_identity::tls::{established_peer, Authorizer};
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One outbound listener.
 pub struct Outbound {
@@ -26,71 +28,83 @@ pub struct Outbound {
     pub server_id: String,
     /// The check of `server_id`, applied again to resumed sessions.
     pub authorize: Authorizer,
+    /// The tickets `tls` resumes from, flushed when a resumed session is
+    /// refused.
+    pub sessions: Arc<SvidBoundSessions>,
     /// Our identity, for the bundle resumed sessions are checked against.
     pub identity: IdentityWatch,
+    /// Timeouts and caps.
+    pub limits: LimitsConfig,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
 
 impl Outbound {
-    /// Accepts until `stop`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        loop {
-            let (tcp, _) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.changed() => return,
-            };
-            let this = self.clone();
-            tokio::spawn(async move { this.handle(tcp).await });
-        }
+    /// Accepts until `stop`, under the listener's limits.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        // Local apps are not counted per address: they all come from
+        // loopback. Which local users may connect is checked per connection.
+        let max = self.limits.max_connections;
+        let this = self.clone();
+        accept_loop(
+            listener,
+            "outbound",
+            Admission::new(max, max),
+            self.metrics.clone(),
+            stop,
+            move |tcp, _addr, ticket| {
+                let this = this.clone();
+                async move { this.handle(tcp, ticket).await }
+            },
+        )
+        .await
     }
 
-    async fn handle(&self, mut local: TcpStream) {
+    async fn handle(&self, mut local: TcpStream, _ticket: ConnTicket) {
         let start = Instant::now();
         let _ = local.set_nodelay(true);
-        let connect = async {
-            let tcp = TcpStream::connect(&self.upstream).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from("signet-peer").map_err(std::io::Error::other)?;
-            self.tls.connect(name, tcp).await
-        };
-        let mut tls = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                let reason = failure_reason(&e);
-                self.metrics.handshake_failed("outbound", reason);
-                tracing::warn!(direction = "outbound", upstream = %self.upstream, expected = %self.server_id, reason, error = %e, "upstream refused");
-                return;
-            }
-            Err(_) => {
-                self.metrics.handshake_failed("outbound", "timeout");
-                return;
-            }
-        };
-        // A resumed session is checked again: the upstream's SVID in the
-        // ticket may have expired or lost its authority since.
         let Some(bundle) = self.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
             return;
         };
-        let peer = match established_peer(
-            tls.get_ref().1,
-            &bundle,
-            &self.authorize,
-            SystemTime::now(),
-        ) {
-            Ok(peer) => peer.to_string(),
-            Err(e) => {
-                let reason = refusal_reason(&e);
-                self.metrics.handshake_failed("outbound", reason);
-                tracing::warn!(direction = "outbound", upstream = %self.upstream, expected = %self.server_id, reason, error = %e, "resumed session refused");
-                return;
+        // At most two tries: a resumed session whose ticket predates the
+        // upstream's current SVID is refused below; the tickets are then
+        // flushed and the second try is a full handshake.
+        let mut stale_tickets = false;
+        let (mut tls, peer) = loop {
+            let connect = async {
+                let tcp = TcpStream::connect(&self.upstream).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from("signet-peer").map_err(std::io::Error::other)?;
+                self.tls.connect(name, tcp).await
+            };
+            let tls = match tokio::time::timeout(self.limits.handshake_timeout(), connect).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    let reason = failure_reason(&e);
+                    self.metrics.handshake_failed("outbound", reason);
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream, expected = %self.server_id, reason, error = %e, "upstream refused");
+                    return;
+                }
+                Err(_) => {
+                    self.metrics.handshake_failed("outbound", "timeout");
+                    return;
+                }
+            };
+            // A resumed session is checked again: the upstream's SVID in
+            // the ticket may have expired or lost its authority since.
+            match established_peer(tls.get_ref().1, &bundle, &self.authorize, SystemTime::now()) {
+                Ok(peer) => break (tls, peer.to_string()),
+                Err(e) if !stale_tickets => {
+                    tracing::debug!(direction = "outbound", upstream = %self.upstream, error = %e, "resumed session refused; flushing tickets, full handshake next");
+                    self.sessions.flush();
+                    stale_tickets = true;
+                }
+                Err(e) => {
+                    let reason = refusal_reason(&e);
+                    self.metrics.handshake_failed("outbound", reason);
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream, expected = %self.server_id, reason, error = %e, "resumed session refused");
+                    return;
+                }
             }
         };
         let (to_peer, from_peer, err) = relay(

@@ -56,6 +56,8 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     config.validate()?;
     let socket = config.socket_path()?;
+    let fd_limit = signet_identity::admission::raise_fd_limit();
+    tracing::debug!(fd_limit, "open-file limit");
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -106,6 +108,7 @@ pub async fn run(
         let open = Arc::new(crate::open_connections::OpenConnections::default());
         let handler = Arc::new(Inbound {
             open: open.clone(),
+            limits: config.limits.clone(),
             tls: tokio_rustls::TlsAcceptor::from(server),
             forward_to: inbound.forward_to.clone(),
             policy: policy.clone(),
@@ -129,15 +132,18 @@ pub async fn run(
         let pattern = IdPattern::parse(&o.server_id)
             .map_err(|e| ConfigError::Invalid(format!("server_id {e}")))?;
         let authorize: Authorizer = Arc::new(move |id| pattern.matches(id));
-        let client =
-            tls::client_config(identity.clone(), authorize.clone()).map_err(ProxyError::Tls)?;
+        let sessions = tls::SvidBoundSessions::new(identity.clone());
+        let client = tls::client_config(identity.clone(), authorize.clone(), sessions.clone())
+            .map_err(ProxyError::Tls)?;
         let listener = bind(&o.listen).await?;
         let handler = Arc::new(Outbound {
             tls: tokio_rustls::TlsConnector::from(client),
             upstream: o.upstream.clone(),
             server_id: o.server_id.clone(),
             authorize,
+            sessions,
             identity: identity.clone(),
+            limits: config.limits.clone(),
             metrics: metrics.clone(),
         });
         tokio::spawn(handler.serve(listener, stop_rx.clone()));

@@ -5,9 +5,15 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use rustls::client::ResolvesClientCert;
+use std::sync::Mutex;
+
+use rustls::client::{
+    ClientSessionStore, ResolvesClientCert, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
+use rustls::pki_types::ServerName;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::NamedGroup;
 use rustls::SignatureScheme;
 use signet_identity::tls::{provider, Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
 
@@ -96,10 +102,12 @@ pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// Outbound: present our SVID, accept only a server whose ID `authorize`s.
+/// Outbound: present our SVID, accept only a server whose ID `authorize`s,
+/// resume sessions from `sessions`.
 pub fn client_config(
     identity: IdentityWatch,
     authorize: Authorizer,
+    sessions: Arc<SvidBoundSessions>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     let bundle = identity
         .borrow()
@@ -112,6 +120,105 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(SpiffeServerVerifier::new(bundle, authorize))
         .with_client_cert_resolver(Arc::new(CurrentSvid::new(identity)));
-    config.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+    config.resumption = rustls::client::Resumption::store(sessions);
     Ok(Arc::new(config))
+}
+
+/// Session tickets that never outlive the SVID they were made with.
+///
+/// A resumed session carries the certificates of its first handshake. The
+/// peer checks ours again on resumption (see
+/// `signet_identity::tls::established_peer`), so a ticket made with an SVID
+/// we have since replaced must not be offered: this store starts empty
+/// whenever our SVID changes. A ticket whose *server* certificate has
+/// expired is caught on our side after the handshake; the caller then calls
+/// [`SvidBoundSessions::flush`] and connects again with a full handshake.
+#[derive(Debug)]
+pub struct SvidBoundSessions {
+    identity: IdentityWatchDebug,
+    /// The SVID (by notAfter) the cached tickets were made with.
+    made_with: Mutex<(i64, Arc<rustls::client::ClientSessionMemoryCache>)>,
+}
+
+/// Tickets kept per outbound listener.
+const CLIENT_SESSIONS: usize = 1024;
+
+impl SvidBoundSessions {
+    /// An empty store following `identity`.
+    pub fn new(identity: IdentityWatch) -> Arc<Self> {
+        Arc::new(Self {
+            identity: IdentityWatchDebug(identity),
+            made_with: Mutex::new((
+                i64::MIN,
+                Arc::new(rustls::client::ClientSessionMemoryCache::new(
+                    CLIENT_SESSIONS,
+                )),
+            )),
+        })
+    }
+
+    /// The cache for the current SVID (a new, empty one after a rotation).
+    fn current(&self) -> Arc<rustls::client::ClientSessionMemoryCache> {
+        let svid = self
+            .identity
+            .0
+            .borrow()
+            .as_ref()
+            .map_or(i64::MIN, |i| i.not_after);
+        let mut g = self.made_with.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != svid {
+            *g = (
+                svid,
+                Arc::new(rustls::client::ClientSessionMemoryCache::new(
+                    CLIENT_SESSIONS,
+                )),
+            );
+        }
+        g.1.clone()
+    }
+
+    /// Forgets every ticket (a resumed session was refused).
+    pub fn flush(&self) {
+        let mut g = self.made_with.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 = Arc::new(rustls::client::ClientSessionMemoryCache::new(
+            CLIENT_SESSIONS,
+        ));
+    }
+}
+
+impl ClientSessionStore for SvidBoundSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.current().set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.current().kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.current().set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.current().tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.current().remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.current().insert_tls13_ticket(server_name, value)
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.current().take_tls13_ticket(server_name)
+    }
 }
