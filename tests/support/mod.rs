@@ -468,6 +468,18 @@ impl Mesh {
     /// Like [`Mesh::start`], with the inbound listener's protocol; an
     /// `http` mesh puts an HTTP app (see [`EchoApp::start_http`]) behind it.
     pub fn start_with(policy: &str, server_id: &str, ttl: &str, protocol: &str) -> Mesh {
+        Self::start_limited(policy, server_id, ttl, protocol, "")
+    }
+
+    /// Like [`Mesh::start_with`], with `server_extra` (TOML tables such as
+    /// `[limits]`) appended to the inbound proxy's configuration.
+    pub fn start_limited(
+        policy: &str,
+        server_id: &str,
+        ttl: &str,
+        protocol: &str,
+        server_extra: &str,
+    ) -> Mesh {
         let ca = TestCa::start(&[]);
         let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
         let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
@@ -490,7 +502,7 @@ impl Mesh {
         std::fs::write(
             &server_cfg,
             format!(
-                "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{server_admin}\"\ndrain_timeout = 5\n[inbound]\nlisten = \"127.0.0.1:{server_port}\"\nforward_to = \"127.0.0.1:{}\"\nprotocol = \"{protocol}\"\n",
+                "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:{server_admin}\"\ndrain_timeout = 5\n[inbound]\nlisten = \"127.0.0.1:{server_port}\"\nforward_to = \"127.0.0.1:{}\"\nprotocol = \"{protocol}\"\n{server_extra}",
                 agent_b.socket.display(),
                 policy_dir.display(),
                 app.port

@@ -1,0 +1,316 @@
+//! Exhaustion without authentication: every listener's limits, each tested
+//! on both sides (at the limit: served; past it: refused) with real
+//! processes, and a legitimate client beside the flood that must not
+//! notice it. Floods come from 127.0.0.2, legitimate clients from
+//! 127.0.0.1, so per-address limits can tell them apart.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signet_proto::node as pb;
+use support::*;
+
+const ALLOW_CHECKOUT: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+"#;
+
+/// A TCP connection to `to` from 127.0.0.2 that sends nothing.
+async fn idle_from_other_address(to: SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Whether the server closed `s` within `wait` (EOF or reset), as opposed
+/// to keeping it open.
+async fn closed_within(s: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(wait, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_flood_from_one_address_is_capped_and_timed_out_while_peers_get_through() {
+    let mesh = Mesh::start_limited(
+        ALLOW_CHECKOUT,
+        PAYMENTS,
+        "1h",
+        "tcp",
+        "[limits]\nhandshake_timeout = 2\nmax_handshakes_per_source = 4\n",
+    );
+    let inbound: SocketAddr = format!("127.0.0.1:{}", mesh.server_port).parse().unwrap();
+    // At the limit: four silent connections from one address are held...
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(idle_from_other_address(inbound).await);
+    }
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(300)).await,
+            "a connection within the per-address limit was closed at once"
+        );
+    }
+    // ...past it, the next is closed at accept.
+    let mut fifth = idle_from_other_address(inbound).await;
+    assert!(closed_within(&mut fifth, Duration::from_secs(1)).await);
+    // A real peer from another address is not affected.
+    let m = tokio::task::spawn_blocking(move || {
+        assert_eq!(mesh.round_trip(b"legit"), b"legit");
+        mesh
+    })
+    .await
+    .unwrap();
+    // The silent ones are dropped at the handshake timeout.
+    for s in &mut held {
+        assert!(closed_within(s, Duration::from_secs(4)).await);
+    }
+    let metrics = m.server_metrics();
+    assert!(
+        metrics.contains(
+            "signet_proxy_connections_refused_total{direction=\"inbound\",reason=\"max_per_source\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "signet_proxy_handshake_failures_total{direction=\"inbound\",reason=\"timeout\"} 4"
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_idle_http_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+    let mesh = Mesh::start_limited(
+        "[[allow]]\nto = \"spiffe://example.org/ns/prod/sa/payments\"\nfrom = [\"spiffe://example.org/ns/prod/sa/checkout\"]\n",
+        PAYMENTS,
+        "1h",
+        "http",
+        "[limits]\nhttp_idle_timeout = 2\n",
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut request = |s: &mut std::net::TcpStream| {
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: p\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    };
+    // Busy: a request every second for 4 s (twice the idle timeout).
+    for _ in 0..4 {
+        request(&mut s);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    request(&mut s);
+    // Idle: closed within the timeout plus the check interval.
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(matches!(r, Ok(_)), "{r:?}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn workload_api_connections_are_capped_per_uid_and_other_users_are_served() {
+    if !is_root() {
+        eprintln!("!!! SKIPPING: needs root to run a client as another uid");
+        return;
+    }
+    let ca = TestCa::start(&[]);
+    let cfg = ca.dir.path().join("agent.toml");
+    std::fs::write(&cfg, "[limits]\nmax_connections_per_uid = 4\n").unwrap();
+    let agent = TestAgent::start(
+        &ca,
+        &ca.token("node-1"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    ca.entry(
+        "spiffe://example.org/nobody",
+        "node-1",
+        &["unix:uid:65534"],
+        &[],
+    );
+    // uid 0 (this test) holds four idle connections: at the limit, kept.
+    let mut held: Vec<std::os::unix::net::UnixStream> = (0..4)
+        .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for s in &mut held {
+        // The server's HTTP/2 preface may be there to read; EOF may not.
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 256];
+        let open = loop {
+            match s.read(&mut b) {
+                Ok(0) => break false,
+                Ok(_) => continue,
+                Err(e) => break e.kind() == std::io::ErrorKind::WouldBlock,
+            }
+        };
+        assert!(open, "a connection within the per-uid limit was closed");
+    }
+    // Past it: closed at accept.
+    let mut fifth = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(fifth.read(&mut b), Ok(0) | Err(_)),
+        "the fifth connection of one uid was kept"
+    );
+    // Another user's workload is served all the same.
+    use std::os::unix::process::CommandExt;
+    let out = signet()
+        .args(["id", "show", "--socket"])
+        .arg(&agent.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/nobody"));
+}
+
+/// A node API client connecting from 127.0.0.2 without a client
+/// certificate (what anyone on the network can do).
+async fn anonymous_node_client(
+    ca: &TestCa,
+) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
+    let bundle = signet_identity::TrustBundle::from_pem(
+        signet_identity::TrustDomain::new("example.org").unwrap(),
+        &ca.run_ok(&["bundle", "show"]),
+    )
+    .unwrap();
+    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
+        signet_identity::tls::BundleHandle::new(bundle),
+        Arc::new(|_: &signet_identity::SpiffeId| true),
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let target: SocketAddr = ca.node_addr().parse().unwrap();
+    let channel = tonic::transport::Endpoint::from_static("http://signet-ca")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = idle_from_other_address(target).await;
+                let name = rustls::pki_types::ServerName::try_from("signet-ca").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap();
+    signet_proto::node::node_client::NodeClient::new(channel)
+}
+
+fn ca_with_limits(limits: &str) -> TestCa {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ca.toml");
+    std::fs::write(&cfg, format!("[limits]\n{limits}")).unwrap();
+    TestCa::start_in(dir, &["--config", cfg.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bogus_join_tokens_are_throttled_per_address_and_a_real_agent_still_attests() {
+    let ca = ca_with_limits("attestation_failures_per_minute = 5\n");
+    let mut flood = anonymous_node_client(&ca).await;
+    let csr = signet_agent::agent_identity::new_key_and_csr().unwrap().1;
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let status = flood
+            .attest_agent(pb::AttestAgentRequest {
+                join_token: format!("bogus-{i}"),
+                csr: csr.clone(),
+            })
+            .await
+            .unwrap_err();
+        codes.push(status.code());
+    }
+    // At the budget: each bogus token is looked up and refused; past it,
+    // the address is refused before any lookup.
+    assert_eq!(codes[..5], [tonic::Code::PermissionDenied; 5]);
+    assert_eq!(codes[5..], [tonic::Code::ResourceExhausted; 3]);
+    // A real agent from another address attests at once.
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    assert!(agent.socket.exists());
+    let (_, m) = ca.http_get("/metrics");
+    assert!(
+        m.contains("signet_ca_node_refusals_total{reason=\"rate_limited\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("signet_ca_node_refusals_total{reason=\"unknown_token\"} 5"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_csr_does_not_burn_the_join_token_and_is_counted() {
+    let ca = TestCa::start(&[]);
+    let token = ca.token("node-1");
+    let mut client = anonymous_node_client(&ca).await;
+    let status = client
+        .attest_agent(pb::AttestAgentRequest {
+            join_token: token.clone(),
+            csr: b"not a CSR".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("not used"), "{status:?}");
+    // The same token still attests a real agent.
+    let agent = TestAgent::start(&ca, &token, &[]);
+    assert!(agent.socket.exists());
+    let (_, m) = ca.http_get("/metrics");
+    assert!(
+        m.contains("signet_ca_x509_svid_issuance_failures_total{reason=\"malformed_csr\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthenticated_node_api_connections_are_capped_per_address() {
+    let ca = ca_with_limits("max_unauthenticated_per_source = 3\n");
+    let node: SocketAddr = ca.node_addr().parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(idle_from_other_address(node).await);
+    }
+    for s in &mut held {
+        assert!(!closed_within(s, Duration::from_millis(300)).await);
+    }
+    let mut fourth = idle_from_other_address(node).await;
+    assert!(closed_within(&mut fourth, Duration::from_secs(1)).await);
+    // Agents from other addresses attest and are served meanwhile.
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    assert!(agent.socket.exists());
+    let (_, m) = ca.http_get("/metrics");
+    assert!(
+        m.contains("signet_ca_node_refusals_total{reason=\"max_per_source\"} 1"),
+        "{m}"
+    );
+}
