@@ -314,3 +314,43 @@ async fn unauthenticated_node_api_connections_are_capped_per_address() {
         "{m}"
     );
 }
+
+/// Sends a line to 127.0.0.1:`port` as uid 65534; returns what came back.
+fn call_as_nobody(port: u16) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket\ns=socket.create_connection(('127.0.0.1',{port}))\nd=b''\ntry:\n  s.sendall(b'borrowed')\n  s.shutdown(socket.SHUT_WR)\n  while True:\n    c=s.recv(100)\n    if not c: break\n    d+=c\nexcept (ConnectionResetError, BrokenPipeError):\n  pass\nprint(d.decode())"
+            ),
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn another_local_user_cannot_borrow_a_workloads_identity_through_its_outbound_listener() {
+    if !is_root() {
+        eprintln!("!!! SKIPPING: needs root to connect as another uid");
+        return;
+    }
+    let mut mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "1h");
+    // The proxy's own user is served...
+    assert_eq!(mesh.round_trip(b"mine"), b"mine");
+    let before = mesh.app.connections();
+    // ...uid 65534 gets nothing, and the app never sees it.
+    assert_eq!(call_as_nobody(mesh.client_port), "");
+    assert_eq!(mesh.app.connections(), before);
+    // Allowed explicitly, it is served.
+    mesh.start_client_with(PAYMENTS, "allowed_uids = [65534]\n");
+    assert_eq!(call_as_nobody(mesh.client_port), "borrowed");
+}

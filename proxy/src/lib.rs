@@ -18,6 +18,7 @@ mod forward;
 pub mod http;
 pub mod inbound;
 mod listener;
+pub mod local_peer;
 pub mod metrics;
 pub mod open_connections;
 pub mod outbound;

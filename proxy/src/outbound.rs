@@ -35,6 +35,9 @@ pub struct Outbound {
     pub identity: IdentityWatch,
     /// Timeouts and caps.
     pub limits: LimitsConfig,
+    /// Local users whose connections may use this listener (and so this
+    /// workload's identity).
+    pub allowed_uids: Vec<u32>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -60,8 +63,27 @@ impl Outbound {
         .await
     }
 
+    /// Whether the local user who opened `local` may use our identity.
+    fn caller_allowed(&self, local: &TcpStream) -> Result<u32, String> {
+        let (peer, ours) = match (local.peer_addr(), local.local_addr()) {
+            (Ok(p), Ok(l)) => (p, l),
+            _ => return Err("connection without addresses".into()),
+        };
+        match crate::local_peer::peer_uid(peer, ours) {
+            Ok(Some(uid)) if self.allowed_uids.contains(&uid) => Ok(uid),
+            Ok(Some(uid)) => Err(format!("local uid {uid} is not in allowed_uids")),
+            Ok(None) => Err(format!("{peer} is not a socket of this host")),
+            Err(e) => Err(format!("cannot find the caller's uid: {e}")),
+        }
+    }
+
     async fn handle(&self, mut local: TcpStream, _ticket: ConnTicket) {
         let start = Instant::now();
+        if let Err(why) = self.caller_allowed(&local) {
+            self.metrics.refused("outbound", "uid_not_allowed");
+            tracing::warn!(direction = "outbound", listen = ?local.local_addr().ok(), reason = %why, "caller refused: it may not use this workload's identity");
+            return;
+        }
         let _ = local.set_nodelay(true);
         let Some(bundle) = self.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
             return;

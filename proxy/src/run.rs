@@ -144,6 +144,11 @@ pub async fn run(
             sessions,
             identity: identity.clone(),
             limits: config.limits.clone(),
+            // Default: only the user the proxy runs as.
+            allowed_uids: o
+                .allowed_uids
+                .clone()
+                .unwrap_or_else(|| vec![rustix::process::geteuid().as_raw()]),
             metrics: metrics.clone(),
         });
         tokio::spawn(handler.serve(listener, stop_rx.clone()));

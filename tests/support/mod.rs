@@ -531,13 +531,20 @@ impl Mesh {
 
     /// (Re)starts the outbound proxy expecting `server_id`.
     pub fn start_client(&mut self, server_id: &str) {
+        self.start_client_with(server_id, "")
+    }
+
+    /// (Re)starts the outbound proxy expecting `server_id`, with
+    /// `outbound_extra` (keys such as `allowed_uids = [..]`) in its
+    /// `[[outbound]]` table.
+    pub fn start_client_with(&mut self, server_id: &str, outbound_extra: &str) {
         self.client = None;
         let port = signet_test_support::free_port();
         let cfg = self.ca.dir.path().join(format!("client-{port}.toml"));
         std::fs::write(
             &cfg,
             format!(
-                "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nserver_id = \"{server_id}\"\n",
+                "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nserver_id = \"{server_id}\"\n{outbound_extra}",
                 self.agent_a.socket.display(),
                 self.server_port
             ),
