@@ -786,3 +786,91 @@ fn agent_metrics_port(agent: &TestAgent) -> u16 {
         .expect("metrics= in the ready line");
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
+
+#[test]
+fn an_agent_restarted_while_the_ca_is_down_is_not_ready_until_it_has_svids() {
+    let ca = TestCa::start(&[]);
+    let node_port = ca.node_port;
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry("spiffe://example.org/w", "node-1", &[&uid_selector()], &[]);
+    let port = agent_metrics_port(&agent);
+    eventually(Duration::from_secs(10), "the agent to be ready", || {
+        (http_get(port, "/ready").0 == 200).then_some(())
+    });
+    let TestAgent {
+        dir,
+        mut daemon,
+        socket,
+    } = agent;
+    assert!(daemon.terminate());
+    let ca_dir = ca.stop();
+    // Restarted with the CA down: it serves nothing and says so.
+    let metrics_port = signet_test_support::free_port();
+    let mut cmd = signet();
+    cmd.args([
+        "agent",
+        "run",
+        "--ca",
+        &format!("127.0.0.1:{node_port}"),
+        "--data-dir",
+    ])
+    .arg(dir.path().join("data"))
+    .arg("--socket")
+    .arg(&socket)
+    .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    let mut restarted = Daemon::spawn(cmd);
+    restarted.wait_for("signet agent ready", Duration::from_secs(10));
+    let line = restarted.wait_for("CA unreachable", Duration::from_secs(10));
+    assert!(line.contains("no SVIDs to serve"), "{line}");
+    assert_eq!(http_get(metrics_port, "/ready").0, 503);
+    // The CA is back: SVIDs, then ready.
+    let _ca = TestCa::start_with_port(ca_dir, node_port, &[]);
+    eventually(Duration::from_secs(40), "ready once the CA answers", || {
+        (http_get(metrics_port, "/ready").0 == 200).then_some(())
+    });
+}
+
+#[test]
+fn the_join_token_can_come_from_a_file_or_the_environment_and_stay_out_of_ps() {
+    let ca = TestCa::start(&[]);
+    // From a file.
+    let (dir, _, socket) = TestAgent::command(&ca, "unused", &[]);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", ca.token("node-file"))).unwrap();
+    let mut cmd = signet();
+    cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--trust-bundle"])
+        .arg(ca.bundle_file())
+        .arg("--join-token-file")
+        .arg(&token_file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let mut d = Daemon::spawn(cmd);
+    d.wait_for("signet agent ready", Duration::from_secs(20));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.child.id())).unwrap();
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(token.trim()),
+        "the token is in the command line"
+    );
+    // From the environment.
+    let (dir, _, socket) = TestAgent::command(&ca, "unused", &[]);
+    let mut cmd = signet();
+    cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--trust-bundle"])
+        .arg(ca.bundle_file())
+        .env("SIGNET_JOIN_TOKEN", ca.token("node-env"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let mut d2 = Daemon::spawn(cmd);
+    d2.wait_for("signet agent ready", Duration::from_secs(20));
+    let agents = ca.run_ok(&["agent", "list"]);
+    assert!(
+        agents.contains("node-file") && agents.contains("node-env"),
+        "{agents}"
+    );
+}

@@ -375,3 +375,76 @@ fn a_missing_signing_key_file_stops_the_ca_instead_of_making_a_new_root() {
     assert!(after.contains(bundle.trim()), "old root kept");
     assert_eq!(after.matches("BEGIN CERTIFICATE").count(), 2, "{after}");
 }
+
+#[test]
+fn ready_turns_false_when_the_entries_table_cannot_be_read() {
+    let ca = TestCa::start(&[]);
+    create_web_entry(&ca);
+    assert_eq!(ca.http_get("/ready").0, 200);
+    let db = ca.dir.path().join("data/signet.db");
+    let sql = |stmt: &str| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import sqlite3; c=sqlite3.connect({:?}); c.execute({stmt:?}); c.commit()",
+                    db.display().to_string()
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sql("ALTER TABLE entries RENAME TO entries_damaged");
+    eventually(
+        Duration::from_secs(5),
+        "/ready to report the damage",
+        || (ca.http_get("/ready").0 == 503).then_some(()),
+    );
+    sql("ALTER TABLE entries_damaged RENAME TO entries");
+    eventually(Duration::from_secs(5), "/ready to recover", || {
+        (ca.http_get("/ready").0 == 200).then_some(())
+    });
+}
+
+#[test]
+fn every_admin_call_is_audited_with_who_what_and_result_but_no_secret() {
+    let mut ca = TestCa::start(&[]);
+    create_web_entry(&ca);
+    let token = ca.token("node-1");
+    ca.run_err(&["agent", "ban", "spiffe://example.org/signet/agent/nope"]);
+    assert!(ca.daemon.terminate());
+    let audit: Vec<&String> = ca
+        .daemon
+        .log
+        .iter()
+        .filter(|l| l.contains("audit: admin call"))
+        .collect();
+    let uid = my_uid();
+    let find = |method: &str| {
+        audit
+            .iter()
+            .find(|l| l.contains(method))
+            .unwrap_or_else(|| panic!("no audit line for {method}: {audit:#?}"))
+    };
+    let created = find("CreateEntry");
+    assert!(created.contains(&format!("uid={uid}")), "{created}");
+    assert!(created.contains("spiffe://example.org/web"), "{created}");
+    assert!(created.contains("Ok"), "{created}");
+    let token_line = find("CreateJoinToken");
+    assert!(token_line.contains("node-1"), "{token_line}");
+    let ban = find("BanAgent");
+    assert!(
+        ban.contains("NotFound") && ban.contains("agent/nope"),
+        "{ban}"
+    );
+    let all = ca.daemon.log.join("\n");
+    assert!(
+        !all.contains(token.trim()),
+        "the join token reached the log"
+    );
+}

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub workload_calls: Family<CallLabels, Counter>,
     /// Workload API connections and streams refused by a limit.
     pub workload_refusals: Family<ReasonLabel, Counter>,
+    /// Whether the agent has its entries from the CA and a current SVID
+    /// for each (what `/ready` reports).
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// A reason label.
@@ -84,6 +87,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             workload_refusals,
+            ready: std::sync::atomic::AtomicBool::new(false),
             svids_issued,
             svid_rotations,
             svids_held,
@@ -118,7 +122,8 @@ impl Metrics {
     }
 }
 
-/// Serves the endpoints until `shutdown`. Ready means attested and serving.
+/// Serves the endpoints until `shutdown`. Ready means the agent has synced
+/// its entries from the CA and holds a current SVID for every one.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -137,7 +142,19 @@ pub async fn serve(
                 )
             }),
         )
-        .route("/ready", get(|| async { (StatusCode::OK, "ready\n") }))
+        .route(
+            "/ready",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no current SVID yet for every entry (CA not reached since start?)\n",
+                    )
+                }
+            }),
+        )
         .route("/live", get(|| async { "live\n" }))
         .with_state(metrics);
     axum::serve(listener, app)

@@ -68,6 +68,8 @@ pub struct SvidRotator {
     retry_at: Option<tokio::time::Instant>,
     /// The agent SVID's expiry has been logged (once, not per loop).
     expiry_reported: bool,
+    /// Entries have been received from the CA since this process started.
+    synced: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -96,6 +98,7 @@ impl SvidRotator {
             backoff: MIN_BACKOFF,
             retry_at: None,
             expiry_reported: false,
+            synced: false,
             metrics,
         }
     }
@@ -109,8 +112,12 @@ impl SvidRotator {
                 tracing::info!(ca = %self.config.ca, "connected to the CA");
                 self.metrics.ca_connected.set(1);
             }
+            CaState::Unreachable(reason) if self.svids.is_empty() => {
+                tracing::warn!(ca = %self.config.ca, reason = %reason, "CA unreachable and no SVIDs to serve: workloads get nothing until it answers; retrying with backoff");
+                self.metrics.ca_connected.set(0);
+            }
             CaState::Unreachable(reason) => {
-                tracing::warn!(ca = %self.config.ca, reason = %reason, "CA unreachable; serving cached SVIDs until they expire, retrying with backoff");
+                tracing::warn!(ca = %self.config.ca, reason = %reason, svids = self.svids.len(), "CA unreachable; serving cached SVIDs until they expire, retrying with backoff");
                 self.metrics.ca_connected.set(0);
             }
             CaState::Unknown => {}
@@ -276,6 +283,7 @@ impl SvidRotator {
             }
             self.bundle.set(bundle);
         }
+        self.synced = true;
         self.entries = s.entries;
         let live: std::collections::HashSet<&String> = self.entries.iter().map(|e| &e.id).collect();
         self.svids.retain(|id, _| live.contains(id));
@@ -295,6 +303,14 @@ impl SvidRotator {
             svids,
         };
         self.metrics.svids_held.set(snapshot.svids.len() as i64);
+        let complete = self
+            .entries
+            .iter()
+            .all(|e| snapshot.svids.iter().any(|s| s.entry_id == e.id));
+        self.metrics.ready.store(
+            self.synced && complete,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.published.send_if_modified(|cur| {
             let changed = cur.svids != snapshot.svids
                 || cur.entries != snapshot.entries

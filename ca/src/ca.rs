@@ -223,11 +223,21 @@ impl Ca {
         Ok(result?)
     }
 
-    /// Whether the CA can issue now: database reachable, signing cert valid
-    /// for longer than the default SVID TTL.
+    /// Whether the CA can issue now: signing cert valid for another minute,
+    /// and the entries agents sync from readable (not just the database
+    /// reachable: a damaged table answers `SELECT 1` fine).
     pub async fn is_ready(&self) -> bool {
         let cert_ok = self.authority().not_after > SystemTime::now() + Duration::from_secs(60);
-        cert_ok && self.store.ping().await
+        if !cert_ok {
+            return false;
+        }
+        match self.store.probe_entries().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "not ready: the entries table cannot be read");
+                false
+            }
+        }
     }
 }
 

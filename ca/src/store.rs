@@ -131,11 +131,6 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Whether the database answers (for `/ready`).
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-
     /// A value from the settings table.
     pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1")

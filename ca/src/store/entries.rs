@@ -90,6 +90,19 @@ impl Store {
     }
 
     /// One entry by ID.
+    /// Reads and decodes one entry row, if any: whether the entries table
+    /// can serve reads at all (readiness checks it, not just `SELECT 1`).
+    pub async fn probe_entries(&self) -> Result<(), StoreError> {
+        if let Some(row) = sqlx::query(&format!("SELECT {COLUMNS} FROM entries LIMIT 1"))
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            entry_from_row(&row)?;
+        }
+        Ok(())
+    }
+
+    /// One entry by ID.
     pub async fn get_entry(&self, id: &str) -> Result<Entry, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM entries WHERE id = $1"))
             .bind(id)

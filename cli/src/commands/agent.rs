@@ -97,9 +97,14 @@ pub struct RunArgs {
     /// Trust whatever answers at --ca on first contact (development only).
     #[arg(long)]
     insecure_bootstrap: bool,
-    /// Single-use join token (first start only).
-    #[arg(long, env = "SIGNET_JOIN_TOKEN")]
+    /// Single-use join token (first start only). Visible to every local
+    /// user in the process list: prefer --join-token-file or the
+    /// SIGNET_JOIN_TOKEN environment variable.
+    #[arg(long, env = "SIGNET_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// File holding the join token (first start only); not in `ps`.
+    #[arg(long, conflicts_with = "join_token")]
+    join_token_file: Option<std::path::PathBuf>,
     /// Trust domain of the CA [default: example.org].
     #[arg(long)]
     trust_domain: Option<String>,
@@ -136,6 +141,15 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.join_token {
         config.join_token = Some(v);
+    }
+    if let Some(path) = &args.join_token_file {
+        let token = anyhow::Context::with_context(std::fs::read_to_string(path), || {
+            format!(
+                "--join-token-file {}: cannot read it; write the token from `signet token create` there",
+                path.display()
+            )
+        })?;
+        config.join_token = Some(token.trim().to_owned());
     }
     if let Some(v) = args.trust_domain {
         config.trust_domain = v;
