@@ -206,13 +206,31 @@ impl TrustBundle {
             if key.use_.as_deref() != Some("x509-svid") {
                 continue;
             }
-            let Some(first) = key.x5c.as_ref().and_then(|v| v.first()) else {
+            let Some(x5c) = key.x5c.as_ref() else {
                 continue;
+            };
+            let index = authorities.len();
+            let bad = |reason: String| BundleError::BadAuthority { index, reason };
+            let [first] = x5c.as_slice() else {
+                return Err(bad(format!(
+                    "x5c must hold exactly one certificate, not {}",
+                    x5c.len()
+                )));
             };
             let der = STANDARD
                 .decode(first)
                 .map_err(|e| BundleError::Json(format!("x5c is not base64: {e}")))?;
-            authorities.push(CertificateDer::from(der));
+            let der = CertificateDer::from(der);
+            // The key must be one a JWK can describe, and the one described:
+            // a bundle read here can always be written back out.
+            let described = jwk_for(&der).map_err(bad)?;
+            if described.kty != key.kty || (key.crv.is_some() && described.crv != key.crv) {
+                return Err(bad(format!(
+                    "the JWK says kty {:?} crv {:?}, the x5c certificate's key is {:?} {:?}",
+                    key.kty, key.crv, described.kty, described.crv
+                )));
+            }
+            authorities.push(der);
         }
         let mut bundle = Self::new(trust_domain, authorities)?;
         bundle.sequence = doc.spiffe_sequence.unwrap_or(0);

@@ -305,3 +305,25 @@ fn inspect_judges_a_lone_root_as_a_signing_certificate() {
         report[0].violations
     );
 }
+
+#[test]
+fn a_jwks_bundle_that_could_not_be_written_back_is_refused() {
+    // Found by fuzzing (fuzz/regressions/bundle_jwks): the x5c certificate
+    // parses but its key is of a type no JWK describes; it used to be
+    // accepted, and `to_jwks` then failed on the bundle.
+    let td = TrustDomain::new("example.org").unwrap();
+    let found = include_str!("../../fuzz/regressions/bundle_jwks/unsupported-key-in-x5c.json");
+    assert!(matches!(
+        TrustBundle::from_jwks(td.clone(), found),
+        Err(crate::BundleError::BadAuthority { index: 0, .. })
+    ));
+    // The kty must match the certificate's key, and x5c hold one certificate.
+    let good = TestCa::new("example.org").bundle().to_jwks().unwrap();
+    assert!(TrustBundle::from_jwks(td.clone(), &good).is_ok());
+    let wrong_kty = good.replace("\"kty\": \"EC\"", "\"kty\": \"RSA\"");
+    assert!(TrustBundle::from_jwks(td.clone(), &wrong_kty).is_err());
+    let mut doc: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let cert = doc["keys"][0]["x5c"][0].clone();
+    doc["keys"][0]["x5c"] = serde_json::json!([cert.clone(), cert]);
+    assert!(TrustBundle::from_jwks(td, &doc.to_string()).is_err());
+}
