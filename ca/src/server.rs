@@ -21,6 +21,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// and CSR) is well under 4 KiB.
 const UNAUTHENTICATED_MAX_REQUEST: usize = 16 * 1024;
 
+/// Largest admin API request (an entry is well under 64 KiB).
+const ADMIN_MAX_REQUEST: usize = 1024 * 1024;
+
 /// Runs the CA until `shutdown` completes. Errors before the ready line mean
 /// the CA did not start (bad config, database, key, port in use).
 pub async fn run(
@@ -68,7 +71,7 @@ pub async fn run(
         _ => true,
     });
     let admin = tonic::transport::Server::builder()
-        .add_service(AdminService::server(ca.clone()))
+        .add_service(AdminService::server(ca.clone()).max_decoding_message_size(ADMIN_MAX_REQUEST))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let health = crate::health::serve(metrics_listener, ca.clone(), stopped(stop_rx.clone()));
     let limits = ca.config.limits.clone();

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use signet_identity::tls::{established_peer, Authorizer, PeerRefused};
-use signet_identity::SvidError;
+use signet_identity::tls::{established_peer, Authorizer};
+
+use crate::refusal::{failure_reason, refusal_reason};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -42,55 +43,10 @@ pub struct Inbound {
     pub limits: LimitsConfig,
 }
 
-/// A short reason for a failed handshake, for metrics.
-pub fn failure_reason(e: &std::io::Error) -> &'static str {
-    let s = format!("{e:?}");
-    if s.contains("NotAuthorized") {
-        "peer_not_authorized"
-    } else if s.contains("WrongTrustDomain") {
-        "wrong_trust_domain"
-    } else if s.contains("Expired") {
-        "peer_svid_expired"
-    } else if s.contains("NoCertificatesPresented") || s.contains("CertificateRequired") {
-        "no_client_certificate"
-    } else if s.contains("Untrusted")
-        || s.contains("UnknownIssuer")
-        || s.contains("Leaf(")
-        || s.contains("Intermediate")
-    {
-        "peer_svid_invalid"
-    } else if s.contains("InvalidContentType")
-        || s.contains("InvalidMessage")
-        || s.contains("corrupt")
-    {
-        "not_tls"
-    } else if s.contains("NoCertificate")
-        || s.contains("HandshakeFailure")
-        || s.contains("AlertReceived")
-    {
-        "handshake_failure"
-    } else {
-        "other"
-    }
-}
-
 /// Authentication on inbound accepts any SPIFFE ID of the bundle; policy
 /// decides afterwards.
 pub(crate) fn any_id() -> Authorizer {
-    std::sync::Arc::new(|_| true)
-}
-
-/// The metrics reason for a peer refused after the handshake.
-pub(crate) fn refusal_reason(e: &PeerRefused) -> &'static str {
-    match e {
-        PeerRefused::NotAuthorized(_) => "peer_not_authorized",
-        PeerRefused::Svid(SvidError::WrongTrustDomain { .. }) => "wrong_trust_domain",
-        PeerRefused::Svid(SvidError::EmptyChain) => "no_client_certificate",
-        PeerRefused::Svid(SvidError::Leaf(signet_identity::Violation::Expired(_))) => {
-            "peer_svid_expired"
-        }
-        PeerRefused::Svid(_) => "peer_svid_invalid",
-    }
+    Arc::new(|_| true)
 }
 
 impl Inbound {

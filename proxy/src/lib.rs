@@ -24,6 +24,7 @@ pub mod open_connections;
 pub mod outbound;
 pub mod policy;
 pub mod policy_watch;
+pub mod refusal;
 mod run;
 pub mod tls;
 pub mod workload_identity;

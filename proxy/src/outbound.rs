@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use crate::config::LimitsConfig;
 use crate::forward::{ms_since, relay};
-use crate::inbound::{failure_reason, refusal_reason};
 use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
+use crate::refusal::{failure_reason, refusal_reason};
 use crate::tls::SvidBoundSessions;
 use crate::workload_identity::IdentityWatch;
 use signet_identity::admission::Admission;
