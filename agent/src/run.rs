@@ -155,6 +155,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     let td = config.validate()?;
+    // gRPC clients built on grpc-core (Python, C++, Java, ...) send the
+    // socket path as :authority on a Unix socket; this process's only
+    // HTTP/2 server is the Workload API on one (vendor/h2/PATCH.md).
+    h2::server::accept_any_authority(true);
     let fd_limit = signet_identity::admission::raise_fd_limit();
     tracing::debug!(fd_limit, "open-file limit");
     agent_identity::prepare_data_dir(&config.data_dir)?;

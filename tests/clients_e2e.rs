@@ -1,0 +1,237 @@
+//! SPIFFE clients we did not write, against the real agent: the official
+//! Python library (`spiffe` on PyPI, on grpcio = grpc-core), whose first
+//! call used to end in RST_STREAM because grpc-core sends the socket path
+//! as `:authority`. And the other side of that relaxation: the CA's node
+//! API (TCP) still refuses such a request.
+//!
+//! The Python tests skip loudly when python3 or its `spiffe` package is
+//! missing, and fail instead under `SIGNET_REQUIRE_PYTHON_SPIFFE=1` (CI).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+fn python_spiffe_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import spiffe, grpc, cryptography"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("SIGNET_REQUIRE_PYTHON_SPIFFE").is_err(),
+            "SIGNET_REQUIRE_PYTHON_SPIFFE is set but python3 cannot import spiffe (pip install spiffe)"
+        );
+        eprintln!(
+            "!!! SKIPPING: python3 with the `spiffe` package is not installed (pip install spiffe)"
+        );
+    }
+    ok
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/python/spiffe_client.py")
+}
+
+/// Runs the Python workload client; returns its last stdout line.
+fn python(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().last().unwrap_or_default().to_owned()
+}
+
+fn py(args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(script()).args(args);
+    c
+}
+
+#[test]
+fn the_python_spiffe_library_fetches_svids_and_bundles_and_follows_rotation() {
+    if !python_spiffe_available() {
+        return;
+    }
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/python",
+        "node-1",
+        &[&format!("unix:uid:{}", my_uid())],
+        &["--x509-ttl", "4"],
+    );
+    let socket = agent.endpoint();
+    let line = eventually(Duration::from_secs(10), "an SVID for Python", || {
+        let out = py(&["fetch", &socket]).output().unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    assert_eq!(
+        line,
+        "svid=spiffe://example.org/python chain=1 key_matches=True bundles=example.org"
+    );
+    // Rotation arrives on the open stream (4 s SVIDs, renewed at half-life).
+    assert_eq!(
+        python(&mut py(&["stream", &socket, "3"])),
+        "distinct=3 errors=0"
+    );
+    // A request without the security header: INVALID_ARGUMENT (it used to
+    // be INTERNAL, from the RST_STREAM, before any handler ran).
+    assert_eq!(
+        python(&mut py(&["no-header", &socket])),
+        "code=INVALID_ARGUMENT"
+    );
+}
+
+#[test]
+fn the_python_spiffe_library_sees_a_refused_caller_as_permission_denied() {
+    if !python_spiffe_available() {
+        return;
+    }
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    // An identity exists on this node, but for another user only.
+    let other = my_uid().wrapping_add(4242);
+    ca.entry(
+        "spiffe://example.org/someone-else",
+        "node-1",
+        &[&format!("unix:uid:{other}")],
+        &[],
+    );
+    let line = python(&mut py(&["error", &agent.endpoint()]));
+    assert!(line.contains("PERMISSION_DENIED"), "{line}");
+}
+
+/// One gRPC request written as raw HTTP/2 frames with `authority` as its
+/// `:authority` (what grpc-core sends on a Unix socket). Returns
+/// `Ok(())` when the server answers the stream with headers, or the
+/// RST_STREAM/GOAWAY error code it sent instead.
+async fn raw_grpc_with_authority<S>(mut io: S, authority: &str) -> Result<(), u32>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+        // HPACK literal header field without indexing, new name, no Huffman.
+        out.push(0x00);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/SpiffeWorkloadAPI/FetchX509SVID"),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        literal(&mut block, n, v);
+    }
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    let len = block.len() as u32;
+    frames.extend_from_slice(&len.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[1, 0x4 | 0x1, 0, 0, 0, 1]); // HEADERS, END_HEADERS|END_STREAM, stream 1
+    frames.extend_from_slice(&block);
+    io.write_all(&frames).await.unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        if io.read_exact(&mut head).await.is_err() {
+            return Err(u32::MAX);
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let kind = head[3];
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        io.read_exact(&mut payload).await.unwrap();
+        match (kind, stream) {
+            (1, 1) => return Ok(()),
+            (3, 1) => return Err(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            (7, _) => return Err(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+            (4, 0) if head[4] & 1 == 0 => {
+                io.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap(); // SETTINGS ACK
+            }
+            _ => {}
+        }
+    }
+}
+
+const PROTOCOL_ERROR: u32 = 1;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_unix_socket_accepts_a_socket_path_as_authority() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    // The agent's Unix socket: the socket path, percent-encoded or not,
+    // and an empty authority are all answered.
+    let path = agent.socket.display().to_string();
+    for authority in [
+        path.clone(),
+        path.replace('/', "%2F"),
+        String::new(),
+        "localhost".into(),
+    ] {
+        let io = tokio::net::UnixStream::connect(&agent.socket)
+            .await
+            .unwrap();
+        assert_eq!(
+            raw_grpc_with_authority(io, &authority).await,
+            Ok(()),
+            "agent refused :authority {authority:?}"
+        );
+    }
+    // The CA's node API (TLS over TCP) stays strict.
+    let bundle = signet_identity::TrustBundle::from_pem(
+        signet_identity::TrustDomain::new("example.org").unwrap(),
+        &ca.run_ok(&["bundle", "show"]),
+    )
+    .unwrap();
+    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
+        signet_identity::tls::BundleHandle::new(bundle),
+        Arc::new(|_: &signet_identity::SpiffeId| true),
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(ca.node_addr())
+            .await
+            .unwrap();
+        connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("signet-ca").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        raw_grpc_with_authority(connect().await, "%2Fvar%2Frun%2Fagent.sock").await,
+        Err(PROTOCOL_ERROR),
+        "the node API must refuse a malformed :authority"
+    );
+    // Control: the same request with a valid authority is answered there.
+    assert_eq!(
+        raw_grpc_with_authority(connect().await, "signet-ca").await,
+        Ok(())
+    );
+}

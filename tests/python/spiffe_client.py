@@ -1,0 +1,87 @@
+"""A workload using the official Python SPIFFE library (`spiffe` on PyPI,
+built on grpcio, i.e. grpc-core) against a Signet agent. Driven by
+tests/clients_e2e.rs; prints one result line per command.
+
+  fetch SOCKET             SVID, key/certificate match, bundles
+  stream SOCKET N          N distinct SVIDs seen on one open stream
+  no-header SOCKET         FetchX509SVID without the security header
+  error SOCKET             the error a refused caller gets
+"""
+import sys
+import threading
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from spiffe import WorkloadApiClient
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+
+def fetch(socket):
+    client = WorkloadApiClient(socket_path=socket)
+    svid = client.fetch_x509_svid()
+    leaf = svid.leaf
+    pub = lambda k: k.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    matches = pub(leaf.public_key()) == pub(svid.private_key.public_key())
+    bundles = client.fetch_x509_bundles()
+    tds = sorted(str(b.trust_domain) for b in bundles.bundles) if hasattr(bundles, "bundles") else []
+    if not tds:
+        b = bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        tds = [str(b.trust_domain)] if b is not None else []
+    print(f"svid={svid.spiffe_id} chain={len(svid.cert_chain)} key_matches={matches} bundles={','.join(tds)}")
+
+
+def stream(socket, n):
+    client = WorkloadApiClient(socket_path=socket)
+    seen = []
+    done = threading.Event()
+    errors = []
+
+    def on_success(ctx):
+        serial = ctx.default_svid.leaf.serial_number
+        if serial not in seen:
+            seen.append(serial)
+        if len(seen) >= n:
+            done.set()
+
+    def on_error(e):
+        errors.append(e)
+        done.set()
+
+    handle = client.stream_x509_contexts(on_success=on_success, on_error=on_error, retry_connect=False)
+    done.wait(60)
+    handle.cancel()
+    print(f"distinct={len(seen)} errors={len(errors)}")
+
+
+def no_header(socket):
+    channel = grpc.insecure_channel(socket)
+    stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+    try:
+        for _ in stub.FetchX509SVID(workload_pb2.X509SVIDRequest()):
+            break
+        print("code=OK")
+    except grpc.RpcError as e:
+        print(f"code={e.code().name}")
+
+
+def error(socket):
+    client = WorkloadApiClient(socket_path=socket)
+    try:
+        client.fetch_x509_svid()
+        print("no error")
+    except Exception as e:  # noqa: BLE001 - the library wraps the status
+        print(f"error={e}")
+
+
+if __name__ == "__main__":
+    cmd, socket = sys.argv[1], sys.argv[2]
+    if cmd == "fetch":
+        fetch(socket)
+    elif cmd == "stream":
+        stream(socket, int(sys.argv[3]))
+    elif cmd == "no-header":
+        no_header(socket)
+    elif cmd == "error":
+        error(socket)
