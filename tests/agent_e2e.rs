@@ -874,3 +874,86 @@ fn the_join_token_can_come_from_a_file_or_the_environment_and_stay_out_of_ps() {
         "{agents}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_streams_end_with_permission_denied_when_the_last_entry_is_deleted() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let keep = ca.entry("spiffe://example.org/a", "node-1", &[&uid_selector()], &[]);
+    let drop_first = ca.entry("spiffe://example.org/b", "node-1", &[&uid_selector()], &[]);
+    fetch_svid(&agent, Duration::from_secs(10)).await;
+    let path = agent.socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client =
+        signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
+    fn with_header<T>(r: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(r);
+        r.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        r
+    }
+    let mut svids = client
+        .fetch_x509svid(with_header(signet_proto::workload::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bundles = client
+        .fetch_x509_bundles(with_header(signet_proto::workload::X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    bundles.message().await.unwrap().unwrap();
+    let ids = |m: &signet_proto::workload::X509svidResponse| {
+        let mut v: Vec<String> = m.svids.iter().map(|s| s.spiffe_id.clone()).collect();
+        v.sort();
+        v
+    };
+    // Wait for both identities on the stream.
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), svids.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if ids(&m).len() == 2 {
+            break;
+        }
+    }
+    // One entry deleted: an update without it.
+    ca.run_ok(&["entry", "delete", drop_first.trim()]);
+    let m = tokio::time::timeout(Duration::from_secs(10), svids.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&m), vec!["spiffe://example.org/a".to_owned()]);
+    // The last one deleted: both streams end with PERMISSION_DENIED.
+    ca.run_ok(&["entry", "delete", keep.trim()]);
+    let end = tokio::time::timeout(Duration::from_secs(10), svids.message())
+        .await
+        .expect("the SVID stream ended");
+    assert_eq!(end.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match bundles.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the bundle stream ended instead of hanging");
+    assert_eq!(end.unwrap_err().code(), tonic::Code::PermissionDenied);
+}

@@ -459,6 +459,34 @@ fn session_tickets_older_than_the_upstreams_svid_fall_back_to_a_full_handshake()
 }
 
 #[test]
+fn a_proxy_whose_entry_is_deleted_stops_using_the_identity_at_once() {
+    let mesh = Mesh::start(ALLOW_CHECKOUT, PAYMENTS, "1h");
+    assert_eq!(mesh.round_trip(b"before"), b"before");
+    assert_eq!(http_get(mesh.server_admin, "/ready").0, 200);
+    let listed: serde_json::Value = serde_json::from_str(&mesh.ca.run_ok(&[
+        "entry",
+        "list",
+        "--spiffe-id",
+        PAYMENTS,
+        "--output",
+        "json",
+    ]))
+    .unwrap();
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    mesh.ca.run_ok(&["entry", "delete", &id]);
+    // Within moments, not at the SVID's expiry an hour from now.
+    eventually(
+        Duration::from_secs(10),
+        "the proxy to drop its identity",
+        || (http_get(mesh.server_admin, "/ready").0 == 503).then_some(()),
+    );
+    assert!(
+        mesh.round_trip(b"after").is_empty(),
+        "a withdrawn identity was used"
+    );
+}
+
+#[test]
 fn before_the_first_svid_the_proxy_is_not_ready_and_accepts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();

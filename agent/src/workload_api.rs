@@ -142,7 +142,7 @@ fn svid_response(
         .map(|e| e.id.as_str())
         .collect();
     if matching.is_empty() {
-        return Err(Status::permission_denied("no identity issued"));
+        return Err(no_identity());
     }
     let Some(bundle) = &snapshot.bundle else {
         return Ok(None);
@@ -168,6 +168,25 @@ fn svid_response(
         crl: Vec::new(),
         federated_bundles: Default::default(),
     }))
+}
+
+/// The status of a caller with no identity here (never had one, or its
+/// last entry was deleted while its stream was open).
+fn no_identity() -> Status {
+    Status::permission_denied("no identity issued")
+}
+
+/// The X509BundlesResponse for a caller; `Err` once it has no entry left,
+/// so its stream ends instead of going on serving bundles to a workload
+/// this agent no longer has an identity for.
+fn bundles_for(
+    snapshot: &Snapshot,
+    caller: &[String],
+) -> Result<Option<pb::X509BundlesResponse>, Status> {
+    if snapshot.matching_entries(caller).next().is_none() {
+        return Err(no_identity());
+    }
+    Ok(bundles_response(snapshot))
 }
 
 fn bundles_response(snapshot: &Snapshot) -> Option<pb::X509BundlesResponse> {
@@ -255,9 +274,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         // Bundles go to workloads this agent has an identity for, as SPIRE does.
         svid_response(&self.state.borrow(), &caller.selectors)?;
         let slot = self.stream_slot(caller.uid)?;
-        Ok(Response::new(watch_stream(self.state.clone(), slot, |s| {
-            Ok(bundles_response(s))
-        })))
+        let selectors = caller.selectors;
+        Ok(Response::new(watch_stream(
+            self.state.clone(),
+            slot,
+            move |s| bundles_for(s, &selectors),
+        )))
     }
 
     async fn fetch_jwtsvid(

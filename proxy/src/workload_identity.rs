@@ -2,7 +2,9 @@
 //! the life of the proxy. Every message replaces the SVID, key and bundle
 //! that *new* handshakes use; established connections keep what they
 //! handshook with. While the agent is unreachable the last identity stays in
-//! use until it expires; after that, handshakes fail closed.
+//! use until it expires; after that, handshakes fail closed. When the agent
+//! answers PERMISSION_DENIED (the entry is gone), the identity is dropped at
+//! once: no handshakes, not ready.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,10 +109,19 @@ async fn stream_once(
         "workload.spiffe.io",
         tonic::metadata::MetadataValue::from_static("true"),
     );
+    let refused = |s: tonic::Status| {
+        // PERMISSION_DENIED is the agent's answer once this workload has no
+        // identity (its entry was deleted): stop using the old SVID at
+        // once, rather than serving it for the rest of its lifetime.
+        if s.code() == tonic::Code::PermissionDenied && tx.send_replace(None).is_some() {
+            tracing::warn!(message = %s.message(), "the agent withdrew this workload's identity; refusing new handshakes and not ready until it has one again");
+        }
+        format!("Workload API: {:?}: {}", s.code(), s.message())
+    };
     let mut stream = client
         .fetch_x509svid(req)
         .await
-        .map_err(|s| format!("Workload API: {:?}: {}", s.code(), s.message()))?
+        .map_err(refused)?
         .into_inner();
     loop {
         match stream.message().await {
@@ -121,7 +132,7 @@ async fn stream_once(
                 tx.send_replace(Some(identity));
             }
             Ok(None) => return Err("the agent closed the Workload API stream".into()),
-            Err(s) => return Err(format!("Workload API: {:?}: {}", s.code(), s.message())),
+            Err(s) => return Err(refused(s)),
         }
     }
 }
