@@ -957,3 +957,77 @@ async fn open_streams_end_with_permission_denied_when_the_last_entry_is_deleted(
     .expect("the bundle stream ended instead of hanging");
     assert_eq!(end.unwrap_err().code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hints_travel_from_the_entry_to_the_workload_and_name_one_svid_each() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let me = uid_selector();
+    ca.entry(
+        "spiffe://example.org/in",
+        "node-1",
+        &[&me],
+        &["--hint", "internal"],
+    );
+    ca.entry(
+        "spiffe://example.org/out",
+        "node-1",
+        &[&me],
+        &["--hint", "external"],
+    );
+    ca.entry(
+        "spiffe://example.org/in2",
+        "node-1",
+        &[&me],
+        &["--hint", "internal"],
+    );
+    ca.entry("spiffe://example.org/plain", "node-1", &[&me], &[]);
+    let shown = ca.run_ok(&[
+        "entry",
+        "list",
+        "--spiffe-id",
+        "spiffe://example.org/out",
+        "--output",
+        "json",
+    ]);
+    assert!(shown.contains("\"hint\": \"external\""), "{shown}");
+    let path = agent.socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client =
+        signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
+    let mut req = tonic::Request::new(signet_proto::workload::X509svidRequest {});
+    req.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    let mut stream = client.fetch_x509svid(req).await.unwrap().into_inner();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        assert!(Instant::now() < deadline, "all SVIDs did not arrive");
+        let m = stream.message().await.unwrap().unwrap();
+        let mut v: Vec<(String, String)> = m
+            .svids
+            .iter()
+            .map(|s| (s.spiffe_id.clone(), s.hint.clone()))
+            .collect();
+        v.sort();
+        if v.len() == 3 {
+            break v;
+        }
+    };
+    // "internal" names one SVID: the second entry with it is not sent.
+    let internal: Vec<_> = got.iter().filter(|(_, h)| h == "internal").collect();
+    assert_eq!(internal.len(), 1, "{got:?}");
+    assert!(got.contains(&("spiffe://example.org/out".into(), "external".into())));
+    assert!(got.contains(&("spiffe://example.org/plain".into(), String::new())));
+}

@@ -137,10 +137,8 @@ fn svid_response(
     snapshot: &Snapshot,
     caller: &[String],
 ) -> Result<Option<pb::X509svidResponse>, Status> {
-    let matching: Vec<&str> = snapshot
-        .matching_entries(caller)
-        .map(|e| e.id.as_str())
-        .collect();
+    let matching: Vec<&signet_proto::node::WorkloadEntry> =
+        snapshot.matching_entries(caller).collect();
     if matching.is_empty() {
         return Err(no_identity());
     }
@@ -148,16 +146,25 @@ fn svid_response(
         return Ok(None);
     };
     let bundle_der = bundle.to_concatenated_der();
+    // Each SVID carries its entry's hint; of several SVIDs with the same
+    // (non-empty) hint only the first is sent, as SPIRE does, so a hint
+    // names one SVID.
+    let mut hints_sent = std::collections::HashSet::new();
     let svids: Vec<pb::X509svid> = snapshot
         .svids
         .iter()
-        .filter(|s| matching.contains(&s.entry_id.as_str()))
-        .map(|s| pb::X509svid {
-            spiffe_id: s.spiffe_id.clone(),
-            x509_svid: s.chain.iter().flat_map(|c| c.iter().copied()).collect(),
-            x509_svid_key: s.key_pkcs8.clone(),
-            bundle: bundle_der.clone(),
-            hint: String::new(),
+        .filter_map(|s| {
+            let entry = matching.iter().find(|e| e.id == s.entry_id)?;
+            if !entry.hint.is_empty() && !hints_sent.insert(entry.hint.as_str()) {
+                return None;
+            }
+            Some(pb::X509svid {
+                spiffe_id: s.spiffe_id.clone(),
+                x509_svid: s.chain.iter().flat_map(|c| c.iter().copied()).collect(),
+                x509_svid_key: s.key_pkcs8.clone(),
+                bundle: bundle_der.clone(),
+                hint: entry.hint.clone(),
+            })
         })
         .collect();
     if svids.is_empty() {

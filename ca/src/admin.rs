@@ -99,6 +99,7 @@ fn entry_input(spec: Option<pb::EntrySpec>) -> Result<EntryInput, CaError> {
         x509_svid_ttl: spec.x509_svid_ttl_seconds,
         dns_names: spec.dns_names,
         admin: spec.admin,
+        hint: spec.hint,
     })
 }
 
@@ -113,6 +114,7 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
             x509_svid_ttl_seconds: e.spec.x509_svid_ttl as i64,
             dns_names: e.spec.dns_names.clone(),
             admin: e.spec.admin,
+            hint: e.spec.hint.clone(),
         }),
         created_at: e.created_at,
         updated_at: e.updated_at,

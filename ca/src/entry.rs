@@ -62,6 +62,9 @@ pub enum EntryError {
         "invalid DNS name {0:?}: use letters, digits, '-' and '.', optionally starting with '*.'"
     )]
     BadDnsName(String),
+    /// The hint is too long or holds control characters.
+    #[error("hint: at most 1024 bytes of printable text")]
+    BadHint,
 }
 
 /// Selector types the agent's Unix workload attestor can check.
@@ -151,7 +154,13 @@ pub struct EntrySpec {
     pub dns_names: Vec<String>,
     /// Reserved for admin workloads.
     pub admin: bool,
+    /// Operator guidance sent with the SVID on the Workload API (`hint`):
+    /// which of several SVIDs to use for what. Empty: none.
+    pub hint: String,
 }
+
+/// Longest hint accepted, bytes.
+pub const MAX_HINT_LEN: usize = 1024;
 
 /// A stored entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -184,6 +193,8 @@ pub struct EntryInput {
     pub dns_names: Vec<String>,
     /// Admin flag.
     pub admin: bool,
+    /// Workload API hint.
+    pub hint: String,
 }
 
 fn valid_dns_name(name: &str) -> bool {
@@ -268,6 +279,9 @@ impl EntryInput {
                 dns_names.push(name);
             }
         }
+        if self.hint.len() > MAX_HINT_LEN || self.hint.chars().any(char::is_control) {
+            return Err(EntryError::BadHint);
+        }
         Ok(EntrySpec {
             spiffe_id,
             parent_id,
@@ -275,6 +289,7 @@ impl EntryInput {
             x509_svid_ttl: ttl,
             dns_names,
             admin: self.admin,
+            hint: self.hint.clone(),
         })
     }
 }
@@ -377,5 +392,20 @@ mod tests {
         let spec = check(i).unwrap();
         let s: Vec<String> = spec.selectors.iter().map(|s| s.to_string()).collect();
         assert_eq!(s, vec!["unix:gid:2", "unix:uid:1"]);
+    }
+
+    #[test]
+    fn hints_are_kept_when_printable_and_short() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let max = Duration::from_secs(86400);
+        let mut i = input();
+        i.hint = "internal".into();
+        assert_eq!(i.validate(&td, max).unwrap().hint, "internal");
+        i.hint = "x".repeat(MAX_HINT_LEN);
+        assert!(i.validate(&td, max).is_ok());
+        i.hint = "x".repeat(MAX_HINT_LEN + 1);
+        assert!(matches!(i.validate(&td, max), Err(EntryError::BadHint)));
+        i.hint = "a\nb".into();
+        assert!(matches!(i.validate(&td, max), Err(EntryError::BadHint)));
     }
 }

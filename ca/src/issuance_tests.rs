@@ -37,6 +37,7 @@ fn entry(ca: &Ca, ttl: i64) -> crate::entry::EntrySpec {
         x509_svid_ttl: ttl,
         dns_names: vec!["web.prod.svc".into()],
         admin: false,
+        hint: String::new(),
     }
     .validate(&ca.trust_domain, ca.config.max_ttl())
     .unwrap()

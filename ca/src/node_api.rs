@@ -181,6 +181,7 @@ fn entry_to_pb(e: &Entry) -> pb::WorkloadEntry {
         x509_svid_ttl_seconds: e.spec.x509_svid_ttl as i64,
         dns_names: e.spec.dns_names.clone(),
         revision: e.revision,
+        hint: e.spec.hint.clone(),
     }
 }
 

@@ -49,6 +49,7 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
             x509_svid_ttl: get::<i64>(row, "x509_svid_ttl")? as u64,
             dns_names,
             admin: get::<i64>(row, "admin")? != 0,
+            hint: get(row, "hint")?,
         },
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
@@ -56,8 +57,8 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
     })
 }
 
-const COLUMNS: &str =
-    "id, spiffe_id, parent_id, selectors, x509_svid_ttl, dns_names, admin, created_at, updated_at, revision";
+const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, x509_svid_ttl, dns_names, admin, \
+     created_at, updated_at, revision, hint";
 
 impl Store {
     /// Stores a new entry. `AlreadyExists` when an entry with the same SPIFFE
@@ -65,7 +66,7 @@ impl Store {
     pub async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query(&format!(
-            "INSERT INTO entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&id)
         .bind(spec.spiffe_id.as_str())
@@ -77,6 +78,7 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(1i64)
+        .bind(&spec.hint)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;
@@ -136,7 +138,8 @@ impl Store {
     ) -> Result<Entry, StoreError> {
         let result = sqlx::query(
             "UPDATE entries SET spiffe_id = $1, parent_id = $2, selectors = $3, x509_svid_ttl = $4, \
-             dns_names = $5, admin = $6, updated_at = $7, revision = revision + 1 WHERE id = $8",
+             dns_names = $5, admin = $6, updated_at = $7, revision = revision + 1, hint = $9 \
+             WHERE id = $8",
         )
         .bind(spec.spiffe_id.as_str())
         .bind(spec.parent_id.as_str())
@@ -146,6 +149,7 @@ impl Store {
         .bind(spec.admin as i64)
         .bind(now)
         .bind(id)
+        .bind(&spec.hint)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;

@@ -106,6 +106,10 @@ pub struct EntryFields {
     /// Mark as an admin workload.
     #[arg(long)]
     admin_workload: bool,
+    /// Workload API hint sent with the SVID (e.g. internal, external): which
+    /// of several SVIDs the workload should use for what.
+    #[arg(long)]
+    hint: Option<String>,
 }
 
 /// Fields an update may change.
@@ -126,6 +130,9 @@ pub struct EntryUpdateFields {
     /// New DNS names (replace all).
     #[arg(long = "dns-name")]
     dns_names: Vec<String>,
+    /// New Workload API hint ("" removes it).
+    #[arg(long)]
+    hint: Option<String>,
 }
 
 /// An entry as printed (`--output json` too).
@@ -138,6 +145,7 @@ struct EntryView {
     x509_svid_ttl: i64,
     dns_names: Vec<String>,
     admin: bool,
+    hint: String,
     created_at: i64,
     updated_at: i64,
     revision: i64,
@@ -154,6 +162,7 @@ impl From<pb::Entry> for EntryView {
             x509_svid_ttl: spec.x509_svid_ttl_seconds,
             dns_names: spec.dns_names,
             admin: spec.admin,
+            hint: spec.hint,
             created_at: e.created_at,
             updated_at: e.updated_at,
             revision: e.revision,
@@ -180,6 +189,9 @@ fn print_one(e: &EntryView) {
     for d in &e.dns_names {
         println!("DNS name:   {d}");
     }
+    if !e.hint.is_empty() {
+        println!("Hint:       {}", e.hint);
+    }
     if e.admin {
         println!("Admin:      true");
     }
@@ -202,6 +214,7 @@ impl EntryCommand {
                     x509_svid_ttl_seconds: fields.x509_ttl.unwrap_or(0),
                     dns_names: fields.dns_names,
                     admin: fields.admin_workload,
+                    hint: fields.hint.unwrap_or_default(),
                 };
                 let entry = admin
                     .connect()
@@ -296,6 +309,9 @@ impl EntryCommand {
                 }
                 if !fields.dns_names.is_empty() {
                     spec.dns_names = fields.dns_names;
+                }
+                if let Some(v) = fields.hint {
+                    spec.hint = v;
                 }
                 let updated: EntryView = client
                     .update_entry(pb::UpdateEntryRequest {
