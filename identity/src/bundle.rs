@@ -21,7 +21,7 @@ pub enum BundleError {
     #[error("no certificate found")]
     Empty,
     /// A certificate is not usable as a trust anchor.
-    #[error("certificate {index} is not a usable X.509 authority: {reason}")]
+    #[error("certificate {index}: {reason}")]
     BadAuthority {
         /// Position in the input, from 0.
         index: usize,
@@ -71,6 +71,19 @@ pub fn certificates_from_der_concat(
         return Err(BundleError::Empty);
     }
     Ok(out)
+}
+
+/// Reads a whole certificate file: PEM (every CERTIFICATE block) or DER
+/// (one certificate or several back to back, leaf first). Every byte must
+/// belong to a certificate: trailing data is an error, not ignored, so a
+/// chain cut short or padded with garbage is never taken for a good one.
+pub fn certificates_from_pem_or_der(
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains("-----BEGIN") => certificates_from_pem(text),
+        _ => certificates_from_der_concat(bytes),
+    }
 }
 
 /// Encodes certificates as concatenated PEM blocks.

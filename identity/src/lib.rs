@@ -38,8 +38,8 @@ pub mod testing;
 
 // Public interface.
 pub use bundle::{
-    certificates_from_der_concat, certificates_from_pem, certificates_to_pem, BundleError,
-    TrustBundle,
+    certificates_from_der_concat, certificates_from_pem, certificates_from_pem_or_der,
+    certificates_to_pem, BundleError, TrustBundle,
 };
 pub use inspect::{inspect_chain, key_type, spki_key_type, CertSummary};
 pub use spiffe_id::{

@@ -28,6 +28,9 @@ pub struct LeafSpec {
     pub ekus: Vec<ExtendedKeyUsagePurpose>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// Extensions added as raw bytes: (OID arcs, DER content, critical).
+    /// A basicConstraints here replaces the generated one.
+    pub raw_extensions: Vec<(Vec<u64>, Vec<u8>, bool)>,
 }
 
 impl LeafSpec {
@@ -46,6 +49,7 @@ impl LeafSpec {
             ],
             not_before: now - Duration::from_secs(60),
             not_after: now + Duration::from_secs(3600),
+            raw_extensions: Vec::new(),
         }
     }
 
@@ -65,6 +69,14 @@ impl LeafSpec {
         }
         apply_key_usage(&mut p, self.key_usages.clone(), self.key_usage_critical);
         p.extended_key_usages = self.ekus.clone();
+        for (oid, content, critical) in &self.raw_extensions {
+            if oid.as_slice() == [2, 5, 29, 19] {
+                p.is_ca = IsCa::NoCa;
+            }
+            let mut ext = rcgen::CustomExtension::from_oid_content(oid, content.clone());
+            ext.set_criticality(*critical);
+            p.custom_extensions.push(ext);
+        }
         p
     }
 }

@@ -327,3 +327,32 @@ fn a_jwks_bundle_that_could_not_be_written_back_is_refused() {
     doc["keys"][0]["x5c"] = serde_json::json!([cert.clone(), cert]);
     assert!(TrustBundle::from_jwks(td, &doc.to_string()).is_err());
 }
+
+#[test]
+fn a_malformed_extension_is_broken_not_absent() {
+    let ca = TestCa::new("example.org");
+    let bundle = ca.bundle();
+    let now = SystemTime::now();
+    // basicConstraints whose content is not a SEQUENCE: read as absent, it
+    // would pass for "not a CA".
+    let mut spec = LeafSpec::valid("spiffe://example.org/w");
+    spec.raw_extensions = vec![(vec![2, 5, 29, 19], vec![0x01, 0x01, 0xff], true)];
+    let (chain, _) = ca.leaf(&spec);
+    let err = verify_x509_svid(&chain, &bundle, now).unwrap_err();
+    assert!(
+        matches!(&err, SvidError::Leaf(Violation::BadExtension(m)) if m.starts_with("basicConstraints")),
+        "{err:?}"
+    );
+    // keyUsage truncated: broken, not merely "missing".
+    let mut spec = LeafSpec::valid("spiffe://example.org/w");
+    spec.key_usages = None;
+    spec.raw_extensions = vec![(vec![2, 5, 29, 15], vec![0x03, 0x05, 0x07], true)];
+    let (chain, _) = ca.leaf(&spec);
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let v = crate::x509_svid::leaf_violations(&cert, now);
+    assert!(
+        v.iter()
+            .any(|v| matches!(v, Violation::BadExtension(m) if m.starts_with("keyUsage"))),
+        "{v:?}"
+    );
+}

@@ -238,10 +238,38 @@ fn validity_violations(cert: &X509Certificate<'_>, now: SystemTime) -> Vec<Viola
     out
 }
 
+/// Extensions whose content does not parse. x509-parser keeps such an
+/// extension as a parse error rather than failing the certificate, and its
+/// helpers (`basic_constraints()`, `key_usage()`) then answer as if the
+/// extension were absent: a broken keyUsage would read as "no keyUsage", a
+/// broken basicConstraints as "not a CA". A broken extension breaks the
+/// profile, whatever it is.
+fn malformed_extensions(cert: &X509Certificate<'_>) -> Vec<Violation> {
+    cert.extensions()
+        .iter()
+        .filter_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::ParseError { error } => Some(
+                Violation::BadExtension(format!("{}: {error}", extension_name(&ext.oid))),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn extension_name(oid: &x509_parser::der_parser::oid::Oid<'_>) -> String {
+    match oid.to_id_string().as_str() {
+        "2.5.29.19" => "basicConstraints".into(),
+        "2.5.29.15" => "keyUsage".into(),
+        "2.5.29.37" => "extendedKeyUsage".into(),
+        "2.5.29.17" => "subjectAltName".into(),
+        other => other.into(),
+    }
+}
+
 /// Every rule a leaf X.509-SVID breaks at time `now` (empty: it is a valid
 /// leaf, chain and trust not yet considered).
 pub fn leaf_violations(cert: &X509Certificate<'_>, now: SystemTime) -> Vec<Violation> {
-    let mut out = Vec::new();
+    let mut out = malformed_extensions(cert);
     if let Err(v) = leaf_spiffe_id(cert) {
         out.push(v);
     }
@@ -286,7 +314,7 @@ pub fn leaf_violations(cert: &X509Certificate<'_>, now: SystemTime) -> Vec<Viola
 
 /// Every rule a signing certificate (intermediate or root) breaks at `now`.
 pub fn signing_violations(cert: &X509Certificate<'_>, now: SystemTime) -> Vec<Violation> {
-    let mut out = Vec::new();
+    let mut out = malformed_extensions(cert);
     match cert.basic_constraints() {
         Ok(Some(bc)) if bc.value.ca => {}
         Ok(_) => out.push(Violation::SigningCertNotCa),

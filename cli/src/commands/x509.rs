@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use anyhow::{anyhow, Context};
 use serde::Serialize;
 use signet_identity::{
-    certificates_from_pem, inspect_chain, verify_x509_svid, CertSummary, CertificateDer,
+    certificates_from_pem_or_der, inspect_chain, verify_x509_svid, CertSummary, CertificateDer,
     TrustBundle,
 };
 
@@ -25,9 +25,10 @@ pub enum X509Command {
     ///   signet x509 inspect svid.pem --bundle bundle.pem
     #[command(verbatim_doc_comment)]
     Inspect {
-        /// Certificate file: PEM (one or more CERTIFICATE blocks) or DER.
+        /// Certificate file: PEM (one or more CERTIFICATE blocks) or DER (one
+        /// certificate or a chain back to back, leaf first), read whole.
         file: PathBuf,
-        /// Also verify the chain against this PEM bundle.
+        /// Also verify the chain against this bundle (PEM or DER).
         #[arg(long)]
         bundle: Option<PathBuf>,
         /// Output format.
@@ -52,13 +53,10 @@ impl X509Command {
             bundle,
             output,
         } = self;
-        let bytes = read_file(&file)?;
-        let chain: Vec<CertificateDer<'static>> = match std::str::from_utf8(&bytes) {
-            Ok(text) if text.contains("-----BEGIN") => {
-                certificates_from_pem(text).with_context(|| format!("{}", file.display()))?
-            }
-            _ => vec![CertificateDer::from(bytes)],
-        };
+        // The whole file: a DER file may hold a chain, and trailing bytes
+        // are an error.
+        let chain: Vec<CertificateDer<'static>> = certificates_from_pem_or_der(&read_file(&file)?)
+            .with_context(|| format!("{}", file.display()))?;
         let now = SystemTime::now();
         let summaries = inspect_chain(&chain, now);
         let spiffe_id = summaries
@@ -67,8 +65,8 @@ impl X509Command {
         let verified = match &bundle {
             None => None,
             Some(path) => {
-                let text = String::from_utf8(read_file(path)?)
-                    .map_err(|_| anyhow!("{} is not a PEM file", path.display()))?;
+                let roots = certificates_from_pem_or_der(&read_file(path)?)
+                    .with_context(|| format!("{}", path.display()))?;
                 let td = spiffe_id
                     .as_deref()
                     .and_then(|id| signet_identity::SpiffeId::parse(id).ok())
@@ -76,8 +74,8 @@ impl X509Command {
                     .ok_or_else(|| {
                         anyhow!("the leaf has no valid SPIFFE ID, so it cannot be verified")
                     })?;
-                let b = TrustBundle::from_pem(td, &text)
-                    .with_context(|| format!("{}", path.display()))?;
+                let b =
+                    TrustBundle::new(td, roots).with_context(|| format!("{}", path.display()))?;
                 Some(
                     verify_x509_svid(&chain, &b, now)
                         .map(|v| v.spiffe_id.to_string())
