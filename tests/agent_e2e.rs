@@ -214,20 +214,7 @@ async fn requests_without_the_security_header_are_rejected() {
     let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
     ca.entry("spiffe://example.org/me", "node-1", &[&uid_selector()], &[]);
     fetch_svid(&agent, Duration::from_secs(10)).await;
-    let path = agent.socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    let mut client =
-        signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
+    let mut client = workload_api_client(&agent.socket).await;
     let status = client
         .fetch_x509svid(signet_proto::workload::X509svidRequest {})
         .await
@@ -882,35 +869,18 @@ async fn open_streams_end_with_permission_denied_when_the_last_entry_is_deleted(
     let keep = ca.entry("spiffe://example.org/a", "node-1", &[&uid_selector()], &[]);
     let drop_first = ca.entry("spiffe://example.org/b", "node-1", &[&uid_selector()], &[]);
     fetch_svid(&agent, Duration::from_secs(10)).await;
-    let path = agent.socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    let mut client =
-        signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
-    fn with_header<T>(r: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(r);
-        r.metadata_mut().insert(
-            "workload.spiffe.io",
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
-        r
-    }
+    let mut client = workload_api_client(&agent.socket).await;
     let mut svids = client
-        .fetch_x509svid(with_header(signet_proto::workload::X509svidRequest {}))
+        .fetch_x509svid(with_security_header(
+            signet_proto::workload::X509svidRequest {},
+        ))
         .await
         .unwrap()
         .into_inner();
     let mut bundles = client
-        .fetch_x509_bundles(with_header(signet_proto::workload::X509BundlesRequest {}))
+        .fetch_x509_bundles(with_security_header(
+            signet_proto::workload::X509BundlesRequest {},
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -991,26 +961,14 @@ async fn hints_travel_from_the_entry_to_the_workload_and_name_one_svid_each() {
         "json",
     ]);
     assert!(shown.contains("\"hint\": \"external\""), "{shown}");
-    let path = agent.socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    let mut client = workload_api_client(&agent.socket).await;
+    let mut stream = client
+        .fetch_x509svid(with_security_header(
+            signet_proto::workload::X509svidRequest {},
+        ))
         .await
-        .unwrap();
-    let mut client =
-        signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel);
-    let mut req = tonic::Request::new(signet_proto::workload::X509svidRequest {});
-    req.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    let mut stream = client.fetch_x509svid(req).await.unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     let deadline = Instant::now() + Duration::from_secs(15);
     let got = loop {
         assert!(Instant::now() < deadline, "all SVIDs did not arrive");

@@ -12,7 +12,6 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -195,23 +194,8 @@ async fn only_the_unix_socket_accepts_a_socket_path_as_authority() {
         );
     }
     // The CA's node API (TLS over TCP) stays strict.
-    let bundle = signet_identity::TrustBundle::from_pem(
-        signet_identity::TrustDomain::new("example.org").unwrap(),
-        &ca.run_ok(&["bundle", "show"]),
-    )
-    .unwrap();
-    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
-        signet_identity::tls::BundleHandle::new(bundle),
-        Arc::new(|_: &signet_identity::SpiffeId| true),
-    );
-    let mut config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector =
+        tokio_rustls::TlsConnector::from(anonymous_node_tls(&ca.run_ok(&["bundle", "show"])));
     let connect = || async {
         let tcp = tokio::net::TcpStream::connect(ca.node_addr())
             .await

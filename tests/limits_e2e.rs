@@ -9,7 +9,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signet_proto::node as pb;
@@ -198,23 +197,8 @@ fn workload_api_connections_are_capped_per_uid_and_other_users_are_served() {
 async fn anonymous_node_client(
     ca: &TestCa,
 ) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
-    let bundle = signet_identity::TrustBundle::from_pem(
-        signet_identity::TrustDomain::new("example.org").unwrap(),
-        &ca.run_ok(&["bundle", "show"]),
-    )
-    .unwrap();
-    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
-        signet_identity::tls::BundleHandle::new(bundle),
-        Arc::new(|_: &signet_identity::SpiffeId| true),
-    );
-    let mut config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector =
+        tokio_rustls::TlsConnector::from(anonymous_node_tls(&ca.run_ok(&["bundle", "show"])));
     let target: SocketAddr = ca.node_addr().parse().unwrap();
     let channel = tonic::transport::Endpoint::from_static("http://signet-ca")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -326,7 +310,7 @@ fn call_as_nobody(port: u16) -> String {
         .args([
             "-c",
             &format!(
-                "import socket\ns=socket.create_connection(('127.0.0.1',{port}))\nd=b''\ntry:\n  s.sendall(b'borrowed')\n  s.shutdown(socket.SHUT_WR)\n  while True:\n    c=s.recv(100)\n    if not c: break\n    d+=c\nexcept (ConnectionResetError, BrokenPipeError):\n  pass\nprint(d.decode())"
+                "import socket\ns=socket.create_connection(('127.0.0.1',{port}))\nd=b''\ntry:\n  s.sendall(b'borrowed')\n  s.shutdown(socket.SHUT_WR)\n  while True:\n    c=s.recv(100)\n    if not c: break\n    d+=c\nexcept OSError:\n  pass\nprint(d.decode())"
             ),
         ])
         .uid(65534)

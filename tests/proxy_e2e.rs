@@ -613,6 +613,36 @@ paths = ["/v1/*"]
     );
 }
 
+/// Sends `requests` one after another on one HTTP/2 connection to the
+/// outbound proxy at `port`; returns each status and body.
+fn http2_exchange(
+    port: u16,
+    requests: Vec<hyper::Request<http_body_util::Empty<hyper::body::Bytes>>>,
+) -> Vec<(u16, String)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for req in requests {
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            out.push((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        out
+    })
+}
+
 #[test]
 fn http2_requests_are_authorized_one_by_one_on_one_connection() {
     let mesh = Mesh::start_with(
@@ -626,33 +656,18 @@ paths = ["/v1/*"]
         "1h",
         "http",
     );
-    let port = mesh.client_port;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let results = rt.block_on(async move {
-        use http_body_util::BodyExt;
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        let mut out = Vec::new();
-        for path in ["/v1/a", "/v2/b", "/v1/c"] {
-            let req = hyper::Request::get(format!("http://payments{path}"))
-                .header("x-signet-peer-id", "spiffe://example.org/forged")
-                .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            out.push((status, String::from_utf8_lossy(&body).into_owned()));
-        }
-        out
-    });
+    let results = http2_exchange(
+        mesh.client_port,
+        ["/v1/a", "/v2/b", "/v1/c"]
+            .iter()
+            .map(|path| {
+                hyper::Request::get(format!("http://payments{path}"))
+                    .header("x-signet-peer-id", "spiffe://example.org/forged")
+                    .body(http_body_util::Empty::new())
+                    .unwrap()
+            })
+            .collect(),
+    );
     assert_eq!(results[0], (200, format!("{CHECKOUT}|GET /v1/a")));
     assert_eq!(results[1].0, 403);
     assert_eq!(results[2], (200, format!("{CHECKOUT}|GET /v1/c")));
@@ -718,34 +733,19 @@ fn http_policy_cannot_be_bypassed_by_another_spelling_of_the_path_or_method() {
     assert_eq!(code, 400, "raw backslash");
 
     // The same over HTTP/2, one connection.
-    let port = mesh.client_port;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let results = rt.block_on(async move {
-        use http_body_util::BodyExt;
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        let mut out = Vec::new();
-        for (method, path, _) in BYPASS_ATTEMPTS {
-            let req = hyper::Request::builder()
-                .method(hyper::Method::from_bytes(method.as_bytes()).unwrap())
-                .uri(format!("http://payments{path}"))
-                .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-                .unwrap();
-            let resp = send.send_request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            out.push((status, String::from_utf8_lossy(&body).into_owned()));
-        }
-        out
-    });
+    let results = http2_exchange(
+        mesh.client_port,
+        BYPASS_ATTEMPTS
+            .iter()
+            .map(|(method, path, _)| {
+                hyper::Request::builder()
+                    .method(hyper::Method::from_bytes(method.as_bytes()).unwrap())
+                    .uri(format!("http://payments{path}"))
+                    .body(http_body_util::Empty::new())
+                    .unwrap()
+            })
+            .collect(),
+    );
     for ((method, path, want), (code, body)) in BYPASS_ATTEMPTS.iter().zip(&results) {
         assert_eq!(code, want, "HTTP/2 {method} {path}: {body}");
     }

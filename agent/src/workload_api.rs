@@ -279,7 +279,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.admit(&req, "FetchX509Bundles").await?;
         // Bundles go to workloads this agent has an identity for, as SPIRE does.
-        svid_response(&self.state.borrow(), &caller.selectors)?;
+        bundles_for(&self.state.borrow(), &caller.selectors)?;
         let slot = self.stream_slot(caller.uid)?;
         let selectors = caller.selectors;
         Ok(Response::new(watch_stream(

@@ -183,23 +183,7 @@ async fn bogus_attestations(
     stop: Arc<AtomicBool>,
     stats: Arc<FloodStats>,
 ) {
-    let bundle = signet_identity::TrustBundle::from_pem(
-        signet_identity::TrustDomain::new("example.org").unwrap(),
-        &bundle_pem,
-    )
-    .unwrap();
-    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
-        signet_identity::tls::BundleHandle::new(bundle),
-        Arc::new(|_: &signet_identity::SpiffeId| true),
-    );
-    let mut config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(anonymous_node_tls(&bundle_pem));
     let csr = signet_agent::agent_identity::new_key_and_csr().unwrap().1;
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {

@@ -580,3 +580,56 @@ impl Mesh {
         http_get(self.server_admin, "/metrics").1
     }
 }
+
+/// A Workload API client on the agent's Unix socket.
+pub async fn workload_api_client(
+    socket: &Path,
+) -> signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+}
+
+/// `r` with the Workload API's `workload.spiffe.io: true` header.
+pub fn with_security_header<T>(r: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(r);
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    r
+}
+
+/// TLS for talking to the CA's node API as anyone on the network can:
+/// the CA authenticated against its bundle, no client certificate, h2.
+pub fn anonymous_node_tls(bundle_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    let bundle = signet_identity::TrustBundle::from_pem(
+        signet_identity::TrustDomain::new("example.org").unwrap(),
+        bundle_pem,
+    )
+    .unwrap();
+    let verifier = signet_identity::tls::SpiffeServerVerifier::new(
+        signet_identity::tls::BundleHandle::new(bundle),
+        std::sync::Arc::new(|_: &signet_identity::SpiffeId| true),
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(signet_identity::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    std::sync::Arc::new(config)
+}
