@@ -104,6 +104,12 @@ fn signet_dev_runs_the_demo_and_cleans_up_after_ctrl_c() {
         "{text}"
     );
 
+    // `signet` is not on PATH here: the next steps say how to run it.
+    assert!(
+        text.contains(&format!("alias signet={}", signet_bin().display())),
+        "{text}"
+    );
+
     // The printed next steps work.
     let entries = signet()
         .args(["entry", "list"])

@@ -322,6 +322,13 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
     );
     println!();
     println!("Try:");
+    if let Some(exe) = signet_not_on_path() {
+        // `cargo run -p signet-cli -- dev` leaves `signet` off PATH.
+        println!(
+            "  alias signet={}   # or: cargo install --path cli",
+            exe.display()
+        );
+    }
     println!("  export SIGNET_ADMIN_SOCKET={}", admin_socket.display());
     println!("  export SPIFFE_ENDPOINT_SOCKET={socket_url}");
     println!("  signet id show                      # your identity: {me}");
@@ -473,4 +480,19 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// This binary's path when `signet` on PATH is not this binary (or there is
+/// none), so the printed next steps can say how to run it.
+fn signet_not_on_path() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let me = exe.canonicalize().unwrap_or_else(|_| exe.clone());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join("signet"))
+        .find(|candidate| candidate.is_file());
+    match found.and_then(|f| f.canonicalize().ok()) {
+        Some(on_path) if on_path == me => None,
+        _ => Some(exe),
+    }
 }
