@@ -23,8 +23,7 @@ use crate::config::WorkloadApiLimits;
 use crate::metrics::Metrics;
 use crate::workload_svids::Snapshot;
 
-/// The security header every Workload API request must carry.
-pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+pub use signet_identity::workload_api::SECURITY_HEADER;
 
 /// The Workload API service.
 pub struct WorkloadApi {

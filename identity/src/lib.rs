@@ -16,6 +16,7 @@
 //!
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   admission                   connection caps every listener applies before parsing a byte
+//!   workload_api                the Workload API's header, socket address and client channel
 //! ```
 //!
 //! ```
@@ -31,6 +32,7 @@ mod inspect;
 mod spiffe_id;
 pub mod tls;
 mod verify;
+pub mod workload_api;
 pub mod x509_svid;
 
 #[cfg(any(test, feature = "test-support"))]

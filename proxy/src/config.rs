@@ -237,22 +237,10 @@ impl ProxyConfig {
         Ok(())
     }
 
-    /// The Workload API socket path.
+    /// The Workload API socket path: `workload_api_socket`, else
+    /// `$SPIFFE_ENDPOINT_SOCKET`, else `/run/signet/agent.sock`.
     pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
-        let raw = self
-            .workload_api_socket
-            .clone()
-            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok())
-            .unwrap_or_else(|| "unix:///run/signet/agent.sock".into());
-        let path = raw
-            .strip_prefix("unix://")
-            .or_else(|| raw.strip_prefix("unix:"))
-            .unwrap_or(&raw);
-        if !path.starts_with('/') {
-            return Err(ConfigError::Invalid(format!(
-                "workload_api_socket {raw:?} must be unix:///absolute/path"
-            )));
-        }
-        Ok(PathBuf::from(path))
+        signet_identity::workload_api::resolve_socket(self.workload_api_socket.as_deref())
+            .map_err(|e| ConfigError::Invalid(format!("workload_api_socket: {e}")))
     }
 }

@@ -10,16 +10,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use signet_identity::tls::{provider, BundleHandle};
+use signet_identity::workload_api;
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{SpiffeId, TrustBundle};
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tokio::sync::watch;
-use tonic::transport::{Endpoint, Uri};
 
 /// The proxy's current SVID.
 pub struct Identity {
@@ -88,27 +87,14 @@ async fn stream_once(
     tx: &watch::Sender<Option<Arc<Identity>>>,
     handle: &mut Option<BundleHandle>,
 ) -> Result<(), String> {
-    let path = socket.to_owned();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot connect to the Workload API at {}: {e}",
-                socket.display()
-            )
-        })?;
+    let channel = workload_api::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot connect to the Workload API at {}: {e}",
+            socket.display()
+        )
+    })?;
     let mut client = SpiffeWorkloadApiClient::new(channel);
-    let mut req = tonic::Request::new(pb::X509svidRequest {});
-    req.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
+    let req = workload_api::with_security_header(pb::X509svidRequest {});
     let refused = |s: tonic::Status| {
         // PERMISSION_DENIED is the agent's answer once this workload has no
         // identity (its entry was deleted): stop using the old SVID at

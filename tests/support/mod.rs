@@ -587,30 +587,14 @@ pub async fn workload_api_client(
 ) -> signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
     tonic::transport::Channel,
 > {
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    let channel = signet_identity::workload_api::connect(socket)
         .await
         .unwrap();
     signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
 }
 
-/// `r` with the Workload API's `workload.spiffe.io: true` header.
-pub fn with_security_header<T>(r: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(r);
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    r
-}
+#[allow(unused_imports)]
+pub use signet_identity::workload_api::with_security_header;
 
 /// TLS for talking to the CA's node API as anyone on the network can:
 /// the CA authenticated against its bundle, no client certificate, h2.

@@ -5,18 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Context};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use signet_identity::workload_api;
 use signet_identity::{certificates_to_pem, inspect_chain, CertificateDer};
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use tonic::transport::{Endpoint, Uri};
 
 use crate::duration::human;
 use crate::output::{self, seconds_until, timestamp, Format};
-
-/// Default Workload API socket.
-pub const DEFAULT_SOCKET: &str = "/run/signet/agent.sock";
 
 /// Where to find the agent.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,34 +24,8 @@ pub struct WorkloadSocket {
 
 impl WorkloadSocket {
     fn path(&self) -> anyhow::Result<PathBuf> {
-        let raw = self
-            .socket
-            .clone()
-            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok())
-            .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
-        socket_path(&raw)
+        Ok(workload_api::resolve_socket(self.socket.as_deref())?)
     }
-}
-
-/// Parses `unix:///path`, `unix:/path` or a plain path.
-pub fn socket_path(raw: &str) -> anyhow::Result<PathBuf> {
-    let path = if let Some(rest) = raw.strip_prefix("unix://") {
-        rest
-    } else if let Some(rest) = raw.strip_prefix("unix:") {
-        rest
-    } else if raw.contains("://") {
-        return Err(anyhow!(
-            "Workload API address {raw:?} is not a Unix socket (use unix:///path)"
-        ));
-    } else {
-        raw
-    };
-    if !path.starts_with('/') {
-        return Err(anyhow!(
-            "Workload API socket {raw:?} must be an absolute path"
-        ));
-    }
-    Ok(PathBuf::from(path))
 }
 
 /// Identity commands.
@@ -104,25 +74,14 @@ async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509
             path.display()
         ));
     }
-    let p = path.clone();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = p.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
-            }
-        }))
+    let channel = workload_api::connect(&path)
         .await
         .with_context(|| format!("cannot connect to {}", path.display()))?;
     let mut client = SpiffeWorkloadApiClient::new(channel);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.max(1) as u64);
     let mut said = false;
     loop {
-        let mut req = tonic::Request::new(pb::X509svidRequest {});
-        req.metadata_mut().insert(
-            "workload.spiffe.io",
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
+        let req = workload_api::with_security_header(pb::X509svidRequest {});
         let attempt = tokio::time::timeout_at(deadline, async {
             let mut stream = client.fetch_x509svid(req).await?.into_inner();
             stream
