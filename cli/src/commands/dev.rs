@@ -299,6 +299,8 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
     let denied = super::dev_demo::get(web_port).await?;
 
     println!();
+    // Handlers in place before the user is told Ctrl-C works.
+    let shutdown = super::shutdown_signal();
     println!("Signet dev environment is ready.");
     println!();
     println!("  trust domain     {td}");
@@ -354,7 +356,7 @@ async fn run_in(args: &DevArgs, dir: &Path) -> anyhow::Result<()> {
     let mut children: Vec<&mut ChildDaemon> = vec![&mut ca, &mut agent];
     children.extend(proxies.iter_mut());
     let result = tokio::select! {
-        _ = super::shutdown_signal() => Ok(()),
+        _ = shutdown => Ok(()),
         name = any_child_exit(&mut children) => Err(anyhow!("the {name} exited unexpectedly; see the logs in {}", dir.display())),
     };
     eprintln!("\nstopping");

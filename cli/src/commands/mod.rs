@@ -11,21 +11,27 @@ pub mod proxy;
 pub mod token;
 pub mod x509;
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when
+/// this is called, not when the future is first polled: a daemon logs its
+/// ready line before it waits on this, and a SIGTERM sent right after that
+/// line must reach the handler, not the default action (which kills the
+/// process without draining).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
             }
-        }
-        _ => {
-            // Without signal handlers, fall back to Ctrl-C only.
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                // Without signal handlers, fall back to Ctrl-C only.
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
