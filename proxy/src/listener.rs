@@ -31,6 +31,9 @@ pub async fn accept_loop<F, Fut>(
 {
     loop {
         let (tcp, addr) = tokio::select! {
+            // Once stopped, accept nothing more, even if a connection waits.
+            biased;
+            _ = stop.changed() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -40,7 +43,6 @@ pub async fn accept_loop<F, Fut>(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
         };
         match admission.admit(addr.ip()) {
             Ok(ticket) => {

@@ -97,6 +97,9 @@ pub async fn run(
         .map(|i| i.spiffe_id.clone())
         .ok_or_else(|| ProxyError::Tls("no identity".into()))?;
 
+    // Accept loops, awaited on shutdown so that no connection is accepted
+    // once draining is announced.
+    let mut listeners = Vec::new();
     if let Some(inbound) = &config.inbound {
         let dir = config
             .policy_dir
@@ -117,7 +120,7 @@ pub async fn run(
             http: (inbound.protocol == crate::config::Protocol::Http)
                 .then(|| Arc::new(crate::http::HttpForwarder::new(&inbound.forward_to))),
         });
-        tokio::spawn(handler.serve(listener, stop_rx.clone()));
+        listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
         tokio::spawn(policy_watch::watch(
             dir,
             policy,
@@ -151,7 +154,7 @@ pub async fn run(
                 .unwrap_or_else(|| vec![rustix::process::geteuid().as_raw()]),
             metrics: metrics.clone(),
         });
-        tokio::spawn(handler.serve(listener, stop_rx.clone()));
+        listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
     }
     metrics.listening.store(true, Ordering::Relaxed);
     tracing::info!(
@@ -166,6 +169,9 @@ pub async fn run(
     // Stop accepting; let open connections finish up to the drain timeout.
     metrics.listening.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
+    for l in listeners {
+        let _ = l.await;
+    }
     let deadline = Instant::now() + Duration::from_secs(config.drain_timeout);
     let mut open = metrics.active.get();
     tracing::info!(
