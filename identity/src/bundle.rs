@@ -9,6 +9,7 @@ use rustls_pki_types::TrustAnchor;
 use serde::{Deserialize, Serialize};
 use x509_parser::public_key::PublicKey;
 
+use crate::jwt_svid::{JwtAuthority, JwtKeyError};
 use crate::spiffe_id::TrustDomain;
 
 /// Why bundle or certificate material could not be read.
@@ -31,6 +32,9 @@ pub enum BundleError {
     /// The JWKS document is not valid JSON of the expected shape.
     #[error("invalid SPIFFE bundle JSON: {0}")]
     Json(String),
+    /// A JWT authority of the bundle cannot be used.
+    #[error(transparent)]
+    JwtAuthority(#[from] JwtKeyError),
 }
 
 /// Parses every `CERTIFICATE` block of a PEM text, in order.
@@ -102,6 +106,7 @@ pub struct TrustBundle {
     trust_domain: TrustDomain,
     authorities: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
+    jwt_authorities: Vec<JwtAuthority>,
     /// Bumped by the CA whenever the authorities change (`spiffe_sequence`).
     pub sequence: u64,
     /// How often consumers should re-fetch, in seconds (`spiffe_refresh_hint`).
@@ -113,6 +118,7 @@ impl std::fmt::Debug for TrustBundle {
         f.debug_struct("TrustBundle")
             .field("trust_domain", &self.trust_domain)
             .field("authorities", &self.authorities.len())
+            .field("jwt_authorities", &self.jwt_authorities.len())
             .field("sequence", &self.sequence)
             .finish()
     }
@@ -122,6 +128,7 @@ impl PartialEq for TrustBundle {
     fn eq(&self, other: &Self) -> bool {
         self.trust_domain == other.trust_domain
             && self.authorities == other.authorities
+            && self.jwt_authorities == other.jwt_authorities
             && self.sequence == other.sequence
             && self.refresh_hint_secs == other.refresh_hint_secs
     }
@@ -152,6 +159,7 @@ impl TrustBundle {
             trust_domain,
             authorities,
             anchors,
+            jwt_authorities: Vec::new(),
             sequence: 0,
             refresh_hint_secs: None,
         })
@@ -170,6 +178,24 @@ impl TrustBundle {
     /// The authorities, DER encoded.
     pub fn authorities(&self) -> &[CertificateDer<'static>] {
         &self.authorities
+    }
+
+    /// The same bundle with these JWT authorities (the keys JWT-SVIDs of
+    /// this trust domain are signed with).
+    pub fn with_jwt_authorities(mut self, jwt_authorities: Vec<JwtAuthority>) -> Self {
+        self.jwt_authorities = jwt_authorities;
+        self
+    }
+
+    /// The JWT authorities, in the order the CA published them.
+    pub fn jwt_authorities(&self) -> &[JwtAuthority] {
+        &self.jwt_authorities
+    }
+
+    /// The JWT authorities alone as a JWKS (`use: jwt-svid`, with `kid`):
+    /// the Workload API's `FetchJWTBundles` wire form.
+    pub fn jwt_jwks(&self) -> String {
+        crate::jwt_svid::jwks_of(&self.jwt_authorities, "jwt-svid").to_string()
     }
 
     /// The authorities as parsed trust anchors, for chain building.
@@ -192,14 +218,17 @@ impl TrustBundle {
 
     /// The SPIFFE bundle (JWKS) document, pretty-printed.
     pub fn to_jwks(&self) -> Result<String, BundleError> {
-        let keys = self
+        let mut keys = self
             .authorities
             .iter()
             .enumerate()
             .map(|(index, der)| {
-                jwk_for(der).map_err(|reason| BundleError::BadAuthority { index, reason })
+                let jwk =
+                    jwk_for(der).map_err(|reason| BundleError::BadAuthority { index, reason })?;
+                serde_json::to_value(jwk).map_err(|e| BundleError::Json(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        keys.extend(self.jwt_authorities.iter().map(|a| a.to_jwk("jwt-svid")));
         let doc = JwksDocument {
             keys,
             spiffe_sequence: Some(self.sequence),
@@ -208,17 +237,25 @@ impl TrustBundle {
         serde_json::to_string_pretty(&doc).map_err(|e| BundleError::Json(e.to_string()))
     }
 
-    /// Reads a SPIFFE bundle (JWKS) document. Entries whose `use` is not
-    /// `x509-svid`, or without `x5c`, are ignored as the spec says; only the
-    /// first `x5c` value of an entry counts.
+    /// Reads a SPIFFE bundle (JWKS) document: `x509-svid` entries with
+    /// their `x5c` and `jwt-svid` entries with their `kid`. Entries of any
+    /// other `use` are ignored as the spec says.
     pub fn from_jwks(trust_domain: TrustDomain, json: &str) -> Result<Self, BundleError> {
-        let doc: JwksDocument =
+        let doc: JwksDocument<serde_json::Value> =
             serde_json::from_str(json).map_err(|e| BundleError::Json(e.to_string()))?;
         let mut authorities = Vec::new();
-        for key in doc.keys {
-            if key.use_.as_deref() != Some("x509-svid") {
-                continue;
+        let mut jwt_authorities = Vec::new();
+        for value in doc.keys {
+            match value.get("use").and_then(serde_json::Value::as_str) {
+                Some("x509-svid") => {}
+                Some("jwt-svid") => {
+                    jwt_authorities.push(JwtAuthority::from_jwk(&value)?);
+                    continue;
+                }
+                _ => continue,
             }
+            let key: Jwk =
+                serde_json::from_value(value).map_err(|e| BundleError::Json(e.to_string()))?;
             let Some(x5c) = key.x5c.as_ref() else {
                 continue;
             };
@@ -245,7 +282,8 @@ impl TrustBundle {
             }
             authorities.push(der);
         }
-        let mut bundle = Self::new(trust_domain, authorities)?;
+        let mut bundle =
+            Self::new(trust_domain, authorities)?.with_jwt_authorities(jwt_authorities);
         bundle.sequence = doc.spiffe_sequence.unwrap_or(0);
         bundle.refresh_hint_secs = doc.spiffe_refresh_hint;
         Ok(bundle)
@@ -253,8 +291,8 @@ impl TrustBundle {
 }
 
 #[derive(Serialize, Deserialize)]
-struct JwksDocument {
-    keys: Vec<Jwk>,
+struct JwksDocument<K> {
+    keys: Vec<K>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     spiffe_sequence: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

@@ -13,6 +13,7 @@
 //!   verify_x509_svid(chain, &TrustBundle, now) -> VerifiedSvid
 //!          │
 //!   TrustBundle                 authorities of a trust domain, PEM and SPIFFE JWKS
+//!   jwt_svid                    JWT authorities, signing, check_jwt_svid (every broken rule)
 //!
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   admission                   connection caps every listener applies before parsing a byte
@@ -29,6 +30,7 @@
 pub mod admission;
 mod bundle;
 mod inspect;
+pub mod jwt_svid;
 mod spiffe_id;
 pub mod tls;
 mod verify;

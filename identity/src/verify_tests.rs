@@ -271,15 +271,23 @@ fn bundle_round_trips_through_pem_and_jwks() {
 }
 
 #[test]
-fn jwks_entries_for_other_uses_or_without_x5c_are_ignored() {
+fn jwks_entries_for_other_uses_or_without_x5c_are_ignored_but_a_broken_jwt_key_is_not() {
     let ca = TestCa::new("example.org");
     let good = ca.bundle().to_jwks().unwrap();
     let mut doc: serde_json::Value = serde_json::from_str(&good).unwrap();
     let keys = doc["keys"].as_array_mut().unwrap();
-    keys.push(serde_json::json!({"use": "jwt-svid", "kty": "EC", "kid": "k1", "crv": "P-256", "x": "AA", "y": "AA"}));
+    keys.push(serde_json::json!({"use": "other", "kty": "EC", "kid": "k0"}));
     keys.push(serde_json::json!({"use": "x509-svid", "kty": "EC"}));
     let back = crate::TrustBundle::from_jwks(ca.trust_domain.clone(), &doc.to_string()).unwrap();
     assert_eq!(back.authorities().len(), 1);
+    assert!(back.jwt_authorities().is_empty());
+    // A JWT authority that cannot verify anything is an error, not skipped.
+    let keys = doc["keys"].as_array_mut().unwrap();
+    keys.push(serde_json::json!({"use": "jwt-svid", "kty": "EC", "kid": "k1", "crv": "P-256", "x": "AA", "y": "AA"}));
+    assert!(matches!(
+        crate::TrustBundle::from_jwks(ca.trust_domain.clone(), &doc.to_string()),
+        Err(crate::BundleError::JwtAuthority(_))
+    ));
 }
 
 #[test]
