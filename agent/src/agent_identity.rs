@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::CertificateDer;
+use signet_identity::jwt_svid::JwtAuthority;
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{
     certificates_from_pem, certificates_to_pem, SpiffeId, TrustBundle, TrustDomain,
@@ -20,6 +21,8 @@ use crate::node_client::ClientCert;
 const SVID_FILE: &str = "agent_svid.pem";
 const KEY_FILE: &str = "agent_key.pem";
 const BUNDLE_FILE: &str = "bundle.pem";
+/// The whole bundle, JWT authorities included, as a SPIFFE bundle (JWKS).
+const BUNDLE_JWKS_FILE: &str = "bundle.json";
 
 /// Why the agent's identity could not be loaded, stored or obtained.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +128,7 @@ pub fn bundle_from_pb(b: Option<&pb::Bundle>) -> Result<TrustBundle, IdentityErr
     let b = b.ok_or_else(|| IdentityError::Invalid("the CA sent no bundle".into()))?;
     let td =
         TrustDomain::new(&b.trust_domain).map_err(|e| IdentityError::Invalid(e.to_string()))?;
-    let mut bundle = TrustBundle::new(
+    let bundle = TrustBundle::new(
         td,
         b.x509_authorities
             .iter()
@@ -134,6 +137,13 @@ pub fn bundle_from_pb(b: Option<&pb::Bundle>) -> Result<TrustBundle, IdentityErr
             .collect(),
     )
     .map_err(|e| IdentityError::Invalid(format!("bundle: {e}")))?;
+    let jwt_authorities = b
+        .jwt_authorities
+        .iter()
+        .map(|a| JwtAuthority::from_spki_der(&a.kid, &a.public_key))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Invalid(format!("bundle: {e}")))?;
+    let mut bundle = bundle.with_jwt_authorities(jwt_authorities);
     bundle.sequence = b.sequence;
     Ok(bundle)
 }
@@ -173,6 +183,10 @@ pub fn save(dir: &Path, svid: &AgentSvid, bundle: &TrustBundle) -> Result<(), Id
 
 /// Saves the bundle alone (on bundle updates).
 pub fn save_bundle(dir: &Path, bundle: &TrustBundle) -> Result<(), IdentityError> {
+    let jwks = bundle
+        .to_jwks()
+        .map_err(|e| IdentityError::Invalid(format!("bundle: {e}")))?;
+    write_file(&dir.join(BUNDLE_JWKS_FILE), jwks.as_bytes(), false)?;
     write_file(&dir.join(BUNDLE_FILE), bundle.to_pem().as_bytes(), false)
 }
 
@@ -195,8 +209,16 @@ pub fn load(
     let key_pem = read(&key_path)?;
     let key = KeyPair::from_pem(&key_pem)
         .map_err(|e| IdentityError::Invalid(format!("{}: {e}", key_path.display())))?;
-    let bundle = TrustBundle::from_pem(td.clone(), &read(&bundle_path)?)
-        .map_err(|e| IdentityError::Invalid(format!("{}: {e}", bundle_path.display())))?;
+    // The JWKS form has the JWT authorities too; agents from before JWT
+    // support only wrote the PEM.
+    let jwks_path = dir.join(BUNDLE_JWKS_FILE);
+    let bundle = if jwks_path.exists() {
+        TrustBundle::from_jwks(td.clone(), &read(&jwks_path)?)
+            .map_err(|e| IdentityError::Invalid(format!("{}: {e}", jwks_path.display())))?
+    } else {
+        TrustBundle::from_pem(td.clone(), &read(&bundle_path)?)
+            .map_err(|e| IdentityError::Invalid(format!("{}: {e}", bundle_path.display())))?
+    };
     let (id, not_before, not_after) = validity(&chain)?;
     if id.trust_domain_name() != td.as_str() {
         return Err(IdentityError::Invalid(format!(

@@ -9,6 +9,7 @@
 //!                          (agent SVID from agent_identity, data dir 0600)          │
 //!                                                                                   ▼
 //!   workload ──Unix socket──▶ workload_api::WorkloadApi ──attestor::WorkloadAttestor (SO_PEERCRED, /proc, pidfd)
+//!                                  │ FetchJWTSVID: jwt_svids::JwtSvidCache, miss ─▶ CA MintJwtSvid
 //! ```
 //!
 //! The rotator is the only owner of certificate state; the Workload API
@@ -17,6 +18,7 @@
 pub mod agent_identity;
 pub mod attestor;
 pub mod config;
+pub mod jwt_svids;
 pub mod metrics;
 pub mod node_client;
 pub mod rotator;

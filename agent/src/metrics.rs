@@ -28,6 +28,8 @@ pub struct Metrics {
     pub svids_issued: Counter,
     /// Workload SVIDs rotated.
     pub svid_rotations: Counter,
+    /// JWT-SVIDs the CA signed for this agent (cache misses).
+    pub jwt_svids_minted: Counter,
     /// Workload SVIDs held now.
     pub svids_held: Gauge,
     /// 1 while the CA answers.
@@ -64,6 +66,12 @@ impl Metrics {
             "Workload SVIDs rotated",
             svid_rotations.clone(),
         );
+        let jwt_svids_minted = Counter::default();
+        registry.register(
+            "jwt_svids_minted",
+            "JWT-SVIDs the CA signed for this agent (cache misses)",
+            jwt_svids_minted.clone(),
+        );
         let svids_held = Gauge::default();
         registry.register("x509_svids", "Workload SVIDs held", svids_held.clone());
         let ca_connected = Gauge::default();
@@ -90,6 +98,7 @@ impl Metrics {
             ready: std::sync::atomic::AtomicBool::new(false),
             svids_issued,
             svid_rotations,
+            jwt_svids_minted,
             svids_held,
             ca_connected,
             workload_calls,

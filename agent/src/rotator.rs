@@ -59,6 +59,9 @@ pub struct SvidRotator {
     agent: AgentSvid,
     bundle: BundleHandle,
     client: Option<NodeClient<Channel>>,
+    /// Where the Workload API finds the connection to the CA (to have
+    /// JWT-SVIDs signed): the same as `client`, `None` while disconnected.
+    ca_link: watch::Sender<Option<NodeClient<Channel>>>,
     sync: Option<mpsc::Receiver<SyncEvent>>,
     entries: Vec<pb::WorkloadEntry>,
     svids: HashMap<String, Arc<WorkloadSvid>>,
@@ -81,6 +84,7 @@ impl SvidRotator {
         agent: AgentSvid,
         bundle: TrustBundle,
         published: watch::Sender<Arc<Snapshot>>,
+        ca_link: watch::Sender<Option<NodeClient<Channel>>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -90,6 +94,7 @@ impl SvidRotator {
             agent,
             bundle: BundleHandle::new(bundle),
             client: None,
+            ca_link,
             sync: None,
             entries: Vec::new(),
             svids: HashMap::new(),
@@ -125,8 +130,14 @@ impl SvidRotator {
         self.ca_state = state;
     }
 
+    /// Sets (or drops) the CA connection, for the rotator and the Workload API.
+    fn set_client(&mut self, client: Option<NodeClient<Channel>>) {
+        self.ca_link.send_replace(client.clone());
+        self.client = client;
+    }
+
     fn fail(&mut self, reason: String) {
-        self.client = None;
+        self.set_client(None);
         self.sync = None;
         self.set_ca_state(CaState::Unreachable(reason));
         let wait = self.backoff.mul_f64(0.8 + 0.4 * jitter());
@@ -154,7 +165,7 @@ impl SvidRotator {
             .into_inner();
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(forward_sync(stream, tx));
-        self.client = Some(client);
+        self.set_client(Some(client));
         self.sync = Some(rx);
         Ok(())
     }
@@ -185,7 +196,7 @@ impl SvidRotator {
         self.agent = svid;
         self.bundle.set(bundle);
         // Reconnect so the CA sees the new SVID on every later call.
-        self.client = None;
+        self.set_client(None);
         self.sync = None;
         Ok(())
     }

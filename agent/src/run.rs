@@ -176,6 +176,7 @@ pub async fn run(
     let agent_id = svid.id.clone();
     let metrics = crate::metrics::Metrics::new();
     let (state_tx, state_rx) = watch::channel(Arc::new(Snapshot::empty()));
+    let (ca_link_tx, ca_link_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let listener = bind_socket(&config.socket)?;
@@ -192,6 +193,7 @@ pub async fn run(
         svid,
         bundle,
         state_tx,
+        ca_link_tx,
         metrics.clone(),
     );
     let rotator = tokio::spawn(rotator.run(stop_rx.clone()));
@@ -204,7 +206,7 @@ pub async fn run(
         .max_concurrent_streams(32)
         .http2_max_header_list_size(16 * 1024)
         .add_service(
-            WorkloadApi::server(state_rx, metrics.clone(), &limits)
+            WorkloadApi::server(state_rx, ca_link_rx, metrics.clone(), &limits)
                 .max_decoding_message_size(64 * 1024),
         )
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));

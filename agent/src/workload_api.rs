@@ -1,12 +1,18 @@
 //! The standard SPIFFE Workload API on a Unix socket, open to every local
 //! user: who gets what is decided by attesting each caller, not by file
 //! modes. Every request must carry the `workload.spiffe.io: true` header.
-//! `FetchX509SVID` and `FetchX509Bundles` stream a new message whenever the
-//! caller's SVIDs or the bundle change; JWT methods are not implemented yet.
+//! `FetchX509SVID`, `FetchX509Bundles` and `FetchJWTBundles` stream a new
+//! message whenever the caller's SVIDs or the bundle change.
+//! `FetchJWTSVID` has the CA sign (the agent holds no JWT key) and serves
+//! from [`JwtSvidCache`]; `ValidateJWTSVID` checks every JWT-SVID rule
+//! against the bundle and names each one broken.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use signet_identity::jwt_svid::{audience_problem, validate_jwt_svid};
+use signet_identity::SpiffeId;
+use signet_proto::node::node_client::NodeClient;
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
@@ -14,12 +20,14 @@ use signet_proto::workload::spiffe_workload_api_server::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::transport::server::UdsConnectInfo;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use signet_identity::admission::{Admission, Ticket};
 
 use crate::attestor::{PeerCred, WorkloadAttestor};
 use crate::config::WorkloadApiLimits;
+use crate::jwt_svids::{CachedJwt, JwtSvidCache};
 use crate::metrics::Metrics;
 use crate::workload_svids::Snapshot;
 
@@ -33,8 +41,14 @@ pub struct WorkloadApi {
     /// the blocking pool.
     attesting: Arc<tokio::sync::Semaphore>,
     streams: Arc<Admission<u32>>,
+    /// The rotator's connection to the CA, to have JWT-SVIDs signed.
+    ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
+    jwt_cache: Arc<JwtSvidCache>,
     metrics: Arc<Metrics>,
 }
+
+/// Most (SPIFFE ID, audience set) keys the JWT-SVID cache holds.
+const JWT_CACHE_ENTRIES: usize = 10_000;
 
 /// A caller attested: its uid and selectors.
 struct Caller {
@@ -46,6 +60,7 @@ impl WorkloadApi {
     /// A tonic server over the rotator's published snapshots.
     pub fn server(
         state: watch::Receiver<Arc<Snapshot>>,
+        ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
         metrics: Arc<Metrics>,
         limits: &WorkloadApiLimits,
     ) -> SpiffeWorkloadApiServer<Self> {
@@ -56,6 +71,8 @@ impl WorkloadApi {
                 limits.concurrent_binary_hashes.max(1),
             )),
             streams: Admission::new(usize::MAX, limits.max_streams_per_uid),
+            ca_link,
+            jwt_cache: Arc::new(JwtSvidCache::new(JWT_CACHE_ENTRIES)),
             metrics,
         })
     }
@@ -292,29 +309,203 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        self.admit(&req, "FetchJWTSVID").await?;
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not supported by this agent yet",
-        ))
+        let caller = self.admit(&req, "FetchJWTSVID").await?;
+        let r = req.into_inner();
+        if let Some(problem) = audience_problem(&r.audience) {
+            return Err(Status::invalid_argument(problem));
+        }
+        let wanted = match r.spiffe_id.as_str() {
+            "" => None,
+            id => Some(
+                SpiffeId::parse(id)
+                    .map_err(|e| Status::invalid_argument(format!("spiffe_id {id:?}: {e}")))?,
+            ),
+        };
+        let snapshot = self.state.borrow().clone();
+        let entries = jwt_entries(&snapshot, &caller.selectors, wanted.as_ref())?;
+        let now = std::time::SystemTime::now();
+        let mut svids = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let token = self
+                .jwt_cache
+                .get_or_mint(&entry.spiffe_id, &r.audience, now, || {
+                    self.mint(&entry, &r.audience)
+                })
+                .await?;
+            svids.push(pb::Jwtsvid {
+                spiffe_id: entry.spiffe_id.clone(),
+                svid: token.token,
+                hint: entry.hint.clone(),
+            });
+        }
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
     }
 
     async fn fetch_jwt_bundles(
         &self,
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        self.admit(&req, "FetchJWTBundles").await?;
-        Err(Status::unimplemented(
-            "JWT bundles are not supported by this agent yet",
-        ))
+        let caller = self.admit(&req, "FetchJWTBundles").await?;
+        // As for X.509 bundles: to workloads this agent has an identity for.
+        jwt_bundles_for(&self.state.borrow(), &caller.selectors)?;
+        let slot = self.stream_slot(caller.uid)?;
+        let selectors = caller.selectors;
+        Ok(Response::new(watch_stream(
+            self.state.clone(),
+            slot,
+            move |s| jwt_bundles_for(s, &selectors),
+        )))
     }
 
     async fn validate_jwtsvid(
         &self,
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        // Any attested local process may validate: it learns nothing a
+        // bundle does not already say.
         self.admit(&req, "ValidateJWTSVID").await?;
-        Err(Status::unimplemented(
-            "JWT-SVID validation is not supported by this agent yet",
-        ))
+        let r = req.into_inner();
+        if r.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if r.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let Some(bundle) = self.state.borrow().bundle.clone() else {
+            return Err(Status::unavailable("the agent has no trust bundle yet"));
+        };
+        match validate_jwt_svid(&r.svid, &*bundle, &r.audience, std::time::SystemTime::now()) {
+            Ok(valid) => Ok(Response::new(pb::ValidateJwtsvidResponse {
+                spiffe_id: valid.spiffe_id.to_string(),
+                claims: Some(json_to_struct(valid.claims)),
+            })),
+            Err(problems) => Err(Status::invalid_argument(format!(
+                "invalid JWT-SVID: {}",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))),
+        }
     }
+}
+
+impl WorkloadApi {
+    /// Has the CA sign a JWT-SVID for `entry` (on a cache miss).
+    async fn mint(
+        &self,
+        entry: &signet_proto::node::WorkloadEntry,
+        audience: &[String],
+    ) -> Result<CachedJwt, Status> {
+        let Some(mut client) = self.ca_link.borrow().clone() else {
+            return Err(Status::unavailable(
+                "the CA is unreachable and no cached JWT-SVID for this audience is fresh; retry later",
+            ));
+        };
+        let minted = client
+            .mint_jwt_svid(signet_proto::node::MintJwtSvidRequest {
+                entry_id: entry.id.clone(),
+                audience: audience.to_vec(),
+            })
+            .await
+            .map_err(|s| {
+                let code = match s.code() {
+                    tonic::Code::PermissionDenied | tonic::Code::NotFound => {
+                        tonic::Code::PermissionDenied
+                    }
+                    tonic::Code::InvalidArgument => tonic::Code::InvalidArgument,
+                    _ => tonic::Code::Unavailable,
+                };
+                Status::new(code, format!("the CA did not sign: {}", s.message()))
+            })?
+            .into_inner();
+        self.metrics.jwt_svids_minted.inc();
+        Ok(CachedJwt {
+            token: minted.token,
+            issued_at: minted.issued_at,
+            expires_at: minted.expires_at,
+        })
+    }
+}
+
+/// The entries a caller gets JWT-SVIDs for: one per SPIFFE ID (and, as for
+/// X.509-SVIDs, one per non-empty hint), only `wanted` when given.
+fn jwt_entries(
+    snapshot: &Snapshot,
+    caller: &[String],
+    wanted: Option<&SpiffeId>,
+) -> Result<Vec<signet_proto::node::WorkloadEntry>, Status> {
+    let mut ids = std::collections::HashSet::new();
+    let mut hints = std::collections::HashSet::new();
+    let mut any = false;
+    let mut chosen = Vec::new();
+    for entry in snapshot.matching_entries(caller) {
+        any = true;
+        if wanted.is_some_and(|w| w.as_str() != entry.spiffe_id) {
+            continue;
+        }
+        if !ids.insert(entry.spiffe_id.as_str()) {
+            continue;
+        }
+        if !entry.hint.is_empty() && !hints.insert(entry.hint.as_str()) {
+            continue;
+        }
+        chosen.push(entry.clone());
+    }
+    if !any {
+        return Err(no_identity());
+    }
+    if chosen.is_empty() {
+        return Err(Status::permission_denied(format!(
+            "this workload is not entitled to {}",
+            wanted.map(|w| w.as_str()).unwrap_or_default()
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The JWTBundlesResponse for a caller; `Err` once it has no entry left.
+fn jwt_bundles_for(
+    snapshot: &Snapshot,
+    caller: &[String],
+) -> Result<Option<pb::JwtBundlesResponse>, Status> {
+    if snapshot.matching_entries(caller).next().is_none() {
+        return Err(no_identity());
+    }
+    let Some(bundle) = snapshot.bundle.as_ref() else {
+        return Ok(None);
+    };
+    let mut bundles = std::collections::HashMap::new();
+    bundles.insert(
+        bundle.trust_domain().id().to_string(),
+        bundle.jwt_jwks().into_bytes(),
+    );
+    Ok(Some(pb::JwtBundlesResponse { bundles }))
+}
+
+/// JSON claims as the protobuf `Struct` the Workload API returns.
+fn json_to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(json_to_value).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(json_to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }

@@ -28,7 +28,11 @@ fn main() {
         dns_names: vec!["web.prod.svc".into()],
         ..Default::default()
     }
-    .validate(&ca.trust_domain, ca.config.max_ttl())
+    .validate(
+        &ca.trust_domain,
+        ca.config.max_ttl(),
+        std::time::Duration::from_secs(ca.config.max_jwt_svid_ttl),
+    )
     .unwrap();
     // Distinct keys, as from a fleet of workloads; generating them is not measured.
     let csrs: Vec<Vec<u8>> = (0..64)

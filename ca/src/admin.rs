@@ -100,6 +100,7 @@ fn entry_input(spec: Option<pb::EntrySpec>) -> Result<EntryInput, CaError> {
         dns_names: spec.dns_names,
         admin: spec.admin,
         hint: spec.hint,
+        jwt_svid_ttl: spec.jwt_svid_ttl_seconds,
     })
 }
 
@@ -115,6 +116,7 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
             dns_names: e.spec.dns_names.clone(),
             admin: e.spec.admin,
             hint: e.spec.hint.clone(),
+            jwt_svid_ttl_seconds: e.spec.jwt_svid_ttl as i64,
         }),
         created_at: e.created_at,
         updated_at: e.updated_at,
@@ -301,6 +303,14 @@ impl Admin for AdminService {
             x509_authorities: b.authorities().iter().map(|c| c.to_vec()).collect(),
             sequence: b.sequence,
             refresh_hint_seconds: b.refresh_hint_secs.unwrap_or(0) as i64,
+            jwt_authorities: b
+                .jwt_authorities()
+                .iter()
+                .map(|a| pb::JwtAuthority {
+                    kid: a.kid().to_owned(),
+                    public_key: a.spki_der().to_vec(),
+                })
+                .collect(),
         });
         self.finish("GetBundle", caller, "", r)
     }

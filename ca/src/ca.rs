@@ -4,14 +4,16 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use signet_identity::jwt_svid::{jwt_svid_claims, JwtAuthority};
 use signet_identity::x509_svid::unix_seconds;
-use signet_identity::{BundleError, CertificateDer, TrustBundle, TrustDomain};
+use signet_identity::{BundleError, CertificateDer, SpiffeId, TrustBundle, TrustDomain};
 
-use crate::authority::{create_private_dir, Authority, AuthorityError};
+use crate::authority::{create_private_dir, replica_id, Authority, AuthorityError};
 use crate::config::{CaConfig, ConfigError};
 use crate::entry::{Entry, EntryError, EntryInput, EntrySpec};
 use crate::issuance::{sign_for_entry, IssueError, IssuedSvid};
 use crate::join_token::{self, JoinTokenError, NewJoinToken};
+use crate::jwt_keys::JwtSigner;
 use crate::metrics::Metrics;
 use crate::store::{AgentRecord, EntryFilter, Store, StoreError};
 
@@ -56,6 +58,9 @@ pub struct Ca {
     /// Its metrics.
     pub metrics: Metrics,
     authority: RwLock<Arc<Authority>>,
+    jwt_signer: RwLock<Arc<JwtSigner>>,
+    /// This replica's ID (owner of its key files).
+    replica: String,
     /// Bumped whenever entries, agents or the bundle change; sync streams
     /// to agents wake on it.
     changes: tokio::sync::watch::Sender<u64>,
@@ -70,9 +75,20 @@ impl Ca {
         let store = Store::connect(&config.database_url()).await?;
         let now = SystemTime::now();
         let authority = Authority::load_or_create(&store, &config, &trust_domain, now).await?;
+        let replica = replica_id(&config.data_dir)?;
+        let (jwt_signer, _) = crate::jwt_keys::rotate(
+            &store,
+            &config,
+            &replica,
+            &config.data_dir.join("keys"),
+            now,
+        )
+        .await?;
         let ca = Arc::new(Ca {
             metrics: Metrics::new(),
             authority: RwLock::new(Arc::new(authority)),
+            jwt_signer: RwLock::new(Arc::new(jwt_signer)),
+            replica,
             changes: tokio::sync::watch::channel(0).0,
             config,
             trust_domain,
@@ -93,13 +109,88 @@ impl Ca {
         }
     }
 
+    /// The JWT key this replica signs with now.
+    pub fn jwt_signer(&self) -> Arc<JwtSigner> {
+        match self.jwt_signer.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Moves JWT key rotation forward to `now` (see [`crate::jwt_keys`]);
+    /// agents are told when the bundle changed.
+    pub async fn rotate_jwt_keys(&self, now: SystemTime) -> Result<(), CaError> {
+        let (signer, bundle_changed) = crate::jwt_keys::rotate(
+            &self.store,
+            &self.config,
+            &self.replica,
+            &self.config.data_dir.join("keys"),
+            now,
+        )
+        .await?;
+        if signer.kid != self.jwt_signer().kid {
+            match self.jwt_signer.write() {
+                Ok(mut guard) => *guard = Arc::new(signer),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(signer),
+            }
+        }
+        if bundle_changed {
+            self.notify_change();
+        }
+        Ok(())
+    }
+
+    /// Signs a JWT-SVID for `spiffe_id` and `audience`, living `ttl_secs`
+    /// (0: the configured default) but never past the signing key.
+    pub fn mint_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl_secs: u64,
+        now: SystemTime,
+    ) -> Result<MintedJwt, CaError> {
+        let signer = self.jwt_signer();
+        let ttl = if ttl_secs == 0 {
+            self.config.default_jwt_svid_ttl
+        } else {
+            ttl_secs
+        };
+        let expires = (now + Duration::from_secs(ttl)).min(signer.not_after);
+        if expires <= now {
+            return Err(CaError::Authority(AuthorityError::Inconsistent(
+                "the JWT signing key has expired; rotation is behind".into(),
+            )));
+        }
+        let claims = jwt_svid_claims(spiffe_id, audience, now, expires, self.config.jwt_issuer());
+        let token = signer
+            .key()
+            .sign(&signer.kid, &claims)
+            .map_err(|e| CaError::Authority(AuthorityError::Inconsistent(e.to_string())))?;
+        self.metrics.jwt_svids_issued.inc();
+        Ok(MintedJwt {
+            token,
+            issued_at: unix_seconds(now),
+            expires_at: unix_seconds(expires),
+        })
+    }
+
     /// The trust bundle as published now.
     pub async fn bundle(&self) -> Result<TrustBundle, CaError> {
-        let (certs, sequence) = self.store.bundle(unix_seconds(SystemTime::now())).await?;
+        let now = unix_seconds(SystemTime::now());
+        let (certs, sequence) = self.store.bundle(now).await?;
+        let jwt_authorities = self
+            .store
+            .jwt_keys(now)
+            .await?
+            .iter()
+            .map(|k| JwtAuthority::from_spki_der(&k.kid, &k.public_key))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BundleError::from)?;
         let mut bundle = TrustBundle::new(
             self.trust_domain.clone(),
             certs.into_iter().map(CertificateDer::from).collect(),
-        )?;
+        )?
+        .with_jwt_authorities(jwt_authorities);
         bundle.sequence = sequence;
         bundle.refresh_hint_secs = Some(self.config.bundle_refresh_hint);
         Ok(bundle)
@@ -139,7 +230,11 @@ impl Ca {
     }
 
     fn validate_entry(&self, input: &EntryInput) -> Result<EntrySpec, CaError> {
-        Ok(input.validate(&self.trust_domain, self.config.max_ttl())?)
+        Ok(input.validate(
+            &self.trust_domain,
+            self.config.max_ttl(),
+            Duration::from_secs(self.config.max_jwt_svid_ttl),
+        )?)
     }
 
     /// Lists entries.
@@ -239,6 +334,16 @@ impl Ca {
             }
         }
     }
+}
+
+/// A signed JWT-SVID and its times (Unix seconds).
+pub struct MintedJwt {
+    /// Compact JWS.
+    pub token: String,
+    /// `iat`.
+    pub issued_at: i64,
+    /// `exp`.
+    pub expires_at: i64,
 }
 
 fn now() -> i64 {

@@ -16,6 +16,7 @@ on_both_backends!(
     upstream_mode_issues_svids_that_chain_to_the_upstream_root,
     svids_verify_with_openssl_against_the_exported_bundle,
     database_of_another_trust_domain_is_refused,
+    jwt_keys_rotate_with_no_token_failing_validation,
 );
 
 fn config(db: &TestDb, td: &str) -> CaConfig {
@@ -63,7 +64,11 @@ async fn entries_ca_key_and_bundle_survive_a_restart(db: TestDb) {
     // An SVID signed after the restart verifies against the bundle from before.
     let key = KeyPair::generate().unwrap();
     let spec = web_entry()
-        .validate(&ca.trust_domain, ca.config.max_ttl())
+        .validate(
+            &ca.trust_domain,
+            ca.config.max_ttl(),
+            std::time::Duration::from_secs(ca.config.max_jwt_svid_ttl),
+        )
         .unwrap();
     let svid = ca.sign_for_entry(&csr_for(&key, None), &spec).unwrap();
     let old_bundle = TrustBundle::from_pem(ca.trust_domain.clone(), &bundle_pem).unwrap();
@@ -128,7 +133,11 @@ async fn upstream_mode_issues_svids_that_chain_to_the_upstream_root(db: TestDb) 
     assert!(!ca.authority().self_signed);
     let key = KeyPair::generate().unwrap();
     let spec = web_entry()
-        .validate(&ca.trust_domain, ca.config.max_ttl())
+        .validate(
+            &ca.trust_domain,
+            ca.config.max_ttl(),
+            std::time::Duration::from_secs(ca.config.max_jwt_svid_ttl),
+        )
         .unwrap();
     let svid = ca.sign_for_entry(&csr_for(&key, None), &spec).unwrap();
     assert_eq!(svid.chain.len(), 2, "leaf + Signet intermediate");
@@ -166,7 +175,11 @@ async fn svids_verify_with_openssl_against_the_exported_bundle(db: TestDb) {
         let ca = Ca::open(cfg).await.unwrap();
         let key = KeyPair::generate().unwrap();
         let spec = web_entry()
-            .validate(&ca.trust_domain, ca.config.max_ttl())
+            .validate(
+                &ca.trust_domain,
+                ca.config.max_ttl(),
+                std::time::Duration::from_secs(ca.config.max_jwt_svid_ttl),
+            )
             .unwrap();
         let svid = ca.sign_for_entry(&csr_for(&key, None), &spec).unwrap();
         let bundle = sub.path().join("bundle.pem");
@@ -206,4 +219,54 @@ async fn database_of_another_trust_domain_is_refused(db: TestDb) {
     drop(ca);
     let err = Ca::open(config(&db, "other.org")).await.err().unwrap();
     assert!(err.to_string().contains("belongs to trust domain"), "{err}");
+}
+
+async fn jwt_keys_rotate_with_no_token_failing_validation(db: TestDb) {
+    use signet_identity::jwt_svid::{decode_jwt, validate_jwt_svid};
+    let mut cfg = config(&db, "example.org");
+    cfg.jwt_key_ttl = 600;
+    cfg.max_jwt_svid_ttl = 100;
+    cfg.default_jwt_svid_ttl = 100;
+    let ca = Ca::open(cfg.clone()).await.unwrap();
+    let first = ca.jwt_signer().kid.clone();
+    // The key survives a restart.
+    ca.store.close().await;
+    let ca = Ca::open(cfg).await.unwrap();
+    assert_eq!(ca.jwt_signer().kid, first);
+
+    let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
+    let aud = ["api".to_owned()];
+    let start = SystemTime::now();
+    let mut tokens: Vec<(String, i64)> = Vec::new();
+    let mut signers = vec![first];
+    for step in 0..=180u64 {
+        let t = start + Duration::from_secs(step * 10);
+        ca.rotate_jwt_keys(t).await.unwrap();
+        let signer = ca.jwt_signer().kid.clone();
+        let bundle = ca.bundle().await.unwrap();
+        let published: Vec<&str> = bundle.jwt_authorities().iter().map(|a| a.kid()).collect();
+        assert!(published.contains(&signer.as_str()));
+        if signers.last() != Some(&signer) {
+            signers.push(signer);
+        }
+        let minted = ca.mint_jwt_svid(&id, &aud, 0, t).unwrap();
+        assert!(
+            minted.expires_at - minted.issued_at == 100,
+            "token cut short at step {step}"
+        );
+        tokens.push((minted.token, minted.expires_at));
+        // Every token not yet expired still validates, whichever key signed it.
+        for (token, exp) in &tokens {
+            if *exp > signet_identity::x509_svid::unix_seconds(t) {
+                validate_jwt_svid(token, &bundle, "api", t)
+                    .unwrap_or_else(|p| panic!("step {step}: {p:?}"));
+            }
+        }
+        // Expired keys leave the bundle: at most the active, the prepared
+        // and the previous one.
+        assert!(published.len() <= 3, "{published:?}");
+    }
+    assert!(signers.len() >= 5, "{signers:?}");
+    let header = decode_jwt(&tokens[0].0).unwrap().header;
+    assert_eq!(header["alg"], "ES256");
 }

@@ -51,6 +51,20 @@ pub struct CaConfig {
     pub default_x509_svid_ttl: u64,
     /// Largest X.509-SVID lifetime an entry may ask for, seconds. Default 86400.
     pub max_x509_svid_ttl: u64,
+    /// JWT-SVID lifetime when an entry does not set one, seconds. Default 300.
+    pub default_jwt_svid_ttl: u64,
+    /// Largest JWT-SVID lifetime an entry may ask for, seconds. Default 3600.
+    pub max_jwt_svid_ttl: u64,
+    /// Lifetime of each JWT signing key, seconds. Default one day. The next
+    /// key is prepared (published, not signing) with half of it left and
+    /// takes over with a sixth left, so it must be at least six times
+    /// `max_jwt_svid_ttl`.
+    pub jwt_key_ttl: u64,
+    /// JWT signing key type: `ec-p256` (ES256, default) or `rsa-2048`
+    /// (RS256, for relying parties that only take RSA).
+    pub jwt_key_type: JwtKeyType,
+    /// OIDC discovery (`[oidc]`): off unless set.
+    pub oidc: Option<OidcConfig>,
     /// Lifetime of the CA's own signing certificate, seconds. Default one year.
     pub ca_ttl: u64,
     /// Default join token lifetime, seconds. Default 600.
@@ -72,6 +86,37 @@ pub struct CaConfig {
     pub replace_lost_key: bool,
     /// Limits of the node API (`[limits]`); each has a default.
     pub limits: NodeApiLimits,
+}
+
+/// The algorithm of the CA's JWT signing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum JwtKeyType {
+    /// ECDSA P-256, tokens signed ES256.
+    #[default]
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    /// RSA 2048, tokens signed RS256.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+/// OIDC discovery: a listener serving `/.well-known/openid-configuration`
+/// and the JWKS it names, so that cloud IAM, Vault and any OIDC relying
+/// party can verify Signet's JWT-SVIDs. With it set, JWT-SVIDs carry `iss`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8443`.
+    pub listen: String,
+    /// The issuer URL relying parties are configured with
+    /// (`https://oidc.example.org`); the discovery document lives under it.
+    pub issuer: String,
+    /// TLS certificate chain (PEM) for the listener. Without `tls_cert` and
+    /// `tls_key` it speaks plain HTTP, for use behind a TLS-terminating
+    /// load balancer.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, PKCS#8).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What one client may hold of the node API, and for how long. Hitting a
@@ -127,6 +172,11 @@ impl Default for CaConfig {
             metrics_listen: "127.0.0.1:9988".into(),
             default_x509_svid_ttl: 3600,
             max_x509_svid_ttl: 86400,
+            default_jwt_svid_ttl: 300,
+            max_jwt_svid_ttl: 3600,
+            jwt_key_ttl: 86400,
+            jwt_key_type: JwtKeyType::EcP256,
+            oidc: None,
             ca_ttl: 365 * 86400,
             join_token_ttl: 600,
             bundle_refresh_hint: 300,
@@ -171,6 +221,41 @@ impl CaConfig {
                 "ca_ttl ({}) must be longer than max_x509_svid_ttl ({})",
                 self.ca_ttl, self.max_x509_svid_ttl
             )));
+        }
+        if self.default_jwt_svid_ttl == 0 || self.default_jwt_svid_ttl > self.max_jwt_svid_ttl {
+            return Err(ConfigError::Invalid(format!(
+                "default_jwt_svid_ttl ({}) must be positive and at most max_jwt_svid_ttl ({})",
+                self.default_jwt_svid_ttl, self.max_jwt_svid_ttl
+            )));
+        }
+        if self.max_jwt_svid_ttl > 7 * 86400 {
+            return Err(ConfigError::Invalid(format!(
+                "max_jwt_svid_ttl ({}) is more than 7 days; JWT-SVIDs are bearer tokens, keep them short",
+                self.max_jwt_svid_ttl
+            )));
+        }
+        if self.jwt_key_ttl < 6 * self.max_jwt_svid_ttl {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_key_ttl ({}) must be at least 6 × max_jwt_svid_ttl ({}): a key signs only during the last sixth of its life before the next takes over",
+                self.jwt_key_ttl, self.max_jwt_svid_ttl
+            )));
+        }
+        if let Some(oidc) = &self.oidc {
+            let rest = oidc
+                .issuer
+                .strip_prefix("https://")
+                .or_else(|| oidc.issuer.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#']) || r.ends_with('/')) {
+                return Err(ConfigError::Invalid(format!(
+                    "[oidc] issuer {:?} must be an https:// URL without query, fragment or trailing slash",
+                    oidc.issuer
+                )));
+            }
+            if oidc.tls_cert.is_some() != oidc.tls_key.is_some() {
+                return Err(ConfigError::Invalid(
+                    "[oidc] tls_cert and tls_key go together: set both or neither".into(),
+                ));
+            }
         }
         let l = &self.limits;
         if l.handshake_timeout == 0
@@ -224,6 +309,11 @@ impl CaConfig {
     /// Default SVID TTL as a duration.
     pub fn default_ttl(&self) -> Duration {
         Duration::from_secs(self.default_x509_svid_ttl)
+    }
+
+    /// The JWT-SVID issuer (`iss`), when OIDC discovery is on.
+    pub fn jwt_issuer(&self) -> Option<&str> {
+        self.oidc.as_ref().map(|o| o.issuer.as_str())
     }
 
     /// Maximum SVID TTL as a duration.

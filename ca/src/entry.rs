@@ -55,8 +55,16 @@ pub enum EntryError {
         max: u64,
     },
     /// Negative TTL.
-    #[error("x509 SVID TTL must not be negative")]
+    #[error("SVID TTLs must not be negative")]
     NegativeTtl,
+    /// Asked-for JWT-SVID TTL beyond the CA's maximum.
+    #[error("JWT-SVID TTL {asked}s exceeds the CA's maximum of {max}s; ask for less or raise max_jwt_svid_ttl")]
+    JwtTtlTooLong {
+        /// Requested seconds.
+        asked: u64,
+        /// The configured maximum.
+        max: u64,
+    },
     /// A DNS name that cannot go into a certificate.
     #[error(
         "invalid DNS name {0:?}: use letters, digits, '-' and '.', optionally starting with '*.'"
@@ -157,6 +165,8 @@ pub struct EntrySpec {
     /// Operator guidance sent with the SVID on the Workload API (`hint`):
     /// which of several SVIDs to use for what. Empty: none.
     pub hint: String,
+    /// JWT-SVID lifetime, seconds; 0: the CA's default.
+    pub jwt_svid_ttl: u64,
 }
 
 /// Longest hint accepted, bytes.
@@ -195,6 +205,8 @@ pub struct EntryInput {
     pub admin: bool,
     /// Workload API hint.
     pub hint: String,
+    /// JWT-SVID seconds; 0 for default.
+    pub jwt_svid_ttl: i64,
 }
 
 fn valid_dns_name(name: &str) -> bool {
@@ -214,7 +226,12 @@ fn valid_dns_name(name: &str) -> bool {
 
 impl EntryInput {
     /// Validates against the CA's trust domain and maximum TTL.
-    pub fn validate(&self, td: &TrustDomain, max_ttl: Duration) -> Result<EntrySpec, EntryError> {
+    pub fn validate(
+        &self,
+        td: &TrustDomain,
+        max_ttl: Duration,
+        max_jwt_ttl: Duration,
+    ) -> Result<EntrySpec, EntryError> {
         let spiffe_id = SpiffeId::parse(&self.spiffe_id).map_err(|e| EntryError::BadSpiffeId {
             id: self.spiffe_id.clone(),
             reason: e.to_string(),
@@ -259,7 +276,7 @@ impl EntryInput {
         if selectors.is_empty() {
             return Err(EntryError::NoSelectors);
         }
-        if self.x509_svid_ttl < 0 {
+        if self.x509_svid_ttl < 0 || self.jwt_svid_ttl < 0 {
             return Err(EntryError::NegativeTtl);
         }
         let ttl = self.x509_svid_ttl as u64;
@@ -267,6 +284,13 @@ impl EntryInput {
             return Err(EntryError::TtlTooLong {
                 asked: ttl,
                 max: max_ttl.as_secs(),
+            });
+        }
+        let jwt_svid_ttl = self.jwt_svid_ttl as u64;
+        if jwt_svid_ttl > max_jwt_ttl.as_secs() {
+            return Err(EntryError::JwtTtlTooLong {
+                asked: jwt_svid_ttl,
+                max: max_jwt_ttl.as_secs(),
             });
         }
         let mut dns_names = Vec::new();
@@ -290,6 +314,7 @@ impl EntryInput {
             dns_names,
             admin: self.admin,
             hint: self.hint.clone(),
+            jwt_svid_ttl,
         })
     }
 }
@@ -311,6 +336,7 @@ mod tests {
         i.validate(
             &TrustDomain::new("example.org").unwrap(),
             Duration::from_secs(3600),
+            Duration::from_secs(600),
         )
     }
 
@@ -376,6 +402,22 @@ mod tests {
                 max: 3600
             })
         );
+        // The JWT-SVID TTL cap, both sides of it.
+        let mut i = input();
+        i.jwt_svid_ttl = 600;
+        assert_eq!(check(i).unwrap().jwt_svid_ttl, 600);
+        let mut i = input();
+        i.jwt_svid_ttl = 601;
+        assert_eq!(
+            check(i),
+            Err(EntryError::JwtTtlTooLong {
+                asked: 601,
+                max: 600
+            })
+        );
+        let mut i = input();
+        i.jwt_svid_ttl = -1;
+        assert_eq!(check(i), Err(EntryError::NegativeTtl));
         let mut i = input();
         i.dns_names = vec!["bad_name.example".into()];
         assert!(matches!(check(i), Err(EntryError::BadDnsName(_))));
@@ -400,12 +442,18 @@ mod tests {
         let max = Duration::from_secs(86400);
         let mut i = input();
         i.hint = "internal".into();
-        assert_eq!(i.validate(&td, max).unwrap().hint, "internal");
+        assert_eq!(i.validate(&td, max, max).unwrap().hint, "internal");
         i.hint = "x".repeat(MAX_HINT_LEN);
-        assert!(i.validate(&td, max).is_ok());
+        assert!(i.validate(&td, max, max).is_ok());
         i.hint = "x".repeat(MAX_HINT_LEN + 1);
-        assert!(matches!(i.validate(&td, max), Err(EntryError::BadHint)));
+        assert!(matches!(
+            i.validate(&td, max, max),
+            Err(EntryError::BadHint)
+        ));
         i.hint = "a\nb".into();
-        assert!(matches!(i.validate(&td, max), Err(EntryError::BadHint)));
+        assert!(matches!(
+            i.validate(&td, max, max),
+            Err(EntryError::BadHint)
+        ));
     }
 }

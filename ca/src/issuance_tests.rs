@@ -38,8 +38,13 @@ fn entry(ca: &Ca, ttl: i64) -> crate::entry::EntrySpec {
         dns_names: vec!["web.prod.svc".into()],
         admin: false,
         hint: String::new(),
+        jwt_svid_ttl: 0,
     }
-    .validate(&ca.trust_domain, ca.config.max_ttl())
+    .validate(
+        &ca.trust_domain,
+        ca.config.max_ttl(),
+        std::time::Duration::from_secs(ca.config.max_jwt_svid_ttl),
+    )
     .unwrap()
 }
 

@@ -27,9 +27,11 @@ pub mod entry;
 pub mod health;
 pub mod issuance;
 pub mod join_token;
+pub mod jwt_keys;
 pub mod metrics;
 pub mod node_api;
 pub mod node_tls;
+pub mod oidc;
 pub mod server;
 pub mod store;
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     registry: Registry,
     /// SVIDs signed.
     pub svids_issued: Counter,
+    /// JWT-SVIDs signed.
+    pub jwt_svids_issued: Counter,
     /// Issuance refusals and failures by reason.
     pub issuance_failures: Family<ReasonLabel, Counter>,
     /// Join tokens created.
@@ -56,6 +58,12 @@ impl Metrics {
             "x509_svids_issued",
             "X.509-SVIDs signed",
             svids_issued.clone(),
+        );
+        let jwt_svids_issued = Counter::default();
+        registry.register(
+            "jwt_svids_issued",
+            "JWT-SVIDs signed",
+            jwt_svids_issued.clone(),
         );
         let issuance_failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -90,6 +98,7 @@ impl Metrics {
         Self {
             registry,
             svids_issued,
+            jwt_svids_issued,
             issuance_failures,
             join_tokens_created,
             node_refusals,

@@ -170,6 +170,14 @@ pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
         trust_domain: b.trust_domain().to_string(),
         x509_authorities: b.authorities().iter().map(|c| c.to_vec()).collect(),
         sequence: b.sequence,
+        jwt_authorities: b
+            .jwt_authorities()
+            .iter()
+            .map(|a| pb::JwtAuthority {
+                kid: a.kid().to_owned(),
+                public_key: a.spki_der().to_vec(),
+            })
+            .collect(),
     }
 }
 
@@ -182,6 +190,7 @@ fn entry_to_pb(e: &Entry) -> pb::WorkloadEntry {
         dns_names: e.spec.dns_names.clone(),
         revision: e.revision,
         hint: e.spec.hint.clone(),
+        jwt_svid_ttl_seconds: e.spec.jwt_svid_ttl as i64,
     }
 }
 
@@ -386,5 +395,44 @@ impl Node for NodeService {
             });
         }
         Ok(Response::new(pb::SignSvidsResponse { svids }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<pb::MintJwtSvidRequest>,
+    ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
+        let agent = self.authorized_agent(&req).await?;
+        let r = req.into_inner();
+        if let Some(problem) = signet_identity::jwt_svid::audience_problem(&r.audience) {
+            return Err(Status::invalid_argument(problem));
+        }
+        let entry = self
+            .ca
+            .store
+            .get_entry(&r.entry_id)
+            .await
+            .map_err(|e| status(&e.into()))?;
+        if entry.spec.parent_id.as_str() != agent.spiffe_id {
+            self.ca.metrics.attestation_failed("foreign_entry");
+            tracing::warn!(agent_id = %agent.spiffe_id, entry_id = %r.entry_id, "agent asked for a JWT-SVID of an entry that is not its own");
+            return Err(Status::permission_denied(format!(
+                "entry {} is not parented to {}",
+                r.entry_id, agent.spiffe_id
+            )));
+        }
+        let minted = self
+            .ca
+            .mint_jwt_svid(
+                &entry.spec.spiffe_id,
+                &r.audience,
+                entry.spec.jwt_svid_ttl,
+                SystemTime::now(),
+            )
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::MintJwtSvidResponse {
+            token: minted.token,
+            expires_at: minted.expires_at,
+            issued_at: minted.issued_at,
+        }))
     }
 }

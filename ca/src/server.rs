@@ -55,6 +55,17 @@ pub async fn run(
         .await
         .map_err(|e| io(&format!("listen {node_listen}"), e))?;
     let node_addr = node_listener.local_addr().map_err(|e| io("listen", e))?;
+    let oidc = match &ca.config.oidc {
+        None => None,
+        Some(oidc) => {
+            let tls = crate::oidc::tls_config(oidc)?;
+            let listener = tokio::net::TcpListener::bind(&oidc.listen)
+                .await
+                .map_err(|e| io(&format!("[oidc] listen {}", oidc.listen), e))?;
+            let addr = listener.local_addr().map_err(|e| io("[oidc] listen", e))?;
+            Some((listener, tls, addr, oidc.issuer.clone()))
+        }
+    };
     let bundle = signet_identity::tls::BundleHandle::new(ca.bundle().await?);
     let (tls_config, resolver, server_svid_lifetime) = crate::node_tls::server_config(&ca, bundle)?;
 
@@ -128,6 +139,17 @@ pub async fn run(
     let admin = tokio::spawn(admin);
     let health = tokio::spawn(health);
     let pruner = tokio::spawn(prune_tokens(ca.clone(), stop_rx.clone()));
+    let jwt_rotation = tokio::spawn(rotate_jwt_keys(ca.clone(), stop_rx.clone()));
+    let oidc_addr = oidc.as_ref().map(|o| o.2.to_string()).unwrap_or_default();
+    let oidc = oidc.map(|(listener, tls, _, issuer)| {
+        tokio::spawn(crate::oidc::serve(
+            listener,
+            tls,
+            ca.clone(),
+            issuer,
+            stopped(stop_rx.clone()),
+        ))
+    });
 
     tracing::info!(
         trust_domain = %ca.trust_domain,
@@ -136,6 +158,8 @@ pub async fn run(
         metrics = %metrics_addr,
         database = %database,
         signing_key = %ca.authority().id,
+        jwt_key = %ca.jwt_signer().kid,
+        oidc = %oidc_addr,
         "signet CA ready"
     );
 
@@ -148,6 +172,10 @@ pub async fn run(
         let _ = rotator.await;
         let _ = health.await;
         let _ = pruner.await;
+        let _ = jwt_rotation.await;
+        if let Some(oidc) = oidc {
+            let _ = oidc.await;
+        }
     })
     .await;
     if drained.is_err() {
@@ -157,6 +185,27 @@ pub async fn run(
     ca.store.close().await;
     tracing::info!("signet CA stopped");
     Ok(())
+}
+
+/// Moves JWT key rotation forward on its schedule.
+async fn rotate_jwt_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
+    let schedule = crate::jwt_keys::Schedule::for_lifetime(ca.config.jwt_key_ttl);
+    let mut tick = tokio::time::interval(schedule.check_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = ca.rotate_jwt_keys(std::time::SystemTime::now()).await {
+                    tracing::error!(error = %e, "JWT key rotation failed; retrying");
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Deletes expired join tokens every minute.

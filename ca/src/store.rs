@@ -7,6 +7,7 @@
 
 mod agents;
 mod entries;
+mod jwt_keys;
 mod keys;
 mod tokens;
 
@@ -19,6 +20,7 @@ use crate::config::redact_url;
 
 pub use agents::AgentRecord;
 pub use entries::EntryFilter;
+pub use jwt_keys::{JwtKeyRecord, JwtKeyStatus};
 pub use keys::CaKeyRecord;
 pub use tokens::TokenUse;
 

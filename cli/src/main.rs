@@ -48,9 +48,12 @@ enum Command {
     /// Validate policy files and evaluate requests against them.
     #[command(subcommand)]
     Policy(commands::proxy::PolicyCommand),
-    /// Show or write this process's identity, from the Workload API.
+    /// Show or write this process's identity (X.509 or JWT), from the Workload API.
     #[command(subcommand)]
     Id(commands::id::IdCommand),
+    /// Inspect JWT-SVIDs offline or validate them through the agent.
+    #[command(subcommand)]
+    Jwt(commands::jwt::JwtCommand),
     /// Inspect X.509 certificates offline.
     #[command(subcommand)]
     X509(commands::x509::X509Command),
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(c) => c.run().await,
             Command::Bundle(c) => c.run().await,
             Command::Id(c) => c.run().await,
+            Command::Jwt(c) => c.run().await,
             Command::Proxy(c) => c.run().await,
             Command::Policy(c) => c.run(),
             Command::X509(c) => c.run(),

@@ -40,6 +40,31 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// How far `exp` and `nbf` may be off to allow for clocks that disagree.
 pub const CLOCK_LEEWAY_SECS: i64 = 30;
 
+/// Most audiences one JWT-SVID may name.
+pub const MAX_AUDIENCES: usize = 32;
+
+/// Longest audience accepted, bytes.
+pub const MAX_AUDIENCE_LEN: usize = 1024;
+
+/// What is wrong with the audience list of a JWT-SVID request, if anything:
+/// at least one, at most [`MAX_AUDIENCES`], each 1 to [`MAX_AUDIENCE_LEN`]
+/// bytes of printable text. The agent and the CA apply the same rule.
+pub fn audience_problem(audience: &[String]) -> Option<String> {
+    if audience.is_empty() {
+        return Some("at least one audience is required".into());
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Some(format!(
+            "at most {MAX_AUDIENCES} audiences per JWT-SVID, not {}",
+            audience.len()
+        ));
+    }
+    audience
+        .iter()
+        .any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN || a.chars().any(char::is_control))
+        .then(|| format!("each audience must be 1 to {MAX_AUDIENCE_LEN} bytes of printable text"))
+}
+
 /// The signature algorithms the JWT-SVID standard allows and this crate can
 /// verify (ring has no P-521, so no ES512).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -886,6 +911,12 @@ impl JwtAuthorities for [crate::TrustBundle] {
         self.iter()
             .find(|b| b.trust_domain() == td)
             .map(|b| b.jwt_authorities())
+    }
+}
+
+impl JwtAuthorities for crate::TrustBundle {
+    fn jwt_authorities(&self, td: &TrustDomain) -> Option<&[JwtAuthority]> {
+        (self.trust_domain() == td).then_some(self.jwt_authorities())
     }
 }
 

@@ -475,3 +475,16 @@ fn a_spiffe_bundle_carries_jwt_authorities_beside_x509_ones() {
     );
     assert!(!bundle.jwt_jwks().contains("x5c"));
 }
+
+#[test]
+fn audience_limits_hold_on_both_sides() {
+    let n = |count: usize| (0..count).map(|i| format!("a{i}")).collect::<Vec<_>>();
+    assert_eq!(audience_problem(&n(1)), None);
+    assert_eq!(audience_problem(&n(MAX_AUDIENCES)), None);
+    assert!(audience_problem(&n(MAX_AUDIENCES + 1)).is_some());
+    assert!(audience_problem(&[]).is_some());
+    assert_eq!(audience_problem(&["x".repeat(MAX_AUDIENCE_LEN)]), None);
+    assert!(audience_problem(&["x".repeat(MAX_AUDIENCE_LEN + 1)]).is_some());
+    assert!(audience_problem(&[String::new()]).is_some());
+    assert!(audience_problem(&["a\nb".into()]).is_some());
+}

@@ -50,6 +50,7 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
             dns_names,
             admin: get::<i64>(row, "admin")? != 0,
             hint: get(row, "hint")?,
+            jwt_svid_ttl: get::<i64>(row, "jwt_svid_ttl")? as u64,
         },
         created_at: get(row, "created_at")?,
         updated_at: get(row, "updated_at")?,
@@ -58,7 +59,7 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
 }
 
 const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, x509_svid_ttl, dns_names, admin, \
-     created_at, updated_at, revision, hint";
+     created_at, updated_at, revision, hint, jwt_svid_ttl";
 
 impl Store {
     /// Stores a new entry. `AlreadyExists` when an entry with the same SPIFFE
@@ -66,7 +67,7 @@ impl Store {
     pub async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query(&format!(
-            "INSERT INTO entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(&id)
         .bind(spec.spiffe_id.as_str())
@@ -79,6 +80,7 @@ impl Store {
         .bind(now)
         .bind(1i64)
         .bind(&spec.hint)
+        .bind(spec.jwt_svid_ttl as i64)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;
@@ -138,8 +140,8 @@ impl Store {
     ) -> Result<Entry, StoreError> {
         let result = sqlx::query(
             "UPDATE entries SET spiffe_id = $1, parent_id = $2, selectors = $3, x509_svid_ttl = $4, \
-             dns_names = $5, admin = $6, updated_at = $7, revision = revision + 1, hint = $9 \
-             WHERE id = $8",
+             dns_names = $5, admin = $6, updated_at = $7, revision = revision + 1, hint = $9, \
+             jwt_svid_ttl = $10 WHERE id = $8",
         )
         .bind(spec.spiffe_id.as_str())
         .bind(spec.parent_id.as_str())
@@ -150,6 +152,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(&spec.hint)
+        .bind(spec.jwt_svid_ttl as i64)
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;

@@ -47,6 +47,30 @@ fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
     })
 }
 
+/// Adds one to the bundle's `spiffe_sequence`, inside the transaction that
+/// changes the bundle.
+pub(super) async fn bump_bundle_sequence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<(), StoreError> {
+    let current = sqlx::query("SELECT value FROM settings WHERE name = $1")
+        .bind(BUNDLE_SEQUENCE)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get::<String, _>(0))
+        .transpose()?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    sqlx::query(
+        "INSERT INTO settings (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .bind(BUNDLE_SEQUENCE)
+    .bind((current + 1).to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Records a new signing key and, in the same transaction, adds the given
     /// roots to the bundle (bumping its sequence when any is new).
@@ -86,22 +110,7 @@ impl Store {
             added += r.rows_affected();
         }
         if added > 0 {
-            let current = sqlx::query("SELECT value FROM settings WHERE name = $1")
-                .bind(BUNDLE_SEQUENCE)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get::<String, _>(0))
-                .transpose()?
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            sqlx::query(
-                "INSERT INTO settings (name, value) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            )
-            .bind(BUNDLE_SEQUENCE)
-            .bind((current + 1).to_string())
-            .execute(&mut *tx)
-            .await?;
+            bump_bundle_sequence(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -28,6 +28,7 @@ fn spec(id: &str, parent: &str, selectors: &[&str]) -> crate::entry::EntrySpec {
     .validate(
         &TrustDomain::new("example.org").unwrap(),
         Duration::from_secs(86400),
+        Duration::from_secs(3600),
     )
     .unwrap()
 }

@@ -1,6 +1,7 @@
 //! `signet bundle show`.
 
 use anyhow::Context;
+use signet_identity::jwt_svid::JwtAuthority;
 use signet_identity::{CertificateDer, TrustBundle, TrustDomain};
 use signet_proto::admin as pb;
 
@@ -11,14 +12,17 @@ use crate::admin_client::{AdminSocket, ResponseExt};
 pub enum BundleFormat {
     /// PEM certificates (for openssl, curl, most TLS stacks).
     Pem,
-    /// SPIFFE bundle: a JWK set with spiffe_sequence and spiffe_refresh_hint.
+    /// SPIFFE bundle: a JWK set (X.509 authorities with use x509-svid, JWT
+    /// authorities with use jwt-svid and kid) with spiffe_sequence and
+    /// spiffe_refresh_hint.
     Jwks,
 }
 
 /// Bundle commands.
 #[derive(clap::Subcommand)]
 pub enum BundleCommand {
-    /// Print the trust domain's X.509 authorities.
+    /// Print the trust domain's authorities: X.509 (pem), or X.509 and JWT
+    /// with their kid (jwks, the SPIFFE bundle format).
     ///
     /// Example:
     ///   signet bundle show --format pem > bundle.pem
@@ -51,7 +55,14 @@ impl BundleCommand {
                 .map(CertificateDer::from)
                 .collect(),
         )
-        .context("the CA sent an invalid bundle")?;
+        .context("the CA sent an invalid bundle")?
+        .with_jwt_authorities(
+            b.jwt_authorities
+                .iter()
+                .map(|a| JwtAuthority::from_spki_der(&a.kid, &a.public_key))
+                .collect::<Result<_, _>>()
+                .context("the CA sent an invalid JWT authority")?,
+        );
         bundle.sequence = b.sequence;
         bundle.refresh_hint_secs =
             (b.refresh_hint_seconds > 0).then_some(b.refresh_hint_seconds as u64);

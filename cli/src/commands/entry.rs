@@ -100,6 +100,9 @@ pub struct EntryFields {
     /// SVID lifetime (3600, 1h...) [default: the CA's default_x509_svid_ttl].
     #[arg(long, value_parser = parse_seconds)]
     x509_ttl: Option<i64>,
+    /// JWT-SVID lifetime (300, 5m...) [default: the CA's default_jwt_svid_ttl].
+    #[arg(long, value_parser = parse_seconds)]
+    jwt_ttl: Option<i64>,
     /// DNS name to include in the SVID, repeatable.
     #[arg(long = "dns-name")]
     dns_names: Vec<String>,
@@ -127,6 +130,9 @@ pub struct EntryUpdateFields {
     /// New SVID lifetime.
     #[arg(long, value_parser = parse_seconds)]
     x509_ttl: Option<i64>,
+    /// New JWT-SVID lifetime (0: the CA's default).
+    #[arg(long, value_parser = parse_seconds)]
+    jwt_ttl: Option<i64>,
     /// New DNS names (replace all).
     #[arg(long = "dns-name")]
     dns_names: Vec<String>,
@@ -143,6 +149,7 @@ struct EntryView {
     parent_id: String,
     selectors: Vec<String>,
     x509_svid_ttl: i64,
+    jwt_svid_ttl: i64,
     dns_names: Vec<String>,
     admin: bool,
     hint: String,
@@ -160,6 +167,7 @@ impl From<pb::Entry> for EntryView {
             parent_id: spec.parent_id,
             selectors: spec.selectors,
             x509_svid_ttl: spec.x509_svid_ttl_seconds,
+            jwt_svid_ttl: spec.jwt_svid_ttl_seconds,
             dns_names: spec.dns_names,
             admin: spec.admin,
             hint: spec.hint,
@@ -186,6 +194,7 @@ fn print_one(e: &EntryView) {
         println!("Selector:   {s}");
     }
     println!("X509 TTL:   {}", ttl_text(e.x509_svid_ttl));
+    println!("JWT TTL:    {}", ttl_text(e.jwt_svid_ttl));
     for d in &e.dns_names {
         println!("DNS name:   {d}");
     }
@@ -215,6 +224,7 @@ impl EntryCommand {
                     dns_names: fields.dns_names,
                     admin: fields.admin_workload,
                     hint: fields.hint.unwrap_or_default(),
+                    jwt_svid_ttl_seconds: fields.jwt_ttl.unwrap_or(0),
                 };
                 let entry = admin
                     .connect()
@@ -306,6 +316,9 @@ impl EntryCommand {
                 }
                 if let Some(v) = fields.x509_ttl {
                     spec.x509_svid_ttl_seconds = v;
+                }
+                if let Some(v) = fields.jwt_ttl {
+                    spec.jwt_svid_ttl_seconds = v;
                 }
                 if !fields.dns_names.is_empty() {
                     spec.dns_names = fields.dns_names;

@@ -1,4 +1,4 @@
-//! `signet id show|fetch`: a workload's view, through the Workload API.
+//! `signet id show|fetch|jwt`: a workload's view, through the Workload API.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,24 @@ pub enum IdCommand {
         #[arg(long, default_value = "10", value_parser = crate::duration::parse_seconds)]
         timeout: i64,
     },
+    /// Print a JWT-SVID for the given audience(s), alone on stdout.
+    ///
+    /// Example:
+    ///   curl -H "Authorization: Bearer $(signet id jwt --audience https://api.example.org)" ...
+    #[command(verbatim_doc_comment)]
+    Jwt {
+        #[command(flatten)]
+        socket: WorkloadSocket,
+        /// Audience (aud claim), repeatable; at least one.
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        /// Which of this process's SPIFFE IDs to get it for [default: the first].
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// How long to wait for the agent to issue an identity.
+        #[arg(long, default_value = "10", value_parser = crate::duration::parse_seconds)]
+        timeout: i64,
+    },
     /// Write the SVID, its key and the bundle to files, for apps that read files.
     ///
     /// Writes svid.pem (chain), svid.key (mode 0600) and bundle.pem; further
@@ -66,7 +84,11 @@ pub enum IdCommand {
     },
 }
 
-async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509svidResponse> {
+/// A Workload API client on `socket`, with a clear error when the agent is
+/// not there.
+pub async fn client(
+    socket: &WorkloadSocket,
+) -> anyhow::Result<SpiffeWorkloadApiClient<tonic::transport::Channel>> {
     let path = socket.path()?;
     if !path.exists() {
         return Err(anyhow!(
@@ -77,26 +99,25 @@ async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509
     let channel = workload_api::connect(&path)
         .await
         .with_context(|| format!("cannot connect to {}", path.display()))?;
-    let mut client = SpiffeWorkloadApiClient::new(channel);
+    Ok(SpiffeWorkloadApiClient::new(channel))
+}
+
+/// Calls `call` until it answers, the deadline passes, or it fails for a
+/// reason other than "no identity yet" (an entry created a moment ago
+/// reaches the agent within about a second).
+async fn with_retry<T, F, Fut>(timeout: i64, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.max(1) as u64);
     let mut said = false;
     loop {
-        let req = workload_api::with_security_header(pb::X509svidRequest {});
-        let attempt = tokio::time::timeout_at(deadline, async {
-            let mut stream = client.fetch_x509svid(req).await?.into_inner();
-            stream
-                .message()
-                .await?
-                .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
-        })
-        .await;
-        let status = match attempt {
+        let status = match tokio::time::timeout_at(deadline, call()).await {
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(s)) => s,
             Err(_) => tonic::Status::deadline_exceeded("no answer"),
         };
-        // An entry created a moment ago reaches the agent within about a
-        // second: keep asking until the deadline, and say so.
         let retry = matches!(
             status.code(),
             tonic::Code::PermissionDenied | tonic::Code::Unavailable
@@ -124,6 +145,22 @@ async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn fetch(socket: &WorkloadSocket, timeout: i64) -> anyhow::Result<pb::X509svidResponse> {
+    let client = client(socket).await?;
+    with_retry(timeout, || {
+        let mut client = client.clone();
+        async move {
+            let req = workload_api::with_security_header(pb::X509svidRequest {});
+            let mut stream = client.fetch_x509svid(req).await?.into_inner();
+            stream
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::unavailable("the agent closed the stream"))
+        }
+    })
+    .await
 }
 
 fn split_chain(der: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
@@ -191,6 +228,29 @@ impl IdCommand {
                         }
                     }
                 }
+                Ok(())
+            }
+            IdCommand::Jwt {
+                socket,
+                audience,
+                spiffe_id,
+                timeout,
+            } => {
+                let client = client(&socket).await?;
+                let resp = with_retry(timeout, || {
+                    let mut client = client.clone();
+                    let req = workload_api::with_security_header(pb::JwtsvidRequest {
+                        audience: audience.clone(),
+                        spiffe_id: spiffe_id.clone().unwrap_or_default(),
+                    });
+                    async move { Ok(client.fetch_jwtsvid(req).await?.into_inner()) }
+                })
+                .await?;
+                let svid = resp
+                    .svids
+                    .first()
+                    .ok_or_else(|| anyhow!("the agent returned no JWT-SVID"))?;
+                println!("{}", svid.svid);
                 Ok(())
             }
             IdCommand::Fetch {

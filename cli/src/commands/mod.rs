@@ -7,6 +7,7 @@ pub mod dev;
 mod dev_demo;
 pub mod entry;
 pub mod id;
+pub mod jwt;
 pub mod proxy;
 pub mod token;
 pub mod x509;
