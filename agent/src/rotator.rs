@@ -286,7 +286,8 @@ impl SvidRotator {
 
     fn apply_snapshot(&mut self, s: pb::EntrySnapshot) {
         if let Ok(bundle) = bundle_from_pb(s.bundle.as_ref()) {
-            if bundle.authorities() != self.bundle.get().authorities() {
+            // X.509 or JWT authorities: either change is a new bundle.
+            if bundle != *self.bundle.get() {
                 if let Err(e) = agent_identity::save_bundle(&self.data_dir, &bundle) {
                     tracing::warn!(error = %e, "cannot save the new bundle");
                 }
@@ -325,8 +326,7 @@ impl SvidRotator {
         self.published.send_if_modified(|cur| {
             let changed = cur.svids != snapshot.svids
                 || cur.entries != snapshot.entries
-                || cur.bundle.as_ref().map(|b| b.authorities().to_vec())
-                    != snapshot.bundle.as_ref().map(|b| b.authorities().to_vec());
+                || cur.bundle.as_deref() != snapshot.bundle.as_deref();
             if changed {
                 *cur = Arc::new(snapshot);
             }

@@ -6,13 +6,22 @@ tests/clients_e2e.rs; prints one result line per command.
   stream SOCKET N          N distinct SVIDs seen on one open stream
   no-header SOCKET         FetchX509SVID without the security header
   error SOCKET             the error a refused caller gets
+  jwt SOCKET AUD           JWT-SVID fetched, validated by the agent and
+                           locally against the fetched JWT bundle
+  validate SOCKET AUD TOK  the agent's verdict on a token
+  oidc KEYS_URL ISS AUD TOK  PyJWT verifying a token with the OIDC JWKS
 """
 import sys
 import threading
 
 import grpc
 from cryptography.hazmat.primitives import serialization
+import json
+import urllib.request
+
+import jwt as pyjwt
 from spiffe import WorkloadApiClient
+from spiffe.svid.jwt_svid import JwtSvid
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 
@@ -75,6 +84,38 @@ def error(socket):
         print(f"error={e}")
 
 
+def jwt_fetch(socket, audience):
+    client = WorkloadApiClient(socket_path=socket)
+    svid = client.fetch_jwt_svid(audience={audience})
+    validated = client.validate_jwt_svid(svid.token, audience)
+    bundles = client.fetch_jwt_bundles()
+    bundle = bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+    local = JwtSvid.parse_and_validate(svid.token, bundle, {audience})
+    print(
+        f"jwt sub={svid.spiffe_id} validated={validated.spiffe_id} "
+        f"local={local.spiffe_id} keys={len(bundle.jwt_authorities)}"
+    )
+
+
+def validate(socket, audience, token):
+    client = WorkloadApiClient(socket_path=socket)
+    try:
+        v = client.validate_jwt_svid(token, audience)
+        print(f"valid {v.spiffe_id}")
+    except Exception as e:  # noqa: BLE001 - the library wraps the status
+        print(f"refused {e}")
+
+
+def oidc(keys_url, issuer, audience, token):
+    jwks = json.load(urllib.request.urlopen(keys_url, timeout=10))
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    key = pyjwt.PyJWKSet.from_dict(jwks)[kid]
+    claims = pyjwt.decode(
+        token, key.key, algorithms=[key.algorithm_name], audience=audience, issuer=issuer
+    )
+    print(f"oidc sub={claims['sub']} alg={key.algorithm_name}")
+
+
 if __name__ == "__main__":
     cmd, socket = sys.argv[1], sys.argv[2]
     if cmd == "fetch":
@@ -85,3 +126,9 @@ if __name__ == "__main__":
         no_header(socket)
     elif cmd == "error":
         error(socket)
+    elif cmd == "jwt":
+        jwt_fetch(socket, sys.argv[3])
+    elif cmd == "validate":
+        validate(socket, sys.argv[3], sys.argv[4])
+    elif cmd == "oidc":
+        oidc(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+pub mod python;
+
 /// Path of the `signet` binary under test.
 pub fn signet_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_signet"))
