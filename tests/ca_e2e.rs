@@ -206,7 +206,14 @@ fn bundle_is_published_as_pem_and_spiffe_jwks() {
     let jwks: serde_json::Value =
         serde_json::from_str(&ca.run_ok(&["bundle", "show", "--format", "jwks"])).unwrap();
     assert_eq!(jwks["keys"][0]["use"], "x509-svid");
-    assert_eq!(jwks["spiffe_sequence"], 1);
+    // The JWT authority beside it, named by its kid.
+    assert_eq!(jwks["keys"][1]["use"], "jwt-svid");
+    assert_eq!(jwks["keys"][1]["kty"], "EC");
+    assert!(jwks["keys"][1]["kid"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty()));
+    // One bump for the X.509 root, one for the first JWT key.
+    assert_eq!(jwks["spiffe_sequence"], 2);
     assert_eq!(jwks["spiffe_refresh_hint"], 300);
     // The bundle root is a valid SVID signing certificate.
     let inspect = run_ok(
@@ -325,12 +332,14 @@ fn a_missing_signing_key_file_stops_the_ca_instead_of_making_a_new_root() {
     let bundle = ca.run_ok(&["bundle", "show"]);
     let dir = ca.stop();
     let keys = dir.path().join("data/keys");
-    let key_file = std::fs::read_dir(&keys)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let x509_key_files = || {
+        std::fs::read_dir(&keys)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+            .collect::<Vec<_>>()
+    };
+    let key_file = x509_key_files()[0].clone();
     let aside = dir.path().join("moved-away.pem");
     std::fs::rename(&key_file, &aside).unwrap();
 
@@ -355,11 +364,7 @@ fn a_missing_signing_key_file_stops_the_ca_instead_of_making_a_new_root() {
     assert!(err.contains("no key file at"), "{err}");
     assert!(err.contains("restore the file"), "{err}");
     assert!(err.contains("--replace-lost-key"), "{err}");
-    assert_eq!(
-        std::fs::read_dir(&keys).unwrap().count(),
-        0,
-        "no new key was made"
-    );
+    assert_eq!(x509_key_files().len(), 0, "no new key was made");
 
     // Restored: the same CA, the same bundle.
     std::fs::rename(&aside, &key_file).unwrap();

@@ -156,12 +156,12 @@ fn direct_tls(
 /// properties the CA would never issue.
 fn real_issuer(mesh: &Mesh) -> signet_identity::testing::TestIssuer {
     let key_dir = mesh.ca.dir.path().join("data/keys");
+    // The X.509 signing key (JWT keys are jwt-*.pk8 beside it).
     let key_file = std::fs::read_dir(&key_dir)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pem"))
+        .unwrap();
     let root_pem = mesh.ca.run_ok(&["bundle", "show"]);
     signet_identity::testing::TestIssuer {
         der: signet_identity::certificates_from_pem(&root_pem).unwrap()[0].clone(),
