@@ -52,6 +52,51 @@ pub struct PeerCred {
 pub struct WorkloadAttestor {
     hashes: Mutex<HashMap<FileIdentity, String>>,
     max_hash_bytes: u64,
+    users: NameTable,
+    groups: NameTable,
+}
+
+/// uid or gid → name from a passwd- or group-format file, re-read only when
+/// the file changes (a stat per lookup instead of reading and parsing the
+/// file on every Workload API call).
+struct NameTable {
+    path: PathBuf,
+    cached: Mutex<Option<(FileIdentity, HashMap<u32, String>)>>,
+}
+
+impl NameTable {
+    fn new(path: &str) -> Self {
+        Self {
+            path: PathBuf::from(path),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The name of `id`, from the file as it is now.
+    fn name(&self, id: u32) -> Option<String> {
+        let meta = std::fs::metadata(&self.path).ok()?;
+        let stamp = file_identity(&meta);
+        let mut cached = self.cached.lock().ok()?;
+        match cached.as_ref() {
+            Some((s, names)) if *s == stamp => names.get(&id).cloned(),
+            _ => {
+                let names = parse_names(&std::fs::read_to_string(&self.path).ok()?);
+                let name = names.get(&id).cloned();
+                *cached = Some((stamp, names));
+                name
+            }
+        }
+    }
+}
+
+fn file_identity(meta: &std::fs::Metadata) -> FileIdentity {
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
 }
 
 /// What identifies one version of a file: device, inode, size, ctime (s, ns).
@@ -69,6 +114,8 @@ impl WorkloadAttestor {
         Self {
             hashes: Mutex::new(HashMap::new()),
             max_hash_bytes,
+            users: NameTable::new("/etc/passwd"),
+            groups: NameTable::new("/etc/group"),
         }
     }
 
@@ -83,10 +130,10 @@ impl WorkloadAttestor {
             format!("unix:uid:{}", cred.uid),
             format!("unix:gid:{}", cred.gid),
         ];
-        if let Some(user) = name_of(Path::new("/etc/passwd"), cred.uid) {
+        if let Some(user) = self.users.name(cred.uid) {
             selectors.push(format!("unix:user:{user}"));
         }
-        if let Some(group) = name_of(Path::new("/etc/group"), cred.gid) {
+        if let Some(group) = self.groups.name(cred.gid) {
             selectors.push(format!("unix:group:{group}"));
         }
         let status = std::fs::read_to_string(proc_dir.join("status"))
@@ -132,13 +179,7 @@ impl WorkloadAttestor {
         let meta = file
             .metadata()
             .map_err(|e| AttestError::Proc(e.to_string()))?;
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-        );
+        let key = file_identity(&meta);
         if let Some(h) = self.hashes.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(Some(h));
         }
@@ -173,16 +214,20 @@ impl WorkloadAttestor {
     }
 }
 
-/// The name for `id` in a passwd- or group-format file (local files only;
-/// names from LDAP/NSS are not seen).
-fn name_of(file: &Path, id: u32) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|line| {
+/// id → name of a passwd- or group-format file (local files only; names
+/// from LDAP/NSS are not seen). The first line for an id wins.
+fn parse_names(text: &str) -> HashMap<u32, String> {
+    let mut names = HashMap::new();
+    for line in text.lines() {
         let mut f = line.split(':');
-        let name = f.next()?;
-        let _pw = f.next()?;
-        (f.next()?.parse::<u32>().ok()? == id).then(|| name.to_owned())
-    })
+        let (Some(name), Some(_pw), Some(id)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if let Ok(id) = id.parse::<u32>() {
+            names.entry(id).or_insert_with(|| name.to_owned());
+        }
+    }
+    names
 }
 
 /// Whether `/proc/<pid>/status` shows `uid` as the effective uid.
@@ -258,6 +303,23 @@ mod tests {
         f.set_len(40 << 30).unwrap(); // sparse: 40 GiB apparent
         let a = WorkloadAttestor::new(1 << 20);
         assert_eq!(a.sha256(&bin).unwrap(), None);
+    }
+
+    #[test]
+    fn user_names_follow_changes_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n").unwrap();
+        let table = NameTable::new(passwd.to_str().unwrap());
+        assert_eq!(table.name(1000).as_deref(), Some("app"));
+        assert_eq!(table.name(1001), None);
+        // Renamed (and a new user): the next lookup sees the new file.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/:/bin/sh\nnew:x:1001:1::/:/bin/sh\n").unwrap();
+        assert_eq!(table.name(1000).as_deref(), Some("web"));
+        assert_eq!(table.name(1001).as_deref(), Some("new"));
+        // The first line for an id wins, as getpwuid does.
+        assert_eq!(parse_names("a:x:5:5\nb:x:5:5\n").get(&5).map(String::as_str), Some("a"));
     }
 
     #[test]

@@ -221,6 +221,13 @@ async fn bench() {
         data_dir: dir.path().join("agent"),
         socket: socket.clone(),
         metrics_listen: "127.0.0.1:0".into(),
+        // All 100 clients are this process's uid: above the default
+        // per-uid caps (64), which protect the agent from one user.
+        limits: signet_agent::config::WorkloadApiLimits {
+            max_connections_per_uid: 2 * CLIENTS,
+            max_streams_per_uid: 2 * CLIENTS,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let agent = tokio::spawn(signet_agent::run(agent_config, stopped(stop_rx.clone())));
@@ -254,6 +261,28 @@ async fn bench() {
         fetch(c).await.unwrap();
     }
     println!("Workload API, {CLIENTS} concurrent clients on their own connections, CA + agent in process, 2 cores shared");
+
+    // Unloaded: one client, one call at a time.
+    fetch_jwt(&mut clients[0], "https://api.example.org").await.unwrap();
+    for call in [Call::X509, Call::Jwt] {
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        for _ in 0..2000 {
+            let t = Instant::now();
+            match call {
+                Call::X509 => fetch(&mut clients[0]).await.unwrap(),
+                Call::Jwt => fetch_jwt(&mut clients[0], "https://api.example.org")
+                    .await
+                    .unwrap(),
+            };
+            lat.push(t.elapsed());
+        }
+        let name = match call {
+            Call::X509 => "X.509 unloaded, one client, sequential",
+            Call::Jwt => "JWT (cached) unloaded, one client, sequential",
+        };
+        report(name, lat, start.elapsed());
+    }
 
     // Fixed offered load: each client fetches every 20 ms for 5 s; X.509
     // and JWT (cached) in the same run.
