@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use signet_identity::selector::unix;
 
 /// Why a caller could not be attested.
 #[derive(Debug, thiserror::Error)]
@@ -126,15 +127,12 @@ impl WorkloadAttestor {
         let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|_| AttestError::CallerExited)?;
         let proc_dir = PathBuf::from(format!("/proc/{}", cred.pid));
 
-        let mut selectors = vec![
-            format!("unix:uid:{}", cred.uid),
-            format!("unix:gid:{}", cred.gid),
-        ];
+        let mut selectors = vec![unix::uid(cred.uid), unix::gid(cred.gid)];
         if let Some(user) = self.users.name(cred.uid) {
-            selectors.push(format!("unix:user:{user}"));
+            selectors.push(unix::user(&user));
         }
         if let Some(group) = self.groups.name(cred.gid) {
-            selectors.push(format!("unix:group:{group}"));
+            selectors.push(unix::group(&group));
         }
         let status = std::fs::read_to_string(proc_dir.join("status"))
             .map_err(|e| AttestError::Proc(e.to_string()))?;
@@ -143,10 +141,10 @@ impl WorkloadAttestor {
         }
         match std::fs::read_link(proc_dir.join("exe")) {
             Ok(path) => {
-                selectors.push(format!("unix:path:{}", path.display()));
+                selectors.push(unix::path(&path));
                 if want_sha256 {
                     if let Some(hash) = self.sha256(&proc_dir.join("exe"))? {
-                        selectors.push(format!("unix:sha256:{hash}"));
+                        selectors.push(unix::sha256(&hash));
                     }
                 }
             }
@@ -309,17 +307,30 @@ mod tests {
     fn user_names_follow_changes_to_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let passwd = dir.path().join("passwd");
-        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            &passwd,
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
         let table = NameTable::new(passwd.to_str().unwrap());
         assert_eq!(table.name(1000).as_deref(), Some("app"));
         assert_eq!(table.name(1001), None);
         // Renamed (and a new user): the next lookup sees the new file.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/:/bin/sh\nnew:x:1001:1::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            &passwd,
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1000::/:/bin/sh\nnew:x:1001:1::/:/bin/sh\n",
+        )
+        .unwrap();
         assert_eq!(table.name(1000).as_deref(), Some("web"));
         assert_eq!(table.name(1001).as_deref(), Some("new"));
         // The first line for an id wins, as getpwuid does.
-        assert_eq!(parse_names("a:x:5:5\nb:x:5:5\n").get(&5).map(String::as_str), Some("a"));
+        assert_eq!(
+            parse_names("a:x:5:5\nb:x:5:5\n")
+                .get(&5)
+                .map(String::as_str),
+            Some("a")
+        );
     }
 
     #[test]

@@ -14,8 +14,7 @@ use signet_identity::{SpiffeId, TrustDomain};
 use signet_proto::node::node_client::NodeClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Path of the CA server's SVID.
-const SERVER_PATH: &str = "/signet/server";
+use signet_identity::reserved::SERVER_PATH;
 
 /// Why the CA could not be reached.
 #[derive(Debug, thiserror::Error)]

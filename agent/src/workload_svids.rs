@@ -61,9 +61,11 @@ impl Snapshot {
 
     /// Whether any entry needs the binary's sha256 to be matched.
     pub fn needs_sha256(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.selectors.iter().any(|s| s.starts_with("unix:sha256:")))
+        self.entries.iter().any(|e| {
+            e.selectors
+                .iter()
+                .any(|s| signet_identity::selector::unix::is_sha256(s))
+        })
     }
 }
 

@@ -335,7 +335,7 @@ impl Authority {
         let probe_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let id = bundle
             .trust_domain()
-            .spiffe_id("/signet/ca-self-test")
+            .spiffe_id(signet_identity::reserved::SELF_TEST_PATH)
             .map_err(|e| AuthorityError::SelfTest(e.to_string()))?;
         let params = signet_identity::x509_svid::leaf_params(
             &id,

@@ -1,20 +1,14 @@
 //! Registration entries: which workload, on which agent, gets which SPIFFE ID.
 //! Everything an administrator sends is validated here before it is stored.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 use signet_identity::{SpiffeId, TrustDomain};
 
-/// Path prefix reserved for Signet's own identities (the CA server, agents);
-/// no workload may be registered under it, so a workload can never
-/// impersonate a node or the CA.
-pub const RESERVED_PATH_PREFIX: &str = "/signet";
-/// Path prefix of agent identities (under the reserved prefix).
-pub const AGENT_PATH_PREFIX: &str = "/signet/agent";
-/// Path of the CA server's own SVID, which agents expect on the node API.
-pub const SERVER_PATH: &str = "/signet/server";
+pub use signet_identity::reserved::{AGENT_PATH_PREFIX, RESERVED_PATH_PREFIX, SERVER_PATH};
+pub use signet_identity::selector::Selector;
+use signet_identity::selector::SelectorError;
 
 /// Why an entry (or a selector) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,78 +67,6 @@ pub enum EntryError {
     /// The hint is too long or holds control characters.
     #[error("hint: at most 1024 bytes of printable text")]
     BadHint,
-}
-
-/// Selector types the agent's Unix workload attestor can check.
-const UNIX_SELECTORS: &[&str] = &["uid", "gid", "user", "group", "path", "sha256"];
-
-/// A workload selector, `type:value` (`unix:uid:1000` is type `unix`, value
-/// `uid:1000`). A workload matches an entry when all its selectors match.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Selector {
-    /// The attestor, e.g. `unix`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// What that attestor must observe, e.g. `uid:1000`.
-    pub value: String,
-}
-
-impl Selector {
-    /// Parses and validates `type:value`.
-    pub fn parse(s: &str) -> Result<Self, EntryError> {
-        let bad = |reason: &str| EntryError::BadSelector {
-            selector: s.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (kind, value) = s
-            .split_once(':')
-            .ok_or_else(|| bad("expected type:value, e.g. unix:uid:1000"))?;
-        if kind != "unix" {
-            return Err(bad(&format!(
-                "unknown selector type {kind:?}; supported: unix"
-            )));
-        }
-        let (sub, arg) = value
-            .split_once(':')
-            .ok_or_else(|| bad("expected unix:<uid|gid|user|group|path|sha256>:<value>"))?;
-        match sub {
-            "uid" | "gid" => {
-                arg.parse::<u32>()
-                    .map_err(|_| bad(&format!("{sub} must be a non-negative integer")))?;
-            }
-            "user" | "group" => {
-                if arg.is_empty() || arg.contains(char::is_whitespace) {
-                    return Err(bad(&format!("{sub} must be a non-empty name")));
-                }
-            }
-            "path" => {
-                if !arg.starts_with('/') {
-                    return Err(bad("path must be absolute, e.g. unix:path:/usr/bin/app"));
-                }
-            }
-            "sha256" => {
-                if arg.len() != 64 || !arg.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                    return Err(bad("sha256 must be 64 lowercase hex digits"));
-                }
-            }
-            other => {
-                return Err(bad(&format!(
-                    "unknown unix selector {other:?}; supported: {}",
-                    UNIX_SELECTORS.join(", ")
-                )))
-            }
-        }
-        Ok(Self {
-            kind: kind.to_owned(),
-            value: value.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
-    }
 }
 
 /// The validated fields of an entry.
@@ -270,7 +192,11 @@ impl EntryInput {
             .selectors
             .iter()
             .map(|s| Selector::parse(s))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, SelectorError>>()
+            .map_err(|e| EntryError::BadSelector {
+                selector: e.selector,
+                reason: e.reason,
+            })?;
         selectors.sort();
         selectors.dedup();
         if selectors.is_empty() {

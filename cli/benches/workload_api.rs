@@ -263,7 +263,9 @@ async fn bench() {
     println!("Workload API, {CLIENTS} concurrent clients on their own connections, CA + agent in process, 2 cores shared");
 
     // Unloaded: one client, one call at a time.
-    fetch_jwt(&mut clients[0], "https://api.example.org").await.unwrap();
+    fetch_jwt(&mut clients[0], "https://api.example.org")
+        .await
+        .unwrap();
     for call in [Call::X509, Call::Jwt] {
         let mut lat = Vec::new();
         let start = Instant::now();

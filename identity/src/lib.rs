@@ -14,6 +14,7 @@
 //!          │
 //!   TrustBundle                 authorities of a trust domain, PEM and SPIFFE JWKS
 //!   jwt_svid                    JWT authorities, signing, check_jwt_svid (every broken rule)
+//!   selector, reserved          the selector grammar; SPIFFE ID paths Signet keeps for itself
 //!
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   admission                   connection caps every listener applies before parsing a byte
@@ -31,6 +32,8 @@ pub mod admission;
 mod bundle;
 mod inspect;
 pub mod jwt_svid;
+pub mod reserved;
+pub mod selector;
 mod spiffe_id;
 pub mod tls;
 mod verify;
