@@ -2,8 +2,7 @@
 //! 0600) so that a restart needs no new join token, and the trust bundle it
 //! last received.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -150,17 +149,13 @@ pub fn bundle_from_pb(b: Option<&pb::Bundle>) -> Result<TrustBundle, IdentityErr
 
 /// Writes `contents` atomically; `secret` files get mode 0600 from the start.
 fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(contents).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    use signet_identity::files::{write_atomically, PUBLIC_MODE, SECRET_MODE};
+    write_atomically(
+        path,
+        contents,
+        if secret { SECRET_MODE } else { PUBLIC_MODE },
+    )
+    .map_err(io(path))
 }
 
 /// Creates the data dir, owner-only.

@@ -9,8 +9,7 @@
 //! signs a probe SVID and verifies it against the bundle, so a broken key or
 //! upstream chain stops the CA instead of issuing unverifiable SVIDs.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -475,15 +474,6 @@ pub fn create_private_dir(dir: &Path) -> Result<(), AuthorityError> {
 
 /// Writes a secret file atomically with mode 0600 from the first byte.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), AuthorityError> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(contents).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    signet_identity::files::write_atomically(path, contents, signet_identity::files::SECRET_MODE)
+        .map_err(io_err(path))
 }

@@ -15,6 +15,7 @@
 //!   TrustBundle                 authorities of a trust domain, PEM and SPIFFE JWKS
 //!   jwt_svid                    JWT authorities, signing, check_jwt_svid (every broken rule)
 //!   selector, reserved          the selector grammar; SPIFFE ID paths Signet keeps for itself
+//!   files                       atomic writes of keys (0600 from the first byte) and certificates
 //!
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   admission                   connection caps every listener applies before parsing a byte
@@ -30,6 +31,7 @@
 
 pub mod admission;
 mod bundle;
+pub mod files;
 mod inspect;
 pub mod jwt_svid;
 pub mod reserved;

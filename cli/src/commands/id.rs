@@ -1,6 +1,5 @@
 //! `signet id show|fetch|jwt`: a workload's view, through the Workload API.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -176,17 +175,8 @@ struct SvidView {
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::io::Write::write_all(&mut f, contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    signet_identity::files::write_atomically(path, contents, mode)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl IdCommand {
