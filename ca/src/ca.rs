@@ -4,6 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use signet_identity::clock::Clock;
 use signet_identity::jwt_svid::{jwt_svid_claims, JwtAuthority};
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{BundleError, CertificateDer, SpiffeId, TrustBundle, TrustDomain};
@@ -57,6 +58,8 @@ pub struct Ca {
     pub store: Store,
     /// Its metrics.
     pub metrics: Metrics,
+    /// Where it reads the time (the system's; tests drive a manual one).
+    pub clock: Clock,
     authority: RwLock<Arc<Authority>>,
     jwt_signer: RwLock<Arc<JwtSigner>>,
     /// This replica's ID (owner of its key files).
@@ -70,10 +73,15 @@ impl Ca {
     /// Opens (or initialises) the CA: data dir, database, signing key, and a
     /// self-test of key + chain + bundle.
     pub async fn open(config: CaConfig) -> Result<Arc<Ca>, CaError> {
+        Self::open_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Ca::open`] with the time read from `clock`.
+    pub async fn open_with_clock(config: CaConfig, clock: Clock) -> Result<Arc<Ca>, CaError> {
         let trust_domain = config.validate()?;
         create_private_dir(&config.data_dir)?;
         let store = Store::connect(&config.database_url()).await?;
-        let now = SystemTime::now();
+        let now = clock.now();
         let authority = Authority::load_or_create(&store, &config, &trust_domain, now).await?;
         let replica = replica_id(&config.data_dir)?;
         let (jwt_signer, _) = crate::jwt_keys::rotate(
@@ -86,6 +94,7 @@ impl Ca {
         .await?;
         let ca = Arc::new(Ca {
             metrics: Metrics::new(),
+            clock,
             authority: RwLock::new(Arc::new(authority)),
             jwt_signer: RwLock::new(Arc::new(jwt_signer)),
             replica,
@@ -99,6 +108,11 @@ impl Ca {
         ca.metrics
             .set_ca_expiry(unix_seconds(ca.authority().not_after));
         Ok(ca)
+    }
+
+    /// The time now, Unix seconds.
+    fn now_secs(&self) -> i64 {
+        unix_seconds(self.clock.now())
     }
 
     /// The signing authority in force.
@@ -176,7 +190,7 @@ impl Ca {
 
     /// The trust bundle as published now.
     pub async fn bundle(&self) -> Result<TrustBundle, CaError> {
-        let now = unix_seconds(SystemTime::now());
+        let now = unix_seconds(self.clock.now());
         let (certs, sequence) = self.store.bundle(now).await?;
         let jwt_authorities = self
             .store
@@ -209,7 +223,7 @@ impl Ca {
     /// Validates and stores a new entry.
     pub async fn create_entry(&self, input: &EntryInput) -> Result<Entry, CaError> {
         let spec = self.validate_entry(input)?;
-        let entry = self.store.create_entry(&spec, now()).await?;
+        let entry = self.store.create_entry(&spec, self.now_secs()).await?;
         self.notify_change();
         Ok(entry)
     }
@@ -217,7 +231,7 @@ impl Ca {
     /// Validates and applies an update to an entry.
     pub async fn update_entry(&self, id: &str, input: &EntryInput) -> Result<Entry, CaError> {
         let spec = self.validate_entry(input)?;
-        let entry = self.store.update_entry(id, &spec, now()).await?;
+        let entry = self.store.update_entry(id, &spec, self.now_secs()).await?;
         self.notify_change();
         Ok(entry)
     }
@@ -260,7 +274,7 @@ impl Ca {
         };
         let token = join_token::generate()?;
         let agent_id = join_token::agent_id(&self.trust_domain, node_name, &token)?;
-        let now = now();
+        let now = self.now_secs();
         let expires_at = now + ttl;
         self.store
             .insert_join_token(
@@ -286,7 +300,7 @@ impl Ca {
 
     /// Bans an agent.
     pub async fn ban_agent(&self, spiffe_id: &str) -> Result<AgentRecord, CaError> {
-        let agent = self.store.ban_agent(spiffe_id, now()).await?;
+        let agent = self.store.ban_agent(spiffe_id, self.now_secs()).await?;
         self.notify_change();
         tracing::warn!(agent_id = spiffe_id, "agent banned");
         Ok(agent)
@@ -307,7 +321,7 @@ impl Ca {
             csr_der,
             entry,
             self.config.default_ttl(),
-            SystemTime::now(),
+            self.clock.now(),
         );
         match &result {
             Ok(_) => {
@@ -322,7 +336,7 @@ impl Ca {
     /// and the entries agents sync from readable (not just the database
     /// reachable: a damaged table answers `SELECT 1` fine).
     pub async fn is_ready(&self) -> bool {
-        let cert_ok = self.authority().not_after > SystemTime::now() + Duration::from_secs(60);
+        let cert_ok = self.authority().not_after > self.clock.now() + Duration::from_secs(60);
         if !cert_ok {
             return false;
         }
@@ -344,10 +358,6 @@ pub struct MintedJwt {
     pub issued_at: i64,
     /// `exp`.
     pub expires_at: i64,
-}
-
-fn now() -> i64 {
-    unix_seconds(SystemTime::now())
 }
 
 #[cfg(test)]

@@ -227,20 +227,24 @@ async fn jwt_keys_rotate_with_no_token_failing_validation(db: TestDb) {
     cfg.jwt_key_ttl = 600;
     cfg.max_jwt_svid_ttl = 100;
     cfg.default_jwt_svid_ttl = 100;
-    let ca = Ca::open(cfg.clone()).await.unwrap();
+    let start = SystemTime::now();
+    let clock = signet_identity::clock::Clock::manual(start);
+    let ca = Ca::open_with_clock(cfg.clone(), clock.clone())
+        .await
+        .unwrap();
     let first = ca.jwt_signer().kid.clone();
     // The key survives a restart.
     ca.store.close().await;
-    let ca = Ca::open(cfg).await.unwrap();
+    let ca = Ca::open_with_clock(cfg, clock.clone()).await.unwrap();
     assert_eq!(ca.jwt_signer().kid, first);
 
     let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
     let aud = ["api".to_owned()];
-    let start = SystemTime::now();
     let mut tokens: Vec<(String, i64)> = Vec::new();
     let mut signers = vec![first];
     for step in 0..=180u64 {
         let t = start + Duration::from_secs(step * 10);
+        clock.set(t);
         ca.rotate_jwt_keys(t).await.unwrap();
         let signer = ca.jwt_signer().kid.clone();
         let bundle = ca.bundle().await.unwrap();

@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{SpiffeId, TrustBundle};
@@ -131,7 +131,7 @@ impl NodeService {
         bundle: &TrustBundle,
         renewed_from: Option<String>,
     ) -> Result<(pb::AgentSvid, AgentRecord), CaError> {
-        let now = SystemTime::now();
+        let now = self.ca.clock.now();
         let svid = sign_x509_svid(
             &self.ca.authority(),
             csr,
@@ -226,7 +226,7 @@ impl Node for NodeService {
                 "{e}; the join token was not used"
             )));
         }
-        let now = unix_seconds(SystemTime::now());
+        let now = unix_seconds(self.ca.clock.now());
         let agent_id = match self
             .ca
             .store
@@ -426,7 +426,7 @@ impl Node for NodeService {
                 &entry.spec.spiffe_id,
                 &r.audience,
                 entry.spec.jwt_svid_ttl,
-                SystemTime::now(),
+                self.ca.clock.now(),
             )
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::MintJwtSvidResponse {

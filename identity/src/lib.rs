@@ -16,6 +16,7 @@
 //!   jwt_svid                    JWT authorities, signing, check_jwt_svid (every broken rule)
 //!   selector, reserved          the selector grammar; SPIFFE ID paths Signet keeps for itself
 //!   files                       atomic writes of keys (0600 from the first byte) and certificates
+//!   clock                       the system clock, or a manual one tests drive
 //!
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   admission                   connection caps every listener applies before parsing a byte
@@ -31,6 +32,7 @@
 
 pub mod admission;
 mod bundle;
+pub mod clock;
 pub mod files;
 mod inspect;
 pub mod jwt_svid;
