@@ -414,3 +414,91 @@ fn jwt_keys_rotate_with_no_token_failing_validation() {
     );
     eprintln!("{checked} tokens validated across {} keys", kids.len());
 }
+
+/// A CA certificate and a server certificate for 127.0.0.1 under it, as PEM
+/// files: (ca.pem, server.pem, server.key).
+fn oidc_tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: with rcgen's shared default, the leaf looks self-issued.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Signet test OIDC CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_ca_cert_der(ca_cert.der(), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("oidc-ca.pem"),
+        dir.join("oidc.pem"),
+        dir.join("oidc.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn oidc_discovery_over_tls_serves_rs256_keys_that_pyjwt_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, cert, key) = oidc_tls_files(dir.path());
+    let oidc_port = signet_test_support::free_port();
+    let config = dir.path().join("ca.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "jwt_key_type = \"rsa-2048\"\n[oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nissuer = \"https://127.0.0.1:{oidc_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let ca = TestCa::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/rsa",
+        "node-1",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    let token = fetch_jwt(&agent, "svc");
+    assert_eq!(header_of(&token)["alg"], "RS256");
+    assert_eq!(
+        claims_of(&token)["iss"],
+        format!("https://127.0.0.1:{oidc_port}").as_str()
+    );
+    assert_eq!(
+        validate(&agent, "svc", &token),
+        (true, "valid: spiffe://example.org/rsa\n".into())
+    );
+    // Plain HTTP is not spoken on the TLS listener.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", oidc_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /keys HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("\"keys\""));
+    if python_spiffe_available() {
+        let keys_url = format!("https://127.0.0.1:{oidc_port}/keys");
+        let issuer = format!("https://127.0.0.1:{oidc_port}");
+        assert_eq!(
+            python(&mut py(&[
+                "oidc",
+                &keys_url,
+                &issuer,
+                "svc",
+                &token,
+                ca_pem.to_str().unwrap()
+            ])),
+            "oidc sub=spiffe://example.org/rsa alg=RS256"
+        );
+    }
+}

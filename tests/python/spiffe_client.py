@@ -9,7 +9,9 @@ tests/clients_e2e.rs; prints one result line per command.
   jwt SOCKET AUD           JWT-SVID fetched, validated by the agent and
                            locally against the fetched JWT bundle
   validate SOCKET AUD TOK  the agent's verdict on a token
-  oidc KEYS_URL ISS AUD TOK  PyJWT verifying a token with the OIDC JWKS
+  oidc KEYS_URL ISS AUD TOK [CAFILE]
+                           PyJWT verifying a token with the OIDC JWKS
+                           (https with CAFILE as the only trusted root)
 """
 import sys
 import threading
@@ -17,6 +19,7 @@ import threading
 import grpc
 from cryptography.hazmat.primitives import serialization
 import json
+import ssl
 import urllib.request
 
 import jwt as pyjwt
@@ -106,8 +109,9 @@ def validate(socket, audience, token):
         print(f"refused {e}")
 
 
-def oidc(keys_url, issuer, audience, token):
-    jwks = json.load(urllib.request.urlopen(keys_url, timeout=10))
+def oidc(keys_url, issuer, audience, token, cafile=None):
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    jwks = json.load(urllib.request.urlopen(keys_url, timeout=10, context=context))
     kid = pyjwt.get_unverified_header(token)["kid"]
     key = pyjwt.PyJWKSet.from_dict(jwks)[kid]
     claims = pyjwt.decode(
@@ -131,4 +135,4 @@ if __name__ == "__main__":
     elif cmd == "validate":
         validate(socket, sys.argv[3], sys.argv[4])
     elif cmd == "oidc":
-        oidc(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+        oidc(*sys.argv[2:7])
