@@ -327,6 +327,69 @@ async fn an_agent_cannot_get_an_svid_for_another_agents_entry() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_agent_can_mint_jwt_svids_only_for_its_own_entries_within_the_audience_limits() {
+    let ca = TestCa::start(&[]);
+    let a1 = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let _a2 = TestAgent::start(&ca, &ca.token("node-2"), &[]);
+    let mine = ca.entry("spiffe://example.org/mine", "node-1", &["unix:uid:1"], &[]);
+    let theirs = ca.entry(
+        "spiffe://example.org/theirs",
+        "node-2",
+        &["unix:uid:1"],
+        &[],
+    );
+    let mut client = node_client_as(&a1, &ca).await;
+    let mint = |entry_id: &str, audience: Vec<String>| pb::MintJwtSvidRequest {
+        entry_id: entry_id.to_owned(),
+        audience,
+    };
+    let status = client
+        .mint_jwt_svid(mint(&theirs, vec!["api".into()]))
+        .await
+        .expect_err("another agent's entry");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let token = client
+        .mint_jwt_svid(mint(&mine, vec!["api".into()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let claims = signet_identity::jwt_svid::decode_jwt(&token.token)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "spiffe://example.org/mine");
+    assert_eq!(claims["exp"].as_i64(), Some(token.expires_at));
+    // The audience limits, both sides of each.
+    let n = |count: usize| (0..count).map(|i| format!("a{i}")).collect::<Vec<_>>();
+    let max = signet_identity::jwt_svid::MAX_AUDIENCES;
+    client.mint_jwt_svid(mint(&mine, n(max))).await.unwrap();
+    for bad in [
+        n(max + 1),
+        Vec::new(),
+        vec!["x".repeat(signet_identity::jwt_svid::MAX_AUDIENCE_LEN + 1)],
+    ] {
+        let status = client
+            .mint_jwt_svid(mint(&mine, bad))
+            .await
+            .expect_err("audience rules");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    client
+        .mint_jwt_svid(mint(
+            &mine,
+            vec!["x".repeat(signet_identity::jwt_svid::MAX_AUDIENCE_LEN)],
+        ))
+        .await
+        .unwrap();
+    // A banned agent mints nothing.
+    ca.run_ok(&["agent", "ban", "spiffe://example.org/signet/agent/node-1"]);
+    let status = client
+        .mint_jwt_svid(mint(&mine, vec!["api".into()]))
+        .await
+        .expect_err("banned");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_banned_agent_can_neither_renew_nor_sign_nor_reattest() {
     let ca = TestCa::start(&[]);
     let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
