@@ -1,11 +1,12 @@
 //! SPIFFE clients we did not write, against the real agent: the official
 //! Python library (`spiffe` on PyPI, on grpcio = grpc-core), whose first
 //! call used to end in RST_STREAM because grpc-core sends the socket path
-//! as `:authority`. And the other side of that relaxation: the CA's node
-//! API (TCP) still refuses such a request.
+//! as `:authority`; and go-spiffe v2 (grpc-go). And the other side of that
+//! relaxation: the CA's node API (TCP) still refuses such a request.
 //!
 //! The Python tests skip loudly when python3 or its `spiffe` package is
-//! missing, and fail instead under `SIGNET_REQUIRE_PYTHON_SPIFFE=1` (CI).
+//! missing, and fail instead under `SIGNET_REQUIRE_PYTHON_SPIFFE=1` (CI);
+//! the Go test likewise without `go`, failing under `SIGNET_REQUIRE_GO=1`.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -70,6 +71,57 @@ fn the_python_spiffe_library_sees_a_refused_caller_as_permission_denied() {
     );
     let line = python(&mut py(&["error", &agent.endpoint()]));
     assert!(line.contains("PERMISSION_DENIED"), "{line}");
+}
+
+/// Runs the Go client; returns its last stdout line.
+fn go(client: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(client)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn the_go_spiffe_library_fetches_x509_and_jwt_svids_and_validates_tokens() {
+    let Some(client) = support::go::go_client() else {
+        return;
+    };
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    // Refused before any entry exists: the library reports PermissionDenied.
+    let refused = go(&client, &["error", &agent.endpoint()]);
+    assert!(refused.contains("PermissionDenied"), "{refused}");
+    ca.entry(
+        "spiffe://example.org/go",
+        "node-1",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    let socket = agent.endpoint();
+    let line = eventually(Duration::from_secs(10), "an SVID for Go", || {
+        let out = std::process::Command::new(&client)
+            .args(["fetch", &socket])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    assert_eq!(
+        line,
+        "svid=spiffe://example.org/go chain=1 key_matches=true authorities=1"
+    );
+    assert_eq!(
+        go(&client, &["jwt", &socket, "svc"]),
+        "jwt sub=spiffe://example.org/go validated=spiffe://example.org/go local=spiffe://example.org/go wrong_audience_refused=true"
+    );
 }
 
 /// One gRPC request written as raw HTTP/2 frames with `authority` as its

@@ -1,0 +1,90 @@
+// A workload using go-spiffe v2 (the reference Go SPIFFE library, on
+// grpc-go) against a Signet agent. Driven by tests/clients_e2e.rs; prints
+// one result line per command.
+//
+//	fetch SOCKET      X.509-SVID, key/certificate match, bundle
+//	jwt SOCKET AUD    JWT-SVID fetched, validated by the agent and locally
+//	                  against the fetched JWT bundles
+//	error SOCKET      the error a refused caller gets
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: spiffeclient fetch|jwt|error SOCKET [AUD]")
+		os.Exit(2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(os.Args[2]))
+	if err != nil {
+		fail(err)
+	}
+	defer client.Close()
+	switch os.Args[1] {
+	case "fetch":
+		svid, err := client.FetchX509SVID(ctx)
+		if err != nil {
+			fail(err)
+		}
+		pub, err := x509.MarshalPKIXPublicKey(svid.PrivateKey.Public())
+		if err != nil {
+			fail(err)
+		}
+		leafPub, err := x509.MarshalPKIXPublicKey(svid.Certificates[0].PublicKey)
+		if err != nil {
+			fail(err)
+		}
+		bundles, err := client.FetchX509Bundles(ctx)
+		if err != nil {
+			fail(err)
+		}
+		b, err := bundles.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+		if err != nil {
+			fail(err)
+		}
+		fmt.Printf("svid=%s chain=%d key_matches=%t authorities=%d\n",
+			svid.ID, len(svid.Certificates), string(pub) == string(leafPub), len(b.X509Authorities()))
+	case "jwt":
+		aud := os.Args[3]
+		svid, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud})
+		if err != nil {
+			fail(err)
+		}
+		validated, err := client.ValidateJWTSVID(ctx, svid.Marshal(), aud)
+		if err != nil {
+			fail(err)
+		}
+		bundles, err := client.FetchJWTBundles(ctx)
+		if err != nil {
+			fail(err)
+		}
+		local, err := jwtsvid.ParseAndValidate(svid.Marshal(), bundles, []string{aud})
+		if err != nil {
+			fail(err)
+		}
+		_, refused := client.ValidateJWTSVID(ctx, svid.Marshal(), "not-"+aud)
+		fmt.Printf("jwt sub=%s validated=%s local=%s wrong_audience_refused=%t\n",
+			svid.ID, validated.ID, local.ID, refused != nil)
+	case "error":
+		_, err := client.FetchX509SVID(ctx)
+		fmt.Printf("error=%v\n", err)
+	default:
+		fail(fmt.Errorf("unknown command %q", os.Args[1]))
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
