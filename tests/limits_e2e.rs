@@ -103,11 +103,33 @@ fn an_idle_http_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_no
     );
     let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    // One whole response: the head, then exactly Content-Length bytes (the
+    // head and the body may arrive in separate reads).
     let request = |s: &mut std::net::TcpStream| {
         s.write_all(b"GET /x HTTP/1.1\r\nHost: p\r\n\r\n").unwrap();
+        let mut got = Vec::new();
         let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        let head_end = loop {
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed mid-response: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        while got.len() < head_end + length {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed mid-body");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got.len(), head_end + length, "more than one response");
     };
     // Busy: a request every second for 4 s (twice the idle timeout).
     for _ in 0..4 {
@@ -341,4 +363,100 @@ fn another_local_user_cannot_borrow_a_workloads_identity_through_its_outbound_li
     // Allowed explicitly, it is served.
     mesh.start_client_with(PAYMENTS, "allowed_uids = [65534]\n");
     assert_eq!(call_as_nobody(mesh.client_port), "borrowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workload_api_streams_are_capped_per_uid_and_a_closed_stream_frees_its_place() {
+    use signet_proto::workload::{X509BundlesRequest, X509svidRequest};
+    let ca = TestCa::start(&[]);
+    let cfg = ca.dir.path().join("agent.toml");
+    std::fs::write(&cfg, "[limits]\nmax_streams_per_uid = 3\n").unwrap();
+    let agent = TestAgent::start(
+        &ca,
+        &ca.token("node-1"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    ca.entry(
+        "spiffe://example.org/w",
+        "node-1",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    let mut client = workload_api_client(&agent.socket).await;
+    // Wait for the SVID, on a stream that is closed at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
+            .fetch_x509svid(with_security_header(X509svidRequest {}))
+            .await;
+        if let Ok(mut s) = r {
+            if s.get_mut().message().await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no SVID");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // At the limit: three open streams, of two kinds, are served...
+    let mut svid_streams = Vec::new();
+    for _ in 0..2 {
+        let mut s = client
+            .fetch_x509svid(with_security_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap().unwrap();
+        svid_streams.push(s);
+    }
+    let mut held_bundles = client
+        .fetch_x509_bundles(with_security_header(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    held_bundles.message().await.unwrap().unwrap();
+    // ...past it, the next is refused.
+    let refused = client
+        .fetch_x509svid(with_security_header(X509svidRequest {}))
+        .await
+        .expect_err("a fourth stream");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    // A closed stream frees its place (the agent sees the reset), and many
+    // short streams in a row never leak one.
+    drop(held_bundles);
+    for _ in 0..20 {
+        let got = eventually_async(Duration::from_secs(5), || {
+            let mut c = client.clone();
+            async move {
+                let mut s = c
+                    .fetch_x509svid(with_security_header(X509svidRequest {}))
+                    .await
+                    .ok()?
+                    .into_inner();
+                s.message().await.ok().flatten()
+            }
+        })
+        .await;
+        assert_eq!(got.svids.len(), 1);
+    }
+    drop(svid_streams);
+}
+
+/// Retries the async `f` every 50 ms until it returns `Some`, or panics.
+async fn eventually_async<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -17,7 +17,7 @@ use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::transport::Channel;
@@ -233,9 +233,11 @@ fn bundles_response(snapshot: &Snapshot) -> Option<pb::X509BundlesResponse> {
 }
 
 /// Streams `make(snapshot)` whenever it changes, until the client goes away
-/// or `make` returns an error (sent as the final status).
+/// or `make` returns an error (sent as the final status). No task per
+/// stream: the response body polls it, and dropping it (the client left)
+/// releases the caller's stream slot.
 fn watch_stream<T, F>(
-    mut state: watch::Receiver<Arc<Snapshot>>,
+    state: watch::Receiver<Arc<Snapshot>>,
     slot: Ticket<u32>,
     make: F,
 ) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>
@@ -243,33 +245,46 @@ where
     T: PartialEq + Clone + Send + 'static,
     F: Fn(&Snapshot) -> Result<Option<T>, Status> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        // The caller's stream slot is held until the stream ends.
-        let _slot = slot;
-        let mut last: Option<T> = None;
+    struct Watch<T, F> {
+        state: watch::Receiver<Arc<Snapshot>>,
+        make: F,
+        last: Option<T>,
+        first: bool,
+        ended: bool,
+        // The caller's stream slot, held until the stream is dropped.
+        _slot: Ticket<u32>,
+    }
+    let start = Watch {
+        state,
+        make,
+        last: None,
+        first: true,
+        ended: false,
+        _slot: slot,
+    };
+    Box::pin(futures_util::stream::unfold(start, |mut w| async move {
+        if w.ended {
+            return None;
+        }
         loop {
-            let current = state.borrow_and_update().clone();
-            match make(&current) {
-                Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
-                    if tx.send(Ok(msg.clone())).await.is_err() {
-                        return;
-                    }
-                    last = Some(msg);
+            if !w.first && w.state.changed().await.is_err() {
+                return None;
+            }
+            w.first = false;
+            let current = w.state.borrow_and_update().clone();
+            match (w.make)(&current) {
+                Ok(Some(msg)) if w.last.as_ref() != Some(&msg) => {
+                    w.last = Some(msg.clone());
+                    return Some((Ok(msg), w));
                 }
                 Ok(_) => {}
                 Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
+                    w.ended = true;
+                    return Some((Err(status), w));
                 }
             }
-            tokio::select! {
-                r = state.changed() => if r.is_err() { return },
-                _ = tx.closed() => return,
-            }
         }
-    });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
