@@ -196,6 +196,33 @@ fn entry_to_pb(e: &Entry) -> pb::WorkloadEntry {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::EntrySnapshot, Status>> + Send>>;
 
+impl NodeService {
+    /// Entry `entry_id`, if it is parented to `agent`; PERMISSION_DENIED
+    /// (counted and logged) when it is another agent's.
+    async fn own_entry(
+        &self,
+        agent: &AgentRecord,
+        entry_id: &str,
+        what: &str,
+    ) -> Result<Entry, Status> {
+        let entry = self
+            .ca
+            .store
+            .get_entry(entry_id)
+            .await
+            .map_err(|e| status(&e.into()))?;
+        if entry.spec.parent_id.as_str() != agent.spiffe_id {
+            self.ca.metrics.attestation_failed("foreign_entry");
+            tracing::warn!(agent_id = %agent.spiffe_id, %entry_id, kind = what, "agent asked for an SVID of an entry that is not its own");
+            return Err(Status::permission_denied(format!(
+                "entry {entry_id} is not parented to {}; nothing was signed",
+                agent.spiffe_id
+            )));
+        }
+        Ok(entry)
+    }
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn attest_agent(
@@ -365,21 +392,7 @@ impl Node for NodeService {
         // Check every request before signing anything: all or nothing.
         let mut entries = Vec::with_capacity(requests.len());
         for r in &requests {
-            let entry = self
-                .ca
-                .store
-                .get_entry(&r.entry_id)
-                .await
-                .map_err(|e| status(&e.into()))?;
-            if entry.spec.parent_id.as_str() != agent.spiffe_id {
-                self.ca.metrics.attestation_failed("foreign_entry");
-                tracing::warn!(agent_id = %agent.spiffe_id, entry_id = %r.entry_id, "agent asked for an SVID of an entry that is not its own");
-                return Err(Status::permission_denied(format!(
-                    "entry {} is not parented to {}; nothing was signed",
-                    r.entry_id, agent.spiffe_id
-                )));
-            }
-            entries.push(entry);
+            entries.push(self.own_entry(&agent, &r.entry_id, "X.509-SVID").await?);
         }
         let mut svids = Vec::with_capacity(requests.len());
         for (r, entry) in requests.iter().zip(&entries) {
@@ -406,20 +419,7 @@ impl Node for NodeService {
         if let Some(problem) = signet_identity::jwt_svid::audience_problem(&r.audience) {
             return Err(Status::invalid_argument(problem));
         }
-        let entry = self
-            .ca
-            .store
-            .get_entry(&r.entry_id)
-            .await
-            .map_err(|e| status(&e.into()))?;
-        if entry.spec.parent_id.as_str() != agent.spiffe_id {
-            self.ca.metrics.attestation_failed("foreign_entry");
-            tracing::warn!(agent_id = %agent.spiffe_id, entry_id = %r.entry_id, "agent asked for a JWT-SVID of an entry that is not its own");
-            return Err(Status::permission_denied(format!(
-                "entry {} is not parented to {}",
-                r.entry_id, agent.spiffe_id
-            )));
-        }
+        let entry = self.own_entry(&agent, &r.entry_id, "JWT-SVID").await?;
         let minted = self
             .ca
             .mint_jwt_svid(

@@ -37,6 +37,8 @@ use signet_proto::workload::{JwtsvidRequest, X509svidRequest};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const CLIENTS: usize = 100;
+/// Each client's interval in the open loop: 100 clients, 5,000 calls/s.
+const PERIOD: Duration = Duration::from_millis(20);
 
 async fn uds_channel(path: &Path) -> Channel {
     let path = path.to_owned();
@@ -106,11 +108,13 @@ enum Call {
     Jwt,
 }
 
-/// 100 clients, each calling every 20 ms for `run_for`: latencies.
-async fn open_loop(
+/// Every client calling for `run_for`, once per `period` (spread over it),
+/// or back to back without one: latencies and the time taken.
+async fn load(
     clients: &[SpiffeWorkloadApiClient<Channel>],
     call: Call,
     run_for: Duration,
+    period: Option<Duration>,
 ) -> (Vec<Duration>, Duration) {
     let start = Instant::now();
     let tasks: Vec<_> = clients
@@ -119,13 +123,21 @@ async fn open_loop(
         .enumerate()
         .map(|(i, mut c)| {
             tokio::spawn(async move {
-                // Spread the clients over the period.
-                tokio::time::sleep(Duration::from_micros(200 * i as u64)).await;
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut tick = match period {
+                    Some(period) => {
+                        // Spread the clients over the period.
+                        tokio::time::sleep(period * i as u32 / CLIENTS as u32).await;
+                        let mut tick = tokio::time::interval(period);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        Some(tick)
+                    }
+                    None => None,
+                };
                 let mut lat = Vec::new();
                 while start.elapsed() < run_for {
-                    tick.tick().await;
+                    if let Some(tick) = tick.as_mut() {
+                        tick.tick().await;
+                    }
                     let t = Instant::now();
                     match call {
                         Call::X509 => fetch(&mut c).await.unwrap(),
@@ -292,9 +304,9 @@ async fn bench() {
     fetch_jwt(&mut clients[0], "https://api.example.org")
         .await
         .unwrap();
-    let (lat, elapsed) = open_loop(&clients, Call::X509, run_for).await;
+    let (lat, elapsed) = load(&clients, Call::X509, run_for, Some(PERIOD)).await;
     report("X.509 open loop, 5000 fetches/s offered", lat, elapsed);
-    let (lat, elapsed) = open_loop(&clients, Call::Jwt, run_for).await;
+    let (lat, elapsed) = load(&clients, Call::Jwt, run_for, Some(PERIOD)).await;
     report(
         "JWT (cached) open loop, 5000 fetches/s offered",
         lat,
@@ -314,7 +326,7 @@ async fn bench() {
             })
         })
         .collect();
-    let (lat, elapsed) = open_loop(&clients, Call::X509, run_for).await;
+    let (lat, elapsed) = load(&clients, Call::X509, run_for, Some(PERIOD)).await;
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     for h in hogs {
         h.join().unwrap();
@@ -342,27 +354,8 @@ async fn bench() {
     );
 
     // Closed loop: every client fetches back to back.
-    let start = Instant::now();
-    let tasks: Vec<_> = clients
-        .iter()
-        .cloned()
-        .map(|mut c| {
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while start.elapsed() < run_for {
-                    let t = Instant::now();
-                    fetch(&mut c).await.unwrap();
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    report("closed loop (saturation)", lat, start.elapsed());
+    let (lat, elapsed) = load(&clients, Call::X509, run_for, None).await;
+    report("closed loop (saturation)", lat, elapsed);
 
     // Entry create -> new SVID on an open stream.
     let mut stream = clients[0]

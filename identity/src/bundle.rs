@@ -330,13 +330,7 @@ fn jwk_for(der: &CertificateDer<'_>) -> Result<Jwk, String> {
     };
     match spki.parsed().map_err(|e| e.to_string())? {
         PublicKey::EC(point) => {
-            let curve_oid = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
-            let (crv, len) = match curve_oid.as_deref() {
+            let (crv, len) = match crate::inspect::ec_curve_oid(spki).as_deref() {
                 Some("1.2.840.10045.3.1.7") => ("P-256", 32),
                 Some("1.3.132.0.34") => ("P-384", 48),
                 Some("1.3.132.0.35") => ("P-521", 66),

@@ -97,25 +97,26 @@ pub fn key_type(cert: &x509_parser::certificate::X509Certificate<'_>) -> String 
     spki_key_type(cert.public_key())
 }
 
+/// The named curve of an EC public key (its OID, dotted), if it names one.
+pub(crate) fn ec_curve_oid(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<String> {
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string())
+}
+
 /// A short name for a public key type: `EC P-256`, `EC P-384`, `RSA 2048`,
 /// `Ed25519`, ...
 pub fn spki_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
     match spki.parsed() {
-        Ok(PublicKey::EC(_)) => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
-            match curve.as_deref() {
-                Some("1.2.840.10045.3.1.7") => "EC P-256".into(),
-                Some("1.3.132.0.34") => "EC P-384".into(),
-                Some("1.3.132.0.35") => "EC P-521".into(),
-                Some(other) => format!("EC {other}"),
-                None => "EC".into(),
-            }
-        }
+        Ok(PublicKey::EC(_)) => match ec_curve_oid(spki).as_deref() {
+            Some("1.2.840.10045.3.1.7") => "EC P-256".into(),
+            Some("1.3.132.0.34") => "EC P-384".into(),
+            Some("1.3.132.0.35") => "EC P-521".into(),
+            Some(other) => format!("EC {other}"),
+            None => "EC".into(),
+        },
         Ok(PublicKey::RSA(rsa)) => format!("RSA {}", rsa.key_size()),
         _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => "Ed25519".into(),
         _ => format!("unknown ({})", spki.algorithm.algorithm.to_id_string()),

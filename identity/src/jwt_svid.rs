@@ -192,12 +192,7 @@ impl JwtAuthority {
         }
         let key = match spki.parsed().map_err(|e| bad(e.to_string()))? {
             PublicKey::EC(point) => {
-                let curve = spki
-                    .algorithm
-                    .parameters
-                    .as_ref()
-                    .and_then(|p| p.as_oid().ok())
-                    .map(|o| o.to_id_string());
+                let curve = crate::inspect::ec_curve_oid(&spki);
                 let data = point.data().to_vec();
                 match curve.as_deref() {
                     Some("1.2.840.10045.3.1.7") if data.len() == 65 && data[0] == 4 => {
