@@ -6,6 +6,7 @@
 //!   agents ──TLS 1.3 / mTLS──▶ node_tls ─▶ node_api::NodeService ─┐
 //!   signet CLI ──admin socket (0600)──▶ admin::AdminService ─────┤
 //!   Prometheus ──▶ health::serve (/metrics /ready /live) ────────┤
+//!   OIDC relying parties ──▶ oidc::serve (discovery + JWKS) ──────┤
 //!                                                                 ▼
 //!                                                        ca::Ca (shared state)
 //!                          ┌──────────────────────────────────┼──────────────────────┐
@@ -15,6 +16,8 @@
 //!               certificate + bundle in the DB)         or PostgreSQL)
 //! ```
 //!
+//! JWT-SVIDs are signed with keys apart from the X.509 ones, rotated by
+//! [`jwt_keys`] (prepared → active → old, each published before it signs).
 //! Entries ([`entry`]) and join tokens ([`join_token`]) are validated before
 //! they are stored; nothing from outside is trusted.
 
