@@ -453,3 +453,43 @@ fn every_admin_call_is_audited_with_who_what_and_result_but_no_secret() {
         "the join token reached the log"
     );
 }
+
+#[test]
+fn ca_show_lists_the_x509_and_jwt_signing_keys_with_their_states() {
+    let ca = TestCa::start(&[]);
+    let keys: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
+    let keys = keys.as_array().unwrap();
+    let replica = std::fs::read_to_string(ca.dir.path().join("data/replica_id")).unwrap();
+    let find = |kind: &str| {
+        let found: Vec<_> = keys.iter().filter(|k| k["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "{keys:?}");
+        found[0].clone()
+    };
+    let x509 = find("x509");
+    assert_eq!(x509["status"], "active");
+    assert_eq!(x509["detail"], "self-signed root");
+    assert_eq!(x509["in_use"], true);
+    assert_eq!(x509["replica"], replica.trim());
+    // Its ID names the key file, and the JWT key's kid is the one tokens carry.
+    assert!(ca
+        .dir
+        .path()
+        .join(format!("data/keys/{}.pem", x509["id"].as_str().unwrap()))
+        .exists());
+    let jwt = find("jwt");
+    assert_eq!(jwt["status"], "active");
+    assert_eq!(jwt["detail"], "ES256");
+    assert_eq!(jwt["in_use"], true);
+    let jwks: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["bundle", "show", "--format", "jwks"])).unwrap();
+    assert!(jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["kid"] == jwt["id"]));
+    // The table names the columns.
+    let table = ca.run_ok(&["ca", "show"]);
+    assert!(table.starts_with("KIND"), "{table}");
+    assert!(table.contains("x509") && table.contains("jwt") && table.contains("ES256"));
+}

@@ -293,6 +293,58 @@ impl Admin for AdminService {
         self.finish("EvictAgent", caller, &id, r)
     }
 
+    async fn list_signing_keys(
+        &self,
+        req: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        let caller = caller_uid(&req);
+        let r =
+            async {
+                let now = signet_identity::x509_svid::unix_seconds(self.ca.clock.now());
+                let x509_in_use = self.ca.authority().id.clone();
+                let jwt_in_use = self.ca.jwt_signer().kid.clone();
+                let mut keys: Vec<pb::SigningKey> = self
+                    .ca
+                    .store
+                    .ca_keys(now)
+                    .await?
+                    .into_iter()
+                    .map(|k| pb::SigningKey {
+                        kind: "x509".into(),
+                        in_use: k.id == x509_in_use,
+                        id: k.id,
+                        status: k.status,
+                        not_before: k.not_before,
+                        not_after: k.not_after,
+                        replica: k.replica.unwrap_or_default(),
+                        detail: if k.self_signed {
+                            "self-signed root".into()
+                        } else {
+                            "intermediate".into()
+                        },
+                    })
+                    .collect();
+                keys.extend(self.ca.store.jwt_keys(now).await?.into_iter().map(|k| {
+                    pb::SigningKey {
+                        kind: "jwt".into(),
+                        in_use: k.kid == jwt_in_use,
+                        id: k.kid,
+                        status: k.status.as_str().into(),
+                        not_before: k.not_before,
+                        not_after: k.not_after,
+                        replica: k.replica,
+                        detail: k.alg,
+                    }
+                }));
+                Ok::<_, CaError>(pb::ListSigningKeysResponse {
+                    keys,
+                    replica: self.ca.replica().to_owned(),
+                })
+            }
+            .await;
+        self.finish("ListSigningKeys", caller, "", r)
+    }
+
     async fn get_bundle(
         &self,
         req: Request<pb::GetBundleRequest>,

@@ -131,6 +131,11 @@ impl Ca {
         }
     }
 
+    /// This replica's ID.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
     /// Moves JWT key rotation forward to `now` (see [`crate::jwt_keys`]);
     /// agents are told when the bundle changed.
     pub async fn rotate_jwt_keys(&self, now: SystemTime) -> Result<(), CaError> {

@@ -364,3 +364,32 @@ fn a_malformed_extension_is_broken_not_absent() {
         "{v:?}"
     );
 }
+
+#[test]
+fn every_signing_certificate_has_a_subject_of_its_own() {
+    // spiffe/spire#4415: chain building breaks when many CA certificates
+    // share one subject; the serial goes into the subject as serialNumber.
+    let id = crate::TrustDomain::new("example.org").unwrap().id();
+    let now = SystemTime::now();
+    let subject = |_: u8| {
+        let params = crate::x509_svid::signing_params(
+            &id,
+            "Signet root CA example.org",
+            now,
+            now + Duration::from_secs(3600),
+        )
+        .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let serial_attr = cert
+            .subject()
+            .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+            .next()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .unwrap();
+        assert_eq!(serial_attr, cert.raw_serial_as_string().replace(':', ""));
+        cert.subject().to_string()
+    };
+    assert_ne!(subject(1), subject(2));
+}

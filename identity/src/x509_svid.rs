@@ -154,6 +154,7 @@ pub fn signing_params(
     not_after: SystemTime,
 ) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::default();
+    let serial = random_serial();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -161,12 +162,20 @@ pub fn signing_params(
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
+    // Each signing certificate gets a subject of its own (the serial as
+    // serialNumber, 2.5.4.5): chain builders that look issuers up by name
+    // break when many CA certificates share one (spiffe/spire#4415).
+    let serial_hex: String = serial.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    params.distinguished_name.push(
+        DnType::CustomDnType(vec![2, 5, 4, 5]),
+        rcgen::DnValue::PrintableString(rcgen::string::PrintableString::try_from(serial_hex)?),
+    );
     params.subject_alt_names = vec![SanType::URI(trust_domain_id.as_str().try_into()?)];
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.not_before = not_before.into();
     params.not_after = not_after.into();
-    params.serial_number = Some(random_serial());
+    params.serial_number = Some(serial);
     params.use_authority_key_identifier_extension = true;
     Ok(params)
 }

@@ -22,7 +22,8 @@ pub enum JwtKeyStatus {
 }
 
 impl JwtKeyStatus {
-    fn as_str(self) -> &'static str {
+    /// The stored (and displayed) name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Prepared => "prepared",
             Self::Active => "active",

@@ -127,6 +127,18 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
+    /// Every signing key still valid at `now`, newest expiry first.
+    pub async fn ca_keys(&self, now: i64) -> Result<Vec<CaKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica \
+             FROM ca_keys WHERE not_after > $1 ORDER BY not_after DESC, id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
     /// Records that `replica` holds the private key of CA key `id`.
     pub async fn set_ca_key_replica(&self, id: &str, replica: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE ca_keys SET replica = $1 WHERE id = $2")

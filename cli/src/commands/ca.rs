@@ -1,11 +1,15 @@
-//! `signet ca serve`.
+//! `signet ca serve|show`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use serde::Serialize;
 use signet_ca::CaConfig;
+use signet_proto::admin as pb;
 
 use super::{init_logging, shutdown_signal, LogFormat};
+use crate::admin_client::{AdminSocket, ResponseExt};
+use crate::output::{self, timestamp, Format};
 
 /// CA commands.
 #[derive(clap::Subcommand)]
@@ -23,6 +27,36 @@ pub enum CaCommand {
     ///   signet ca serve --trust-domain example.org --data-dir /var/lib/signet/ca
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
+    /// Show the CA's signing keys, X.509 and JWT: state, validity, owner.
+    ///
+    /// X.509 keys are `active` (or `lost`); JWT keys go `prepared` (published,
+    /// not signing yet) -> `active` -> `old` (published until no token it
+    /// signed can still be valid). IN USE marks the keys the answering
+    /// replica signs with.
+    ///
+    /// Example:
+    ///   signet ca show --output json
+    #[command(verbatim_doc_comment)]
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+}
+
+/// A signing key as printed (`--output json` too).
+#[derive(Serialize)]
+struct KeyView {
+    kind: String,
+    id: String,
+    status: String,
+    detail: String,
+    not_before: i64,
+    not_after: i64,
+    replica: String,
+    in_use: bool,
 }
 
 /// Flags of `signet ca serve`; each overrides the config file.
@@ -63,6 +97,65 @@ impl CaCommand {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             CaCommand::Serve(args) => serve(args).await,
+            CaCommand::Show { output, admin } => {
+                let resp = admin
+                    .connect()
+                    .await?
+                    .list_signing_keys(pb::ListSigningKeysRequest {})
+                    .await
+                    .into_result()?;
+                let keys: Vec<KeyView> = resp
+                    .keys
+                    .into_iter()
+                    .map(|k| KeyView {
+                        kind: k.kind,
+                        id: k.id,
+                        status: k.status,
+                        detail: k.detail,
+                        not_before: k.not_before,
+                        not_after: k.not_after,
+                        replica: k.replica,
+                        in_use: k.in_use,
+                    })
+                    .collect();
+                match output {
+                    Format::Json => output::json(&keys),
+                    Format::Table => {
+                        let rows: Vec<Vec<String>> = keys
+                            .iter()
+                            .map(|k| {
+                                vec![
+                                    k.kind.clone(),
+                                    k.id.clone(),
+                                    k.status.clone(),
+                                    k.detail.clone(),
+                                    timestamp(k.not_after),
+                                    if k.in_use {
+                                        "yes".into()
+                                    } else {
+                                        String::new()
+                                    },
+                                    k.replica.clone(),
+                                ]
+                            })
+                            .collect();
+                        output::table(
+                            &[
+                                "KIND",
+                                "ID",
+                                "STATUS",
+                                "TYPE",
+                                "NOT AFTER",
+                                "IN USE",
+                                "REPLICA",
+                            ],
+                            &rows,
+                        );
+                        eprintln!("answered by replica {}", resp.replica);
+                        Ok(())
+                    }
+                }
+            }
         }
     }
 }
