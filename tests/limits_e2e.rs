@@ -460,3 +460,91 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_listener_holds_max_connections_and_frees_a_place_when_one_closes() {
+    let mesh = Mesh::start_limited(
+        ALLOW_CHECKOUT,
+        PAYMENTS,
+        "1h",
+        "tcp",
+        "[limits]\nmax_connections = 3\n",
+    );
+    let inbound: SocketAddr = format!("127.0.0.1:{}", mesh.server_port).parse().unwrap();
+    // At the limit: three connections are held open...
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(inbound).await.unwrap());
+    }
+    for s in &mut held {
+        assert!(!closed_within(s, Duration::from_millis(300)).await);
+    }
+    // ...past it, the next is closed at accept, from any address.
+    let mut fourth = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    assert!(closed_within(&mut fourth, Duration::from_secs(1)).await);
+    // One closes: its place is free again, for a real peer too.
+    drop(held.pop());
+    drop(held);
+    let mesh = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(5), "a place for the real peer", || {
+            let r = std::panic::catch_unwind(|| mesh.round_trip(b"legit"));
+            r.ok().filter(|b| b == b"legit")
+        });
+        mesh
+    })
+    .await
+    .unwrap();
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains(
+            "signet_proxy_connections_refused_total{direction=\"inbound\",reason=\"max_connections\"}"
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_without_an_agent_svid_is_closed_after_unauthenticated_lifetime() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = ca_with_limits("unauthenticated_lifetime = 2\n");
+    let connector =
+        tokio_rustls::TlsConnector::from(anonymous_node_tls(&ca.run_ok(&["bundle", "show"])));
+    let tcp = idle_from_other_address(ca.node_addr().parse().unwrap()).await;
+    let name = rustls::pki_types::ServerName::try_from("signet-ca").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    // A well-behaved HTTP/2 client that then sends nothing more.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let closed_after = loop {
+        match tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break start.elapsed(),
+            Ok(Ok(_)) => continue, // SETTINGS, GOAWAY: keep reading to the close
+            Err(_) => panic!("still open after 15 s"),
+        }
+    };
+    // Kept for its lifetime, then closed (lifetime + at most the 5 s grace).
+    assert!(
+        closed_after >= Duration::from_millis(1800) && closed_after < Duration::from_secs(9),
+        "closed after {closed_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_an_agent_svid_are_capped_at_16_kib() {
+    let ca = TestCa::start(&[]);
+    let mut client = anonymous_node_client(&ca).await;
+    let attest = |token_len: usize| pb::AttestAgentRequest {
+        join_token: "t".repeat(token_len),
+        csr: Vec::new(),
+    };
+    // Under the cap: the request is read and judged (a malformed CSR).
+    let under = client.attest_agent(attest(15 * 1024)).await.unwrap_err();
+    assert_eq!(under.code(), tonic::Code::InvalidArgument, "{under:?}");
+    // Over it: refused before it is decoded.
+    let over = client.attest_agent(attest(17 * 1024)).await.unwrap_err();
+    assert_ne!(over.code(), tonic::Code::InvalidArgument, "{over:?}");
+    assert!(over.message().contains("too large"), "{over:?}");
+}
