@@ -548,3 +548,47 @@ async fn requests_without_an_agent_svid_are_capped_at_16_kib() {
     assert_ne!(over.code(), tonic::Code::InvalidArgument, "{over:?}");
     assert!(over.message().contains("too large"), "{over:?}");
 }
+
+/// One HTTP/1.1 request with `extra` header lines through the outbound
+/// proxy: the response's status code (0 when the connection closed first).
+fn status_with_headers(mesh: &Mesh, extra: &[(String, String)]) -> u16 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = String::from("GET /x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn http_header_count_and_size_limits_hold_on_both_sides() {
+    let mesh = Mesh::start_limited(
+        ALLOW_CHECKOUT,
+        PAYMENTS,
+        "1h",
+        "http",
+        "[limits]\nhttp_max_headers = 20\nhttp_max_header_bytes = 8192\n",
+    );
+    let headers = |n: usize, len: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("x-h{i}"), "v".repeat(len)))
+            .collect()
+    };
+    // Well under both limits (the proxies add a few headers of their own).
+    assert_eq!(status_with_headers(&mesh, &headers(8, 10)), 200);
+    // Past the count: refused before the app.
+    assert_ne!(status_with_headers(&mesh, &headers(40, 10)), 200);
+    // Past the size (few fields, many bytes): refused too.
+    assert_ne!(status_with_headers(&mesh, &headers(2, 5000)), 200);
+    // Under the size with the same few fields: served.
+    assert_eq!(status_with_headers(&mesh, &headers(2, 3000)), 200);
+}

@@ -114,6 +114,10 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
 }
 
+/// The smallest `http_max_header_bytes`: hyper's HTTP/1 parser cannot read
+/// with a smaller buffer, so a smaller value could not be enforced as set.
+pub const MIN_HTTP_HEADER_BYTES: usize = 8192;
+
 /// What one client may hold of a proxy, and for how long. Hitting a limit
 /// is counted in `signet_proxy_connections_refused_total` or
 /// `signet_proxy_handshake_failures_total{reason="timeout"}`.
@@ -138,7 +142,8 @@ pub struct LimitsConfig {
     pub http_header_timeout: u64,
     /// HTTP mode: most header fields in one request. Default 100.
     pub http_max_headers: usize,
-    /// HTTP mode: most bytes of headers in one request. Default 65,536.
+    /// HTTP mode: most bytes of a request's head (HTTP/1: request line and
+    /// headers; HTTP/2: the header list). Default 65,536, at least 8,192.
     pub http_max_header_bytes: usize,
     /// HTTP/2: most concurrent streams per connection. Default 256.
     pub http2_max_concurrent_streams: u32,
@@ -221,12 +226,11 @@ impl ProxyConfig {
             || l.http_idle_timeout == 0
             || l.http_header_timeout == 0
             || l.http_max_headers == 0
-            || l.http_max_header_bytes < 1024
+            || l.http_max_header_bytes < MIN_HTTP_HEADER_BYTES
             || l.http2_max_concurrent_streams == 0
         {
             return Err(ConfigError::Invalid(
-                "[limits]: every limit must be positive (http_max_header_bytes at least 1024)"
-                    .into(),
+                format!("[limits]: every limit must be positive (http_max_header_bytes at least {MIN_HTTP_HEADER_BYTES}, the HTTP/1 parser's smallest buffer)"),
             ));
         }
         for o in &self.outbound {
@@ -242,5 +246,26 @@ impl ProxyConfig {
     pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
         signet_identity::workload_api::resolve_socket(self.workload_api_socket.as_deref())
             .map_err(|e| ConfigError::Invalid(format!("workload_api_socket: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_header_bytes(n: usize) -> Result<(), ConfigError> {
+        let text = format!(
+            "workload_api_socket = \"unix:///tmp/agent.sock\"\n[[outbound]]\nlisten = \"127.0.0.1:7001\"\nupstream = \"127.0.0.1:7002\"\nserver_id = \"spiffe://example.org/b\"\n[limits]\nhttp_max_header_bytes = {n}\n"
+        );
+        toml::from_str::<ProxyConfig>(&text).unwrap().validate()
+    }
+
+    #[test]
+    fn a_header_limit_the_http1_parser_cannot_enforce_is_refused_not_raised() {
+        // Below 8 KiB hyper's HTTP/1 parser would silently allow 8 KiB.
+        with_header_bytes(MIN_HTTP_HEADER_BYTES).unwrap();
+        let e = with_header_bytes(MIN_HTTP_HEADER_BYTES - 1).unwrap_err();
+        assert!(e.to_string().contains("at least 8192"), "{e}");
     }
 }

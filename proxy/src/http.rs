@@ -253,7 +253,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(limits.http_header_timeout))
         .max_headers(limits.http_max_headers)
-        .max_buf_size(limits.http_max_header_bytes.max(8192));
+        .max_buf_size(limits.http_max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
