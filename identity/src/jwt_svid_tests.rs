@@ -10,6 +10,8 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::*;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::x509_svid::unix_seconds;
 
 const SUB: &str = "spiffe://example.org/ns/prod/sa/web";
 
