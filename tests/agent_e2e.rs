@@ -763,16 +763,7 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
 async fn admin_client(
     ca: &TestCa,
 ) -> signet_proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
-    let path = ca.admin_socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://signet-ca.local")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    let channel = signet_identity::unix_grpc::channel(&ca.admin_socket)
         .await
         .unwrap();
     signet_proto::admin::admin_client::AdminClient::new(channel)

@@ -7,11 +7,12 @@
 //! from [`JwtSvidCache`]; `ValidateJWTSVID` checks every JWT-SVID rule
 //! against the bundle and names each one broken.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use signet_identity::jwt_svid::{audience_problem, validate_jwt_svid};
-use signet_identity::SpiffeId;
+use signet_identity::{SpiffeId, TrustBundle};
 use signet_proto::node::node_client::NodeClient;
 use signet_proto::workload as pb;
 use signet_proto::workload::spiffe_workload_api_server::{
@@ -169,16 +170,13 @@ fn svid_response(
         return Ok(None);
     };
     let bundle_der = bundle.to_concatenated_der();
-    // Each SVID carries its entry's hint; of several SVIDs with the same
-    // (non-empty) hint only the first is sent, as SPIRE does, so a hint
-    // names one SVID.
-    let mut hints_sent = std::collections::HashSet::new();
+    let mut hints = OnePerHint::default();
     let svids: Vec<pb::X509svid> = snapshot
         .svids
         .iter()
         .filter_map(|s| {
             let entry = matching.iter().find(|e| e.id == s.entry_id)?;
-            if !entry.hint.is_empty() && !hints_sent.insert(entry.hint.as_str()) {
+            if !hints.admits(&entry.hint) {
                 return None;
             }
             Some(pb::X509svid {
@@ -200,36 +198,63 @@ fn svid_response(
     }))
 }
 
+/// Each SVID (X.509 or JWT) carries its entry's hint; of several with the
+/// same non-empty hint only the first is sent, as SPIRE does, so a hint
+/// names one SVID.
+#[derive(Default)]
+struct OnePerHint<'a>(std::collections::HashSet<&'a str>);
+
+impl<'a> OnePerHint<'a> {
+    /// Whether an SVID with `hint` may still be sent.
+    fn admits(&mut self, hint: &'a str) -> bool {
+        hint.is_empty() || self.0.insert(hint)
+    }
+}
+
 /// The status of a caller with no identity here (never had one, or its
 /// last entry was deleted while its stream was open).
 fn no_identity() -> Status {
     Status::permission_denied("no identity issued")
 }
 
-/// The X509BundlesResponse for a caller; `Err` once it has no entry left,
-/// so its stream ends instead of going on serving bundles to a workload
-/// this agent no longer has an identity for.
+/// The bundles a caller may have, keyed by trust domain ID, each in the
+/// form `encode` writes; `None` before the first bundle, `Err` once the
+/// caller has no entry left, so its stream ends instead of going on serving
+/// bundles to a workload this agent no longer has an identity for.
 fn bundles_for(
     snapshot: &Snapshot,
     caller: &[String],
-) -> Result<Option<pb::X509BundlesResponse>, Status> {
+    encode: impl Fn(&TrustBundle) -> Vec<u8>,
+) -> Result<Option<HashMap<String, Vec<u8>>>, Status> {
     if snapshot.matching_entries(caller).next().is_none() {
         return Err(no_identity());
     }
-    Ok(bundles_response(snapshot))
+    Ok(snapshot
+        .bundle
+        .as_ref()
+        .map(|bundle| HashMap::from([(bundle.trust_domain().id().to_string(), encode(bundle))])))
 }
 
-fn bundles_response(snapshot: &Snapshot) -> Option<pb::X509BundlesResponse> {
-    let bundle = snapshot.bundle.as_ref()?;
-    let mut bundles = std::collections::HashMap::new();
-    bundles.insert(
-        bundle.trust_domain().id().to_string(),
-        bundle.to_concatenated_der(),
-    );
-    Some(pb::X509BundlesResponse {
+/// The X509BundlesResponse for a caller (concatenated DER per trust domain).
+fn x509_bundles_for(
+    snapshot: &Snapshot,
+    caller: &[String],
+) -> Result<Option<pb::X509BundlesResponse>, Status> {
+    let bundles = bundles_for(snapshot, caller, TrustBundle::to_concatenated_der)?;
+    Ok(bundles.map(|bundles| pb::X509BundlesResponse {
         crl: Vec::new(),
         bundles,
-    })
+    }))
+}
+
+/// The JWTBundlesResponse for a caller (a JWKS of JWT authorities per
+/// trust domain).
+fn jwt_bundles_for(
+    snapshot: &Snapshot,
+    caller: &[String],
+) -> Result<Option<pb::JwtBundlesResponse>, Status> {
+    let bundles = bundles_for(snapshot, caller, |b| b.jwt_jwks().into_bytes())?;
+    Ok(bundles.map(|bundles| pb::JwtBundlesResponse { bundles }))
 }
 
 /// Streams `make(snapshot)` whenever it changes, until the client goes away
@@ -317,13 +342,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.admit(&req, "FetchX509Bundles").await?;
         // Bundles go to workloads this agent has an identity for, as SPIRE does.
-        bundles_for(&self.state.borrow(), &caller.selectors)?;
+        x509_bundles_for(&self.state.borrow(), &caller.selectors)?;
         let slot = self.stream_slot(caller.uid)?;
         let selectors = caller.selectors;
         Ok(Response::new(watch_stream(
             self.state.clone(),
             slot,
-            move |s| bundles_for(s, &selectors),
+            move |s| x509_bundles_for(s, &selectors),
         )))
     }
 
@@ -459,7 +484,7 @@ fn jwt_entries(
     wanted: Option<&SpiffeId>,
 ) -> Result<Vec<signet_proto::node::WorkloadEntry>, Status> {
     let mut ids = std::collections::HashSet::new();
-    let mut hints = std::collections::HashSet::new();
+    let mut hints = OnePerHint::default();
     let mut any = false;
     let mut chosen = Vec::new();
     for entry in snapshot.matching_entries(caller) {
@@ -470,7 +495,7 @@ fn jwt_entries(
         if !ids.insert(entry.spiffe_id.as_str()) {
             continue;
         }
-        if !entry.hint.is_empty() && !hints.insert(entry.hint.as_str()) {
+        if !hints.admits(&entry.hint) {
             continue;
         }
         chosen.push(entry.clone());
@@ -485,25 +510,6 @@ fn jwt_entries(
         )));
     }
     Ok(chosen)
-}
-
-/// The JWTBundlesResponse for a caller; `Err` once it has no entry left.
-fn jwt_bundles_for(
-    snapshot: &Snapshot,
-    caller: &[String],
-) -> Result<Option<pb::JwtBundlesResponse>, Status> {
-    if snapshot.matching_entries(caller).next().is_none() {
-        return Err(no_identity());
-    }
-    let Some(bundle) = snapshot.bundle.as_ref() else {
-        return Ok(None);
-    };
-    let mut bundles = std::collections::HashMap::new();
-    bundles.insert(
-        bundle.trust_domain().id().to_string(),
-        bundle.jwt_jwks().into_bytes(),
-    );
-    Ok(Some(pb::JwtBundlesResponse { bundles }))
 }
 
 /// JSON claims as the protobuf `Struct` the Workload API returns.

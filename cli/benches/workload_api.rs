@@ -27,30 +27,21 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
+use signet_identity::workload_api::with_security_header;
 use signet_proto::admin::admin_client::AdminClient;
 use signet_proto::admin::{
     CreateEntryRequest, CreateJoinTokenRequest, EntrySpec, GetBundleRequest,
 };
 use signet_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use signet_proto::workload::{JwtsvidRequest, X509svidRequest};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const CLIENTS: usize = 100;
 /// Each client's interval in the open loop: 100 clients, 5,000 calls/s.
 const PERIOD: Duration = Duration::from_millis(20);
 
 async fn uds_channel(path: &Path) -> Channel {
-    let path = path.to_owned();
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap()
+    signet_identity::unix_grpc::channel(path).await.unwrap()
 }
 
 async fn wait_for(path: &Path) {
@@ -64,16 +55,7 @@ async fn wait_for(path: &Path) {
 }
 
 fn request() -> tonic::Request<X509svidRequest> {
-    with_header(X509svidRequest {})
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "workload.spiffe.io",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    r
+    with_security_header(X509svidRequest {})
 }
 
 /// One full fetch: open the stream, read the first message, close.
@@ -92,7 +74,7 @@ async fn fetch_jwt(
     audience: &str,
 ) -> Result<usize, tonic::Status> {
     let resp = client
-        .fetch_jwtsvid(with_header(JwtsvidRequest {
+        .fetch_jwtsvid(with_security_header(JwtsvidRequest {
             audience: vec![audience.to_owned()],
             spiffe_id: String::new(),
         }))

@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use hyper_util::rt::TokioIo;
 use signet_proto::admin::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// Default admin socket: `$SIGNET_ADMIN_SOCKET`, else the CA's default.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/var/lib/signet/ca/admin.sock";
@@ -29,16 +28,7 @@ impl AdminSocket {
                 path.display()
             ));
         }
-        // The URI is required by tonic but unused: the connector dials the socket.
-        let channel = Endpoint::try_from("http://signet-ca.local")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
+        let channel = signet_identity::unix_grpc::channel(&path)
             .await
             .map_err(|e| connect_error(&self.path, e))?;
         Ok(AdminClient::new(channel))

@@ -21,6 +21,7 @@
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   admission                   connection caps every listener applies before parsing a byte
 //!   workload_api                the Workload API's header, socket address and client channel
+//!   unix_grpc                   a gRPC client channel on a Unix socket (Workload API, admin API)
 //! ```
 //!
 //! ```
@@ -40,6 +41,7 @@ pub mod reserved;
 pub mod selector;
 mod spiffe_id;
 pub mod tls;
+pub mod unix_grpc;
 mod verify;
 pub mod workload_api;
 pub mod x509_svid;

@@ -70,18 +70,7 @@ pub fn with_security_header<T>(msg: T) -> tonic::Request<T> {
 
 /// A gRPC channel to the Workload API socket at `path`.
 pub async fn connect(path: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let path = path.to_owned();
-    // The URI is required by tonic but unused: the connector dials the socket.
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
+    crate::unix_grpc::channel(path).await
 }
 
 #[cfg(test)]
