@@ -120,18 +120,19 @@ impl Authority {
     /// Loads the newest usable active key whose private key file this replica
     /// has, or creates a new one. "Usable" means it stays valid for longer
     /// than the longest SVID it may have to sign.
+    /// `replica` is this replica's ID ([`replica_id`]).
     pub async fn load_or_create(
         store: &Store,
         config: &CaConfig,
         td: &TrustDomain,
+        replica: &str,
         now: SystemTime,
     ) -> Result<Authority, AuthorityError> {
         check_trust_domain(store, td).await?;
-        let keys_dir = config.data_dir.join("keys");
+        let keys_dir = config.keys_dir();
         create_private_dir(&keys_dir)?;
         let upstream = config.upstream_cert.is_some();
         let horizon = unix_seconds(now) + config.max_x509_svid_ttl as i64;
-        let replica = replica_id(&config.data_dir)?;
         for record in store.active_ca_keys().await? {
             if record.not_after <= horizon || record.self_signed == upstream {
                 continue;
@@ -141,7 +142,7 @@ impl Authority {
             match record.replica.as_deref() {
                 Some(owner) if owner != replica => continue, // another replica's key
                 None if !file_here => continue,              // unrecorded, and not ours
-                None => store.set_ca_key_replica(&record.id, &replica).await?,
+                None => store.set_ca_key_replica(&record.id, replica).await?,
                 Some(_) if !file_here && config.replace_lost_key => {
                     store.mark_ca_key_lost(&record.id).await?;
                     tracing::warn!(key_id = %record.id, path = %key_path.display(), "signing key file is missing: key marked lost as asked (--replace-lost-key); a new key will be made");
@@ -160,9 +161,9 @@ impl Authority {
             return Ok(authority);
         }
         let authority = if upstream {
-            Self::create_intermediate(store, config, td, &keys_dir, now).await?
+            Self::create_intermediate(store, config, td, &keys_dir, replica, now).await?
         } else {
-            Self::create_root(store, config, td, &keys_dir, now).await?
+            Self::create_root(store, config, td, &keys_dir, replica, now).await?
         };
         tracing::info!(key_id = %authority.id, self_signed = authority.self_signed, "created CA signing key");
         Ok(authority)
@@ -232,6 +233,7 @@ impl Authority {
         config: &CaConfig,
         td: &TrustDomain,
         keys_dir: &Path,
+        replica: &str,
         now: SystemTime,
     ) -> Result<Authority, AuthorityError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -259,7 +261,7 @@ impl Authority {
             not_before: nb,
             not_after: na,
             created_at: unix_seconds(now),
-            replica: Some(replica_id(&config.data_dir)?),
+            replica: Some(replica.to_owned()),
         };
         store
             .insert_ca_key(&record, &[(fingerprint(&cert), cert.to_vec(), na)])
@@ -272,6 +274,7 @@ impl Authority {
         config: &CaConfig,
         td: &TrustDomain,
         keys_dir: &Path,
+        replica: &str,
         now: SystemTime,
     ) -> Result<Authority, AuthorityError> {
         let upstream = Upstream::load(config, now)?;
@@ -317,7 +320,7 @@ impl Authority {
             not_before: nb,
             not_after: na,
             created_at: unix_seconds(now),
-            replica: Some(replica_id(&config.data_dir)?),
+            replica: Some(replica.to_owned()),
         };
         let roots: Vec<_> = upstream
             .roots

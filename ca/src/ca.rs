@@ -2,7 +2,7 @@
 //! the admin API (and, next, the node API) are thin layers over [`Ca`].
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use signet_identity::clock::Clock;
 use signet_identity::jwt_svid::{jwt_svid_claims, JwtAuthority};
@@ -82,16 +82,11 @@ impl Ca {
         create_private_dir(&config.data_dir)?;
         let store = Store::connect(&config.database_url()).await?;
         let now = clock.now();
-        let authority = Authority::load_or_create(&store, &config, &trust_domain, now).await?;
         let replica = replica_id(&config.data_dir)?;
-        let (jwt_signer, _) = crate::jwt_keys::rotate(
-            &store,
-            &config,
-            &replica,
-            &config.data_dir.join("keys"),
-            now,
-        )
-        .await?;
+        let authority =
+            Authority::load_or_create(&store, &config, &trust_domain, &replica, now).await?;
+        let (active_jwt_key, _) = crate::jwt_keys::rotate(&store, &config, &replica, now).await?;
+        let jwt_signer = crate::jwt_keys::load(&active_jwt_key, &config)?;
         let ca = Arc::new(Ca {
             metrics: Metrics::new(),
             clock,
@@ -136,18 +131,15 @@ impl Ca {
         &self.replica
     }
 
-    /// Moves JWT key rotation forward to `now` (see [`crate::jwt_keys`]);
-    /// agents are told when the bundle changed.
-    pub async fn rotate_jwt_keys(&self, now: SystemTime) -> Result<(), CaError> {
-        let (signer, bundle_changed) = crate::jwt_keys::rotate(
-            &self.store,
-            &self.config,
-            &self.replica,
-            &self.config.data_dir.join("keys"),
-            now,
-        )
-        .await?;
-        if signer.kid != self.jwt_signer().kid {
+    /// Moves JWT key rotation forward to the clock's now (see
+    /// [`crate::jwt_keys`]); agents are told when the bundle changed.
+    pub async fn rotate_jwt_keys(&self) -> Result<(), CaError> {
+        let (active, bundle_changed) =
+            crate::jwt_keys::rotate(&self.store, &self.config, &self.replica, self.clock.now())
+                .await?;
+        // The key file is read only when another key takes over.
+        if active.kid != self.jwt_signer().kid {
+            let signer = crate::jwt_keys::load(&active, &self.config)?;
             match self.jwt_signer.write() {
                 Ok(mut guard) => *guard = Arc::new(signer),
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(signer),
@@ -159,15 +151,16 @@ impl Ca {
         Ok(())
     }
 
-    /// Signs a JWT-SVID for `spiffe_id` and `audience`, living `ttl_secs`
-    /// (0: the configured default) but never past the signing key.
+    /// Signs a JWT-SVID for `spiffe_id` and `audience`, from the clock's
+    /// now, living `ttl_secs` (0: the configured default) but never past
+    /// the signing key.
     pub fn mint_jwt_svid(
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
         ttl_secs: u64,
-        now: SystemTime,
     ) -> Result<MintedJwt, CaError> {
+        let now = self.clock.now();
         let signer = self.jwt_signer();
         let ttl = if ttl_secs == 0 {
             self.config.default_jwt_svid_ttl

@@ -296,6 +296,11 @@ impl CaConfig {
             .unwrap_or_else(|| self.data_dir.join("admin.sock"))
     }
 
+    /// Where this replica's private key files live: `<data_dir>/keys`.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
     /// The database URL, defaulted to SQLite in the data dir.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {

@@ -137,20 +137,21 @@ pub fn key_path(keys_dir: &Path, kid: &str) -> PathBuf {
 }
 
 /// Applies rotation steps for `replica` until there is nothing to do, and
-/// returns the key to sign with and whether the bundle changed (a key was
-/// made or deleted).
+/// returns the active key (to sign with; [`load`] it when it is not the one
+/// in use) and whether the bundle changed (a key was made or deleted).
 pub async fn rotate(
     store: &Store,
     config: &CaConfig,
     replica: &str,
-    keys_dir: &Path,
     now: SystemTime,
-) -> Result<(JwtSigner, bool), AuthorityError> {
+) -> Result<(JwtKeyRecord, bool), AuthorityError> {
+    let keys_dir = &config.keys_dir();
     let schedule = Schedule::for_lifetime(config.jwt_key_ttl);
     let now_s = unix_seconds(now);
     let mut changed = store.delete_expired_jwt_keys(now_s).await? > 0;
-    // Bounded: each step moves a key forward; four cover the longest path
-    // (lost active → activate prepared → prepare → ...).
+    // Bounded: each step moves a key forward, and the longest path (lost
+    // keys marked, a prepared key activated, the next one prepared) is
+    // well under eight.
     for _ in 0..8 {
         let mine: Vec<JwtKeyRecord> = store
             .jwt_keys(now_s)
@@ -176,26 +177,19 @@ pub async fn rotate(
         match next_step(&mine, &schedule, now_s) {
             Step::Wait => {
                 let active = mine
-                    .iter()
+                    .into_iter()
                     .filter(|k| k.status == JwtKeyStatus::Active)
                     .max_by_key(|k| k.not_after)
                     .ok_or_else(|| AuthorityError::Inconsistent("no active JWT key".into()))?;
-                return Ok((load(active, keys_dir)?, changed));
+                return Ok((active, changed));
             }
-            Step::CreateActive => {
-                create(store, config, replica, keys_dir, JwtKeyStatus::Active, now).await?;
-                changed = true;
-            }
-            Step::Prepare => {
-                create(
-                    store,
-                    config,
-                    replica,
-                    keys_dir,
-                    JwtKeyStatus::Prepared,
-                    now,
-                )
-                .await?;
+            step @ (Step::CreateActive | Step::Prepare) => {
+                let status = if step == Step::CreateActive {
+                    JwtKeyStatus::Active
+                } else {
+                    JwtKeyStatus::Prepared
+                };
+                create(store, config, replica, keys_dir, status, now).await?;
                 changed = true;
             }
             Step::Activate { prepared, retiring } => {
@@ -259,8 +253,9 @@ async fn create(
     Ok(())
 }
 
-fn load(record: &JwtKeyRecord, keys_dir: &Path) -> Result<JwtSigner, AuthorityError> {
-    let path = key_path(keys_dir, &record.kid);
+/// The signer of JWT key `record`, from its private key file.
+pub fn load(record: &JwtKeyRecord, config: &CaConfig) -> Result<JwtSigner, AuthorityError> {
+    let path = key_path(&config.keys_dir(), &record.kid);
     let pkcs8 = std::fs::read(&path).map_err(|source| AuthorityError::Io {
         path: path.clone(),
         source,

@@ -422,12 +422,7 @@ impl Node for NodeService {
         let entry = self.own_entry(&agent, &r.entry_id, "JWT-SVID").await?;
         let minted = self
             .ca
-            .mint_jwt_svid(
-                &entry.spec.spiffe_id,
-                &r.audience,
-                entry.spec.jwt_svid_ttl,
-                self.ca.clock.now(),
-            )
+            .mint_jwt_svid(&entry.spec.spiffe_id, &r.audience, entry.spec.jwt_svid_ttl)
             .map_err(|e| status(&e))?;
         Ok(Response::new(pb::MintJwtSvidResponse {
             token: minted.token,

@@ -195,7 +195,7 @@ async fn rotate_jwt_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = ca.rotate_jwt_keys(ca.clock.now()).await {
+                if let Err(e) = ca.rotate_jwt_keys().await {
                     tracing::error!(error = %e, "JWT key rotation failed; retrying");
                 }
             }

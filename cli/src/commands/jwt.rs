@@ -161,16 +161,10 @@ fn inspect(
         Some(t) => Some(TrustDomain::new(&t).map_err(|e| anyhow!("--trust-domain {t:?}: {e}"))?),
         None => sub_td,
     };
-    let problems = match td {
-        Some(td) => check_jwt_svid(&decoded, &(td, authorities), audience, SystemTime::now()),
-        // No trust domain to look in: check_jwt_svid still reports the sub.
-        None => check_jwt_svid(
-            &decoded,
-            &(TrustDomain::new("invalid.invalid")?, Vec::new()),
-            audience,
-            SystemTime::now(),
-        ),
-    };
+    // No trust domain at all (no --trust-domain, no valid sub): nothing is
+    // trusted, and check_jwt_svid reports the sub.
+    let keys = td.map(|td| (td, authorities));
+    let problems = check_jwt_svid(&decoded, &keys, audience, SystemTime::now());
     let skip_signature = bundle.is_none();
     broken.extend(
         problems

@@ -337,6 +337,13 @@ impl JwtAuthorities for crate::TrustBundle {
     }
 }
 
+/// No authorities at all: nothing is trusted.
+impl<T: JwtAuthorities> JwtAuthorities for Option<T> {
+    fn jwt_authorities(&self, td: &TrustDomain) -> Option<&[JwtAuthority]> {
+        self.as_ref()?.jwt_authorities(td)
+    }
+}
+
 impl JwtAuthorities for (TrustDomain, Vec<JwtAuthority>) {
     fn jwt_authorities(&self, td: &TrustDomain) -> Option<&[JwtAuthority]> {
         (&self.0 == td).then_some(self.1.as_slice())
