@@ -253,23 +253,6 @@ fn a_used_or_expired_join_token_is_refused() {
     assert!(err.contains("expired"), "{err}");
 }
 
-/// A node API client with the credentials an agent keeps in its data dir.
-async fn node_client_as(
-    agent: &TestAgent,
-    ca: &TestCa,
-) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
-    let td = TrustDomain::new(TD).unwrap();
-    let (svid, bundle) = signet_agent::agent_identity::load(&agent.dir.path().join("data"), &td)
-        .unwrap()
-        .unwrap();
-    let trust = signet_agent::node_client::ServerTrust::Bundle(
-        signet_identity::tls::BundleHandle::new(bundle),
-    );
-    signet_agent::node_client::connect(&ca.node_addr(), &td, &trust, Some(&svid.cert))
-        .await
-        .unwrap()
-}
-
 fn csr() -> Vec<u8> {
     signet_agent::agent_identity::new_key_and_csr().unwrap().1
 }
@@ -286,7 +269,7 @@ async fn an_agent_cannot_get_an_svid_for_another_agents_entry() {
         &["unix:uid:1"],
         &[],
     );
-    let mut client = node_client_as(&a1, &ca).await;
+    let mut client = node_client_as(&a1, &ca.node_addr()).await;
     let status = client
         .sign_svids(pb::SignSvidsRequest {
             requests: vec![
@@ -317,7 +300,7 @@ async fn an_agent_cannot_get_an_svid_for_another_agents_entry() {
     assert_eq!(ok.svids[0].spiffe_id, "spiffe://example.org/mine");
     // And its sync stream only ever shows its own entries.
     let mut sync = client
-        .sync_entries(pb::SyncEntriesRequest {})
+        .sync_entries(pb::SyncEntriesRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -338,7 +321,7 @@ async fn an_agent_can_mint_jwt_svids_only_for_its_own_entries_within_the_audienc
         &["unix:uid:1"],
         &[],
     );
-    let mut client = node_client_as(&a1, &ca).await;
+    let mut client = node_client_as(&a1, &ca.node_addr()).await;
     let mint = |entry_id: &str, audience: Vec<String>| pb::MintJwtSvidRequest {
         entry_id: entry_id.to_owned(),
         audience,
@@ -394,7 +377,7 @@ async fn a_banned_agent_can_neither_renew_nor_sign_nor_reattest() {
     let ca = TestCa::start(&[]);
     let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
     let entry = ca.entry("spiffe://example.org/w", "node-1", &["unix:uid:1"], &[]);
-    let mut client = node_client_as(&agent, &ca).await;
+    let mut client = node_client_as(&agent, &ca.node_addr()).await;
     ca.run_ok(&["agent", "ban", "spiffe://example.org/signet/agent/node-1"]);
     let s = client
         .renew_agent(pb::RenewAgentRequest { csr: csr() })
@@ -424,7 +407,7 @@ async fn an_evicted_agent_is_refused_until_it_reattests_with_a_new_token() {
     let ca = TestCa::start(&[]);
     let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
     let entry = ca.entry("spiffe://example.org/w", "node-1", &["unix:uid:1"], &[]);
-    let mut client = node_client_as(&agent, &ca).await;
+    let mut client = node_client_as(&agent, &ca.node_addr()).await;
     ca.run_ok(&["agent", "evict", "spiffe://example.org/signet/agent/node-1"]);
     let s = client
         .sign_svids(pb::SignSvidsRequest {
@@ -438,7 +421,7 @@ async fn an_evicted_agent_is_refused_until_it_reattests_with_a_new_token() {
         .unwrap();
     assert_eq!(s.code(), tonic::Code::PermissionDenied);
     let again = TestAgent::start(&ca, &ca.token("node-1"), &[]);
-    let mut client = node_client_as(&again, &ca).await;
+    let mut client = node_client_as(&again, &ca.node_addr()).await;
     client
         .sign_svids(pb::SignSvidsRequest {
             requests: vec![pb::SvidRequest {
@@ -660,7 +643,9 @@ async fn an_expired_agent_svid_cannot_renew_through_resumption_or_an_old_connect
 
     // Control: while the SVID is valid, calls succeed.
     let mut old = node_channel_with(&ca, config.clone()).await.unwrap();
-    old.sync_entries(pb::SyncEntriesRequest {}).await.unwrap();
+    old.sync_entries(pb::SyncEntriesRequest::default())
+        .await
+        .unwrap();
     // The node API hands out no session tickets: with the same client
     // configuration, a later connection is a full handshake again.
     for _ in 0..2 {
@@ -708,14 +693,14 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
     };
     // The CA signs a renewal whose answer is lost before the agent stores
     // it (full disk, connection reset): the agent still has only S1.
-    let mut s1 = node_client_as(&agent, &ca).await;
+    let mut s1 = node_client_as(&agent, &ca.node_addr()).await;
     let lost = s1
         .renew_agent(pb::RenewAgentRequest { csr: csr() })
         .await
         .unwrap()
         .into_inner();
     assert!(!lost.cert_chain.is_empty());
-    s1.sync_entries(pb::SyncEntriesRequest {})
+    s1.sync_entries(pb::SyncEntriesRequest::default())
         .await
         .expect("the SVID renewed from stays usable until the new one is used");
 
@@ -743,12 +728,14 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
         signet_identity::tls::BundleHandle::new(bundle),
     );
     let mut s3 =
-        signet_agent::node_client::connect(&ca.node_addr(), &td, &trust, Some(&s3_svid.cert))
+        signet_agent::node_client::connect(&[ca.node_addr()], &td, &trust, Some(&s3_svid.cert))
             .await
             .unwrap();
-    s3.sync_entries(pb::SyncEntriesRequest {}).await.unwrap();
+    s3.sync_entries(pb::SyncEntriesRequest::default())
+        .await
+        .unwrap();
     let status = s1
-        .sync_entries(pb::SyncEntriesRequest {})
+        .sync_entries(pb::SyncEntriesRequest::default())
         .await
         .expect_err("the old SVID must be refused once the new one is in use");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
@@ -791,7 +778,7 @@ async fn the_sign_batch_cap_holds_at_1000_and_an_agent_with_1001_entries_gets_ev
         ids.push(e.id);
     }
     // The cap, on both sides: 1,001 CSRs are refused, 1,000 are signed.
-    let mut node = node_client_as(&agent, &ca).await;
+    let mut node = node_client_as(&agent, &ca.node_addr()).await;
     let requests = |n: usize| pb::SignSvidsRequest {
         requests: ids[..n]
             .iter()

@@ -35,8 +35,11 @@ pub enum ConfigError {
 pub struct AgentConfig {
     /// The trust domain of the CA. Default `example.org`.
     pub trust_domain: String,
-    /// The CA's node API, `host:port`. Default `127.0.0.1:8081`.
-    pub ca: String,
+    /// The CA's node API: one `host:port` or a list of them (replicas),
+    /// tried in turn; a DNS name is resolved again on every connection.
+    /// Default `127.0.0.1:8081`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub ca: Vec<String>,
     /// PEM bundle to authenticate the CA on first contact. Required unless
     /// `insecure_bootstrap`, or the agent already has a bundle in its data dir.
     pub trust_bundle: Option<PathBuf>,
@@ -92,7 +95,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             trust_domain: "example.org".into(),
-            ca: "127.0.0.1:8081".into(),
+            ca: vec!["127.0.0.1:8081".into()],
             trust_bundle: None,
             insecure_bootstrap: false,
             join_token: None,
@@ -103,6 +106,20 @@ impl Default for AgentConfig {
             limits: WorkloadApiLimits::default(),
         }
     }
+}
+
+/// `ca = "host:port"` or `ca = ["host:port", ...]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl AgentConfig {
@@ -128,6 +145,21 @@ impl AgentConfig {
                 "renewal_fraction {} must be between 0.05 and 0.95",
                 self.renewal_fraction
             )));
+        }
+        if self.ca.is_empty() {
+            return Err(ConfigError::Invalid(
+                "ca: give at least one CA address (host:port)".into(),
+            ));
+        }
+        for addr in &self.ca {
+            let port = addr
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                return Err(ConfigError::Invalid(format!(
+                    "ca {addr:?}: expected host:port, e.g. ca.example.org:8081"
+                )));
+            }
         }
         if self.insecure_bootstrap && self.trust_bundle.is_some() {
             return Err(ConfigError::Invalid(

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub jwt_svids_minted: Counter,
     /// Workload SVIDs held now.
     pub svids_held: Gauge,
+    /// Entries of this agent, as last synced from the CA.
+    pub entries: Gauge,
     /// 1 while the CA answers.
     pub ca_connected: Gauge,
     /// Workload API calls by method and admission code.
@@ -74,6 +76,12 @@ impl Metrics {
         );
         let svids_held = Gauge::default();
         registry.register("x509_svids", "Workload SVIDs held", svids_held.clone());
+        let entries = Gauge::default();
+        registry.register(
+            "entries",
+            "Entries of this agent, as last synced from the CA",
+            entries.clone(),
+        );
         let ca_connected = Gauge::default();
         registry.register(
             "ca_connected",
@@ -100,6 +108,7 @@ impl Metrics {
             svid_rotations,
             jwt_svids_minted,
             svids_held,
+            entries,
             ca_connected,
             workload_calls,
         })

@@ -2,6 +2,7 @@
 //! authenticated as `spiffe://<td>/signet/server` against the bundle, and
 //! the agent's own SVID as client certificate once it has one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,34 +132,95 @@ fn innermost(e: &dyn std::error::Error) -> String {
     cur.to_string()
 }
 
-/// Connects to the node API at `addr`.
+/// How long one address gets to accept TCP and finish the TLS handshake
+/// before the next is tried.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to the node API at the first of `addrs` that answers. Each
+/// `host:port` is resolved again on every connection (a DNS name may stand
+/// for several replicas, and they move), every address it resolves to is
+/// tried, and the address that answered last is tried first next time.
+/// The first try starts at a random address, so a fleet spreads over the
+/// replicas.
 pub async fn connect(
-    addr: &str,
+    addrs: &[String],
     td: &TrustDomain,
     trust: &ServerTrust,
     cert: Option<&ClientCert>,
 ) -> Result<NodeClient<Channel>, ConnectError> {
+    if addrs.is_empty() {
+        return Err(ConnectError::Connect {
+            addr: String::new(),
+            reason: "no CA address configured".into(),
+        });
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(td, trust, cert)?));
-    let target = addr.to_owned();
+    let addrs: Arc<[String]> = addrs.into();
+    let start = (crate::rotator::jitter() * addrs.len() as f64) as usize % addrs.len();
+    let preferred = Arc::new(AtomicUsize::new(start));
+    let targets = addrs.clone();
     let channel = Endpoint::from_static("http://signet-ca")
-        .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let connector = connector.clone();
-            let target = target.clone();
+            let targets = targets.clone();
+            let preferred = preferred.clone();
             async move {
-                let tcp = tokio::net::TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
-                let name = ServerName::try_from("signet-ca").map_err(std::io::Error::other)?;
-                let tls = connector.connect(name, tcp).await?;
+                let tls = dial(&targets, &preferred, &connector).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         }))
         .await
         .map_err(|e| ConnectError::Connect {
-            addr: addr.to_owned(),
+            addr: addrs.join(", "),
             reason: innermost(&e),
         })?;
     Ok(NodeClient::new(channel))
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Tries every address in turn from the preferred one.
+async fn dial(
+    addrs: &[String],
+    preferred: &AtomicUsize,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<TlsStream> {
+    let first = preferred.load(Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for i in 0..addrs.len() {
+        let index = (first + i) % addrs.len();
+        match dial_one(&addrs[index], connector).await {
+            Ok(tls) => {
+                preferred.store(index, Ordering::Relaxed);
+                tracing::debug!(ca = %addrs[index], "connected to a CA replica");
+                return Ok(tls);
+            }
+            Err(e) => failures.push(format!("{}: {e}", addrs[index])),
+        }
+    }
+    Err(std::io::Error::other(failures.join("; ")))
+}
+
+/// Resolves `addr` and tries each address it names.
+async fn dial_one(
+    addr: &str,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<TlsStream> {
+    let mut last = std::io::Error::other("resolves to no address");
+    for target in tokio::net::lookup_host(addr).await? {
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(target).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from("signet-ca").map_err(std::io::Error::other)?;
+            connector.connect(name, tcp).await
+        };
+        match tokio::time::timeout(DIAL_TIMEOUT, attempt).await {
+            Ok(Ok(tls)) => return Ok(tls),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+        }
+    }
+    Err(last)
 }

@@ -29,6 +29,8 @@ use crate::workload_svids::{Snapshot, WorkloadSvid};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a new entry stream gets to deliver its first complete update.
+const FIRST_UPDATE_WAIT: Duration = Duration::from_secs(10);
 
 /// A uniform random number in [0, 1).
 pub fn jitter() -> f64 {
@@ -47,8 +49,16 @@ enum CaState {
 
 /// Messages from the entry-sync task.
 enum SyncEvent {
-    Snapshot(pb::EntrySnapshot),
+    Page(pb::EntrySnapshot),
     Ended(String),
+}
+
+/// An update whose pages are still arriving.
+#[derive(Default)]
+struct PendingUpdate {
+    delta: bool,
+    entries: Vec<pb::WorkloadEntry>,
+    removed: Vec<String>,
 }
 
 /// Owns the agent SVID and every workload SVID.
@@ -63,7 +73,15 @@ pub struct SvidRotator {
     /// JWT-SVIDs signed): the same as `client`, `None` while disconnected.
     ca_link: watch::Sender<Option<NodeClient<Channel>>>,
     sync: Option<mpsc::Receiver<SyncEvent>>,
+    /// Entries by ID, as of `revision`.
     entries: Vec<pb::WorkloadEntry>,
+    /// The revision of the last complete update applied: sent on reconnect,
+    /// so the CA answers with only what changed since.
+    revision: Option<i64>,
+    /// The update being received, page by page.
+    pending: Option<PendingUpdate>,
+    /// A complete update has arrived on the current stream.
+    stream_synced: bool,
     svids: HashMap<String, Arc<WorkloadSvid>>,
     published: watch::Sender<Arc<Snapshot>>,
     ca_state: CaState,
@@ -97,6 +115,9 @@ impl SvidRotator {
             ca_link,
             sync: None,
             entries: Vec::new(),
+            revision: None,
+            pending: None,
+            stream_synced: false,
             svids: HashMap::new(),
             published,
             ca_state: CaState::Unknown,
@@ -114,15 +135,15 @@ impl SvidRotator {
         }
         match &state {
             CaState::Connected => {
-                tracing::info!(ca = %self.config.ca, "connected to the CA");
+                tracing::info!(ca = ?self.config.ca, "connected to the CA");
                 self.metrics.ca_connected.set(1);
             }
             CaState::Unreachable(reason) if self.svids.is_empty() => {
-                tracing::warn!(ca = %self.config.ca, reason = %reason, "CA unreachable and no SVIDs to serve: workloads get nothing until it answers; retrying with backoff");
+                tracing::warn!(ca = ?self.config.ca, reason = %reason, "CA unreachable and no SVIDs to serve: workloads get nothing until it answers; retrying with backoff");
                 self.metrics.ca_connected.set(0);
             }
             CaState::Unreachable(reason) => {
-                tracing::warn!(ca = %self.config.ca, reason = %reason, svids = self.svids.len(), "CA unreachable; serving cached SVIDs until they expire, retrying with backoff");
+                tracing::warn!(ca = ?self.config.ca, reason = %reason, svids = self.svids.len(), "CA unreachable; serving cached SVIDs until they expire, retrying with backoff");
                 self.metrics.ca_connected.set(0);
             }
             CaState::Unknown => {}
@@ -158,8 +179,12 @@ impl SvidRotator {
             node_client::connect(&self.config.ca, &self.td, &trust, Some(&self.agent.cert))
                 .await
                 .map_err(|e| e.to_string())?;
+        self.pending = None;
+        self.stream_synced = false;
         let stream = client
-            .sync_entries(pb::SyncEntriesRequest {})
+            .sync_entries(pb::SyncEntriesRequest {
+                known_revision: self.revision,
+            })
             .await
             .map_err(|s| format!("{}: {}", code_name(s.code()), s.message()))?
             .into_inner();
@@ -284,19 +309,53 @@ impl SvidRotator {
         Ok(())
     }
 
-    fn apply_snapshot(&mut self, s: pb::EntrySnapshot) {
-        if let Ok(bundle) = bundle_from_pb(s.bundle.as_ref()) {
-            // X.509 or JWT authorities: either change is a new bundle.
-            if bundle != *self.bundle.get() {
-                if let Err(e) = agent_identity::save_bundle(&self.data_dir, &bundle) {
-                    tracing::warn!(error = %e, "cannot save the new bundle");
+    /// Takes one page of an update from the CA; applies the update when
+    /// its last page has come.
+    fn apply_page(&mut self, page: pb::EntrySnapshot) {
+        if let Some(b) = page.bundle.as_ref() {
+            match bundle_from_pb(Some(b)) {
+                Ok(bundle) => {
+                    // X.509 or JWT authorities: either change is a new bundle.
+                    if bundle != *self.bundle.get() {
+                        if let Err(e) = agent_identity::save_bundle(&self.data_dir, &bundle) {
+                            tracing::warn!(error = %e, "cannot save the new bundle");
+                        }
+                        tracing::info!(sequence = bundle.sequence, "trust bundle updated");
+                    }
+                    self.bundle.set(bundle);
                 }
-                tracing::info!(sequence = bundle.sequence, "trust bundle updated");
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CA sent a bundle that cannot be used; keeping the last one")
+                }
             }
-            self.bundle.set(bundle);
         }
+        let pending = self.pending.get_or_insert_with(|| PendingUpdate {
+            delta: page.delta,
+            ..Default::default()
+        });
+        pending.entries.extend(page.entries);
+        pending.removed.extend(page.removed_entry_ids);
+        if page.more {
+            return;
+        }
+        let Some(update) = self.pending.take() else {
+            return;
+        };
+        self.entries = if update.delta {
+            merge(
+                std::mem::take(&mut self.entries),
+                update.entries,
+                &update.removed,
+            )
+        } else {
+            let mut all = update.entries;
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+            all
+        };
+        self.revision = Some(page.revision);
         self.synced = true;
-        self.entries = s.entries;
+        self.stream_synced = true;
+        self.metrics.entries.set(self.entries.len() as i64);
         let live: std::collections::HashSet<&String> = self.entries.iter().map(|e| &e.id).collect();
         self.svids.retain(|id, _| live.contains(id));
     }
@@ -371,7 +430,7 @@ impl SvidRotator {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => {}
                 ev = recv_sync(&mut self.sync) => match ev {
-                    Some(SyncEvent::Snapshot(s)) => self.apply_snapshot(s),
+                    Some(SyncEvent::Page(p)) => self.apply_page(p),
                     Some(SyncEvent::Ended(reason)) => self.fail(reason),
                     None => self.fail("entry stream closed".into()),
                 },
@@ -384,12 +443,16 @@ impl SvidRotator {
     async fn step(&mut self) -> Result<(), String> {
         if self.client.is_none() {
             self.connect().await?;
-            // The first snapshot follows right away; take it before signing.
-            if let Some(rx) = self.sync.as_mut() {
-                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                    Ok(Some(SyncEvent::Snapshot(s))) => self.apply_snapshot(s),
+            // The first update follows right away; take it before signing.
+            let deadline = tokio::time::Instant::now() + FIRST_UPDATE_WAIT;
+            while !self.stream_synced {
+                let Some(rx) = self.sync.as_mut() else {
+                    return Err("entry stream closed".into());
+                };
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(SyncEvent::Page(p))) => self.apply_page(p),
                     Ok(Some(SyncEvent::Ended(r))) => return Err(r),
-                    Ok(None) | Err(_) => return Err("no entry snapshot from the CA".into()),
+                    Ok(None) | Err(_) => return Err("no entry update from the CA".into()),
                 }
             }
         }
@@ -419,7 +482,7 @@ async fn forward_sync(
 ) {
     loop {
         let ev = match stream.message().await {
-            Ok(Some(s)) => SyncEvent::Snapshot(s),
+            Ok(Some(p)) => SyncEvent::Page(p),
             Ok(None) => SyncEvent::Ended("the CA closed the entry stream".into()),
             Err(s) => SyncEvent::Ended(format!(
                 "entry stream: {}: {}",
@@ -432,6 +495,24 @@ async fn forward_sync(
             return;
         }
     }
+}
+
+/// `entries` (sorted by ID) with `changed` put in and `removed` taken out,
+/// still sorted.
+fn merge(
+    entries: Vec<pb::WorkloadEntry>,
+    changed: Vec<pb::WorkloadEntry>,
+    removed: &[String],
+) -> Vec<pb::WorkloadEntry> {
+    let mut by_id: std::collections::BTreeMap<String, pb::WorkloadEntry> =
+        entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+    for id in removed {
+        by_id.remove(id);
+    }
+    for e in changed {
+        by_id.insert(e.id.clone(), e);
+    }
+    by_id.into_values().collect()
 }
 
 fn now_ms() -> i64 {

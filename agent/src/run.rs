@@ -220,7 +220,7 @@ pub async fn run(
     tracing::info!(
         agent_id = %agent_id,
         trust_domain = %td,
-        ca = %config.ca,
+        ca = %config.ca.join(","),
         socket = %config.socket.display(),
         metrics = %metrics_addr,
         "signet agent ready"

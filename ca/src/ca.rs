@@ -1,8 +1,11 @@
 //! The CA's shared state and its operations, independent of any transport:
 //! the admin API (and, next, the node API) are thin layers over [`Ca`].
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
 
 use signet_identity::clock::Clock;
 use signet_identity::jwt_svid::{jwt_svid_claims, JwtAuthority};
@@ -12,6 +15,7 @@ use signet_identity::{BundleError, CertificateDer, SpiffeId, TrustBundle, TrustD
 use crate::authority::{create_private_dir, replica_id, Authority, AuthorityError};
 use crate::config::{CaConfig, ConfigError};
 use crate::entry::{Entry, EntryError, EntryInput, EntrySpec};
+use crate::entry_cache::{AgentVersion, Catchup, EntryCache};
 use crate::issuance::{sign_for_entry, IssueError, IssuedSvid};
 use crate::join_token::{self, JoinTokenError, NewJoinToken};
 use crate::jwt_keys::JwtSigner;
@@ -64,10 +68,21 @@ pub struct Ca {
     jwt_signer: RwLock<Arc<JwtSigner>>,
     /// This replica's ID (owner of its key files).
     replica: String,
-    /// Bumped whenever entries, agents or the bundle change; sync streams
-    /// to agents wake on it.
-    changes: tokio::sync::watch::Sender<u64>,
+    /// Every entry, by agent, kept current by the change feed.
+    cache: RwLock<EntryCache>,
+    /// One reader of the change feed at a time.
+    feed_reader: tokio::sync::Mutex<()>,
+    /// Wakes the change feed task (a notification from another replica).
+    pub(crate) feed_wake: Notify,
+    /// The trust bundle as published now; agent streams watch it.
+    bundle: watch::Sender<Arc<TrustBundle>>,
+    /// When the first authority in `bundle` expires, Unix seconds: the
+    /// bundle is read again then.
+    bundle_until: AtomicI64,
 }
+
+/// Most change rows read in one query.
+const FEED_PAGE: i64 = 1000;
 
 impl Ca {
     /// Opens (or initialises) the CA: data dir, database, signing key, and a
@@ -87,17 +102,24 @@ impl Ca {
             Authority::load_or_create(&store, &config, &trust_domain, &replica, now).await?;
         let (active_jwt_key, _) = crate::jwt_keys::rotate(&store, &config, &replica, now).await?;
         let jwt_signer = crate::jwt_keys::load(&active_jwt_key, &config)?;
+        let (entries, revision) = store.entries_at_revision().await?;
+        let (bundle, bundle_until) = load_bundle(&store, &config, &trust_domain, now).await?;
         let ca = Arc::new(Ca {
             metrics: Metrics::new(),
             clock,
             authority: RwLock::new(Arc::new(authority)),
             jwt_signer: RwLock::new(Arc::new(jwt_signer)),
             replica,
-            changes: tokio::sync::watch::channel(0).0,
+            cache: RwLock::new(EntryCache::load(entries, revision)),
+            feed_reader: tokio::sync::Mutex::new(()),
+            feed_wake: Notify::new(),
+            bundle: watch::channel(Arc::new(bundle)).0,
+            bundle_until: AtomicI64::new(bundle_until),
             config,
             trust_domain,
             store,
         });
+        ca.catch_up().await?;
         let bundle = ca.bundle().await?;
         ca.authority().self_test(&bundle, now)?;
         ca.metrics
@@ -146,7 +168,7 @@ impl Ca {
             }
         }
         if bundle_changed {
-            self.notify_change();
+            self.catch_up().await?;
         }
         Ok(())
     }
@@ -186,43 +208,150 @@ impl Ca {
         })
     }
 
-    /// The trust bundle as published now.
+    /// The trust bundle as published now (read again first when one of its
+    /// authorities has expired by the clock).
     pub async fn bundle(&self) -> Result<TrustBundle, CaError> {
-        let now = unix_seconds(self.clock.now());
-        let (certs, sequence) = self.store.bundle(now).await?;
-        let jwt_authorities = self
-            .store
-            .jwt_keys(now)
-            .await?
-            .iter()
-            .map(|k| JwtAuthority::from_spki_der(&k.kid, &k.public_key))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(BundleError::from)?;
-        let mut bundle = TrustBundle::new(
-            self.trust_domain.clone(),
-            certs.into_iter().map(CertificateDer::from).collect(),
-        )?
-        .with_jwt_authorities(jwt_authorities);
-        bundle.sequence = sequence;
-        bundle.refresh_hint_secs = Some(self.config.bundle_refresh_hint);
-        Ok(bundle)
+        if self.now_secs() >= self.bundle_until.load(Ordering::Relaxed) {
+            self.refresh_bundle().await?;
+        }
+        Ok(TrustBundle::clone(&self.bundle.borrow()))
     }
 
-    /// Tells every agent sync stream to re-read its entries.
-    pub fn notify_change(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    /// Reads the bundle from the database and publishes it if it changed.
+    pub async fn refresh_bundle(&self) -> Result<(), CaError> {
+        let (bundle, until) = load_bundle(
+            &self.store,
+            &self.config,
+            &self.trust_domain,
+            self.clock.now(),
+        )
+        .await?;
+        self.bundle_until.store(until, Ordering::Relaxed);
+        self.bundle.send_if_modified(|cur| {
+            let changed = **cur != bundle;
+            if changed {
+                *cur = Arc::new(bundle);
+            }
+            changed
+        });
+        Ok(())
     }
 
-    /// A receiver that wakes on every [`Ca::notify_change`].
-    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
+    /// When the bundle must next be read again (an authority in it
+    /// expires), Unix seconds.
+    pub fn bundle_valid_until(&self) -> i64 {
+        self.bundle_until.load(Ordering::Relaxed)
+    }
+
+    /// A receiver that changes whenever the published bundle does.
+    pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+        self.bundle.subscribe()
+    }
+
+    /// Applies every change in the feed this replica has not seen: one
+    /// query when there is none. Called after each local write and by the
+    /// change feed task when another replica wrote.
+    pub async fn catch_up(&self) -> Result<(), CaError> {
+        let _reader = self.feed_reader.lock().await;
+        loop {
+            let after = self.read_cache(EntryCache::revision);
+            let rows = self.store.changes_since(after, FEED_PAGE).await?;
+            let now = self.now_secs();
+            let mut bundle = false;
+            self.write_cache(|cache| {
+                for row in &rows {
+                    bundle |= cache.apply(row, now).bundle;
+                }
+                self.metrics.set_cache(cache.len(), cache.revision());
+            });
+            if bundle {
+                self.refresh_bundle().await?;
+            }
+            if (rows.len() as i64) < FEED_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reloads every entry when changes this replica never saw were pruned
+    /// from the feed (it was cut off for longer than they are kept).
+    pub async fn reload_if_behind(&self) -> Result<bool, CaError> {
+        let horizon = self.store.changes_horizon().await?;
+        if self.read_cache(EntryCache::revision) >= horizon {
+            return Ok(false);
+        }
+        let _reader = self.feed_reader.lock().await;
+        let (entries, revision) = self.store.entries_at_revision().await?;
+        tracing::warn!(
+            revision,
+            horizon,
+            "this replica missed pruned changes; reloaded every entry (agents get snapshots)"
+        );
+        self.write_cache(|cache| cache.reload(entries, revision));
+        drop(_reader);
+        self.refresh_bundle().await?;
+        Ok(true)
+    }
+
+    /// Forgets old tombstones and unused agent views of the entry cache.
+    pub fn prune_cache(&self) {
+        let now = self.now_secs();
+        self.write_cache(|cache| cache.prune(now));
+    }
+
+    /// What agent `agent_id`, having seen revision `known`, needs, and the
+    /// revision that brings it to.
+    pub fn entry_catchup(&self, agent_id: &str, known: Option<i64>) -> (Catchup, i64) {
+        self.read_cache(|cache| (cache.since(agent_id, known), cache.revision()))
+    }
+
+    /// A receiver that changes whenever `agent_id`'s entries or standing do.
+    pub fn subscribe_agent(&self, agent_id: &str) -> watch::Receiver<AgentVersion> {
+        self.write_cache(|cache| cache.subscribe(agent_id))
+    }
+
+    /// The revision this replica's cache is at.
+    pub fn revision(&self) -> i64 {
+        self.read_cache(EntryCache::revision)
+    }
+
+    /// An entry from the cache, or from the database when the cache does
+    /// not have it (yet).
+    pub async fn entry(&self, id: &str) -> Result<Arc<Entry>, CaError> {
+        if let Some(e) = self.read_cache(|c| c.entry(id)) {
+            return Ok(e);
+        }
+        Ok(Arc::new(self.store.get_entry(id).await?))
+    }
+
+    fn read_cache<T>(&self, f: impl FnOnce(&EntryCache) -> T) -> T {
+        match self.cache.read() {
+            Ok(guard) => f(&guard),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    fn write_cache<T>(&self, f: impl FnOnce(&mut EntryCache) -> T) -> T {
+        match self.cache.write() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// After a local write: apply it (and anything before it) at once. The
+    /// write has committed; a failure here is retried by the feed task.
+    async fn applied(&self) {
+        if let Err(e) = self.catch_up().await {
+            tracing::warn!(error = %e, "cannot read the change feed after a write; the feed task retries");
+            self.feed_wake.notify_one();
+        }
     }
 
     /// Validates and stores a new entry.
     pub async fn create_entry(&self, input: &EntryInput) -> Result<Entry, CaError> {
         let spec = self.validate_entry(input)?;
         let entry = self.store.create_entry(&spec, self.now_secs()).await?;
-        self.notify_change();
+        self.applied().await;
         Ok(entry)
     }
 
@@ -230,14 +359,14 @@ impl Ca {
     pub async fn update_entry(&self, id: &str, input: &EntryInput) -> Result<Entry, CaError> {
         let spec = self.validate_entry(input)?;
         let entry = self.store.update_entry(id, &spec, self.now_secs()).await?;
-        self.notify_change();
+        self.applied().await;
         Ok(entry)
     }
 
     /// Deletes an entry.
     pub async fn delete_entry(&self, id: &str) -> Result<(), CaError> {
-        self.store.delete_entry(id).await?;
-        self.notify_change();
+        self.store.delete_entry(id, self.now_secs()).await?;
+        self.applied().await;
         Ok(())
     }
 
@@ -299,15 +428,15 @@ impl Ca {
     /// Bans an agent.
     pub async fn ban_agent(&self, spiffe_id: &str) -> Result<AgentRecord, CaError> {
         let agent = self.store.ban_agent(spiffe_id, self.now_secs()).await?;
-        self.notify_change();
+        self.applied().await;
         tracing::warn!(agent_id = spiffe_id, "agent banned");
         Ok(agent)
     }
 
     /// Evicts an agent.
     pub async fn evict_agent(&self, spiffe_id: &str) -> Result<(), CaError> {
-        self.store.delete_agent(spiffe_id).await?;
-        self.notify_change();
+        self.store.delete_agent(spiffe_id, self.now_secs()).await?;
+        self.applied().await;
         tracing::warn!(agent_id = spiffe_id, "agent evicted");
         Ok(())
     }
@@ -346,6 +475,39 @@ impl Ca {
             }
         }
     }
+}
+
+/// The bundle in the database at `now`, and when its first authority
+/// expires (Unix seconds).
+async fn load_bundle(
+    store: &Store,
+    config: &CaConfig,
+    trust_domain: &TrustDomain,
+    now: std::time::SystemTime,
+) -> Result<(TrustBundle, i64), CaError> {
+    let now = unix_seconds(now);
+    let (certs, sequence) = store.bundle(now).await?;
+    let keys = store.jwt_keys(now).await?;
+    let jwt_authorities = keys
+        .iter()
+        .map(|k| JwtAuthority::from_spki_der(&k.kid, &k.public_key))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BundleError::from)?;
+    let until = certs
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .chain(keys.iter().map(|k| k.not_after))
+        .min()
+        .unwrap_or(i64::MAX);
+    let mut bundle = TrustBundle::new(
+        trust_domain.clone(),
+        certs.into_iter().map(CertificateDer::from).collect(),
+    )?
+    .with_jwt_authorities(jwt_authorities);
+    bundle.sequence = sequence;
+    bundle.refresh_hint_secs = Some(config.bundle_refresh_hint);
+    Ok((bundle, until))
 }
 
 /// A signed JWT-SVID and its times (Unix seconds).

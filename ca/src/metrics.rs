@@ -41,6 +41,23 @@ pub struct Metrics {
     pub admin_calls: Family<AdminCallLabels, Counter>,
     /// notAfter of the active signing certificate, Unix seconds.
     pub ca_expiry: Gauge,
+    /// Entries in the in-memory cache agents are served from.
+    pub cached_entries: Gauge,
+    /// The change-feed revision the cache is at.
+    pub cache_revision: Gauge,
+    /// Agent entry streams open on this replica.
+    pub sync_streams: Gauge,
+    /// Entry-stream updates sent, by kind (`snapshot`, `delta`).
+    pub sync_updates: Family<KindLabel, Counter>,
+    /// Entry-stream messages sent (an update longer than a page is several).
+    pub sync_messages: Counter,
+}
+
+/// A `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: String,
 }
 
 impl Default for Metrics {
@@ -95,7 +112,42 @@ impl Metrics {
             "notAfter of the active CA signing certificate",
             ca_expiry.clone(),
         );
+        let cached_entries = Gauge::default();
+        registry.register(
+            "cached_entries",
+            "Entries in the in-memory cache agent streams are served from",
+            cached_entries.clone(),
+        );
+        let cache_revision = Gauge::default();
+        registry.register(
+            "cache_revision",
+            "Change-feed revision the entry cache is at",
+            cache_revision.clone(),
+        );
+        let sync_streams = Gauge::default();
+        registry.register(
+            "sync_streams",
+            "Agent entry streams open on this replica",
+            sync_streams.clone(),
+        );
+        let sync_updates = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "sync_updates",
+            "Entry-stream updates sent, by kind (snapshot, delta)",
+            sync_updates.clone(),
+        );
+        let sync_messages = Counter::default();
+        registry.register(
+            "sync_messages",
+            "Entry-stream messages sent (pages)",
+            sync_messages.clone(),
+        );
         Self {
+            cached_entries,
+            cache_revision,
+            sync_streams,
+            sync_updates,
+            sync_messages,
             registry,
             svids_issued,
             jwt_svids_issued,
@@ -140,6 +192,21 @@ impl Metrics {
                 code: format!("{code:?}"),
             })
             .inc();
+    }
+
+    /// Sets the entry cache gauges.
+    pub fn set_cache(&self, entries: usize, revision: i64) {
+        self.cached_entries.set(entries as i64);
+        self.cache_revision.set(revision);
+    }
+
+    /// Counts one update sent on an entry stream, in `pages` messages.
+    pub fn sync_update(&self, delta: bool, pages: usize) {
+        let kind = if delta { "delta" } else { "snapshot" };
+        self.sync_updates
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+        self.sync_messages.inc_by(pages as u64);
     }
 
     /// Sets the signing certificate expiry gauge.

@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{SpiffeId, TrustBundle};
@@ -20,13 +20,10 @@ use crate::attest_throttle::AttestThrottle;
 use crate::entry::Entry;
 use crate::issuance::{check_csr, sign_x509_svid};
 use crate::join_token;
-use crate::store::{AgentRecord, EntryFilter, StoreError, TokenUse};
+use crate::store::{AgentRecord, StoreError, TokenUse};
 use crate::{Ca, CaError};
 
 use signet_proto::node::MAX_SIGN_BATCH as MAX_BATCH;
-/// How often a sync stream re-reads its entries even without a local change
-/// notification (changes made through another CA replica).
-const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The gRPC service implementation.
 pub struct NodeService {
@@ -106,19 +103,7 @@ impl NodeService {
     }
 
     async fn agent_in_good_standing(&self, id: &SpiffeId) -> Result<AgentRecord, Status> {
-        let agent = match self.ca.store.get_agent(id.as_str()).await {
-            Ok(a) => a,
-            Err(StoreError::NotFound(_)) => {
-                return Err(Status::permission_denied(format!(
-                    "agent {id} is not attested (evicted?); re-attest with a new join token"
-                )))
-            }
-            Err(e) => return Err(status(&e.into())),
-        };
-        if agent.banned {
-            return Err(Status::permission_denied(format!("agent {id} is banned")));
-        }
-        Ok(agent)
+        agent_in_good_standing(&self.ca, id.as_str()).await
     }
 
     /// Signs an agent SVID and the record that makes it current;
@@ -164,6 +149,24 @@ impl NodeService {
     }
 }
 
+/// Agent `id`'s record, if it is on record and not banned; the
+/// PERMISSION_DENIED status to end its calls and stream with otherwise.
+pub(crate) async fn agent_in_good_standing(ca: &Ca, id: &str) -> Result<AgentRecord, Status> {
+    let agent = match ca.store.get_agent(id).await {
+        Ok(a) => a,
+        Err(StoreError::NotFound(_)) => {
+            return Err(Status::permission_denied(format!(
+                "agent {id} is not attested (evicted?); re-attest with a new join token"
+            )))
+        }
+        Err(e) => return Err(status(&e.into())),
+    };
+    if agent.banned {
+        return Err(Status::permission_denied(format!("agent {id} is banned")));
+    }
+    Ok(agent)
+}
+
 /// Protobuf form of a bundle.
 pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
     pb::Bundle {
@@ -181,7 +184,8 @@ pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
     }
 }
 
-fn entry_to_pb(e: &Entry) -> pb::WorkloadEntry {
+/// Protobuf form of an entry, as agents get it.
+pub(crate) fn entry_to_pb(e: &Entry) -> pb::WorkloadEntry {
     pb::WorkloadEntry {
         id: e.id.clone(),
         spiffe_id: e.spec.spiffe_id.to_string(),
@@ -204,13 +208,8 @@ impl NodeService {
         agent: &AgentRecord,
         entry_id: &str,
         what: &str,
-    ) -> Result<Entry, Status> {
-        let entry = self
-            .ca
-            .store
-            .get_entry(entry_id)
-            .await
-            .map_err(|e| status(&e.into()))?;
+    ) -> Result<Arc<Entry>, Status> {
+        let entry = self.ca.entry(entry_id).await.map_err(|e| status(&e))?;
         if entry.spec.parent_id.as_str() != agent.spiffe_id {
             self.ca.metrics.attestation_failed("foreign_entry");
             tracing::warn!(agent_id = %agent.spiffe_id, %entry_id, kind = what, "agent asked for an SVID of an entry that is not its own");
@@ -292,7 +291,6 @@ impl Node for NodeService {
             .upsert_agent(&record)
             .await
             .map_err(|e| status(&e.into()))?;
-        self.ca.notify_change();
         tracing::info!(agent_id = %id, serial = %record.svid_serial, "agent attested");
         Ok(Response::new(svid))
     }
@@ -324,55 +322,14 @@ impl Node for NodeService {
         req: Request<pb::SyncEntriesRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
         let agent = self.authorized_agent(&req).await?;
-        let id = SpiffeId::parse(&agent.spiffe_id).map_err(|e| Status::internal(e.to_string()))?;
+        let known = req.into_inner().known_revision;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let ca = self.ca.clone();
-        let service = NodeService {
-            ca: ca.clone(),
-            throttle: self.throttle.clone(),
-        };
-        tokio::spawn(async move {
-            let mut changes = ca.subscribe_changes();
-            let mut last: Option<pb::EntrySnapshot> = None;
-            loop {
-                // A ban or eviction ends the stream.
-                if let Err(s) = service.agent_in_good_standing(&id).await {
-                    let _ = tx.send(Err(s)).await;
-                    return;
-                }
-                let snapshot = async {
-                    let entries = ca
-                        .list_entries(&EntryFilter {
-                            parent_id: Some(id.to_string()),
-                            spiffe_id: None,
-                        })
-                        .await?;
-                    let bundle = ca.bundle().await?;
-                    Ok::<_, CaError>(pb::EntrySnapshot {
-                        entries: entries.iter().map(entry_to_pb).collect(),
-                        bundle: Some(bundle_to_pb(&bundle)),
-                    })
-                }
-                .await;
-                match snapshot {
-                    Ok(s) if last.as_ref() != Some(&s) => {
-                        if tx.send(Ok(s.clone())).await.is_err() {
-                            return;
-                        }
-                        last = Some(s);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(agent_id = %id, error = %e, "cannot build entry snapshot; retrying")
-                    }
-                }
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
-                    _ = tx.closed() => return,
-                }
-            }
-        });
+        tokio::spawn(crate::entry_stream::serve(
+            self.ca.clone(),
+            agent.spiffe_id,
+            known,
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -140,6 +140,7 @@ pub async fn run(
     let health = tokio::spawn(health);
     let pruner = tokio::spawn(prune_tokens(ca.clone(), stop_rx.clone()));
     let jwt_rotation = tokio::spawn(rotate_jwt_keys(ca.clone(), stop_rx.clone()));
+    let feed = tokio::spawn(crate::change_feed::run(ca.clone(), stop_rx.clone()));
     let oidc_addr = oidc.as_ref().map(|o| o.2.to_string()).unwrap_or_default();
     let oidc = oidc.map(|(listener, tls, _, issuer)| {
         tokio::spawn(crate::oidc::serve(
@@ -173,6 +174,7 @@ pub async fn run(
         let _ = health.await;
         let _ = pruner.await;
         let _ = jwt_rotation.await;
+        let _ = feed.await;
         if let Some(oidc) = oidc {
             let _ = oidc.await;
         }

@@ -6,6 +6,7 @@
 //! and each backend has its own migrations under `migrations/`.
 
 mod agents;
+mod changes;
 mod entries;
 mod jwt_keys;
 mod keys;
@@ -19,6 +20,7 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::config::redact_url;
 
 pub use agents::AgentRecord;
+pub use changes::{ChangeKind, ChangeRow, NOTIFY_CHANNEL};
 pub use entries::EntryFilter;
 pub use jwt_keys::{JwtKeyRecord, JwtKeyStatus};
 pub use keys::CaKeyRecord;

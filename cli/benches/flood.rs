@@ -227,22 +227,6 @@ async fn bogus_attestations(
     }
 }
 
-async fn node_client_for(
-    agent: &TestAgent,
-    ca: &TestCa,
-) -> pb::node_client::NodeClient<tonic::transport::Channel> {
-    let td = signet_identity::TrustDomain::new("example.org").unwrap();
-    let (svid, bundle) = signet_agent::agent_identity::load(&agent.dir.path().join("data"), &td)
-        .unwrap()
-        .unwrap();
-    let trust = signet_agent::node_client::ServerTrust::Bundle(
-        signet_identity::tls::BundleHandle::new(bundle),
-    );
-    signet_agent::node_client::connect(&ca.node_addr(), &td, &trust, Some(&svid.cert))
-        .await
-        .unwrap()
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -271,7 +255,7 @@ fn main() {
     let node_addr: SocketAddr = mesh.ca.node_addr().parse().unwrap();
     let inbound: SocketAddr = format!("127.0.0.1:{}", mesh.server_port).parse().unwrap();
     let bundle_pem = mesh.ca.run_ok(&["bundle", "show"]);
-    let node = rt.block_on(node_client_for(&mesh.agent_a, &mesh.ca));
+    let node = rt.block_on(node_client_as(&mesh.agent_a, &mesh.ca.node_addr()));
 
     println!(
         "flood benchmark: {} s per phase, legit proxy {} req/s (new connection each), legit node API {} calls/s",

@@ -209,7 +209,7 @@ async fn bench() {
 
     let socket = dir.path().join("agent.sock");
     let agent_config = signet_agent::AgentConfig {
-        ca: format!("127.0.0.1:{node_port}"),
+        ca: vec![format!("127.0.0.1:{node_port}")],
         trust_bundle: Some(bundle_path),
         join_token: Some(token.token),
         data_dir: dir.path().join("agent"),

@@ -21,6 +21,12 @@ pub mod node {
     /// Most CSRs one `SignSvids` call may carry: the CA refuses more, and
     /// agents split larger sets of due entries into calls of this size.
     pub const MAX_SIGN_BATCH: usize = 1000;
+
+    /// Most entries (and, apart, most removed entry IDs) one `SyncEntries`
+    /// message carries: a larger update is split into pages, so no message
+    /// grows with the number of entries (an entry is well under 2 KiB, a
+    /// page well under gRPC's 4 MiB default).
+    pub const SYNC_PAGE_SIZE: usize = 500;
 }
 
 /// The SPIFFE Workload API (no protobuf package, as in the public spec).

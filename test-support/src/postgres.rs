@@ -12,10 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// A running server shared by every test of this process.
+/// A running server: the one shared by every test of this process
+/// ([`TestPostgres::get`]), or one a test owns to stop and restart
+/// ([`TestPostgres::own`]).
 pub struct TestPostgres {
     port: u16,
-    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    who: Option<(u32, u32)>,
+    data: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 static SERVER: OnceLock<Option<TestPostgres>> = OnceLock::new();
@@ -80,6 +85,84 @@ fn run(mut c: Command, what: &str) {
 
 impl TestPostgres {
     fn start() -> Option<Self> {
+        Self::launch()
+    }
+
+    /// A server of the caller's own, stopped when dropped: for tests that
+    /// stop or restart PostgreSQL under a running CA. `None` (after a loud
+    /// message) when PostgreSQL is not installed.
+    pub fn own() -> Option<TestPostgres> {
+        Self::launch()
+    }
+
+    fn pg_ctl(&self, args: &[&str], what: &str) {
+        let mut c = command(&self.bin.join("pg_ctl"), self.who);
+        c.arg("-D").arg(&self.data).args(args).stdout(Stdio::null());
+        run(c, what);
+    }
+
+    /// Stops the server at once (`-m immediate`: like a crash).
+    pub fn kill(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"], "pg_ctl stop");
+    }
+
+    /// Starts it again on the same port, data kept.
+    pub fn start_again(&self) {
+        self.pg_ctl(&["-w", "-t", "60", "start"], "pg_ctl start");
+    }
+
+    /// The database server's counters for database `name`: transactions
+    /// committed and rows returned (from `pg_stat_database`).
+    pub fn stats(&self, name: &str) -> (u64, u64) {
+        let out = self.psql(&format!(
+            "SELECT xact_commit, tup_returned + tup_fetched FROM pg_stat_database WHERE datname = '{name}'"
+        ));
+        let mut parts = out.trim().split('|');
+        let mut next = || {
+            parts
+                .next()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("pg_stat_database: {out:?}"))
+        };
+        (next(), next())
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let psql = self.bin.join("psql");
+        let psql = if psql.exists() {
+            psql
+        } else {
+            PathBuf::from("psql")
+        };
+        let out = Command::new(psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-A",
+                "-t",
+                "-c",
+            ])
+            .arg(sql)
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn launch() -> Option<Self> {
         let Some(bin) = find_bin_dir() else {
             let msg = "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin";
             if std::env::var("SIGNET_REQUIRE_POSTGRES").as_deref() == Ok("1") {
@@ -128,10 +211,11 @@ impl TestPostgres {
         watchdog
             .arg("-c")
             .arg(format!(
-                "while [ -d /proc/{pid} ]; do sleep 0.5; done; '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1",
+                "while [ -d /proc/{pid} ]; do sleep 0.5; done; '{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
                 pid = std::process::id(),
                 pg_ctl = bin.join("pg_ctl").display(),
-                data = data.display()
+                data = data.display(),
+                dir = dir.path().display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -139,9 +223,15 @@ impl TestPostgres {
         // Deliberately not waited for: it must outlive this process.
         #[allow(clippy::zombie_processes)]
         let _watchdog = watchdog.spawn().expect("spawn PostgreSQL watchdog");
-        // The tempdir is removed at exit only if nothing else holds it; the
-        // watchdog stops the server first, and a leftover dir in /tmp is harmless.
-        Some(Self { port, _dir: dir })
+        // The shared server's tempdir is never dropped (a static): the
+        // watchdog stops the server and removes it.
+        Some(Self {
+            port,
+            bin,
+            who,
+            data,
+            dir,
+        })
     }
 
     /// The shared server, or `None` (after a loud message) when PostgreSQL
@@ -153,40 +243,27 @@ impl TestPostgres {
     /// Creates a fresh, empty database and returns its URL.
     pub fn fresh_database(&self) -> String {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let psql = find_bin_dir().expect("bin dir").join("psql");
-        let psql = if psql.exists() {
-            psql
-        } else {
-            PathBuf::from("psql")
-        };
-        let out = Command::new(psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-c",
-            ])
-            .arg(format!("CREATE DATABASE {name}"))
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "CREATE DATABASE: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.psql(&format!("CREATE DATABASE {name}"));
         self.url(&name)
     }
 
     /// URL of database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for TestPostgres {
+    /// An owned server stops with its owner (the shared one is a static and
+    /// never dropped; its watchdog stops it).
+    fn drop(&mut self) {
+        let mut c = command(&self.bin.join("pg_ctl"), self.who);
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = c.status();
+        let _ = &self.dir;
     }
 }

@@ -620,3 +620,54 @@ pub fn anonymous_node_tls(bundle_pem: &str) -> std::sync::Arc<rustls::ClientConf
     config.alpn_protocols = vec![b"h2".to_vec()];
     std::sync::Arc::new(config)
 }
+
+/// A node API client to `ca_addr` authenticated as `agent`, with the SVID
+/// and bundle it keeps in its data dir.
+pub async fn node_client_as(
+    agent: &TestAgent,
+    ca_addr: &str,
+) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
+    let td = signet_identity::TrustDomain::new("example.org").unwrap();
+    let (svid, bundle) = signet_agent::agent_identity::load(&agent.dir.path().join("data"), &td)
+        .unwrap()
+        .unwrap();
+    let trust = signet_agent::node_client::ServerTrust::Bundle(
+        signet_identity::tls::BundleHandle::new(bundle),
+    );
+    signet_agent::node_client::connect(&[ca_addr.to_owned()], &td, &trust, Some(&svid.cert))
+        .await
+        .unwrap()
+}
+
+/// Attests a new agent for node `node` over the node API, without an agent
+/// process (a simulated agent), and returns a client authenticated by its
+/// SVID.
+pub async fn attested_node_client(
+    ca: &TestCa,
+    node: &str,
+) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
+    let td = signet_identity::TrustDomain::new("example.org").unwrap();
+    let bundle =
+        signet_identity::TrustBundle::from_pem(td.clone(), &ca.run_ok(&["bundle", "show"]))
+            .unwrap();
+    let trust = signet_agent::node_client::ServerTrust::Bundle(
+        signet_identity::tls::BundleHandle::new(bundle),
+    );
+    let addr = [ca.node_addr()];
+    let mut anonymous = signet_agent::node_client::connect(&addr, &td, &trust, None)
+        .await
+        .unwrap();
+    let (key, csr) = signet_agent::agent_identity::new_key_and_csr().unwrap();
+    let resp = anonymous
+        .attest_agent(signet_proto::node::AttestAgentRequest {
+            join_token: ca.token(node),
+            csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (svid, _) = signet_agent::agent_identity::from_response(&resp, &key).unwrap();
+    signet_agent::node_client::connect(&addr, &td, &trust, Some(&svid.cert))
+        .await
+        .unwrap()
+}

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
+use super::changes::{record_change, ChangeKind};
 use super::{get, Store, StoreError};
 
 /// An agent the CA has attested.
@@ -105,28 +106,51 @@ impl Store {
         Ok(())
     }
 
-    /// Bans an agent.
+    /// Bans an agent; its entry stream ends.
     pub async fn ban_agent(&self, spiffe_id: &str, now: i64) -> Result<AgentRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("UPDATE agents SET banned = 1, updated_at = $1 WHERE spiffe_id = $2")
             .bind(now)
             .bind(spiffe_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("agent {spiffe_id}")));
         }
+        record_change(
+            &mut tx,
+            self.backend,
+            ChangeKind::Agent,
+            spiffe_id,
+            spiffe_id,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
         self.get_agent(spiffe_id).await
     }
 
-    /// Removes an agent's record (it may re-attest with a new token).
-    pub async fn delete_agent(&self, spiffe_id: &str) -> Result<(), StoreError> {
+    /// Removes an agent's record (it may re-attest with a new token); its
+    /// entry stream ends.
+    pub async fn delete_agent(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
             .bind(spiffe_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("agent {spiffe_id}")));
         }
+        record_change(
+            &mut tx,
+            self.backend,
+            ChangeKind::Agent,
+            spiffe_id,
+            spiffe_id,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

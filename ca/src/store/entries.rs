@@ -3,6 +3,7 @@
 use signet_identity::SpiffeId;
 use sqlx::any::AnyRow;
 
+use super::changes::{record_change, ChangeKind};
 use super::{get, Store, StoreError};
 use crate::entry::{Entry, EntrySpec, Selector};
 
@@ -23,7 +24,7 @@ fn join_selectors(spec: &EntrySpec) -> String {
         .join("\n")
 }
 
-fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
+pub(super) fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
     let corrupt =
         |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("entry {what}: {e}"));
     let id: String = get(row, "id")?;
@@ -58,14 +59,25 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
     })
 }
 
-const COLUMNS: &str = "id, spiffe_id, parent_id, selectors, x509_svid_ttl, dns_names, admin, \
+pub(super) const COLUMNS: &str =
+    "id, spiffe_id, parent_id, selectors, x509_svid_ttl, dns_names, admin, \
      created_at, updated_at, revision, hint, jwt_svid_ttl";
 
 impl Store {
-    /// Stores a new entry. `AlreadyExists` when an entry with the same SPIFFE
-    /// ID, parent and selectors exists.
+    /// Stores a new entry; its revision is the change's. `AlreadyExists`
+    /// when an entry with the same SPIFFE ID, parent and selectors exists.
     pub async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
+        let mut tx = self.pool.begin().await?;
+        let revision = record_change(
+            &mut tx,
+            self.backend,
+            ChangeKind::Entry,
+            &id,
+            spec.parent_id.as_str(),
+            now,
+        )
+        .await?;
         sqlx::query(&format!(
             "INSERT INTO entries ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
@@ -78,18 +90,19 @@ impl Store {
         .bind(spec.admin as i64)
         .bind(now)
         .bind(now)
-        .bind(1i64)
+        .bind(revision)
         .bind(&spec.hint)
         .bind(spec.jwt_svid_ttl as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;
+        tx.commit().await?;
         Ok(Entry {
             id,
             spec: spec.clone(),
             created_at: now,
             updated_at: now,
-            revision: 1,
+            revision,
         })
     }
 
@@ -131,16 +144,44 @@ impl Store {
         rows.iter().map(entry_from_row).collect()
     }
 
-    /// Replaces an entry's fields, bumping its revision.
+    /// Replaces an entry's fields; its revision becomes the change's. An
+    /// entry moved to another agent is a change for both agents.
     pub async fn update_entry(
         &self,
         id: &str,
         spec: &EntrySpec,
         now: i64,
     ) -> Result<Entry, StoreError> {
-        let result = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let old_parent: String = sqlx::query("SELECT parent_id FROM entries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("entry {id}")))
+            .and_then(|row| get(&row, "parent_id"))?;
+        if old_parent != spec.parent_id.as_str() {
+            record_change(
+                &mut tx,
+                self.backend,
+                ChangeKind::Entry,
+                id,
+                &old_parent,
+                now,
+            )
+            .await?;
+        }
+        let revision = record_change(
+            &mut tx,
+            self.backend,
+            ChangeKind::Entry,
+            id,
+            spec.parent_id.as_str(),
+            now,
+        )
+        .await?;
+        sqlx::query(
             "UPDATE entries SET spiffe_id = $1, parent_id = $2, selectors = $3, x509_svid_ttl = $4, \
-             dns_names = $5, admin = $6, updated_at = $7, revision = revision + 1, hint = $9, \
+             dns_names = $5, admin = $6, updated_at = $7, revision = $11, hint = $9, \
              jwt_svid_ttl = $10 WHERE id = $8",
         )
         .bind(spec.spiffe_id.as_str())
@@ -153,24 +194,25 @@ impl Store {
         .bind(id)
         .bind(&spec.hint)
         .bind(spec.jwt_svid_ttl as i64)
-        .execute(&self.pool)
+        .bind(revision)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("entry {id}")));
-        }
+        tx.commit().await?;
         self.get_entry(id).await
     }
 
     /// Deletes an entry.
-    pub async fn delete_entry(&self, id: &str) -> Result<(), StoreError> {
-        let result = sqlx::query("DELETE FROM entries WHERE id = $1")
+    pub async fn delete_entry(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let parent: String = sqlx::query("DELETE FROM entries WHERE id = $1 RETURNING parent_id")
             .bind(id)
-            .execute(&self.pool)
-            .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("entry {id}")));
-        }
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("entry {id}")))
+            .and_then(|row| get(&row, "parent_id"))?;
+        record_change(&mut tx, self.backend, ChangeKind::Entry, id, &parent, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

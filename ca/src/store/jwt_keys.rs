@@ -107,7 +107,7 @@ impl Store {
         .bind(&key.replica)
         .execute(&mut *tx)
         .await?;
-        bump_bundle_sequence(&mut tx).await?;
+        bump_bundle_sequence(&mut tx, self.backend, key.created_at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -142,7 +142,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if r.rows_affected() > 0 {
-            bump_bundle_sequence(&mut tx).await?;
+            bump_bundle_sequence(&mut tx, self.backend, now).await?;
         }
         tx.commit().await?;
         Ok(r.rows_affected())

@@ -3,7 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{get, Store, StoreError};
+use super::changes::{record_change, ChangeKind};
+use super::{get, Backend, Store, StoreError};
 
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
 
@@ -47,11 +48,14 @@ fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
     })
 }
 
-/// Adds one to the bundle's `spiffe_sequence`, inside the transaction that
-/// changes the bundle.
+/// Adds one to the bundle's `spiffe_sequence` and records the change in
+/// the feed, inside the transaction that changes the bundle.
 pub(super) async fn bump_bundle_sequence(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+    at: i64,
 ) -> Result<(), StoreError> {
+    record_change(tx, backend, ChangeKind::Bundle, "", "", at).await?;
     let current = sqlx::query("SELECT value FROM settings WHERE name = $1")
         .bind(BUNDLE_SEQUENCE)
         .fetch_optional(&mut **tx)
@@ -110,7 +114,7 @@ impl Store {
             added += r.rows_affected();
         }
         if added > 0 {
-            bump_bundle_sequence(&mut tx).await?;
+            bump_bundle_sequence(&mut tx, self.backend, key.created_at).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -15,6 +15,8 @@ on_both_backends!(
     join_tokens_are_single_use_and_expire,
     agents_can_be_banned_and_evicted,
     ca_keys_and_bundle_sequence_persist_across_reconnect,
+    the_change_feed_holds_every_change_in_commit_order,
+    the_change_feed_is_pruned_up_to_a_horizon,
 );
 
 fn spec(id: &str, parent: &str, selectors: &[&str]) -> crate::entry::EntrySpec {
@@ -76,11 +78,12 @@ async fn entries_round_trip_and_filter(db: TestDb) {
         )
         .await
         .unwrap();
-    assert_eq!(updated.revision, 2);
+    // Revisions are the change feed's: fleet-wide and increasing.
+    assert!(e1.revision < e2.revision && e2.revision < updated.revision);
     assert_eq!(updated.spec.spiffe_id.as_str(), "spiffe://example.org/web2");
     assert_eq!(updated.created_at, 100);
     assert_eq!(updated.updated_at, 200);
-    store.delete_entry(&e1.id).await.unwrap();
+    store.delete_entry(&e1.id, 102).await.unwrap();
     assert_eq!(
         store.list_entries(&EntryFilter::default()).await.unwrap(),
         vec![e2]
@@ -135,7 +138,7 @@ async fn missing_entries_are_not_found(db: TestDb) {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        store.delete_entry("nope").await,
+        store.delete_entry("nope", 102).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -221,7 +224,7 @@ async fn agents_can_be_banned_and_evicted(db: TestDb) {
         store.get_agent(A1).await.unwrap().previous_svid_serial,
         None
     );
-    store.delete_agent(A1).await.unwrap();
+    store.delete_agent(A1, 300).await.unwrap();
     assert!(matches!(
         store.get_agent(A1).await,
         Err(StoreError::NotFound(_))
@@ -231,7 +234,7 @@ async fn agents_can_be_banned_and_evicted(db: TestDb) {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        store.delete_agent(A2).await,
+        store.delete_agent(A2, 300).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -291,4 +294,123 @@ async fn ca_keys_and_bundle_sequence_persist_across_reconnect(db: TestDb) {
     );
     // Expired authorities drop out of the bundle.
     assert_eq!(store.bundle(10_000).await.unwrap().0.len(), 0);
+}
+
+async fn the_change_feed_holds_every_change_in_commit_order(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    let start = store.latest_revision().await.unwrap();
+    let web = spec("spiffe://example.org/web", A1, &["unix:uid:1000"]);
+    let e1 = store.create_entry(&web, 100).await.unwrap();
+    // A refused write leaves nothing in the feed.
+    assert!(store.create_entry(&web, 100).await.is_err());
+    let moved = store
+        .update_entry(
+            &e1.id,
+            &spec("spiffe://example.org/web", A2, &["unix:uid:1000"]),
+            101,
+        )
+        .await
+        .unwrap();
+    let e2 = store
+        .create_entry(&spec("spiffe://example.org/db", A2, &["unix:uid:7"]), 102)
+        .await
+        .unwrap();
+    store.delete_entry(&e2.id, 103).await.unwrap();
+    store.upsert_agent(&agent(A1)).await.unwrap();
+    store.ban_agent(A1, 104).await.unwrap();
+    store.delete_agent(A1, 105).await.unwrap();
+    store.insert_jwt_key(&jwt_key("k1", 106)).await.unwrap();
+
+    let rows = store.changes_since(start, 100).await.unwrap();
+    let summary: Vec<(ChangeKind, &str, &str, Option<i64>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.kind,
+                r.key.as_str(),
+                r.parent_id.as_str(),
+                r.entry.as_ref().map(|e| e.revision),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (ChangeKind::Entry, e1.id.as_str(), A1, Some(moved.revision)),
+            // Moved: one change for the agent it left, one for the one it joined.
+            (ChangeKind::Entry, e1.id.as_str(), A1, Some(moved.revision)),
+            (ChangeKind::Entry, e1.id.as_str(), A2, Some(moved.revision)),
+            (ChangeKind::Entry, e2.id.as_str(), A2, None),
+            (ChangeKind::Entry, e2.id.as_str(), A2, None),
+            (ChangeKind::Agent, A1, A1, None),
+            (ChangeKind::Agent, A1, A1, None),
+            (ChangeKind::Bundle, "", "", None),
+        ]
+    );
+    assert!(rows.windows(2).all(|w| w[0].revision < w[1].revision));
+    assert_eq!(rows[0].revision, e1.revision);
+    assert_eq!(rows[2].revision, moved.revision);
+    assert_eq!(rows[3].revision, e2.revision);
+    assert_eq!(store.latest_revision().await.unwrap(), rows[7].revision);
+    // Reading from the middle, and in pages.
+    let tail = store.changes_since(rows[5].revision, 100).await.unwrap();
+    assert_eq!(tail, rows[6..].to_vec());
+    assert_eq!(
+        store.changes_since(start, 3).await.unwrap(),
+        rows[..3].to_vec()
+    );
+    let (entries, revision) = store.entries_at_revision().await.unwrap();
+    assert_eq!(entries, vec![moved]);
+    assert_eq!(revision, rows[7].revision);
+}
+
+async fn the_change_feed_is_pruned_up_to_a_horizon(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    assert_eq!(store.changes_horizon().await.unwrap(), 0);
+    let a = store
+        .create_entry(&spec("spiffe://example.org/a", A1, &["unix:uid:1"]), 100)
+        .await
+        .unwrap();
+    let b = store
+        .create_entry(&spec("spiffe://example.org/b", A1, &["unix:uid:2"]), 200)
+        .await
+        .unwrap();
+    // Nothing recorded before 100: nothing pruned.
+    assert_eq!(store.prune_changes(100).await.unwrap(), 0);
+    assert_eq!(store.prune_changes(101).await.unwrap(), 1);
+    assert_eq!(store.changes_horizon().await.unwrap(), a.revision);
+    // The newest row stays however old, so revisions never go back.
+    assert_eq!(store.prune_changes(1_000).await.unwrap(), 0);
+    assert_eq!(store.latest_revision().await.unwrap(), b.revision);
+    let c = store
+        .create_entry(&spec("spiffe://example.org/c", A1, &["unix:uid:3"]), 300)
+        .await
+        .unwrap();
+    assert!(c.revision > b.revision);
+}
+
+fn agent(id: &str) -> AgentRecord {
+    AgentRecord {
+        spiffe_id: id.into(),
+        attestation_type: "join_token".into(),
+        svid_serial: "01".into(),
+        previous_svid_serial: None,
+        svid_expires_at: 1_000,
+        banned: false,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn jwt_key(kid: &str, at: i64) -> JwtKeyRecord {
+    JwtKeyRecord {
+        kid: kid.into(),
+        alg: "ES256".into(),
+        public_key: vec![1, 2, 3],
+        status: JwtKeyStatus::Prepared,
+        not_before: at,
+        not_after: at + 1000,
+        created_at: at,
+        replica: "r1".into(),
+    }
 }

@@ -89,8 +89,9 @@ pub struct RunArgs {
     #[arg(long)]
     config: Option<std::path::PathBuf>,
     /// The CA's node API address, host:port [default: 127.0.0.1:8081].
+    /// Repeat for several replicas; they are tried in turn.
     #[arg(long)]
-    ca: Option<String>,
+    ca: Vec<String>,
     /// PEM bundle to authenticate the CA on first contact.
     #[arg(long, conflicts_with = "insecure_bootstrap")]
     trust_bundle: Option<std::path::PathBuf>,
@@ -130,8 +131,8 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => signet_agent::config::AgentConfig::from_file(path)?,
         None => signet_agent::AgentConfig::default(),
     };
-    if let Some(v) = args.ca {
-        config.ca = v;
+    if !args.ca.is_empty() {
+        config.ca = args.ca;
     }
     if let Some(v) = args.trust_bundle {
         config.trust_bundle = Some(v);

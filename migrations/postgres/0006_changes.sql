@@ -1,0 +1,20 @@
+-- The change feed: one row per change agents or replicas must learn of, in
+-- the order the changes committed (writers take one advisory lock before
+-- they draw a revision, so revisions commit in order). `revision` is the
+-- fleet-wide revision: an entry's `revision` column is the revision of its
+-- last change, and an agent that reconnects says which revision it has seen.
+--   kind 'entry':  key = entry id, parent_id = the agent it concerns (an
+--                  entry moved to another agent gets one row per agent)
+--   kind 'agent':  key = parent_id = the agent's SPIFFE ID (ban, eviction)
+--   kind 'bundle': the trust bundle changed
+-- Each commit is announced with NOTIFY signet_changes.
+CREATE TABLE changes (
+    revision  BIGSERIAL PRIMARY KEY,
+    kind      TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    parent_id TEXT NOT NULL,
+    at        BIGINT NOT NULL
+);
+-- Revisions continue above the per-entry counters used before.
+SELECT setval(pg_get_serial_sequence('changes', 'revision'),
+              GREATEST((SELECT COALESCE(MAX(revision), 0) FROM entries), 1));
