@@ -108,7 +108,7 @@ impl Store {
 
     /// Bans an agent; its entry stream ends.
     pub async fn ban_agent(&self, spiffe_id: &str, now: i64) -> Result<AgentRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query("UPDATE agents SET banned = 1, updated_at = $1 WHERE spiffe_id = $2")
             .bind(now)
             .bind(spiffe_id)
@@ -133,7 +133,7 @@ impl Store {
     /// Removes an agent's record (it may re-attest with a new token); its
     /// entry stream ends.
     pub async fn delete_agent(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
             .bind(spiffe_id)
             .execute(&mut *tx)

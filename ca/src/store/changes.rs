@@ -171,7 +171,7 @@ impl Store {
     /// Deletes changes recorded before `before` (Unix seconds), keeping the
     /// newest, and raises the horizon to the highest deleted revision.
     pub async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT COALESCE(MAX(revision), 0) FROM changes \
              WHERE at < $1 AND revision < (SELECT MAX(revision) FROM changes)",

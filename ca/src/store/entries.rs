@@ -68,7 +68,7 @@ impl Store {
     /// when an entry with the same SPIFFE ID, parent and selectors exists.
     pub async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let revision = record_change(
             &mut tx,
             self.backend,
@@ -152,7 +152,7 @@ impl Store {
         spec: &EntrySpec,
         now: i64,
     ) -> Result<Entry, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let old_parent: String = sqlx::query("SELECT parent_id FROM entries WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -204,7 +204,7 @@ impl Store {
 
     /// Deletes an entry.
     pub async fn delete_entry(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let parent: String = sqlx::query("DELETE FROM entries WHERE id = $1 RETURNING parent_id")
             .bind(id)
             .fetch_optional(&mut *tx)

@@ -92,7 +92,7 @@ impl Store {
 
     /// Records a new key; it is in the bundle from now on.
     pub async fn insert_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO jwt_keys (kid, alg, public_key, status, not_before, not_after, created_at, replica) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -136,7 +136,7 @@ impl Store {
     /// Deletes keys past their `not_after` (no token they signed is valid
     /// any more); bumps the bundle sequence when any went.
     pub async fn delete_expired_jwt_keys(&self, now: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query("DELETE FROM jwt_keys WHERE not_after <= $1")
             .bind(now)
             .execute(&mut *tx)

@@ -83,7 +83,7 @@ impl Store {
         key: &CaKeyRecord,
         new_roots: &[(String, Vec<u8>, i64)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO ca_keys (id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
