@@ -177,3 +177,46 @@ impl AgentConfig {
         lifetime.mul_f64(fraction)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<AgentConfig, String> {
+        toml::from_str::<AgentConfig>(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ca_is_one_address_or_a_list() {
+        assert_eq!(parse(r#"ca = "a:8081""#).unwrap().ca, ["a:8081"]);
+        assert_eq!(
+            parse(r#"ca = ["a:8081", "b.example.org:8081"]"#)
+                .unwrap()
+                .ca,
+            ["a:8081", "b.example.org:8081"]
+        );
+        assert_eq!(AgentConfig::default().ca, ["127.0.0.1:8081"]);
+        assert!(parse("ca = 8081").is_err());
+    }
+
+    #[test]
+    fn ca_addresses_must_be_host_and_port() {
+        let with = |ca: Vec<&str>| AgentConfig {
+            ca: ca.into_iter().map(str::to_owned).collect(),
+            ..Default::default()
+        };
+        assert!(with(vec!["a:8081", "[::1]:8081"]).validate().is_ok());
+        for bad in [
+            vec![],
+            vec!["a"],
+            vec!["a:8081", ":8081"],
+            vec!["a:0"],
+            vec!["a:http"],
+        ] {
+            let e = with(bad.clone()).validate().unwrap_err().to_string();
+            assert!(e.contains("ca"), "{bad:?}: {e}");
+        }
+    }
+}
