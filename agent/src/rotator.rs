@@ -82,6 +82,8 @@ pub struct SvidRotator {
     pending: Option<PendingUpdate>,
     /// A complete update has arrived on the current stream.
     stream_synced: bool,
+    /// Key IDs of CA keys the CA has tainted: what they signed is replaced.
+    tainted: std::collections::HashSet<Vec<u8>>,
     svids: HashMap<String, Arc<WorkloadSvid>>,
     published: watch::Sender<Arc<Snapshot>>,
     ca_state: CaState,
@@ -118,6 +120,7 @@ impl SvidRotator {
             revision: None,
             pending: None,
             stream_synced: false,
+            tainted: Default::default(),
             svids: HashMap::new(),
             published,
             ca_state: CaState::Unknown,
@@ -233,7 +236,7 @@ impl SvidRotator {
         let mut next: Option<i64> = None;
         for e in &self.entries {
             match self.svids.get(&e.id) {
-                Some(s) if s.entry_revision == e.revision => {
+                Some(s) if s.entry_revision == e.revision && !self.is_tainted(&s.signed_by) => {
                     let at = self.renew_at_ms(s.issued_at, s.not_after);
                     if now_ms >= at {
                         due.push(e.clone());
@@ -245,6 +248,24 @@ impl SvidRotator {
             }
         }
         (due, next)
+    }
+
+    /// Whether an SVID signed by key `signed_by` must be replaced at once.
+    fn is_tainted(&self, signed_by: &Option<Vec<u8>>) -> bool {
+        signed_by
+            .as_ref()
+            .is_some_and(|id| self.tainted.contains(id))
+    }
+
+    /// Whether the agent's own SVID was signed by a tainted key.
+    fn agent_svid_tainted(&self) -> bool {
+        let signer = self
+            .agent
+            .cert
+            .chain
+            .first()
+            .and_then(|leaf| signet_identity::x509_svid::authority_key_id(leaf));
+        self.is_tainted(&signer)
     }
 
     /// Gets SVIDs for `due` entries, in calls of at most the CA's batch size.
@@ -286,6 +307,9 @@ impl SvidRotator {
                 .into_iter()
                 .map(CertificateDer::from)
                 .collect();
+            let signed_by = chain
+                .first()
+                .and_then(|leaf| signet_identity::x509_svid::authority_key_id(leaf));
             let rotated = self.svids.contains_key(&entry.id);
             self.svids.insert(
                 entry.id.clone(),
@@ -297,6 +321,7 @@ impl SvidRotator {
                     key_pkcs8: key.serialize_der(),
                     issued_at: unix_seconds(SystemTime::now()),
                     not_after: svid.expires_at,
+                    signed_by,
                 }),
             );
             if rotated {
@@ -313,6 +338,17 @@ impl SvidRotator {
     /// its last page has come.
     fn apply_page(&mut self, page: pb::EntrySnapshot) {
         if let Some(b) = page.bundle.as_ref() {
+            let tainted: std::collections::HashSet<Vec<u8>> =
+                b.tainted_key_ids.iter().cloned().collect();
+            if tainted != self.tainted {
+                if !tainted.is_empty() {
+                    tracing::warn!(
+                        keys = tainted.len(),
+                        "the CA tainted signing keys: replacing every SVID they signed"
+                    );
+                }
+                self.tainted = tainted;
+            }
             match bundle_from_pb(Some(b)) {
                 Ok(bundle) => {
                     // X.509 or JWT authorities: either change is a new bundle.
@@ -456,7 +492,9 @@ impl SvidRotator {
                 }
             }
         }
-        if now_ms() >= self.renew_at_ms(self.agent.issued_at, self.agent.not_after) {
+        if now_ms() >= self.renew_at_ms(self.agent.issued_at, self.agent.not_after)
+            || self.agent_svid_tainted()
+        {
             self.renew_agent().await?;
             return Box::pin(self.step()).await;
         }

@@ -26,6 +26,9 @@ pub struct WorkloadSvid {
     pub issued_at: i64,
     /// Unix seconds.
     pub not_after: i64,
+    /// The key ID of the CA key that signed it (the leaf's authority key
+    /// identifier): when the CA taints that key, the SVID is replaced.
+    pub signed_by: Option<Vec<u8>>,
 }
 
 /// Everything the Workload API serves, at one instant.

@@ -21,7 +21,13 @@ pub fn status(e: &CaError) -> Status {
         CaError::Entry(_) | CaError::InvalidArgument(_) | CaError::JoinToken(_) => {
             Status::invalid_argument(e.to_string())
         }
-        CaError::Store(StoreError::NotFound(_)) => Status::not_found(e.to_string()),
+        CaError::Store(StoreError::NotFound(_))
+        | CaError::Authority(crate::authority::AuthorityError::Store(StoreError::NotFound(_))) => {
+            Status::not_found(e.to_string())
+        }
+        CaError::Authority(crate::authority::AuthorityError::Refused(_)) => {
+            Status::failed_precondition(e.to_string())
+        }
         CaError::Store(StoreError::AlreadyExists(_)) => Status::already_exists(e.to_string()),
         CaError::Issue(i) => match i {
             crate::issuance::IssueError::CaExpired | crate::issuance::IssueError::Sign(_) => {
@@ -34,6 +40,25 @@ pub fn status(e: &CaError) -> Status {
             tracing::error!(error = %e, "admin request failed");
             Status::internal("internal error in the CA; see its log")
         }
+    }
+}
+
+/// The admin API's form of an X.509 signing key.
+fn x509_key_to_pb(k: crate::store::CaKeyRecord, in_use: bool) -> pb::SigningKey {
+    pb::SigningKey {
+        kind: "x509".into(),
+        in_use,
+        status: k.status.as_str().into(),
+        not_before: k.not_before,
+        not_after: k.not_after,
+        replica: k.replica.unwrap_or_default(),
+        detail: if k.self_signed {
+            "self-signed root".into()
+        } else {
+            "intermediate".into()
+        },
+        tainted: k.tainted,
+        id: k.id,
     }
 }
 
@@ -309,19 +334,9 @@ impl Admin for AdminService {
                     .ca_keys(now)
                     .await?
                     .into_iter()
-                    .map(|k| pb::SigningKey {
-                        kind: "x509".into(),
-                        in_use: k.id == x509_in_use,
-                        id: k.id,
-                        status: k.status,
-                        not_before: k.not_before,
-                        not_after: k.not_after,
-                        replica: k.replica.unwrap_or_default(),
-                        detail: if k.self_signed {
-                            "self-signed root".into()
-                        } else {
-                            "intermediate".into()
-                        },
+                    .map(|k| {
+                        let in_use = k.id == x509_in_use;
+                        x509_key_to_pb(k, in_use)
                     })
                     .collect();
                 keys.extend(self.ca.store.jwt_keys(now).await?.into_iter().map(|k| {
@@ -334,6 +349,7 @@ impl Admin for AdminService {
                         not_after: k.not_after,
                         replica: k.replica,
                         detail: k.alg,
+                        tainted: false,
                     }
                 }));
                 Ok::<_, CaError>(pb::ListSigningKeysResponse {
@@ -343,6 +359,62 @@ impl Admin for AdminService {
             }
             .await;
         self.finish("ListSigningKeys", caller, "", r)
+    }
+
+    async fn prepare_key(
+        &self,
+        req: Request<pb::PrepareKeyRequest>,
+    ) -> Result<Response<pb::SigningKey>, Status> {
+        let caller = caller_uid(&req);
+        let r = self
+            .ca
+            .prepare_x509_key()
+            .await
+            .map(|k| x509_key_to_pb(k, false));
+        let id = r.as_ref().map(|k| k.id.clone()).unwrap_or_default();
+        self.finish("PrepareKey", caller, &id, r)
+    }
+
+    async fn activate_key(
+        &self,
+        req: Request<pb::ActivateKeyRequest>,
+    ) -> Result<Response<pb::SigningKey>, Status> {
+        let caller = caller_uid(&req);
+        let r = self
+            .ca
+            .activate_x509_key()
+            .await
+            .map(|k| x509_key_to_pb(k, true));
+        let id = r.as_ref().map(|k| k.id.clone()).unwrap_or_default();
+        self.finish("ActivateKey", caller, &id, r)
+    }
+
+    async fn taint_key(
+        &self,
+        req: Request<pb::TaintKeyRequest>,
+    ) -> Result<Response<pb::SigningKey>, Status> {
+        let caller = caller_uid(&req);
+        let id = req.into_inner().id;
+        let r = self
+            .ca
+            .taint_x509_key(&id)
+            .await
+            .map(|k| x509_key_to_pb(k, false));
+        self.finish("TaintKey", caller, &id, r)
+    }
+
+    async fn revoke_key(
+        &self,
+        req: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::SigningKey>, Status> {
+        let caller = caller_uid(&req);
+        let r = req.into_inner();
+        let result = self
+            .ca
+            .revoke_x509_key(&r.id, r.force)
+            .await
+            .map(|k| x509_key_to_pb(k, false));
+        self.finish("RevokeKey", caller, &r.id, result)
     }
 
     async fn get_bundle(

@@ -24,7 +24,7 @@ use signet_identity::{
 
 use crate::config::CaConfig;
 use crate::join_token::hex;
-use crate::store::{CaKeyRecord, Store, StoreError};
+use crate::store::{CaKeyRecord, KeyStatus, Store, StoreError};
 
 /// Why the signing authority could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,9 @@ pub enum AuthorityError {
         /// Where its file should be.
         path: PathBuf,
     },
+    /// An operator's key operation that cannot be done now, and why.
+    #[error("{0}")]
+    Refused(String),
     /// The authority failed its own self-test.
     #[error("self-test failed: a probe SVID does not verify against the bundle: {0}")]
     SelfTest(String),
@@ -117,9 +120,8 @@ impl Authority {
         &self.chain_tail
     }
 
-    /// Loads the newest usable active key whose private key file this replica
-    /// has, or creates a new one. "Usable" means it stays valid for longer
-    /// than the longest SVID it may have to sign.
+    /// Loads this replica's active key, after letting rotation make one
+    /// (first start) or move the journal on (see [`crate::x509_keys`]).
     /// `replica` is this replica's ID ([`replica_id`]).
     pub async fn load_or_create(
         store: &Store,
@@ -131,42 +133,16 @@ impl Authority {
         check_trust_domain(store, td).await?;
         let keys_dir = config.keys_dir();
         create_private_dir(&keys_dir)?;
-        let upstream = config.upstream_cert.is_some();
-        let horizon = unix_seconds(now) + config.max_x509_svid_ttl as i64;
-        for record in store.active_ca_keys().await? {
-            if record.not_after <= horizon || record.self_signed == upstream {
-                continue;
-            }
-            let key_path = keys_dir.join(format!("{}.pem", record.id));
-            let file_here = key_path.exists();
-            match record.replica.as_deref() {
-                Some(owner) if owner != replica => continue, // another replica's key
-                None if !file_here => continue,              // unrecorded, and not ours
-                None => store.set_ca_key_replica(&record.id, replica).await?,
-                Some(_) if !file_here && config.replace_lost_key => {
-                    store.mark_ca_key_lost(&record.id).await?;
-                    tracing::warn!(key_id = %record.id, path = %key_path.display(), "signing key file is missing: key marked lost as asked (--replace-lost-key); a new key will be made");
-                    continue;
-                }
-                Some(_) if !file_here => {
-                    return Err(AuthorityError::MissingKey {
-                        id: record.id,
-                        path: key_path,
-                    })
-                }
-                Some(_) => {}
-            }
-            let authority = Self::from_record(&record, &key_path)?;
-            tracing::info!(key_id = %record.id, not_after = record.not_after, "loaded CA signing key");
-            return Ok(authority);
-        }
-        let authority = if upstream {
-            Self::create_intermediate(store, config, td, &keys_dir, replica, now).await?
-        } else {
-            Self::create_root(store, config, td, &keys_dir, replica, now).await?
-        };
-        tracing::info!(key_id = %authority.id, self_signed = authority.self_signed, "created CA signing key");
+        reconcile(store, config, replica, now).await?;
+        let (active, _) = crate::x509_keys::rotate(store, config, td, replica, now).await?;
+        let authority = Self::load(&active, &keys_dir)?;
+        tracing::info!(key_id = %active.id, not_after = active.not_after, self_signed = active.self_signed, "CA signing key loaded");
         Ok(authority)
+    }
+
+    /// The authority of key `record`, from its file in `keys_dir`.
+    pub fn load(record: &CaKeyRecord, keys_dir: &Path) -> Result<Authority, AuthorityError> {
+        Self::from_record(record, &key_path(keys_dir, &record.id))
     }
 
     fn from_record(record: &CaKeyRecord, key_path: &Path) -> Result<Authority, AuthorityError> {
@@ -228,14 +204,37 @@ impl Authority {
         })
     }
 
+    /// Makes a new signing key for `replica` in state `status`: a
+    /// self-signed root, or an intermediate signed by the configured
+    /// upstream. Its certificate (or the upstream roots) enters the bundle
+    /// now; its private key goes to a 0600 file.
+    pub(crate) async fn create_key(
+        store: &Store,
+        config: &CaConfig,
+        td: &TrustDomain,
+        replica: &str,
+        status: KeyStatus,
+        now: SystemTime,
+    ) -> Result<CaKeyRecord, AuthorityError> {
+        let keys_dir = config.keys_dir();
+        let record = if config.upstream_cert.is_some() {
+            Self::create_intermediate(store, config, td, &keys_dir, replica, status, now).await?
+        } else {
+            Self::create_root(store, config, td, &keys_dir, replica, status, now).await?
+        };
+        tracing::info!(key_id = %record.id, status = record.status.as_str(), self_signed = record.self_signed, not_after = record.not_after, "CA signing key created and published");
+        Ok(record)
+    }
+
     async fn create_root(
         store: &Store,
         config: &CaConfig,
         td: &TrustDomain,
         keys_dir: &Path,
         replica: &str,
+        status: KeyStatus,
         now: SystemTime,
-    ) -> Result<Authority, AuthorityError> {
+    ) -> Result<CaKeyRecord, AuthorityError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let not_before = now - Duration::from_secs(60);
         let not_after = now + Duration::from_secs(config.ca_ttl);
@@ -247,26 +246,25 @@ impl Authority {
         )?;
         let cert = params.self_signed(&key)?.der().clone();
         let id = key_id(&cert);
-        write_private_file(
-            &keys_dir.join(format!("{id}.pem")),
-            key.serialize_pem().as_bytes(),
-        )?;
+        write_private_file(&key_path(keys_dir, &id), key.serialize_pem().as_bytes())?;
         let (nb, na) = (unix_seconds(not_before), unix_seconds(not_after));
         let record = CaKeyRecord {
             id: id.clone(),
             cert_der: cert.to_vec(),
             chain_pem: String::new(),
             self_signed: true,
-            status: "active".into(),
+            status,
             not_before: nb,
             not_after: na,
             created_at: unix_seconds(now),
             replica: Some(replica.to_owned()),
+            tainted: false,
+            retired_at: 0,
         };
         store
             .insert_ca_key(&record, &[(fingerprint(&cert), cert.to_vec(), na)])
             .await?;
-        Self::assemble(id, cert, key, Vec::new(), true, na)
+        Ok(record)
     }
 
     async fn create_intermediate(
@@ -275,8 +273,9 @@ impl Authority {
         td: &TrustDomain,
         keys_dir: &Path,
         replica: &str,
+        status: KeyStatus,
         now: SystemTime,
-    ) -> Result<Authority, AuthorityError> {
+    ) -> Result<CaKeyRecord, AuthorityError> {
         let upstream = Upstream::load(config, now)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let not_before = now - Duration::from_secs(60);
@@ -295,10 +294,7 @@ impl Authority {
         let upstream_issuer = Issuer::from_ca_cert_der(&upstream.chain[0], upstream.key)?;
         let cert = params.signed_by(&key, &upstream_issuer)?.der().clone();
         let id = key_id(&cert);
-        write_private_file(
-            &keys_dir.join(format!("{id}.pem")),
-            key.serialize_pem().as_bytes(),
-        )?;
+        write_private_file(&key_path(keys_dir, &id), key.serialize_pem().as_bytes())?;
         // Upstream certificates that are not bundle roots travel in SVID chains.
         let between: Vec<_> = upstream
             .chain
@@ -316,11 +312,13 @@ impl Authority {
                 certificates_to_pem(&between)
             },
             self_signed: false,
-            status: "active".into(),
+            status,
             not_before: nb,
             not_after: na,
             created_at: unix_seconds(now),
             replica: Some(replica.to_owned()),
+            tainted: false,
+            retired_at: 0,
         };
         let roots: Vec<_> = upstream
             .roots
@@ -328,7 +326,7 @@ impl Authority {
             .map(|r| (fingerprint(r), r.to_vec(), cert_not_after(r).unwrap_or(na)))
             .collect();
         store.insert_ca_key(&record, &roots).await?;
-        Self::assemble(id, cert, key, between, false, na)
+        Ok(record)
     }
 
     /// Signs a probe SVID and verifies it against `bundle`: proves the key,
@@ -432,6 +430,59 @@ impl Upstream {
             not_after,
         })
     }
+}
+
+/// Where the private key of CA key `id` lives.
+pub fn key_path(keys_dir: &Path, id: &str) -> PathBuf {
+    keys_dir.join(format!("{id}.pem"))
+}
+
+/// Before rotation looks at this replica's keys: adopts keys made before
+/// replicas were recorded whose file is here; stops on a missing file of
+/// an active or prepared key of ours (or, with `--replace-lost-key`, marks
+/// it lost); retires keys of the other mode (self-signed vs upstream).
+async fn reconcile(
+    store: &Store,
+    config: &CaConfig,
+    replica: &str,
+    now: SystemTime,
+) -> Result<(), AuthorityError> {
+    let keys_dir = config.keys_dir();
+    let upstream = config.upstream_cert.is_some();
+    let now = unix_seconds(now);
+    for record in store.ca_keys(now).await? {
+        if !matches!(record.status, KeyStatus::Active | KeyStatus::Prepared) {
+            continue;
+        }
+        let path = key_path(&keys_dir, &record.id);
+        let file_here = path.exists();
+        match record.replica.as_deref() {
+            Some(owner) if owner != replica => continue, // another replica's key
+            None if !file_here => continue,              // unrecorded, and not ours
+            None => store.set_ca_key_replica(&record.id, replica).await?,
+            Some(_) if !file_here && config.replace_lost_key => {
+                store
+                    .set_ca_key_status(&record.id, record.status, KeyStatus::Lost, now)
+                    .await?;
+                tracing::warn!(key_id = %record.id, path = %path.display(), "signing key file is missing: key marked lost as asked (--replace-lost-key); a new key will be made");
+                continue;
+            }
+            Some(_) if !file_here => {
+                return Err(AuthorityError::MissingKey {
+                    id: record.id,
+                    path,
+                })
+            }
+            Some(_) => {}
+        }
+        if record.self_signed == upstream {
+            store
+                .set_ca_key_status(&record.id, record.status, KeyStatus::Old, now)
+                .await?;
+            tracing::info!(key_id = %record.id, "signing key of the other mode (self-signed vs upstream) retired; it stays in the bundle until it expires");
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to serve a database that belongs to another trust domain.

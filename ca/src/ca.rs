@@ -74,8 +74,12 @@ pub struct Ca {
     feed_reader: tokio::sync::Mutex<()>,
     /// Wakes the change feed task (a notification from another replica).
     pub(crate) feed_wake: Notify,
-    /// The trust bundle as published now; agent streams watch it.
-    bundle: watch::Sender<Arc<TrustBundle>>,
+    /// The trust bundle as published now, with the tainted keys; agent
+    /// streams watch it.
+    bundle: watch::Sender<Arc<PublishedBundle>>,
+    /// The ID of the X.509 key this replica signs with; the node API's
+    /// server SVID is re-signed when it changes.
+    active_key: watch::Sender<String>,
     /// When the first authority in `bundle` expires, Unix seconds: the
     /// bundle is read again then.
     bundle_until: AtomicI64,
@@ -103,6 +107,7 @@ impl Ca {
         let (active_jwt_key, _) = crate::jwt_keys::rotate(&store, &config, &replica, now).await?;
         let jwt_signer = crate::jwt_keys::load(&active_jwt_key, &config)?;
         let (entries, revision) = store.entries_at_revision().await?;
+        let active_key_id = authority.id.clone();
         let (bundle, bundle_until) = load_bundle(&store, &config, &trust_domain, now).await?;
         let ca = Arc::new(Ca {
             metrics: Metrics::new(),
@@ -114,6 +119,7 @@ impl Ca {
             feed_reader: tokio::sync::Mutex::new(()),
             feed_wake: Notify::new(),
             bundle: watch::channel(Arc::new(bundle)).0,
+            active_key: watch::channel(active_key_id).0,
             bundle_until: AtomicI64::new(bundle_until),
             config,
             trust_domain,
@@ -214,7 +220,7 @@ impl Ca {
         if self.now_secs() >= self.bundle_until.load(Ordering::Relaxed) {
             self.refresh_bundle().await?;
         }
-        Ok(TrustBundle::clone(&self.bundle.borrow()))
+        Ok(self.bundle.borrow().bundle.clone())
     }
 
     /// Reads the bundle from the database and publishes it if it changed.
@@ -243,9 +249,92 @@ impl Ca {
         self.bundle_until.load(Ordering::Relaxed)
     }
 
-    /// A receiver that changes whenever the published bundle does.
-    pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+    /// A receiver that changes whenever the published bundle (or the set of
+    /// tainted keys) does.
+    pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<PublishedBundle>> {
         self.bundle.subscribe()
+    }
+
+    /// A receiver that changes whenever this replica starts signing with
+    /// another X.509 key.
+    pub fn subscribe_active_key(&self) -> watch::Receiver<String> {
+        self.active_key.subscribe()
+    }
+
+    /// Moves X.509 key rotation forward to the clock's now (see
+    /// [`crate::x509_keys`]); a newly active key signs from here on.
+    pub async fn rotate_x509_keys(&self) -> Result<(), CaError> {
+        let (active, bundle_changed) = crate::x509_keys::rotate(
+            &self.store,
+            &self.config,
+            &self.trust_domain,
+            &self.replica,
+            self.clock.now(),
+        )
+        .await?;
+        self.use_x509_key(&active)?;
+        if bundle_changed {
+            self.catch_up().await?;
+        }
+        Ok(())
+    }
+
+    /// Signs with key `active` from now on, if it is not the one in use.
+    fn use_x509_key(&self, active: &crate::store::CaKeyRecord) -> Result<(), CaError> {
+        if active.id == self.authority().id {
+            return Ok(());
+        }
+        let authority = Arc::new(Authority::load(active, &self.config.keys_dir())?);
+        match self.authority.write() {
+            Ok(mut guard) => *guard = authority,
+            Err(poisoned) => *poisoned.into_inner() = authority,
+        }
+        self.metrics.set_ca_expiry(active.not_after);
+        self.active_key.send_replace(active.id.clone());
+        tracing::info!(key_id = %active.id, not_after = active.not_after, "now signing with CA key");
+        Ok(())
+    }
+
+    /// `signet ca prepare`: this replica's next X.509 key, published now.
+    pub async fn prepare_x509_key(&self) -> Result<crate::store::CaKeyRecord, CaError> {
+        let key = crate::x509_keys::prepare(
+            &self.store,
+            &self.config,
+            &self.trust_domain,
+            &self.replica,
+            self.clock.now(),
+        )
+        .await?;
+        self.applied().await;
+        Ok(key)
+    }
+
+    /// `signet ca activate`: this replica's prepared X.509 key signs now.
+    pub async fn activate_x509_key(&self) -> Result<crate::store::CaKeyRecord, CaError> {
+        let key =
+            crate::x509_keys::activate(&self.store, &self.config, &self.replica, self.clock.now())
+                .await?;
+        self.use_x509_key(&key)?;
+        Ok(key)
+    }
+
+    /// `signet ca taint KEY`: agents replace what the key signed.
+    pub async fn taint_x509_key(&self, id: &str) -> Result<crate::store::CaKeyRecord, CaError> {
+        let key = crate::x509_keys::taint(&self.store, id, self.clock.now()).await?;
+        self.applied().await;
+        Ok(key)
+    }
+
+    /// `signet ca revoke KEY`: the key leaves the bundle.
+    pub async fn revoke_x509_key(
+        &self,
+        id: &str,
+        force: bool,
+    ) -> Result<crate::store::CaKeyRecord, CaError> {
+        let key = crate::x509_keys::revoke(&self.store, &self.config, id, force, self.clock.now())
+            .await?;
+        self.applied().await;
+        Ok(key)
     }
 
     /// Applies every change in the feed this replica has not seen: one
@@ -477,6 +566,17 @@ impl Ca {
     }
 }
 
+/// The trust bundle as agents get it: the SPIFFE bundle, and the tainted
+/// X.509 keys (what they signed must be replaced).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedBundle {
+    /// The bundle.
+    pub bundle: TrustBundle,
+    /// Subject key identifiers of the tainted signing certificates, as the
+    /// authority key identifier of an SVID they signed names them.
+    pub tainted: Vec<Vec<u8>>,
+}
+
 /// The bundle in the database at `now`, and when its first authority
 /// expires (Unix seconds).
 async fn load_bundle(
@@ -484,8 +584,15 @@ async fn load_bundle(
     config: &CaConfig,
     trust_domain: &TrustDomain,
     now: std::time::SystemTime,
-) -> Result<(TrustBundle, i64), CaError> {
+) -> Result<(PublishedBundle, i64), CaError> {
     let now = unix_seconds(now);
+    let tainted = store
+        .ca_keys(now)
+        .await?
+        .iter()
+        .filter(|k| k.tainted)
+        .filter_map(|k| signet_identity::x509_svid::subject_key_id(&k.cert_der))
+        .collect();
     let (certs, sequence) = store.bundle(now).await?;
     let keys = store.jwt_keys(now).await?;
     let jwt_authorities = keys
@@ -507,7 +614,7 @@ async fn load_bundle(
     .with_jwt_authorities(jwt_authorities);
     bundle.sequence = sequence;
     bundle.refresh_hint_secs = Some(config.bundle_refresh_hint);
-    Ok((bundle, until))
+    Ok((PublishedBundle { bundle, tainted }, until))
 }
 
 /// A signed JWT-SVID and its times (Unix seconds).

@@ -8,6 +8,7 @@ use signet_identity::verify_x509_svid;
 
 use super::*;
 use crate::issuance::tests::csr_for;
+use crate::store::KeyStatus;
 use crate::test_db::{on_both_backends, TestDb};
 
 on_both_backends!(
@@ -17,6 +18,8 @@ on_both_backends!(
     svids_verify_with_openssl_against_the_exported_bundle,
     database_of_another_trust_domain_is_refused,
     jwt_keys_rotate_with_no_token_failing_validation,
+    x509_keys_rotate_with_no_svid_failing_verification,
+    incident_operations_on_x509_keys_refuse_what_would_break_svids,
 );
 
 fn config(db: &TestDb, td: &str) -> CaConfig {
@@ -273,4 +276,139 @@ async fn jwt_keys_rotate_with_no_token_failing_validation(db: TestDb) {
     assert!(signers.len() >= 5, "{signers:?}");
     let header = decode_jwt(&tokens[0].0).unwrap().header;
     assert_eq!(header["alg"], "ES256");
+}
+
+fn short_lived(db: &TestDb) -> CaConfig {
+    let mut cfg = config(db, "example.org");
+    cfg.ca_ttl = 600; // prepare at 300 s left, activate at 100 s left
+    cfg.max_x509_svid_ttl = 100;
+    cfg.default_x509_svid_ttl = 100;
+    cfg
+}
+
+async fn x509_keys_rotate_with_no_svid_failing_verification(db: TestDb) {
+    let start = SystemTime::now();
+    let clock = signet_identity::clock::Clock::manual(start);
+    let ca = Ca::open_with_clock(short_lived(&db), clock.clone())
+        .await
+        .unwrap();
+    let entry = ca.create_entry(&web_entry()).await.unwrap();
+    let mut svids: Vec<(Vec<rustls_pki_types::CertificateDer<'static>>, i64)> = Vec::new();
+    let mut signers = vec![ca.authority().id.clone()];
+    let mut published_before_signing = std::collections::HashMap::new();
+    for step in 0..=180u64 {
+        let t = start + Duration::from_secs(step * 10);
+        clock.set(t);
+        ca.rotate_x509_keys().await.unwrap();
+        let bundle = ca.bundle().await.unwrap();
+        let keys = ca.store.ca_keys(unix_seconds(t)).await.unwrap();
+        let active: Vec<_> = keys
+            .iter()
+            .filter(|k| k.status == KeyStatus::Active)
+            .collect();
+        assert_eq!(active.len(), 1, "step {step}: {keys:?}");
+        assert_eq!(active[0].id, ca.authority().id);
+        for k in &keys {
+            if k.status == KeyStatus::Prepared {
+                published_before_signing.entry(k.id.clone()).or_insert(step);
+            }
+        }
+        let signer = ca.authority().id.clone();
+        if signers.last() != Some(&signer) {
+            // The new key was in the bundle at least one step before it signed.
+            let first_seen = published_before_signing.get(&signer).copied();
+            assert!(
+                first_seen.is_some_and(|s| s < step),
+                "{signer} signed at step {step} unpublished"
+            );
+            signers.push(signer);
+        }
+        let key = KeyPair::generate().unwrap();
+        let svid = ca
+            .sign_for_entry(&csr_for(&key, None), &entry.spec)
+            .unwrap();
+        assert_eq!(
+            svid.not_after - unix_seconds(t),
+            100,
+            "SVID cut short at step {step}"
+        );
+        svids.push((svid.chain, svid.not_after));
+        // Every SVID not yet expired still verifies, whichever key signed it.
+        for (chain, exp) in &svids {
+            if *exp > unix_seconds(t) {
+                verify_x509_svid(chain, &bundle, t).unwrap_or_else(|e| panic!("step {step}: {e}"));
+            }
+        }
+        // Expired keys leave the bundle.
+        assert!(bundle.authorities().len() <= 3, "step {step}");
+    }
+    assert!(signers.len() >= 5, "{signers:?}");
+    // The active key survives a restart.
+    let active = ca.authority().id.clone();
+    ca.store.close().await;
+    let ca = Ca::open_with_clock(short_lived(&db), clock).await.unwrap();
+    assert_eq!(ca.authority().id, active);
+}
+
+async fn incident_operations_on_x509_keys_refuse_what_would_break_svids(db: TestDb) {
+    let start = SystemTime::now();
+    let clock = signet_identity::clock::Clock::manual(start);
+    let ca = Ca::open_with_clock(short_lived(&db), clock.clone())
+        .await
+        .unwrap();
+    let refused = |r: Result<crate::store::CaKeyRecord, CaError>| match r {
+        Err(e @ CaError::Authority(AuthorityError::Refused(_))) => e.to_string(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let first = ca.authority().id.clone();
+    let entry = ca.create_entry(&web_entry()).await.unwrap();
+    let key = KeyPair::generate().unwrap();
+    let old_svid = ca
+        .sign_for_entry(&csr_for(&key, None), &entry.spec)
+        .unwrap();
+    // Nothing prepared: nothing to activate; the active key can be
+    // neither tainted nor revoked.
+    assert!(refused(ca.activate_x509_key().await).contains("signet ca prepare"));
+    assert!(refused(ca.taint_x509_key(&first).await).contains("active"));
+    assert!(refused(ca.revoke_x509_key(&first, true).await).contains("active"));
+    // Prepared: in the bundle at once, but not signing.
+    let next = ca.prepare_x509_key().await.unwrap();
+    assert_eq!(next.status, KeyStatus::Prepared);
+    assert!(refused(ca.prepare_x509_key().await).contains(&next.id));
+    assert_eq!(ca.bundle().await.unwrap().authorities().len(), 2);
+    assert_eq!(ca.authority().id, first);
+    // Activated only once published for the grace period (here 10 s).
+    assert!(refused(ca.activate_x509_key().await).contains("wait"));
+    clock.advance(Duration::from_secs(10));
+    let active = ca.activate_x509_key().await.unwrap();
+    assert_eq!(active.id, next.id);
+    assert_eq!(ca.authority().id, next.id);
+    let old = ca.store.ca_key(&first).await.unwrap();
+    assert_eq!(old.status, KeyStatus::Old);
+    assert!(old.retired_at > 0);
+    // The old key's SVIDs still verify; tainting it tells agents (through
+    // the published bundle) to replace them.
+    let bundle = ca.bundle().await.unwrap();
+    verify_x509_svid(&old_svid.chain, &bundle, clock.now()).unwrap();
+    let tainted = ca.taint_x509_key(&first).await.unwrap();
+    assert!(tainted.tainted);
+    assert!(refused(ca.taint_x509_key(&first).await).contains("already"));
+    let published = ca.subscribe_bundle().borrow().clone();
+    let signer_id = signet_identity::x509_svid::authority_key_id(&old_svid.chain[0]).unwrap();
+    assert_eq!(published.tainted, vec![signer_id]);
+    // Revoking it while its SVIDs may live is refused without --force...
+    assert!(refused(ca.revoke_x509_key(&first, false).await).contains("--force"));
+    // ...and allowed once they cannot (max_x509_svid_ttl after it retired).
+    clock.advance(Duration::from_secs(100));
+    let revoked = ca.revoke_x509_key(&first, false).await.unwrap();
+    assert_eq!(revoked.status, KeyStatus::Revoked);
+    let bundle = ca.bundle().await.unwrap();
+    assert_eq!(bundle.authorities().len(), 1);
+    assert!(verify_x509_svid(&old_svid.chain, &bundle, clock.now()).is_err());
+    assert!(refused(ca.revoke_x509_key(&first, true).await).contains("already"));
+    // Unknown keys are NOT_FOUND.
+    match ca.taint_x509_key("nope").await {
+        Err(e) => assert_eq!(crate::admin::status(&e).code(), tonic::Code::NotFound),
+        Ok(k) => panic!("{k:?}"),
+    }
 }

@@ -216,10 +216,11 @@ impl CaConfig {
                 self.default_x509_svid_ttl, self.max_x509_svid_ttl
             )));
         }
-        if self.ca_ttl <= self.max_x509_svid_ttl {
+        let activate_at = crate::rotation::Schedule::for_lifetime(self.ca_ttl).activate_at;
+        if (activate_at as u64) < self.max_x509_svid_ttl {
             return Err(ConfigError::Invalid(format!(
-                "ca_ttl ({}) must be longer than max_x509_svid_ttl ({})",
-                self.ca_ttl, self.max_x509_svid_ttl
+                "max_x509_svid_ttl ({}) must be at most min(ca_ttl / 6, 7 days) = {activate_at}s: a CA key hands over to the next when it has that much left, and no SVID may outlive its key; raise ca_ttl or lower max_x509_svid_ttl",
+                self.max_x509_svid_ttl
             )));
         }
         if self.default_jwt_svid_ttl == 0 || self.default_jwt_svid_ttl > self.max_jwt_svid_ttl {
@@ -374,5 +375,21 @@ mod tests {
             ..CaConfig::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn svids_must_fit_in_the_last_sixth_of_a_ca_key_both_sides() {
+        let with = |ca_ttl: u64, max: u64| CaConfig {
+            ca_ttl,
+            max_x509_svid_ttl: max,
+            default_x509_svid_ttl: max,
+            ..CaConfig::default()
+        };
+        assert!(with(600, 100).validate().is_ok());
+        let e = with(600, 101).validate().unwrap_err().to_string();
+        assert!(e.contains("ca_ttl"), "{e}");
+        // Long-lived keys hand over with 7 days left.
+        assert!(with(365 * 86400, 7 * 86400).validate().is_ok());
+        assert!(with(365 * 86400, 7 * 86400 + 1).validate().is_err());
     }
 }

@@ -7,14 +7,13 @@
 
 use std::sync::Arc;
 
-use signet_identity::TrustBundle;
 use signet_proto::node as pb;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::entry::Entry;
 use crate::entry_cache::Catchup;
-use crate::node_api::{agent_in_good_standing, bundle_to_pb, entry_to_pb};
+use crate::node_api::{agent_in_good_standing, entry_to_pb, published_to_pb};
 use crate::Ca;
 
 /// Largest encoded size of the entries of one page, bytes: pages end at
@@ -87,7 +86,7 @@ pub async fn serve(
     }
     let mut sent = known;
     let mut standing = None;
-    let mut sent_bundle: Option<Arc<TrustBundle>> = None;
+    let mut sent_bundle: Option<Arc<crate::PublishedBundle>> = None;
     loop {
         let v = *version.borrow_and_update();
         if standing != Some(v.standing) {
@@ -110,7 +109,7 @@ pub async fn serve(
             let messages = pages(
                 &catchup,
                 revision,
-                bundle_changed.then(|| bundle_to_pb(&bundle)),
+                bundle_changed.then(|| published_to_pb(&bundle)),
             );
             ca.metrics.sync_update(delta, messages.len());
             for m in messages {

@@ -38,13 +38,15 @@ pub mod metrics;
 pub mod node_api;
 pub mod node_tls;
 pub mod oidc;
+pub mod rotation;
 pub mod server;
 pub mod store;
+pub mod x509_keys;
 
 #[cfg(test)]
 mod test_db;
 
 // Public interface.
-pub use ca::{Ca, CaError};
+pub use ca::{Ca, CaError, PublishedBundle};
 pub use config::{CaConfig, ConfigError};
 pub use server::run;

@@ -167,6 +167,15 @@ pub(crate) async fn agent_in_good_standing(ca: &Ca, id: &str) -> Result<AgentRec
     Ok(agent)
 }
 
+/// Protobuf form of the bundle as entry streams send it: with the tainted
+/// keys.
+pub fn published_to_pb(p: &crate::PublishedBundle) -> pb::Bundle {
+    pb::Bundle {
+        tainted_key_ids: p.tainted.clone(),
+        ..bundle_to_pb(&p.bundle)
+    }
+}
+
 /// Protobuf form of a bundle.
 pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
     pb::Bundle {
@@ -181,6 +190,7 @@ pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
                 public_key: a.spki_der().to_vec(),
             })
             .collect(),
+        tainted_key_ids: Vec::new(),
     }
 }
 

@@ -121,9 +121,13 @@ pub async fn rotate_server_svid(
     mut lifetime: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut active_key = ca.subscribe_active_key();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(lifetime / 2) => {}
+            // A new signing key: re-sign now, so the server SVID never
+            // depends on a key an operator may taint or revoke next.
+            r = active_key.changed() => if r.is_err() { return },
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     return;

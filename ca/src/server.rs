@@ -67,7 +67,8 @@ pub async fn run(
         }
     };
     let bundle = signet_identity::tls::BundleHandle::new(ca.bundle().await?);
-    let (tls_config, resolver, server_svid_lifetime) = crate::node_tls::server_config(&ca, bundle)?;
+    let (tls_config, resolver, server_svid_lifetime) =
+        crate::node_tls::server_config(&ca, bundle.clone())?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -140,7 +141,9 @@ pub async fn run(
     let health = tokio::spawn(health);
     let pruner = tokio::spawn(prune_tokens(ca.clone(), stop_rx.clone()));
     let jwt_rotation = tokio::spawn(rotate_jwt_keys(ca.clone(), stop_rx.clone()));
+    let x509_rotation = tokio::spawn(rotate_x509_keys(ca.clone(), stop_rx.clone()));
     let feed = tokio::spawn(crate::change_feed::run(ca.clone(), stop_rx.clone()));
+    let client_trust = tokio::spawn(follow_bundle(ca.clone(), bundle, stop_rx.clone()));
     let oidc_addr = oidc.as_ref().map(|o| o.2.to_string()).unwrap_or_default();
     let oidc = oidc.map(|(listener, tls, _, issuer)| {
         tokio::spawn(crate::oidc::serve(
@@ -174,7 +177,9 @@ pub async fn run(
         let _ = health.await;
         let _ = pruner.await;
         let _ = jwt_rotation.await;
+        let _ = x509_rotation.await;
         let _ = feed.await;
+        let _ = client_trust.await;
         if let Some(oidc) = oidc {
             let _ = oidc.await;
         }
@@ -191,7 +196,7 @@ pub async fn run(
 
 /// Moves JWT key rotation forward on its schedule.
 async fn rotate_jwt_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
-    let schedule = crate::jwt_keys::Schedule::for_lifetime(ca.config.jwt_key_ttl);
+    let schedule = crate::rotation::Schedule::for_lifetime(ca.config.jwt_key_ttl);
     let mut tick = tokio::time::interval(schedule.check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -199,6 +204,52 @@ async fn rotate_jwt_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {
                 if let Err(e) = ca.rotate_jwt_keys().await {
                     tracing::error!(error = %e, "JWT key rotation failed; retrying");
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the bundle agents' client certificates are verified against equal
+/// to the published one: an agent renewed by a newly activated key, or by
+/// another replica, must be let in.
+async fn follow_bundle(
+    ca: Arc<Ca>,
+    handle: signet_identity::tls::BundleHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut bundles = ca.subscribe_bundle();
+    loop {
+        let current = bundles.borrow_and_update().bundle.clone();
+        if *handle.get() != current {
+            handle.set(current);
+        }
+        tokio::select! {
+            r = bundles.changed() => if r.is_err() { return },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Moves X.509 key rotation forward on its schedule.
+async fn rotate_x509_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
+    let schedule = crate::rotation::Schedule::for_lifetime(ca.config.ca_ttl);
+    let mut tick = tokio::time::interval(schedule.check_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = ca.rotate_x509_keys().await {
+                    tracing::error!(error = %e, "CA key rotation failed; retrying");
                 }
             }
             changed = stop.changed() => {

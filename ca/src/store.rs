@@ -22,7 +22,7 @@ use crate::config::redact_url;
 pub use agents::AgentRecord;
 pub use changes::{ChangeKind, ChangeRow, NOTIFY_CHANNEL};
 pub use entries::EntryFilter;
-pub use jwt_keys::{JwtKeyRecord, JwtKeyStatus};
+pub use jwt_keys::JwtKeyRecord;
 pub use keys::CaKeyRecord;
 pub use tokens::TokenUse;
 
@@ -64,6 +64,48 @@ impl StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => Self::AlreadyExists(what()),
             _ => Self::Database(e),
         }
+    }
+}
+
+/// Where a signing key (X.509 or JWT) is in its life. Every state but
+/// `Revoked` is published in the bundle until `not_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Published, not signing yet: relying parties learn it before any
+    /// token needs it.
+    Prepared,
+    /// Signing (one per replica).
+    Active,
+    /// Replaced; published until the last token it signed has expired.
+    Old,
+    /// Its private key file is gone; signs nothing, still published.
+    Lost,
+    /// Taken out of the bundle by an operator (`signet ca revoke`): what it
+    /// signed no longer verifies.
+    Revoked,
+}
+
+impl KeyStatus {
+    /// The stored (and displayed) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepared => "prepared",
+            Self::Active => "active",
+            Self::Old => "old",
+            Self::Lost => "lost",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "prepared" => Self::Prepared,
+            "active" => Self::Active,
+            "old" => Self::Old,
+            "lost" => Self::Lost,
+            "revoked" => Self::Revoked,
+            other => return Err(StoreError::Corrupt(format!("key status {other:?}"))),
+        })
     }
 }
 

@@ -384,3 +384,32 @@ pub fn from_unix_seconds(secs: i64) -> SystemTime {
         SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
     }
 }
+
+/// A certificate's subject key identifier: the ID a CA key is known by in
+/// the authority key identifier of what it signs. `None` when absent or
+/// unparsable.
+pub fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                Some(id.0.to_vec())
+            }
+            _ => None,
+        })
+}
+
+/// The key identifier in a certificate's authority key identifier: which
+/// CA key signed it (see [`subject_key_id`]).
+pub fn authority_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+            }
+            _ => None,
+        })
+}

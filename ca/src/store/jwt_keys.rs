@@ -4,44 +4,7 @@
 use sqlx::any::AnyRow;
 
 use super::keys::bump_bundle_sequence;
-use super::{get, Store, StoreError};
-
-/// Where a JWT key is in its life. Every state but `Lost` is published in
-/// the bundle until `not_after`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtKeyStatus {
-    /// Published, not signing yet: relying parties learn it before any
-    /// token needs it.
-    Prepared,
-    /// Signing (one per replica).
-    Active,
-    /// Replaced; published until the last token it signed has expired.
-    Old,
-    /// Its private key file is gone; signs nothing, still published.
-    Lost,
-}
-
-impl JwtKeyStatus {
-    /// The stored (and displayed) name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Prepared => "prepared",
-            Self::Active => "active",
-            Self::Old => "old",
-            Self::Lost => "lost",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        Ok(match s {
-            "prepared" => Self::Prepared,
-            "active" => Self::Active,
-            "old" => Self::Old,
-            "lost" => Self::Lost,
-            other => return Err(StoreError::Corrupt(format!("JWT key status {other:?}"))),
-        })
-    }
-}
+use super::{get, KeyStatus, Store, StoreError};
 
 /// One JWT signing key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +16,7 @@ pub struct JwtKeyRecord {
     /// SubjectPublicKeyInfo DER.
     pub public_key: Vec<u8>,
     /// Where it is in its life.
-    pub status: JwtKeyStatus,
+    pub status: KeyStatus,
     /// Unix seconds.
     pub not_before: i64,
     /// Unix seconds; tokens it signs never outlive it.
@@ -69,7 +32,7 @@ fn record_from_row(row: &AnyRow) -> Result<JwtKeyRecord, StoreError> {
         kid: get(row, "kid")?,
         alg: get(row, "alg")?,
         public_key: get(row, "public_key")?,
-        status: JwtKeyStatus::parse(&get::<String>(row, "status")?)?,
+        status: KeyStatus::parse(&get::<String>(row, "status")?)?,
         not_before: get(row, "not_before")?,
         not_after: get(row, "not_after")?,
         created_at: get(row, "created_at")?,
@@ -118,8 +81,8 @@ impl Store {
         &self,
         kid: &str,
         replica: &str,
-        from: JwtKeyStatus,
-        to: JwtKeyStatus,
+        from: KeyStatus,
+        to: KeyStatus,
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE jwt_keys SET status = $1 WHERE kid = $2 AND replica = $3 AND status = $4",

@@ -4,9 +4,12 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::changes::{record_change, ChangeKind};
-use super::{get, Backend, Store, StoreError};
+use super::{get, Backend, KeyStatus, Store, StoreError};
 
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
+
+const KEY_COLUMNS: &str = "id, cert_der, chain_pem, self_signed, status, not_before, not_after, \
+     created_at, replica, tainted, retired_at";
 
 /// A signing certificate the CA has created. Its private key is a file named
 /// after `id` in the data dir of the replica that created it.
@@ -20,8 +23,8 @@ pub struct CaKeyRecord {
     pub chain_pem: String,
     /// Whether it is its own root.
     pub self_signed: bool,
-    /// `active` for now; rotation adds more states.
-    pub status: String,
+    /// Where it is in the journal.
+    pub status: KeyStatus,
     /// Unix seconds.
     pub not_before: i64,
     /// Unix seconds.
@@ -32,6 +35,12 @@ pub struct CaKeyRecord {
     /// made before replicas were recorded (adopted by the replica that has
     /// the file).
     pub replica: Option<String>,
+    /// Tainted by an operator: signs nothing more, and agents replace what
+    /// it signed at once.
+    pub tainted: bool,
+    /// When it stopped signing (became old, lost or tainted), Unix seconds;
+    /// 0 while it signs or if it never did.
+    pub retired_at: i64,
 }
 
 fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
@@ -40,11 +49,13 @@ fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
         cert_der: get(row, "cert_der")?,
         chain_pem: get(row, "chain_pem")?,
         self_signed: get::<i64>(row, "self_signed")? != 0,
-        status: get(row, "status")?,
+        status: KeyStatus::parse(&get::<String>(row, "status")?)?,
         not_before: get(row, "not_before")?,
         not_after: get(row, "not_after")?,
         created_at: get(row, "created_at")?,
         replica: get(row, "replica")?,
+        tainted: get::<i64>(row, "tainted")? != 0,
+        retired_at: get(row, "retired_at")?,
     })
 }
 
@@ -85,18 +96,20 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO ca_keys (id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO ca_keys (id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica, tainted, retired_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&key.id)
         .bind(&key.cert_der)
         .bind(&key.chain_pem)
         .bind(key.self_signed as i64)
-        .bind(&key.status)
+        .bind(key.status.as_str())
         .bind(key.not_before)
         .bind(key.not_after)
         .bind(key.created_at)
         .bind(key.replica.as_deref())
+        .bind(key.tainted as i64)
+        .bind(key.retired_at)
         .execute(&mut *tx)
         .await?;
         let mut added = 0;
@@ -122,10 +135,10 @@ impl Store {
 
     /// Signing keys with status `active`, newest expiry first.
     pub async fn active_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica \
-             FROM ca_keys WHERE status = 'active' ORDER BY not_after DESC, id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} \
+             FROM ca_keys WHERE status = 'active' ORDER BY not_after DESC, id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from_row).collect()
@@ -133,10 +146,10 @@ impl Store {
 
     /// Every signing key still valid at `now`, newest expiry first.
     pub async fn ca_keys(&self, now: i64) -> Result<Vec<CaKeyRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, cert_der, chain_pem, self_signed, status, not_before, not_after, created_at, replica \
-             FROM ca_keys WHERE not_after > $1 ORDER BY not_after DESC, id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} \
+             FROM ca_keys WHERE not_after > $1 ORDER BY not_after DESC, id"
+        ))
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
@@ -153,14 +166,80 @@ impl Store {
         Ok(())
     }
 
-    /// Marks CA key `id` as `lost`: its private key is gone for good and it
-    /// signs nothing more. Its certificate stays in the bundle until it
-    /// expires, so SVIDs it signed keep verifying.
-    pub async fn mark_ca_key_lost(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE ca_keys SET status = 'lost' WHERE id = $1")
+    /// One CA key by ID.
+    pub async fn ca_key(&self, id: &str) -> Result<CaKeyRecord, StoreError> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM ca_keys WHERE id = $1"))
             .bind(id)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("CA key {id}")))?;
+        key_from_row(&row)
+    }
+
+    /// Moves CA key `id` from state `from` to `to`, recording when it
+    /// stopped signing if it did; false when it was not in `from` (another
+    /// process moved it first). Its certificate stays in the bundle (a lost
+    /// key's too: SVIDs it signed keep verifying until they expire).
+    pub async fn set_ca_key_status(
+        &self,
+        id: &str,
+        from: KeyStatus,
+        to: KeyStatus,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let retired = from == KeyStatus::Active && to != KeyStatus::Active;
+        let r = sqlx::query(
+            "UPDATE ca_keys SET status = $1, \
+             retired_at = CASE WHEN $2 = 1 THEN $3 ELSE retired_at END \
+             WHERE id = $4 AND status = $5",
+        )
+        .bind(to.as_str())
+        .bind(retired as i64)
+        .bind(now)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Taints CA key `id` (not the active one: the caller checks): agents
+    /// learn it with the bundle and replace what it signed.
+    pub async fn taint_ca_key(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query("UPDATE ca_keys SET tainted = 1 WHERE id = $1 AND tainted = 0")
+            .bind(id)
+            .execute(&mut *tx)
             .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("untainted CA key {id}")));
+        }
+        record_change(&mut tx, self.backend, ChangeKind::Bundle, id, "", now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes CA key `id`: it signs nothing more and its certificate
+    /// (`fingerprint`, when it is a bundle root) leaves the bundle.
+    pub async fn revoke_ca_key(
+        &self,
+        id: &str,
+        fingerprint: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE ca_keys SET status = 'revoked' WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(fp) = fingerprint {
+            sqlx::query("DELETE FROM bundle_authorities WHERE fingerprint = $1")
+                .bind(fp)
+                .execute(&mut *tx)
+                .await?;
+        }
+        bump_bundle_sequence(&mut tx, self.backend, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -245,11 +245,13 @@ async fn ca_keys_and_bundle_sequence_persist_across_reconnect(db: TestDb) {
         cert_der: vec![1, 2, 3],
         chain_pem: String::new(),
         self_signed: true,
-        status: "active".into(),
+        status: KeyStatus::Active,
         not_before: 10,
         not_after: 10_000,
         created_at: 10,
         replica: Some("r1".into()),
+        tainted: false,
+        retired_at: 0,
     };
     {
         let store = Store::connect(&db.url).await.unwrap();
@@ -407,7 +409,7 @@ fn jwt_key(kid: &str, at: i64) -> JwtKeyRecord {
         kid: kid.into(),
         alg: "ES256".into(),
         public_key: vec![1, 2, 3],
-        status: JwtKeyStatus::Prepared,
+        status: KeyStatus::Prepared,
         not_before: at,
         not_after: at + 1000,
         created_at: at,

@@ -1,4 +1,4 @@
-//! `signet ca serve|show`.
+//! `signet ca serve|show|prepare|activate|taint|revoke`.
 
 use std::path::PathBuf;
 
@@ -29,10 +29,11 @@ pub enum CaCommand {
     Serve(ServeArgs),
     /// Show the CA's signing keys, X.509 and JWT: state, validity, owner.
     ///
-    /// X.509 keys are `active` (or `lost`); JWT keys go `prepared` (published,
-    /// not signing yet) -> `active` -> `old` (published until no token it
-    /// signed can still be valid). IN USE marks the keys the answering
-    /// replica signs with.
+    /// Keys go PREPARED (in the bundle, not signing yet) -> ACTIVE -> OLD
+    /// (in the bundle until nothing it signed can still be valid); LOST
+    /// keys lost their file, REVOKED ones left the bundle. IN USE marks the
+    /// keys the answering replica signs with; TAINTED ones are being
+    /// replaced at the agents.
     ///
     /// Example:
     ///   signet ca show --output json
@@ -44,6 +45,43 @@ pub enum CaCommand {
         #[command(flatten)]
         admin: AdminSocket,
     },
+    /// Make and publish the answering replica's next X.509 key now, ahead
+    /// of the schedule (it signs after `signet ca activate`).
+    Prepare {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Let the answering replica's prepared X.509 key sign now; the active
+    /// one becomes OLD (still in the bundle).
+    Activate {
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Mark an OLD X.509 key as compromised: every agent re-signs at once
+    /// each SVID it signed, and workloads get the new ones on their open
+    /// streams.
+    ///
+    /// Example (after `signet ca prepare` and `signet ca activate`):
+    ///   signet ca taint 3f9c...
+    #[command(verbatim_doc_comment)]
+    Taint {
+        /// The key's ID (`signet ca show`).
+        key_id: String,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Take an X.509 key out of the trust bundle: what it signed stops
+    /// verifying. Refused for the active key, and while SVIDs it signed may
+    /// still be valid unless --force (taint it first).
+    Revoke {
+        /// The key's ID (`signet ca show`).
+        key_id: String,
+        /// Revoke even though SVIDs it signed may still be valid.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
 }
 
 /// A signing key as printed (`--output json` too).
@@ -51,7 +89,11 @@ pub enum CaCommand {
 struct KeyView {
     kind: String,
     id: String,
+    /// PREPARED, ACTIVE, OLD, LOST, REVOKED.
+    state: String,
+    /// The same in lower case (kept for scripts written before `state`).
     status: String,
+    tainted: bool,
     detail: String,
     not_before: i64,
     not_after: i64,
@@ -110,7 +152,9 @@ impl CaCommand {
                     .map(|k| KeyView {
                         kind: k.kind,
                         id: k.id,
+                        state: k.status.to_uppercase(),
                         status: k.status,
+                        tainted: k.tainted,
                         detail: k.detail,
                         not_before: k.not_before,
                         not_after: k.not_after,
@@ -127,7 +171,11 @@ impl CaCommand {
                                 vec![
                                     k.kind.clone(),
                                     k.id.clone(),
-                                    k.status.clone(),
+                                    if k.tainted {
+                                        format!("{} TAINTED", k.state)
+                                    } else {
+                                        k.state.clone()
+                                    },
                                     k.detail.clone(),
                                     timestamp(k.not_after),
                                     if k.in_use {
@@ -143,7 +191,7 @@ impl CaCommand {
                             &[
                                 "KIND",
                                 "ID",
-                                "STATUS",
+                                "STATE",
                                 "TYPE",
                                 "NOT AFTER",
                                 "IN USE",
@@ -155,6 +203,57 @@ impl CaCommand {
                         Ok(())
                     }
                 }
+            }
+            CaCommand::Prepare { admin } => {
+                let k = admin
+                    .connect()
+                    .await?
+                    .prepare_key(pb::PrepareKeyRequest {})
+                    .await
+                    .into_result()?;
+                println!("{}", k.id);
+                eprintln!(
+                    "prepared and published; it signs after `signet ca activate` (or on schedule)"
+                );
+                Ok(())
+            }
+            CaCommand::Activate { admin } => {
+                let k = admin
+                    .connect()
+                    .await?
+                    .activate_key(pb::ActivateKeyRequest {})
+                    .await
+                    .into_result()?;
+                println!("{}", k.id);
+                eprintln!("now signing; the previous key is OLD and stays in the bundle");
+                Ok(())
+            }
+            CaCommand::Taint { key_id, admin } => {
+                admin
+                    .connect()
+                    .await?
+                    .taint_key(pb::TaintKeyRequest { id: key_id.clone() })
+                    .await
+                    .into_result()?;
+                eprintln!("{key_id} tainted: agents are replacing every SVID it signed");
+                Ok(())
+            }
+            CaCommand::Revoke {
+                key_id,
+                force,
+                admin,
+            } => {
+                admin
+                    .connect()
+                    .await?
+                    .revoke_key(pb::RevokeKeyRequest {
+                        id: key_id.clone(),
+                        force,
+                    })
+                    .await
+                    .into_result()?;
+                eprintln!("{key_id} revoked: it is out of the trust bundle");
+                Ok(())
             }
         }
     }

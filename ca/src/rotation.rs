@@ -1,0 +1,258 @@
+//! Key rotation, the same for X.509 and JWT signing keys: each replica's
+//! keys go through a journal of states kept in the database. With `L` a
+//! key's lifetime:
+//!
+//! ```text
+//!   prepared ──(≤ min(L/6, 7 d) left on the active key,
+//!   │           and published for ≥ min(L/12, 10 s))──▶ active ──▶ old ──(not_after)──▶ gone
+//!   └── made when the active key has ≤ min(L/2, 30 d) left
+//! ```
+//!
+//! A prepared key is in the bundle from the moment it is made and signs
+//! only after everyone has had time to learn it; nothing outlives the key
+//! that signed it, and keys stay in the bundle until then. Which step comes
+//! next is [`next_step`], a pure function of the keys and the time, tested
+//! without waiting; [`crate::jwt_keys`] and [`crate::x509_keys`] carry the
+//! steps out.
+
+use std::time::Duration;
+
+use crate::store::{CaKeyRecord, JwtKeyRecord, KeyStatus};
+
+/// Longest wait between preparing a key and letting it sign.
+const MAX_PUBLISH_GRACE: Duration = Duration::from_secs(10);
+
+/// What rotation needs to know of a key.
+pub trait RotatingKey {
+    /// Its ID.
+    fn id(&self) -> &str;
+    /// Its state.
+    fn status(&self) -> KeyStatus;
+    /// When it expires, Unix seconds.
+    fn not_after(&self) -> i64;
+    /// When it was made (and published), Unix seconds.
+    fn created_at(&self) -> i64;
+}
+
+impl RotatingKey for JwtKeyRecord {
+    fn id(&self) -> &str {
+        &self.kid
+    }
+    fn status(&self) -> KeyStatus {
+        self.status
+    }
+    fn not_after(&self) -> i64 {
+        self.not_after
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
+
+impl RotatingKey for CaKeyRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn status(&self) -> KeyStatus {
+        self.status
+    }
+    fn not_after(&self) -> i64 {
+        self.not_after
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
+
+/// The thresholds of one key lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Key lifetime, seconds.
+    pub lifetime: i64,
+    /// Prepare the next key when the active one has this much left.
+    pub prepare_at: i64,
+    /// Activate the prepared key when the active one has this much left.
+    pub activate_at: i64,
+    /// Least time a prepared key is published before it signs.
+    pub publish_grace: i64,
+}
+
+impl Schedule {
+    /// The thresholds for keys of `lifetime` seconds.
+    pub fn for_lifetime(lifetime: u64) -> Self {
+        let l = lifetime as i64;
+        Self {
+            lifetime: l,
+            prepare_at: (l / 2).min(30 * 86400),
+            activate_at: (l / 6).min(7 * 86400),
+            publish_grace: (l / 12).min(MAX_PUBLISH_GRACE.as_secs() as i64).max(1),
+        }
+    }
+
+    /// How often the rotation should be looked at.
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_secs((self.lifetime as u64 / 48).clamp(1, 60))
+    }
+}
+
+/// What rotation does next for one replica's keys of one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// No key signs and none is prepared (first start, or every key lost):
+    /// make one and sign with it at once.
+    CreateActive,
+    /// Make the next key and publish it.
+    Prepare,
+    /// The prepared key takes over; the active one (if any) becomes old.
+    Activate {
+        /// The prepared key.
+        prepared: String,
+        /// The key it replaces.
+        retiring: Option<String>,
+    },
+    /// Nothing to do.
+    Wait,
+}
+
+/// The next rotation step for the keys of one replica (`mine`, unexpired)
+/// at `now` (Unix seconds).
+pub fn next_step<K: RotatingKey>(mine: &[K], schedule: &Schedule, now: i64) -> Step {
+    let newest = |status| {
+        mine.iter()
+            .filter(|k| k.status() == status && k.not_after() > now)
+            .max_by_key(|k| (k.not_after(), k.id().to_owned()))
+    };
+    let active = newest(KeyStatus::Active);
+    let prepared = newest(KeyStatus::Prepared);
+    match (active, prepared) {
+        (None, None) => Step::CreateActive,
+        (None, Some(p)) => Step::Activate {
+            prepared: p.id().to_owned(),
+            retiring: None,
+        },
+        (Some(a), prepared) => {
+            let left = a.not_after() - now;
+            match prepared {
+                None if left <= schedule.prepare_at => Step::Prepare,
+                Some(p)
+                    if left <= schedule.activate_at
+                        && now - p.created_at() >= schedule.publish_grace =>
+                {
+                    Step::Activate {
+                        prepared: p.id().to_owned(),
+                        retiring: Some(a.id().to_owned()),
+                    }
+                }
+                _ => Step::Wait,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JwtKeyRecord;
+
+    fn key(kid: &str, status: KeyStatus, created: i64, lifetime: i64) -> JwtKeyRecord {
+        JwtKeyRecord {
+            kid: kid.into(),
+            alg: "ES256".into(),
+            public_key: Vec::new(),
+            status,
+            not_before: created - 60,
+            not_after: created + lifetime,
+            created_at: created,
+            replica: "r".into(),
+        }
+    }
+
+    /// Runs the schedule over three lifetimes, applying each step, and
+    /// checks the rotation promises at every second.
+    fn simulate(lifetime: i64, max_token_ttl: i64) {
+        let schedule = Schedule::for_lifetime(lifetime as u64);
+        let mut keys: Vec<JwtKeyRecord> = Vec::new();
+        let mut n = 0;
+        let mut activations = Vec::new();
+        for now in 0..3 * lifetime {
+            keys.retain(|k| k.not_after > now);
+            loop {
+                match next_step(&keys, &schedule, now) {
+                    Step::Wait => break,
+                    step @ (Step::CreateActive | Step::Prepare) => {
+                        n += 1;
+                        let status = if step == Step::CreateActive {
+                            assert_eq!(now, 0, "only the first key signs without being prepared");
+                            KeyStatus::Active
+                        } else {
+                            KeyStatus::Prepared
+                        };
+                        keys.push(key(&format!("k{n}"), status, now, lifetime));
+                    }
+                    Step::Activate { prepared, retiring } => {
+                        for k in &mut keys {
+                            if Some(&k.kid) == retiring.as_ref() {
+                                k.status = KeyStatus::Old;
+                            }
+                            if k.kid == prepared {
+                                // Published long enough before signing.
+                                assert!(now - k.created_at >= schedule.publish_grace);
+                                k.status = KeyStatus::Active;
+                                activations.push(now);
+                            }
+                        }
+                    }
+                }
+            }
+            let active: Vec<_> = keys
+                .iter()
+                .filter(|k| k.status == KeyStatus::Active)
+                .collect();
+            assert_eq!(active.len(), 1, "at {now}: {keys:?}");
+            // A token signed now lasts its full lifetime: the key outlives it.
+            assert!(
+                active[0].not_after - now > max_token_ttl,
+                "at {now} the active key has {}s left",
+                active[0].not_after - now
+            );
+        }
+        assert!(activations.len() >= 3, "{activations:?}");
+    }
+
+    #[test]
+    fn rotation_keeps_one_published_active_key_that_outlives_every_token() {
+        simulate(86400, 3600); // the defaults
+        simulate(12, 2); // the end-to-end test's
+        simulate(60, 10); // the smallest lifetime config allows for 10 s tokens
+    }
+
+    #[test]
+    fn steps_at_each_threshold_both_sides() {
+        let s = Schedule::for_lifetime(600); // prepare at 300 left, activate at 100
+        assert_eq!(next_step::<JwtKeyRecord>(&[], &s, 0), Step::CreateActive);
+        let a = key("a", KeyStatus::Active, 0, 600);
+        assert_eq!(next_step(std::slice::from_ref(&a), &s, 299), Step::Wait);
+        assert_eq!(next_step(std::slice::from_ref(&a), &s, 300), Step::Prepare);
+        let p = key("p", KeyStatus::Prepared, 300, 600);
+        assert_eq!(next_step(&[a.clone(), p.clone()], &s, 499), Step::Wait);
+        let activate = Step::Activate {
+            prepared: "p".into(),
+            retiring: Some("a".into()),
+        };
+        assert_eq!(next_step(&[a.clone(), p.clone()], &s, 500), activate);
+        // A key prepared late (the CA was down) is published for the grace
+        // period before it signs.
+        let late = key("p", KeyStatus::Prepared, 550, 600);
+        assert_eq!(s.publish_grace, 10);
+        assert_eq!(next_step(&[a.clone(), late.clone()], &s, 559), Step::Wait);
+        assert_eq!(next_step(&[a.clone(), late], &s, 560), activate);
+        // With no active key left, a prepared key takes over at once.
+        assert_eq!(
+            next_step(&[p], &s, 700),
+            Step::Activate {
+                prepared: "p".into(),
+                retiring: None
+            }
+        );
+    }
+}

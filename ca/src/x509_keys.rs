@@ -1,0 +1,252 @@
+//! This replica's X.509 signing keys: rotation on the journal of
+//! [`crate::rotation`] with `L` = `ca_ttl`, and the operator's incident
+//! commands (`signet ca prepare|activate|taint|revoke`).
+//!
+//! In self-signed mode each key is its own root, so a prepared key's
+//! certificate enters the bundle when it is made, long before it signs.
+//! Under an upstream authority each key is an intermediate the upstream
+//! signed; the bundle holds the upstream roots and does not change.
+
+use std::time::SystemTime;
+
+use signet_identity::x509_svid::unix_seconds;
+use signet_identity::TrustDomain;
+
+use crate::authority::{fingerprint, key_path, Authority, AuthorityError};
+use crate::config::CaConfig;
+use crate::rotation::{next_step, Schedule, Step};
+use crate::store::{CaKeyRecord, KeyStatus, Store};
+
+/// This replica's unexpired keys of the configured mode.
+async fn mine(
+    store: &Store,
+    config: &CaConfig,
+    replica: &str,
+    now: i64,
+) -> Result<Vec<CaKeyRecord>, AuthorityError> {
+    let upstream = config.upstream_cert.is_some();
+    Ok(store
+        .ca_keys(now)
+        .await?
+        .into_iter()
+        .filter(|k| k.replica.as_deref() == Some(replica) && k.self_signed != upstream)
+        .collect())
+}
+
+/// Applies rotation steps until there is nothing to do; returns the active
+/// key (to sign with: [`Authority::load`] it when it is not the one in use)
+/// and whether the bundle changed.
+pub async fn rotate(
+    store: &Store,
+    config: &CaConfig,
+    td: &TrustDomain,
+    replica: &str,
+    now: SystemTime,
+) -> Result<(CaKeyRecord, bool), AuthorityError> {
+    let schedule = Schedule::for_lifetime(config.ca_ttl);
+    let now_s = unix_seconds(now);
+    let keys_dir = config.keys_dir();
+    let mut changed = false;
+    // Bounded: each step moves a key forward (create, prepare, activate).
+    for _ in 0..8 {
+        let keys = mine(store, config, replica, now_s).await?;
+        match next_step(&keys, &schedule, now_s) {
+            Step::Wait => {
+                let active = keys
+                    .into_iter()
+                    .filter(|k| k.status == KeyStatus::Active)
+                    .max_by_key(|k| k.not_after)
+                    .ok_or_else(|| AuthorityError::Inconsistent("no active CA key".into()))?;
+                return Ok((active, changed));
+            }
+            step @ (Step::CreateActive | Step::Prepare) => {
+                let status = if step == Step::CreateActive {
+                    KeyStatus::Active
+                } else {
+                    KeyStatus::Prepared
+                };
+                Authority::create_key(store, config, td, replica, status, now).await?;
+                changed |= config.upstream_cert.is_none();
+            }
+            Step::Activate { prepared, retiring } => {
+                if !key_path(&keys_dir, &prepared).exists() {
+                    tracing::warn!(key_id = %prepared, "the prepared CA key's file is missing: key marked lost; another is prepared");
+                    store
+                        .set_ca_key_status(&prepared, KeyStatus::Prepared, KeyStatus::Lost, now_s)
+                        .await?;
+                    continue;
+                }
+                activate_key(store, &prepared, retiring.as_deref(), now_s).await?;
+            }
+        }
+    }
+    Err(AuthorityError::Inconsistent(
+        "CA key rotation did not settle; check the ca_keys table".into(),
+    ))
+}
+
+async fn activate_key(
+    store: &Store,
+    prepared: &str,
+    retiring: Option<&str>,
+    now: i64,
+) -> Result<(), AuthorityError> {
+    if let Some(old) = retiring {
+        store
+            .set_ca_key_status(old, KeyStatus::Active, KeyStatus::Old, now)
+            .await?;
+    }
+    store
+        .set_ca_key_status(prepared, KeyStatus::Prepared, KeyStatus::Active, now)
+        .await?;
+    tracing::info!(key_id = %prepared, retired = retiring.unwrap_or(""), "CA signing key activated");
+    Ok(())
+}
+
+/// `signet ca prepare`: makes and publishes this replica's next key now,
+/// ahead of the schedule. Refused when one is already prepared.
+pub async fn prepare(
+    store: &Store,
+    config: &CaConfig,
+    td: &TrustDomain,
+    replica: &str,
+    now: SystemTime,
+) -> Result<CaKeyRecord, AuthorityError> {
+    let keys = mine(store, config, replica, unix_seconds(now)).await?;
+    if let Some(p) = keys.iter().find(|k| k.status == KeyStatus::Prepared) {
+        return Err(AuthorityError::Refused(format!(
+            "key {} is already prepared on this replica; activate it with `signet ca activate`",
+            p.id
+        )));
+    }
+    Authority::create_key(store, config, td, replica, KeyStatus::Prepared, now).await
+}
+
+/// `signet ca activate`: the prepared key of this replica signs from now
+/// on, ahead of the schedule, once it has been published for the grace
+/// period (agents and workloads must have it before anything it signs
+/// reaches a peer). The active key becomes old.
+pub async fn activate(
+    store: &Store,
+    config: &CaConfig,
+    replica: &str,
+    now: SystemTime,
+) -> Result<CaKeyRecord, AuthorityError> {
+    let now_s = unix_seconds(now);
+    let keys = mine(store, config, replica, now_s).await?;
+    let Some(prepared) = keys.iter().find(|k| k.status == KeyStatus::Prepared) else {
+        return Err(AuthorityError::Refused(
+            "no key is prepared on this replica; run `signet ca prepare` first".into(),
+        ));
+    };
+    let grace = Schedule::for_lifetime(config.ca_ttl).publish_grace;
+    let published = now_s - prepared.created_at;
+    if published < grace {
+        return Err(AuthorityError::Refused(format!(
+            "key {} was published {published}s ago; wait {}s more so every agent has it in its bundle",
+            prepared.id,
+            grace - published
+        )));
+    }
+    if !key_path(&config.keys_dir(), &prepared.id).exists() {
+        return Err(AuthorityError::MissingKey {
+            id: prepared.id.clone(),
+            path: key_path(&config.keys_dir(), &prepared.id),
+        });
+    }
+    let retiring = keys
+        .iter()
+        .find(|k| k.status == KeyStatus::Active)
+        .map(|k| k.id.as_str());
+    activate_key(store, &prepared.id, retiring, now_s).await?;
+    Ok(store.ca_key(&prepared.id).await?)
+}
+
+/// `signet ca taint KEY`: marks a key that no longer signs as
+/// compromised; agents re-sign at once every SVID it signed. The active
+/// key cannot be tainted (activate another first), nor a prepared one
+/// (it signed nothing: revoke it).
+pub async fn taint(
+    store: &Store,
+    id: &str,
+    now: SystemTime,
+) -> Result<CaKeyRecord, AuthorityError> {
+    let key = store.ca_key(id).await?;
+    match key.status {
+        KeyStatus::Active => {
+            return Err(AuthorityError::Refused(format!(
+                "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first, then taint it"
+            )))
+        }
+        KeyStatus::Prepared => {
+            return Err(AuthorityError::Refused(format!(
+                "key {id} is prepared and has signed nothing; revoke it instead"
+            )))
+        }
+        KeyStatus::Revoked => {
+            return Err(AuthorityError::Refused(format!("key {id} is revoked already")))
+        }
+        KeyStatus::Old | KeyStatus::Lost => {}
+    }
+    if key.tainted {
+        return Err(AuthorityError::Refused(format!(
+            "key {id} is tainted already"
+        )));
+    }
+    store.taint_ca_key(id, unix_seconds(now)).await?;
+    tracing::warn!(key_id = %id, "CA key tainted: agents replace every SVID it signed");
+    Ok(store.ca_key(id).await?)
+}
+
+/// `signet ca revoke KEY [--force]`: takes a key out of the bundle; what
+/// it signed stops verifying. Refused for the active key, under an upstream
+/// authority (the bundle holds the upstream's roots: revoke the
+/// intermediate there), and, without `force`, while SVIDs it signed may
+/// still be valid.
+pub async fn revoke(
+    store: &Store,
+    config: &CaConfig,
+    id: &str,
+    force: bool,
+    now: SystemTime,
+) -> Result<CaKeyRecord, AuthorityError> {
+    let now_s = unix_seconds(now);
+    let key = store.ca_key(id).await?;
+    match key.status {
+        KeyStatus::Active => {
+            return Err(AuthorityError::Refused(format!(
+                "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first"
+            )))
+        }
+        KeyStatus::Revoked => {
+            return Err(AuthorityError::Refused(format!("key {id} is revoked already")))
+        }
+        _ => {}
+    }
+    if !key.self_signed {
+        return Err(AuthorityError::Refused(format!(
+            "key {id} is an intermediate under the upstream authority: the bundle holds the upstream roots, so revoke the intermediate at the upstream CA"
+        )));
+    }
+    // What it signed lives at most max_x509_svid_ttl past its retirement
+    // (and never past the key itself).
+    let alive_until = match key.status {
+        KeyStatus::Prepared => 0,
+        _ if key.retired_at > 0 => {
+            (key.retired_at + config.max_x509_svid_ttl as i64).min(key.not_after)
+        }
+        _ => key.not_after,
+    };
+    if now_s < alive_until && !force {
+        return Err(AuthorityError::Refused(format!(
+            "SVIDs signed by key {id} may be valid for another {}s and would stop verifying; taint it first (agents replace them within seconds), then revoke with --force",
+            alive_until - now_s
+        )));
+    }
+    let cert = rustls_pki_types::CertificateDer::from(key.cert_der.clone());
+    store
+        .revoke_ca_key(id, Some(&fingerprint(&cert)), now_s)
+        .await?;
+    tracing::warn!(key_id = %id, forced = force, "CA key revoked: out of the bundle");
+    Ok(store.ca_key(id).await?)
+}

@@ -1,0 +1,157 @@
+//! CA key incidents end to end: `signet ca prepare`, `activate`, `taint`
+//! and `revoke` through the CLI, with a real agent and a workload watching
+//! its SVIDs being replaced.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use signet_identity::{TrustBundle, TrustDomain};
+use signet_proto::workload as wl;
+use support::*;
+
+/// The key IDs (authority key identifiers) of the CA keys that signed the
+/// workload's SVIDs.
+fn signers(m: &wl::X509svidResponse) -> Vec<Vec<u8>> {
+    m.svids
+        .iter()
+        .map(|s| signet_identity::x509_svid::authority_key_id(&s.x509_svid).expect("an AKI"))
+        .collect()
+}
+
+fn bundle(ca: &TestCa) -> TrustBundle {
+    let td = TrustDomain::new("example.org").unwrap();
+    TrustBundle::from_pem(td, &ca.run_ok(&["bundle", "show"])).unwrap()
+}
+
+/// `signet ca show --output json`: the state of key `id`.
+fn state(ca: &TestCa, id: &str) -> String {
+    let keys: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap_or_else(|| panic!("no key {id}: {keys}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The workload's SVID stream, once it has `n` SVIDs, and that message.
+async fn svid_stream(
+    agent: &TestAgent,
+    n: usize,
+) -> (tonic::Streaming<wl::X509svidResponse>, wl::X509svidResponse) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "{n} SVIDs within 30 s");
+        let mut client = workload_api_client(&agent.socket).await;
+        if let Ok(s) = client
+            .fetch_x509svid(with_security_header(wl::X509svidRequest {}))
+            .await
+        {
+            let mut s = s.into_inner();
+            if let Ok(Some(m)) = s.message().await {
+                if m.svids.len() == n {
+                    return (s, m);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tainted_keys_svids_are_replaced_at_the_workloads_and_revocation_waits_for_them() {
+    let ca = TestCa::start(&[]);
+    let mut agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let uid = format!("unix:uid:{}", my_uid());
+    ca.entry("spiffe://example.org/a", "node-1", &[&uid], &[]);
+    ca.entry("spiffe://example.org/b", "node-1", &[&uid], &[]);
+    let (mut svids, _) = svid_stream(&agent, 2).await;
+    let old_ski =
+        signet_identity::x509_svid::subject_key_id(&bundle(&ca).authorities()[0]).unwrap();
+    let old_id = ca.run_ok(&["ca", "show", "--output", "json"]);
+    let old_id = serde_json::from_str::<serde_json::Value>(&old_id)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "x509")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(state(&ca, &old_id), "ACTIVE");
+
+    // The active key can be neither tainted nor revoked; nothing is
+    // prepared, so nothing can be activated.
+    assert!(ca.run_err(&["ca", "taint", &old_id]).contains("active"));
+    assert!(ca
+        .run_err(&["ca", "revoke", &old_id, "--force"])
+        .contains("active"));
+    assert!(ca
+        .run_err(&["ca", "activate"])
+        .contains("signet ca prepare"));
+    // Prepared: in the bundle before it signs; activation waits for the
+    // grace period.
+    let new_id = ca.run_ok(&["ca", "prepare"]).trim().to_owned();
+    assert_eq!(state(&ca, &new_id), "PREPARED");
+    assert_eq!(bundle(&ca).authorities().len(), 2);
+    let e = ca.run_err(&["ca", "activate"]);
+    assert!(
+        e.contains("wait"),
+        "activation before the grace period: {e}"
+    );
+    let activated = eventually(
+        Duration::from_secs(15),
+        "activation after the grace period",
+        || {
+            let out = run(&["ca", "activate"], &ca.admin_socket);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        },
+    );
+    assert_eq!(activated, new_id);
+    assert_eq!(state(&ca, &new_id), "ACTIVE");
+    assert_eq!(state(&ca, &old_id), "OLD");
+
+    // Taint the old key: every SVID it signed is replaced at the workload.
+    let tainted_at = Instant::now();
+    ca.run_ok(&["ca", "taint", &old_id]);
+    loop {
+        let Ok(m) = tokio::time::timeout(Duration::from_secs(20), svids.message()).await else {
+            agent.daemon.terminate();
+            panic!(
+                "the SVIDs of the tainted key were not replaced within 20 s; agent log:\n{}",
+                agent.daemon.log.join("\n")
+            );
+        };
+        let m = m.expect("the workload's stream goes on").unwrap();
+        if m.svids.len() == 2 && signers(&m).iter().all(|k| *k != old_ski) {
+            break;
+        }
+    }
+    eprintln!(
+        "every SVID of the tainted key replaced at the workload {:?} after `signet ca taint`",
+        tainted_at.elapsed()
+    );
+    assert!(ca.run_ok(&["ca", "show"]).contains("OLD TAINTED"));
+
+    // Revocation: refused while SVIDs it signed may live, unless forced.
+    assert!(ca.run_err(&["ca", "revoke", &old_id]).contains("--force"));
+    ca.run_ok(&["ca", "revoke", &old_id, "--force"]);
+    assert_eq!(state(&ca, &old_id), "REVOKED");
+    let after = bundle(&ca);
+    assert_eq!(after.authorities().len(), 1);
+    // The workload's SVIDs (all from the new key) verify against the
+    // bundle without the revoked key, and the agent still works.
+    let (_, m) = svid_stream(&agent, 2).await;
+    for s in &m.svids {
+        let chain = signet_identity::certificates_from_der_concat(&s.x509_svid).unwrap();
+        signet_identity::verify_x509_svid(&chain, &after, SystemTime::now()).unwrap();
+    }
+}
