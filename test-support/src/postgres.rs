@@ -20,6 +20,8 @@ pub struct TestPostgres {
     bin: PathBuf,
     who: Option<(u32, u32)>,
     data: PathBuf,
+    /// The server options (`pg_ctl -o`): port, socket dir, settings.
+    options: String,
     dir: tempfile::TempDir,
 }
 
@@ -85,14 +87,16 @@ fn run(mut c: Command, what: &str) {
 
 impl TestPostgres {
     fn start() -> Option<Self> {
-        Self::launch()
+        Self::launch(false)
     }
 
     /// A server of the caller's own, stopped when dropped: for tests that
     /// stop or restart PostgreSQL under a running CA. `None` (after a loud
     /// message) when PostgreSQL is not installed.
+    /// It commits durably (fsync, synchronous commit): a test that kills it
+    /// must not lose what it acknowledged.
     pub fn own() -> Option<TestPostgres> {
-        Self::launch()
+        Self::launch(true)
     }
 
     fn pg_ctl(&self, args: &[&str], what: &str) {
@@ -106,9 +110,22 @@ impl TestPostgres {
         self.pg_ctl(&["-m", "immediate", "-w", "stop"], "pg_ctl stop");
     }
 
-    /// Starts it again on the same port, data kept.
+    /// Starts it again on the same port with the same settings, data kept.
     pub fn start_again(&self) {
-        self.pg_ctl(&["-w", "-t", "60", "start"], "pg_ctl start");
+        let log = self.dir.path().join("server.log");
+        self.pg_ctl(
+            &[
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &self.options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            "pg_ctl start",
+        );
     }
 
     /// The database server's counters for database `name`: transactions
@@ -162,7 +179,9 @@ impl TestPostgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn launch() -> Option<Self> {
+    /// `durable`: fsync and synchronous commit on (slower; the shared
+    /// server trades them for speed).
+    fn launch(durable: bool) -> Option<Self> {
         let Some(bin) = find_bin_dir() else {
             let msg = "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin";
             if std::env::var("SIGNET_REQUIRE_POSTGRES").as_deref() == Ok("1") {
@@ -193,16 +212,22 @@ impl TestPostgres {
         .arg(&data);
         run(c, "initdb");
         let port = crate::free_port();
+        let durability = if durable {
+            "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+        } else {
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 {durability} -c max_connections=200",
+            dir.path().display()
+        );
         let mut c = command(&bin.join("pg_ctl"), who);
         c.arg("-D")
             .arg(&data)
             .arg("-l")
             .arg(dir.path().join("server.log"))
             .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-                dir.path().display()
-            ))
+            .arg(&options)
             .args(["-w", "-t", "60", "start"]);
         c.stdout(Stdio::null());
         run(c, "pg_ctl start");
@@ -230,6 +255,7 @@ impl TestPostgres {
             bin,
             who,
             data,
+            options,
             dir,
         })
     }

@@ -179,6 +179,28 @@ impl TestCa {
         }
     }
 
+    /// Kills the CA with SIGKILL, waits `down`, and starts it again in the
+    /// same directory on the same ports with `extra`.
+    pub fn kill_and_restart(&mut self, extra: &[&str], down: Duration) {
+        self.daemon.child.kill().unwrap();
+        self.daemon.child.wait().unwrap();
+        std::thread::sleep(down);
+        let mut cmd = signet();
+        cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args([
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", self.metrics_port),
+            ])
+            .args(["--listen", &format!("127.0.0.1:{}", self.node_port)])
+            .args(extra);
+        let mut daemon = Daemon::spawn(cmd);
+        daemon.wait_for("signet CA ready", Duration::from_secs(30));
+        self.daemon = daemon;
+    }
+
     /// Stops the CA and hands back its directory for a restart.
     pub fn stop(mut self) -> tempfile::TempDir {
         assert!(
@@ -272,6 +294,16 @@ pub struct TestAgent {
     pub socket: PathBuf,
 }
 
+/// The port of `metrics=127.0.0.1:PORT` in a daemon's ready line.
+pub fn metrics_port_of(ready_line: &str) -> u16 {
+    ready_line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("metrics="))
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {ready_line:?}"))
+}
+
 impl TestAgent {
     /// Starts an agent against `ca` and waits for its ready line.
     pub fn start(ca: &TestCa, token: &str, extra: &[&str]) -> TestAgent {
@@ -283,6 +315,17 @@ impl TestAgent {
             daemon,
             socket,
         }
+    }
+
+    /// The port of its `/metrics` (from its ready line).
+    pub fn metrics_port(&self) -> u16 {
+        let line = self
+            .daemon
+            .log
+            .iter()
+            .find(|l| l.contains("signet agent ready"))
+            .expect("the agent's ready line");
+        metrics_port_of(line)
     }
 
     /// The command that would start an agent, its dir and socket.
@@ -483,9 +526,30 @@ impl Mesh {
         protocol: &str,
         server_extra: &str,
     ) -> Mesh {
-        let ca = TestCa::start(&[]);
-        let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
-        let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+        Self::start_on(
+            TestCa::start(&[]),
+            &[],
+            policy,
+            server_id,
+            ttl,
+            protocol,
+            server_extra,
+        )
+    }
+
+    /// Like [`Mesh::start_limited`], on a CA already running, with
+    /// `agent_extra` flags for both agents (e.g. `--ca` of another replica).
+    pub fn start_on(
+        ca: TestCa,
+        agent_extra: &[&str],
+        policy: &str,
+        server_id: &str,
+        ttl: &str,
+        protocol: &str,
+        server_extra: &str,
+    ) -> Mesh {
+        let agent_a = TestAgent::start(&ca, &ca.token("node-a"), agent_extra);
+        let agent_b = TestAgent::start(&ca, &ca.token("node-b"), agent_extra);
         let uid = format!("unix:uid:{}", my_uid());
         ca.entry(CHECKOUT, "node-a", &[&uid], &["--x509-ttl", ttl]);
         ca.entry(PAYMENTS, "node-b", &[&uid], &["--x509-ttl", ttl]);
@@ -627,8 +691,17 @@ pub async fn node_client_as(
     agent: &TestAgent,
     ca_addr: &str,
 ) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
+    node_client_in(&agent.dir.path().join("data"), ca_addr).await
+}
+
+/// A node API client to `ca_addr` authenticated with the agent SVID kept
+/// in agent data dir `data_dir`.
+pub async fn node_client_in(
+    data_dir: &Path,
+    ca_addr: &str,
+) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
     let td = signet_identity::TrustDomain::new("example.org").unwrap();
-    let (svid, bundle) = signet_agent::agent_identity::load(&agent.dir.path().join("data"), &td)
+    let (svid, bundle) = signet_agent::agent_identity::load(data_dir, &td)
         .unwrap()
         .unwrap();
     let trust = signet_agent::node_client::ServerTrust::Bundle(
