@@ -218,7 +218,11 @@ impl Ca {
     /// authorities has expired by the clock).
     pub async fn bundle(&self) -> Result<TrustBundle, CaError> {
         if self.now_secs() >= self.bundle_until.load(Ordering::Relaxed) {
-            self.refresh_bundle().await?;
+            // The database may be away; what is published stays usable
+            // (verifiers check validity themselves) and the feed retries.
+            if let Err(e) = self.refresh_bundle().await {
+                tracing::warn!(error = %e, "cannot re-read the trust bundle; serving the last one");
+            }
         }
         Ok(self.bundle.borrow().bundle.clone())
     }

@@ -19,7 +19,9 @@ on_both_backends!(
     database_of_another_trust_domain_is_refused,
     jwt_keys_rotate_with_no_token_failing_validation,
     x509_keys_rotate_with_no_svid_failing_verification,
+    intermediates_under_an_upstream_rotate_the_same_way,
     incident_operations_on_x509_keys_refuse_what_would_break_svids,
+    a_replica_catches_up_on_more_changes_than_one_feed_page,
 );
 
 fn config(db: &TestDb, td: &str) -> CaConfig {
@@ -287,9 +289,30 @@ fn short_lived(db: &TestDb) -> CaConfig {
 }
 
 async fn x509_keys_rotate_with_no_svid_failing_verification(db: TestDb) {
+    rotate_and_verify_every_svid(short_lived(&db)).await;
+}
+
+async fn intermediates_under_an_upstream_rotate_the_same_way(db: TestDb) {
+    let (cert, key, root) = write_upstream(&db.dir.path().join("upstream"));
+    let mut cfg = short_lived(&db);
+    cfg.upstream_cert = Some(cert);
+    cfg.upstream_key = Some(key);
+    let ca = rotate_and_verify_every_svid(cfg).await;
+    // The bundle is the upstream root throughout; each key is an
+    // intermediate it signed.
+    let bundle = ca.bundle().await.unwrap();
+    assert_eq!(bundle.authorities().len(), 1);
+    assert_eq!(bundle.authorities()[0].as_ref(), root.as_slice());
+    assert!(!ca.authority().self_signed);
+}
+
+/// Runs rotation over three key lifetimes in steps of 10 s, signing an SVID
+/// at each step and checking every SVID still alive against the bundle;
+/// returns the CA, restarted once at the end.
+async fn rotate_and_verify_every_svid(cfg: CaConfig) -> Arc<Ca> {
     let start = SystemTime::now();
     let clock = signet_identity::clock::Clock::manual(start);
-    let ca = Ca::open_with_clock(short_lived(&db), clock.clone())
+    let ca = Ca::open_with_clock(cfg.clone(), clock.clone())
         .await
         .unwrap();
     let entry = ca.create_entry(&web_entry()).await.unwrap();
@@ -346,8 +369,9 @@ async fn x509_keys_rotate_with_no_svid_failing_verification(db: TestDb) {
     // The active key survives a restart.
     let active = ca.authority().id.clone();
     ca.store.close().await;
-    let ca = Ca::open_with_clock(short_lived(&db), clock).await.unwrap();
+    let ca = Ca::open_with_clock(cfg, clock).await.unwrap();
     assert_eq!(ca.authority().id, active);
+    ca
 }
 
 async fn incident_operations_on_x509_keys_refuse_what_would_break_svids(db: TestDb) {
@@ -410,5 +434,35 @@ async fn incident_operations_on_x509_keys_refuse_what_would_break_svids(db: Test
     match ca.taint_x509_key("nope").await {
         Err(e) => assert_eq!(crate::admin::status(&e).code(), tonic::Code::NotFound),
         Ok(k) => panic!("{k:?}"),
+    }
+}
+
+/// Another replica (here: the store directly) writes more changes than one
+/// read of the feed returns: catching up reads them all.
+async fn a_replica_catches_up_on_more_changes_than_one_feed_page(db: TestDb) {
+    let ca = Ca::open(config(&db, "example.org")).await.unwrap();
+    let before = ca.revision();
+    let n = super::FEED_PAGE as usize + 1;
+    for i in 0..n {
+        let mut input = web_entry();
+        input.spiffe_id = format!("spiffe://example.org/w{i}");
+        let spec = input
+            .validate(
+                &ca.trust_domain,
+                ca.config.max_ttl(),
+                Duration::from_secs(300),
+            )
+            .unwrap();
+        ca.store.create_entry(&spec, 1).await.unwrap();
+    }
+    assert_eq!(ca.revision(), before, "not applied before the feed is read");
+    ca.catch_up().await.unwrap();
+    assert_eq!(ca.revision(), ca.store.latest_revision().await.unwrap());
+    match ca
+        .entry_catchup("spiffe://example.org/signet/agent/n1", None)
+        .0
+    {
+        crate::entry_cache::Catchup::Snapshot(all) => assert_eq!(all.len(), n),
+        other => panic!("{other:?}"),
     }
 }

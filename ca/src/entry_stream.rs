@@ -176,6 +176,57 @@ mod tests {
         assert_eq!(out[0].revision, 7);
     }
 
+    /// An entry whose protobuf form is about `bytes` long.
+    fn big_entry(i: usize, bytes: usize) -> Arc<Entry> {
+        let spec = crate::entry::EntryInput {
+            spiffe_id: format!("spiffe://example.org/w{i}"),
+            parent_id: "spiffe://example.org/signet/agent/a".into(),
+            selectors: vec!["unix:uid:1".into()],
+            ..Default::default()
+        }
+        .validate(
+            &signet_identity::TrustDomain::new("example.org").unwrap(),
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let mut spec = spec;
+        spec.dns_names = (0..bytes / 64)
+            .map(|n| format!("{n:0>60}.example"))
+            .collect();
+        Arc::new(Entry {
+            id: format!("e{i:04}"),
+            spec,
+            created_at: 0,
+            updated_at: 0,
+            revision: 1,
+        })
+    }
+
+    #[test]
+    fn pages_end_at_the_byte_limit_before_the_entry_count() {
+        let entries: Vec<_> = (0..pb::SYNC_PAGE_SIZE)
+            .map(|i| big_entry(i, 4096))
+            .collect();
+        let len = prost::Message::encoded_len(&entry_to_pb(&entries[0]));
+        let per_page = PAGE_BYTES / len;
+        assert!(per_page < pb::SYNC_PAGE_SIZE, "{len} bytes an entry");
+        let out = pages(&Catchup::Snapshot(entries.clone()), 1, None);
+        for page in &out {
+            let bytes: usize = page.entries.iter().map(prost::Message::encoded_len).sum();
+            assert!(bytes <= PAGE_BYTES, "{bytes} bytes in a page");
+        }
+        // Exactly as many as fit, then one more would not.
+        assert_eq!(out[0].entries.len(), per_page);
+        let all: usize = out.iter().map(|p| p.entries.len()).sum();
+        assert_eq!(all, entries.len());
+        // An entry larger than a page still goes, alone.
+        let huge = big_entry(0, PAGE_BYTES + 4096);
+        let out = pages(&Catchup::Snapshot(vec![huge.clone(), huge]), 1, None);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|p| p.entries.len() == 1));
+    }
+
     #[test]
     fn removed_ids_are_paged_on_both_sides_of_the_page_size() {
         for (n, expect) in [

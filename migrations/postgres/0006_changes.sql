@@ -15,6 +15,8 @@ CREATE TABLE changes (
     parent_id TEXT NOT NULL,
     at        BIGINT NOT NULL
 );
+-- Pruning finds old rows by time without reading the rest.
+CREATE INDEX changes_at ON changes (at);
 -- Revisions continue above the per-entry counters used before.
 SELECT setval(pg_get_serial_sequence('changes', 'revision'),
               GREATEST((SELECT COALESCE(MAX(revision), 0) FROM entries), 1));

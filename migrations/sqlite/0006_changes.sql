@@ -13,6 +13,8 @@ CREATE TABLE changes (
     parent_id TEXT NOT NULL,
     at        INTEGER NOT NULL
 );
+-- Pruning finds old rows by time without reading the rest.
+CREATE INDEX changes_at ON changes (at);
 -- Revisions continue above the per-entry counters used before.
 INSERT INTO changes (revision, kind, key, parent_id, at)
     SELECT MAX(revision), 'bundle', '', '', 0 FROM entries HAVING MAX(revision) > 0;

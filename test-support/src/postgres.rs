@@ -144,7 +144,17 @@ impl TestPostgres {
         (next(), next())
     }
 
+    /// Runs `sql` in database `db` (e.g. `VACUUM ANALYZE` before a
+    /// measurement, so autovacuum does not run inside it).
+    pub fn run_sql(&self, db: &str, sql: &str) -> String {
+        self.psql_in(db, sql)
+    }
+
     fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    fn psql_in(&self, db: &str, sql: &str) -> String {
         let psql = self.bin.join("psql");
         let psql = if psql.exists() {
             psql
@@ -160,7 +170,7 @@ impl TestPostgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-q",
