@@ -155,3 +155,71 @@ async fn a_tainted_keys_svids_are_replaced_at_the_workloads_and_revocation_waits
         signet_identity::verify_x509_svid(&chain, &after, SystemTime::now()).unwrap();
     }
 }
+
+/// `signet id jwt` through `agent`: the token, once the agent has an
+/// identity for the caller.
+fn fetch_jwt(agent: &TestAgent, audience: &str) -> String {
+    eventually(Duration::from_secs(20), "a JWT-SVID", || {
+        let out = signet()
+            .args(["id", "jwt", "--audience", audience, "--socket"])
+            .arg(&agent.socket)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    })
+}
+
+fn kid_of(token: &str) -> String {
+    signet_identity::jwt_svid::decode_jwt(token).unwrap().header["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_tainted_jwt_keys_tokens_stop_being_handed_out_and_revocation_unpublishes_it() {
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/a",
+        "node-1",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    let first = fetch_jwt(&agent, "svc");
+    let old_kid = kid_of(&first);
+    assert_eq!(fetch_jwt(&agent, "svc"), first, "served from the cache");
+    let new_kid = ca
+        .run_ok(&["ca", "prepare", "--kind", "jwt"])
+        .trim()
+        .to_owned();
+    assert_eq!(state(&ca, &new_kid), "PREPARED");
+    eventually(
+        Duration::from_secs(15),
+        "JWT key activation after the grace period",
+        || {
+            run(&["ca", "activate", "--kind", "jwt"], &ca.admin_socket)
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    assert_eq!(state(&ca, &old_kid), "OLD");
+    // Still trusted and untainted: the cached token is still handed out.
+    assert_eq!(fetch_jwt(&agent, "svc"), first);
+    ca.run_ok(&["ca", "taint", &old_kid]);
+    let replaced = eventually(Duration::from_secs(10), "a token from the new key", || {
+        let t = fetch_jwt(&agent, "svc");
+        (t != first).then_some(t)
+    });
+    assert_eq!(kid_of(&replaced), new_kid);
+    assert!(ca.run_err(&["ca", "revoke", &old_kid]).contains("--force"));
+    ca.run_ok(&["ca", "revoke", &old_kid, "--force"]);
+    let jwks = ca.run_ok(&["bundle", "show", "--format", "jwks"]);
+    assert!(
+        !jwks.contains(&old_kid) && jwks.contains(&new_kid),
+        "{jwks}"
+    );
+}

@@ -23,6 +23,8 @@ pub struct CachedJwt {
     pub issued_at: i64,
     /// `exp`.
     pub expires_at: i64,
+    /// The `kid` of the key that signed it.
+    pub kid: String,
 }
 
 impl CachedJwt {
@@ -93,14 +95,16 @@ impl JwtSvidCache {
         Some(slot)
     }
 
-    /// A fresh token for `spiffe_id` and `audience`: the cached one, or one
-    /// `mint` gets signed (only one `mint` runs per key at a time; the
-    /// others wait for its result).
+    /// A fresh token for `spiffe_id` and `audience`: the cached one if
+    /// `usable` (its signing key still trusted), or one `mint` gets signed
+    /// (only one `mint` runs per key at a time; the others wait for its
+    /// result).
     pub async fn get_or_mint<E, F, Fut>(
         &self,
         spiffe_id: &str,
         audience: &[String],
         now: SystemTime,
+        usable: impl Fn(&CachedJwt) -> bool,
         mint: F,
     ) -> Result<CachedJwt, E>
     where
@@ -116,7 +120,7 @@ impl JwtSvidCache {
             return mint().await;
         };
         let mut cached = slot.lock().await;
-        if let Some(token) = cached.as_ref().filter(|t| t.is_fresh(now)) {
+        if let Some(token) = cached.as_ref().filter(|t| t.is_fresh(now) && usable(t)) {
             return Ok(token.clone());
         }
         let token = mint().await?;
@@ -141,7 +145,37 @@ mod tests {
             token: format!("t{n}"),
             issued_at,
             expires_at: issued_at + 300,
+            kid: format!("k{n}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_token_whose_signing_key_is_no_longer_trusted_is_not_served_again() {
+        let cache = JwtSvidCache::new(10);
+        let minted = AtomicUsize::new(0);
+        let mint = || async {
+            let n = minted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>(token(n, 1000))
+        };
+        let aud = ["a".to_owned()];
+        let first = cache
+            .get_or_mint("id", &aud, at(1000), |_| true, mint)
+            .await
+            .unwrap();
+        assert_eq!(first.kid, "k0");
+        // Key k0 tainted or revoked: the cached token is replaced at once.
+        let trusted = |t: &CachedJwt| t.kid != "k0";
+        let second = cache
+            .get_or_mint("id", &aud, at(1001), trusted, mint)
+            .await
+            .unwrap();
+        assert_eq!(second.kid, "k1");
+        let third = cache
+            .get_or_mint("id", &aud, at(1002), trusted, mint)
+            .await
+            .unwrap();
+        assert_eq!(third, second);
+        assert_eq!(minted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -153,25 +187,31 @@ mod tests {
             Ok::<_, ()>(token(n, 1000))
         };
         let aud = ["b".to_owned(), "a".to_owned()];
-        let first = cache.get_or_mint("id", &aud, at(1000), mint).await.unwrap();
+        let first = cache
+            .get_or_mint("id", &aud, at(1000), |_| true, mint)
+            .await
+            .unwrap();
         // Audience order and repeats do not make another key.
         let same_aud = ["a".to_owned(), "b".to_owned(), "a".to_owned()];
         let again = cache
-            .get_or_mint("id", &same_aud, at(1149), mint)
+            .get_or_mint("id", &same_aud, at(1149), |_| true, mint)
             .await
             .unwrap();
         assert_eq!(first, again);
         assert_eq!(minted.load(Ordering::SeqCst), 1);
         // At half its lifetime a new one is signed.
-        let later = cache.get_or_mint("id", &aud, at(1150), mint).await.unwrap();
+        let later = cache
+            .get_or_mint("id", &aud, at(1150), |_| true, mint)
+            .await
+            .unwrap();
         assert_eq!(later.token, "t1");
         // Another audience or identity is another token.
         cache
-            .get_or_mint("id", &["c".to_owned()], at(1150), mint)
+            .get_or_mint("id", &["c".to_owned()], at(1150), |_| true, mint)
             .await
             .unwrap();
         cache
-            .get_or_mint("other", &aud, at(1150), mint)
+            .get_or_mint("other", &aud, at(1150), |_| true, mint)
             .await
             .unwrap();
         assert_eq!(minted.load(Ordering::SeqCst), 4);
@@ -186,10 +226,16 @@ mod tests {
             let (cache, minted) = (cache.clone(), minted.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_mint("id", &["a".to_owned()], at(1000), || async {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        Ok::<_, ()>(token(minted.fetch_add(1, Ordering::SeqCst), 1000))
-                    })
+                    .get_or_mint(
+                        "id",
+                        &["a".to_owned()],
+                        at(1000),
+                        |_| true,
+                        || async {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok::<_, ()>(token(minted.fetch_add(1, Ordering::SeqCst), 1000))
+                        },
+                    )
                     .await
                     .unwrap()
             }));
@@ -204,13 +250,23 @@ mod tests {
     async fn a_failed_signature_is_not_cached() {
         let cache = JwtSvidCache::new(10);
         let r = cache
-            .get_or_mint("id", &["a".to_owned()], at(1000), || async { Err("down") })
+            .get_or_mint(
+                "id",
+                &["a".to_owned()],
+                at(1000),
+                |_| true,
+                || async { Err("down") },
+            )
             .await;
         assert_eq!(r, Err("down"));
         let ok = cache
-            .get_or_mint("id", &["a".to_owned()], at(1000), || async {
-                Ok::<_, &str>(token(7, 1000))
-            })
+            .get_or_mint(
+                "id",
+                &["a".to_owned()],
+                at(1000),
+                |_| true,
+                || async { Ok::<_, &str>(token(7, 1000)) },
+            )
             .await;
         assert_eq!(ok.unwrap().token, "t7");
     }
@@ -222,26 +278,26 @@ mod tests {
         let mint = || async { Ok::<_, ()>(token(minted.fetch_add(1, Ordering::SeqCst), 1000)) };
         for id in ["a", "b", "c"] {
             cache
-                .get_or_mint(id, &["x".to_owned()], at(1000), mint)
+                .get_or_mint(id, &["x".to_owned()], at(1000), |_| true, mint)
                 .await
                 .unwrap();
         }
         assert_eq!(cache.len(), 3);
         // The fourth key finds no room among fresh tokens: served, not kept.
         let d = cache
-            .get_or_mint("d", &["x".to_owned()], at(1000), mint)
+            .get_or_mint("d", &["x".to_owned()], at(1000), |_| true, mint)
             .await
             .unwrap();
         assert_eq!(d.token, "t3");
         assert_eq!(cache.len(), 3);
         let d2 = cache
-            .get_or_mint("d", &["x".to_owned()], at(1000), mint)
+            .get_or_mint("d", &["x".to_owned()], at(1000), |_| true, mint)
             .await
             .unwrap();
         assert_eq!(d2.token, "t4");
         // Once the others are stale, there is room again.
         cache
-            .get_or_mint("d", &["x".to_owned()], at(1200), mint)
+            .get_or_mint("d", &["x".to_owned()], at(1200), |_| true, mint)
             .await
             .unwrap();
         assert_eq!(cache.len(), 1);

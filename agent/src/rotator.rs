@@ -84,6 +84,8 @@ pub struct SvidRotator {
     stream_synced: bool,
     /// Key IDs of CA keys the CA has tainted: what they signed is replaced.
     tainted: std::collections::HashSet<Vec<u8>>,
+    /// The kids of JWT keys the CA has tainted.
+    tainted_jwt: Vec<String>,
     svids: HashMap<String, Arc<WorkloadSvid>>,
     published: watch::Sender<Arc<Snapshot>>,
     ca_state: CaState,
@@ -121,6 +123,7 @@ impl SvidRotator {
             pending: None,
             stream_synced: false,
             tainted: Default::default(),
+            tainted_jwt: Vec::new(),
             svids: HashMap::new(),
             published,
             ca_state: CaState::Unknown,
@@ -349,6 +352,7 @@ impl SvidRotator {
                 }
                 self.tainted = tainted;
             }
+            self.tainted_jwt = b.tainted_jwt_kids.clone();
             match bundle_from_pb(Some(b)) {
                 Ok(bundle) => {
                     // X.509 or JWT authorities: either change is a new bundle.
@@ -406,6 +410,7 @@ impl SvidRotator {
         });
         let snapshot = Snapshot {
             bundle: Some(self.bundle.get()),
+            tainted_jwt: self.tainted_jwt.clone(),
             entries: self.entries.clone(),
             svids,
         };
@@ -421,6 +426,7 @@ impl SvidRotator {
         self.published.send_if_modified(|cur| {
             let changed = cur.svids != snapshot.svids
                 || cur.entries != snapshot.entries
+                || cur.tainted_jwt != snapshot.tainted_jwt
                 || cur.bundle.as_deref() != snapshot.bundle.as_deref();
             if changed {
                 *cur = Arc::new(snapshot);

@@ -375,9 +375,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
         for entry in entries {
             let token = self
                 .jwt_cache
-                .get_or_mint(&entry.spiffe_id, &r.audience, now, || {
-                    self.mint(&entry, &r.audience)
-                })
+                .get_or_mint(
+                    &entry.spiffe_id,
+                    &r.audience,
+                    now,
+                    |t| snapshot.jwt_signer_trusted(&t.kid),
+                    || self.mint(&entry, &r.audience),
+                )
                 .await?;
             svids.push(pb::Jwtsvid {
                 spiffe_id: entry.spiffe_id.clone(),
@@ -468,10 +472,20 @@ impl WorkloadApi {
             })?
             .into_inner();
         self.metrics.jwt_svids_minted.inc();
+        let kid = signet_identity::jwt_svid::decode_jwt(&minted.token)
+            .ok()
+            .and_then(|d| {
+                d.header
+                    .get("kid")
+                    .and_then(|k| k.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
         Ok(CachedJwt {
             token: minted.token,
             issued_at: minted.issued_at,
             expires_at: minted.expires_at,
+            kid,
         })
     }
 }

@@ -38,15 +38,29 @@ pub struct Snapshot {
     pub bundle: Option<Arc<TrustBundle>>,
     /// Entries parented to this agent, as last synced.
     pub entries: Vec<WorkloadEntry>,
+    /// The kids of JWT keys the CA tainted: cached tokens they signed are
+    /// not handed out.
+    pub tainted_jwt: Vec<String>,
     /// SVIDs by entry, for entries that have one.
     pub svids: Vec<Arc<WorkloadSvid>>,
 }
 
 impl Snapshot {
+    /// Whether a JWT-SVID signed by key `kid` may still be handed out: the
+    /// key is in the bundle (not revoked, not expired) and not tainted.
+    pub fn jwt_signer_trusted(&self, kid: &str) -> bool {
+        let published = self
+            .bundle
+            .as_ref()
+            .is_some_and(|b| b.jwt_authorities().iter().any(|a| a.kid() == kid));
+        published && !self.tainted_jwt.iter().any(|t| t == kid)
+    }
+
     /// An empty snapshot (before the first sync).
     pub fn empty() -> Self {
         Self {
             bundle: None,
+            tainted_jwt: Vec::new(),
             entries: Vec::new(),
             svids: Vec::new(),
         }
@@ -88,6 +102,7 @@ mod tests {
     fn a_caller_matches_only_when_it_has_every_selector() {
         let s = Snapshot {
             bundle: None,
+            tainted_jwt: Vec::new(),
             entries: vec![
                 entry("a", &["unix:uid:1000"]),
                 entry("b", &["unix:uid:1000", "unix:path:/usr/bin/app"]),

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::entry::{Entry, EntryInput};
 use crate::store::{AgentRecord, EntryFilter, StoreError};
-use crate::{Ca, CaError};
+use crate::{Ca, CaError, KeyKind};
 
 /// Maps a CA error to the gRPC status a client can act on. Internal details
 /// (database errors) are logged, not sent.
@@ -40,6 +40,41 @@ pub fn status(e: &CaError) -> Status {
             tracing::error!(error = %e, "admin request failed");
             Status::internal("internal error in the CA; see its log")
         }
+    }
+}
+
+/// `PrepareKey`/`ActivateKey`'s `kind`.
+fn parse_kind(kind: &str) -> Result<KeyKind, CaError> {
+    match kind {
+        "" | "x509" => Ok(KeyKind::X509),
+        "jwt" => Ok(KeyKind::Jwt),
+        other => Err(CaError::InvalidArgument(format!(
+            "key kind {other:?}: use x509 or jwt"
+        ))),
+    }
+}
+
+/// The admin API's form of a key of either kind (not the one in use: the
+/// operations that return it refuse the active key).
+fn any_key_to_pb(k: crate::AnyKey) -> pb::SigningKey {
+    match k {
+        crate::AnyKey::X509(k) => x509_key_to_pb(k, false),
+        crate::AnyKey::Jwt(k) => jwt_key_to_pb(k, false),
+    }
+}
+
+/// The admin API's form of a JWT signing key.
+fn jwt_key_to_pb(k: crate::store::JwtKeyRecord, in_use: bool) -> pb::SigningKey {
+    pb::SigningKey {
+        kind: "jwt".into(),
+        in_use,
+        status: k.status.as_str().into(),
+        not_before: k.not_before,
+        not_after: k.not_after,
+        replica: k.replica,
+        detail: k.alg,
+        tainted: k.tainted,
+        id: k.kid,
     }
 }
 
@@ -323,41 +358,31 @@ impl Admin for AdminService {
         req: Request<pb::ListSigningKeysRequest>,
     ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
         let caller = caller_uid(&req);
-        let r =
-            async {
-                let now = signet_identity::x509_svid::unix_seconds(self.ca.clock.now());
-                let x509_in_use = self.ca.authority().id.clone();
-                let jwt_in_use = self.ca.jwt_signer().kid.clone();
-                let mut keys: Vec<pb::SigningKey> = self
-                    .ca
-                    .store
-                    .ca_keys(now)
-                    .await?
-                    .into_iter()
-                    .map(|k| {
-                        let in_use = k.id == x509_in_use;
-                        x509_key_to_pb(k, in_use)
-                    })
-                    .collect();
-                keys.extend(self.ca.store.jwt_keys(now).await?.into_iter().map(|k| {
-                    pb::SigningKey {
-                        kind: "jwt".into(),
-                        in_use: k.kid == jwt_in_use,
-                        id: k.kid,
-                        status: k.status.as_str().into(),
-                        not_before: k.not_before,
-                        not_after: k.not_after,
-                        replica: k.replica,
-                        detail: k.alg,
-                        tainted: false,
-                    }
-                }));
-                Ok::<_, CaError>(pb::ListSigningKeysResponse {
-                    keys,
-                    replica: self.ca.replica().to_owned(),
+        let r = async {
+            let now = signet_identity::x509_svid::unix_seconds(self.ca.clock.now());
+            let x509_in_use = self.ca.authority().id.clone();
+            let jwt_in_use = self.ca.jwt_signer().kid.clone();
+            let mut keys: Vec<pb::SigningKey> = self
+                .ca
+                .store
+                .ca_keys(now)
+                .await?
+                .into_iter()
+                .map(|k| {
+                    let in_use = k.id == x509_in_use;
+                    x509_key_to_pb(k, in_use)
                 })
-            }
-            .await;
+                .collect();
+            keys.extend(self.ca.store.jwt_keys(now).await?.into_iter().map(|k| {
+                let in_use = k.kid == jwt_in_use;
+                jwt_key_to_pb(k, in_use)
+            }));
+            Ok::<_, CaError>(pb::ListSigningKeysResponse {
+                keys,
+                replica: self.ca.replica().to_owned(),
+            })
+        }
+        .await;
         self.finish("ListSigningKeys", caller, "", r)
     }
 
@@ -366,11 +391,19 @@ impl Admin for AdminService {
         req: Request<pb::PrepareKeyRequest>,
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
-        let r = self
-            .ca
-            .prepare_x509_key()
-            .await
-            .map(|k| x509_key_to_pb(k, false));
+        let r = match parse_kind(&req.get_ref().kind) {
+            Ok(KeyKind::X509) => self
+                .ca
+                .prepare_x509_key()
+                .await
+                .map(|k| x509_key_to_pb(k, false)),
+            Ok(KeyKind::Jwt) => self
+                .ca
+                .prepare_jwt_key()
+                .await
+                .map(|k| jwt_key_to_pb(k, false)),
+            Err(e) => Err(e),
+        };
         let id = r.as_ref().map(|k| k.id.clone()).unwrap_or_default();
         self.finish("PrepareKey", caller, &id, r)
     }
@@ -380,11 +413,19 @@ impl Admin for AdminService {
         req: Request<pb::ActivateKeyRequest>,
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
-        let r = self
-            .ca
-            .activate_x509_key()
-            .await
-            .map(|k| x509_key_to_pb(k, true));
+        let r = match parse_kind(&req.get_ref().kind) {
+            Ok(KeyKind::X509) => self
+                .ca
+                .activate_x509_key()
+                .await
+                .map(|k| x509_key_to_pb(k, true)),
+            Ok(KeyKind::Jwt) => self
+                .ca
+                .activate_jwt_key()
+                .await
+                .map(|k| jwt_key_to_pb(k, true)),
+            Err(e) => Err(e),
+        };
         let id = r.as_ref().map(|k| k.id.clone()).unwrap_or_default();
         self.finish("ActivateKey", caller, &id, r)
     }
@@ -395,11 +436,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
         let id = req.into_inner().id;
-        let r = self
-            .ca
-            .taint_x509_key(&id)
-            .await
-            .map(|k| x509_key_to_pb(k, false));
+        let r = self.ca.taint_key(&id).await.map(any_key_to_pb);
         self.finish("TaintKey", caller, &id, r)
     }
 
@@ -409,11 +446,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
         let r = req.into_inner();
-        let result = self
-            .ca
-            .revoke_x509_key(&r.id, r.force)
-            .await
-            .map(|k| x509_key_to_pb(k, false));
+        let result = self.ca.revoke_key(&r.id, r.force).await.map(any_key_to_pb);
         self.finish("RevokeKey", caller, &r.id, result)
     }
 

@@ -165,14 +165,7 @@ impl Ca {
         let (active, bundle_changed) =
             crate::jwt_keys::rotate(&self.store, &self.config, &self.replica, self.clock.now())
                 .await?;
-        // The key file is read only when another key takes over.
-        if active.kid != self.jwt_signer().kid {
-            let signer = crate::jwt_keys::load(&active, &self.config)?;
-            match self.jwt_signer.write() {
-                Ok(mut guard) => *guard = Arc::new(signer),
-                Err(poisoned) => *poisoned.into_inner() = Arc::new(signer),
-            }
-        }
+        self.use_jwt_key(&active)?;
         if bundle_changed {
             self.catch_up().await?;
         }
@@ -281,6 +274,76 @@ impl Ca {
             self.catch_up().await?;
         }
         Ok(())
+    }
+
+    /// Signs JWT-SVIDs with key `active` from now on, if it is not the one
+    /// in use (its file is read only then).
+    fn use_jwt_key(&self, active: &crate::store::JwtKeyRecord) -> Result<(), CaError> {
+        if active.kid == self.jwt_signer().kid {
+            return Ok(());
+        }
+        let signer = Arc::new(crate::jwt_keys::load(active, &self.config)?);
+        match self.jwt_signer.write() {
+            Ok(mut guard) => *guard = signer,
+            Err(poisoned) => *poisoned.into_inner() = signer,
+        }
+        Ok(())
+    }
+
+    /// `signet ca prepare --kind jwt`: this replica's next JWT key,
+    /// published now.
+    pub async fn prepare_jwt_key(&self) -> Result<crate::store::JwtKeyRecord, CaError> {
+        let key =
+            crate::jwt_keys::prepare(&self.store, &self.config, &self.replica, self.clock.now())
+                .await?;
+        self.applied().await;
+        Ok(key)
+    }
+
+    /// `signet ca activate --kind jwt`: the prepared JWT key signs now.
+    pub async fn activate_jwt_key(&self) -> Result<crate::store::JwtKeyRecord, CaError> {
+        let key =
+            crate::jwt_keys::activate(&self.store, &self.config, &self.replica, self.clock.now())
+                .await?;
+        self.use_jwt_key(&key)?;
+        Ok(key)
+    }
+
+    /// `signet ca taint KEY`: the X.509 or JWT key with this ID.
+    pub async fn taint_key(&self, id: &str) -> Result<AnyKey, CaError> {
+        Ok(match self.key_kind(id).await? {
+            KeyKind::X509 => AnyKey::X509(self.taint_x509_key(id).await?),
+            KeyKind::Jwt => {
+                let key = crate::jwt_keys::taint(&self.store, id, self.clock.now()).await?;
+                self.applied().await;
+                AnyKey::Jwt(key)
+            }
+        })
+    }
+
+    /// `signet ca revoke KEY [--force]`: the X.509 or JWT key with this ID.
+    pub async fn revoke_key(&self, id: &str, force: bool) -> Result<AnyKey, CaError> {
+        Ok(match self.key_kind(id).await? {
+            KeyKind::X509 => AnyKey::X509(self.revoke_x509_key(id, force).await?),
+            KeyKind::Jwt => {
+                let key =
+                    crate::jwt_keys::revoke(&self.store, &self.config, id, force, self.clock.now())
+                        .await?;
+                self.applied().await;
+                AnyKey::Jwt(key)
+            }
+        })
+    }
+
+    /// Whether `id` names an X.509 or a JWT key (NOT_FOUND: neither).
+    async fn key_kind(&self, id: &str) -> Result<KeyKind, CaError> {
+        match self.store.ca_key(id).await {
+            Ok(_) => return Ok(KeyKind::X509),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.store.jwt_key(id).await?;
+        Ok(KeyKind::Jwt)
     }
 
     /// Signs with key `active` from now on, if it is not the one in use.
@@ -570,8 +633,26 @@ impl Ca {
     }
 }
 
+/// Which kind of signing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Signs X.509-SVIDs.
+    X509,
+    /// Signs JWT-SVIDs.
+    Jwt,
+}
+
+/// A signing key of either kind.
+#[derive(Debug, Clone)]
+pub enum AnyKey {
+    /// An X.509 key.
+    X509(crate::store::CaKeyRecord),
+    /// A JWT key.
+    Jwt(crate::store::JwtKeyRecord),
+}
+
 /// The trust bundle as agents get it: the SPIFFE bundle, and the tainted
-/// X.509 keys (what they signed must be replaced).
+/// keys (what they signed must be replaced).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedBundle {
     /// The bundle.
@@ -579,6 +660,8 @@ pub struct PublishedBundle {
     /// Subject key identifiers of the tainted signing certificates, as the
     /// authority key identifier of an SVID they signed names them.
     pub tainted: Vec<Vec<u8>>,
+    /// The kids of tainted JWT keys.
+    pub tainted_jwt: Vec<String>,
 }
 
 /// The bundle in the database at `now`, and when its first authority
@@ -599,6 +682,11 @@ async fn load_bundle(
         .collect();
     let (certs, sequence) = store.bundle(now).await?;
     let keys = store.jwt_keys(now).await?;
+    let tainted_jwt = keys
+        .iter()
+        .filter(|k| k.tainted)
+        .map(|k| k.kid.clone())
+        .collect();
     let jwt_authorities = keys
         .iter()
         .map(|k| JwtAuthority::from_spki_der(&k.kid, &k.public_key))
@@ -618,7 +706,14 @@ async fn load_bundle(
     .with_jwt_authorities(jwt_authorities);
     bundle.sequence = sequence;
     bundle.refresh_hint_secs = Some(config.bundle_refresh_hint);
-    Ok((PublishedBundle { bundle, tainted }, until))
+    Ok((
+        PublishedBundle {
+            bundle,
+            tainted,
+            tainted_jwt,
+        },
+        until,
+    ))
 }
 
 /// A signed JWT-SVID and its times (Unix seconds).

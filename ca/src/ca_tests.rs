@@ -22,6 +22,7 @@ on_both_backends!(
     intermediates_under_an_upstream_rotate_the_same_way,
     incident_operations_on_x509_keys_refuse_what_would_break_svids,
     a_replica_catches_up_on_more_changes_than_one_feed_page,
+    incident_operations_on_jwt_keys,
 );
 
 fn config(db: &TestDb, td: &str) -> CaConfig {
@@ -465,4 +466,60 @@ async fn a_replica_catches_up_on_more_changes_than_one_feed_page(db: TestDb) {
         crate::entry_cache::Catchup::Snapshot(all) => assert_eq!(all.len(), n),
         other => panic!("{other:?}"),
     }
+}
+
+async fn incident_operations_on_jwt_keys(db: TestDb) {
+    use signet_identity::jwt_svid::validate_jwt_svid;
+    let start = SystemTime::now();
+    let clock = signet_identity::clock::Clock::manual(start);
+    let ca = Ca::open_with_clock(config(&db, "example.org"), clock.clone())
+        .await
+        .unwrap();
+    let refused = |r: Result<AnyKey, CaError>| match r {
+        Err(e @ CaError::Authority(AuthorityError::Refused(_))) => e.to_string(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let first = ca.jwt_signer().kid.clone();
+    let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
+    let aud = ["api".to_owned()];
+    let old_token = ca.mint_jwt_svid(&id, &aud, 0).unwrap().token;
+    assert!(refused(ca.taint_key(&first).await).contains("active"));
+    assert!(refused(ca.revoke_key(&first, true).await).contains("active"));
+    let next = ca.prepare_jwt_key().await.unwrap();
+    assert!(matches!(
+        ca.prepare_jwt_key().await,
+        Err(CaError::Authority(AuthorityError::Refused(_)))
+    ));
+    assert!(ca
+        .bundle()
+        .await
+        .unwrap()
+        .jwt_authorities()
+        .iter()
+        .any(|a| a.kid() == next.kid));
+    assert!(matches!(
+        ca.activate_jwt_key().await,
+        Err(CaError::Authority(AuthorityError::Refused(_)))
+    ));
+    clock.advance(Duration::from_secs(10));
+    ca.activate_jwt_key().await.unwrap();
+    assert_eq!(ca.jwt_signer().kid, next.kid);
+    // Taint the old key: agents learn its kid with the bundle.
+    ca.taint_key(&first).await.unwrap();
+    let published = ca.subscribe_bundle().borrow().clone();
+    assert_eq!(published.tainted_jwt, vec![first.clone()]);
+    // Revocation waits for the old tokens unless forced; then they fail.
+    let bundle = ca.bundle().await.unwrap();
+    validate_jwt_svid(&old_token, &bundle, "api", clock.now()).unwrap();
+    assert!(refused(ca.revoke_key(&first, false).await).contains("--force"));
+    ca.revoke_key(&first, true).await.unwrap();
+    let bundle = ca.bundle().await.unwrap();
+    assert!(bundle.jwt_authorities().iter().all(|a| a.kid() != first));
+    assert!(validate_jwt_svid(&old_token, &bundle, "api", clock.now()).is_err());
+    // Rotation does not bring it back, and new tokens validate.
+    ca.rotate_jwt_keys().await.unwrap();
+    let bundle = ca.bundle().await.unwrap();
+    assert!(bundle.jwt_authorities().iter().all(|a| a.kid() != first));
+    let fresh = ca.mint_jwt_svid(&id, &aud, 0).unwrap().token;
+    validate_jwt_svid(&fresh, &bundle, "api", clock.now()).unwrap();
 }

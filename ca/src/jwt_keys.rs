@@ -14,7 +14,7 @@ use signet_identity::x509_svid::{from_unix_seconds, unix_seconds};
 use crate::authority::{write_private_file, AuthorityError};
 use crate::config::{CaConfig, JwtKeyType};
 use crate::join_token::hex;
-use crate::rotation::{next_step, Schedule, Step};
+use crate::rotation::{incident, next_step, Schedule, Step};
 use crate::store::{JwtKeyRecord, KeyStatus, Store};
 
 /// The key this replica signs JWT-SVIDs with now.
@@ -68,7 +68,7 @@ pub async fn rotate(
             if usable && !key_path(keys_dir, &k.kid).exists() {
                 tracing::warn!(kid = %k.kid, "JWT signing key file is missing: key marked lost (it stays published until it expires)");
                 store
-                    .set_jwt_key_status(&k.kid, replica, k.status, KeyStatus::Lost)
+                    .set_jwt_key_status(&k.kid, replica, k.status, KeyStatus::Lost, now_s)
                     .await?;
                 lost_one = true;
             }
@@ -95,21 +95,122 @@ pub async fn rotate(
                 changed = true;
             }
             Step::Activate { prepared, retiring } => {
-                if let Some(old) = &retiring {
-                    store
-                        .set_jwt_key_status(old, replica, KeyStatus::Active, KeyStatus::Old)
-                        .await?;
-                }
-                store
-                    .set_jwt_key_status(&prepared, replica, KeyStatus::Prepared, KeyStatus::Active)
-                    .await?;
-                tracing::info!(kid = %prepared, retired = retiring.as_deref().unwrap_or(""), "JWT signing key activated");
+                activate_key(store, replica, &prepared, retiring.as_deref(), now_s).await?;
             }
         }
     }
     Err(AuthorityError::Inconsistent(
         "JWT key rotation did not settle; check the jwt_keys table".into(),
     ))
+}
+
+async fn activate_key(
+    store: &Store,
+    replica: &str,
+    prepared: &str,
+    retiring: Option<&str>,
+    now: i64,
+) -> Result<(), AuthorityError> {
+    if let Some(old) = retiring {
+        store
+            .set_jwt_key_status(old, replica, KeyStatus::Active, KeyStatus::Old, now)
+            .await?;
+    }
+    store
+        .set_jwt_key_status(
+            prepared,
+            replica,
+            KeyStatus::Prepared,
+            KeyStatus::Active,
+            now,
+        )
+        .await?;
+    tracing::info!(kid = %prepared, retired = retiring.unwrap_or(""), "JWT signing key activated");
+    Ok(())
+}
+
+/// This replica's unexpired, unrevoked JWT keys.
+async fn mine(store: &Store, replica: &str, now: i64) -> Result<Vec<JwtKeyRecord>, AuthorityError> {
+    Ok(store
+        .jwt_keys(now)
+        .await?
+        .into_iter()
+        .filter(|k| k.replica == replica)
+        .collect())
+}
+
+/// `signet ca prepare --kind jwt`: this replica's next JWT key, published
+/// now.
+pub async fn prepare(
+    store: &Store,
+    config: &CaConfig,
+    replica: &str,
+    now: SystemTime,
+) -> Result<JwtKeyRecord, AuthorityError> {
+    let keys = mine(store, replica, unix_seconds(now)).await?;
+    incident::may_prepare(&keys).map_err(AuthorityError::Refused)?;
+    let kid = create(
+        store,
+        config,
+        replica,
+        &config.keys_dir(),
+        KeyStatus::Prepared,
+        now,
+    )
+    .await?;
+    Ok(store.jwt_key(&kid).await?)
+}
+
+/// `signet ca activate --kind jwt`: the prepared JWT key signs from now on.
+pub async fn activate(
+    store: &Store,
+    config: &CaConfig,
+    replica: &str,
+    now: SystemTime,
+) -> Result<JwtKeyRecord, AuthorityError> {
+    let now_s = unix_seconds(now);
+    let keys = mine(store, replica, now_s).await?;
+    let schedule = Schedule::for_lifetime(config.jwt_key_ttl);
+    let prepared =
+        incident::to_activate(&keys, &schedule, now_s).map_err(AuthorityError::Refused)?;
+    let retiring = keys
+        .iter()
+        .find(|k| k.status == KeyStatus::Active)
+        .map(|k| k.kid.as_str());
+    activate_key(store, replica, &prepared.kid, retiring, now_s).await?;
+    Ok(store.jwt_key(&prepared.kid).await?)
+}
+
+/// `signet ca taint KID`: agents stop handing out tokens the key signed
+/// and get new ones signed by the active key.
+pub async fn taint(
+    store: &Store,
+    kid: &str,
+    now: SystemTime,
+) -> Result<JwtKeyRecord, AuthorityError> {
+    let key = store.jwt_key(kid).await?;
+    incident::may_taint(&key).map_err(AuthorityError::Refused)?;
+    store.taint_jwt_key(kid, unix_seconds(now)).await?;
+    tracing::warn!(%kid, "JWT key tainted: agents replace the tokens it signed");
+    Ok(store.jwt_key(kid).await?)
+}
+
+/// `signet ca revoke KID [--force]`: out of the bundle; tokens it signed
+/// stop validating.
+pub async fn revoke(
+    store: &Store,
+    config: &CaConfig,
+    kid: &str,
+    force: bool,
+    now: SystemTime,
+) -> Result<JwtKeyRecord, AuthorityError> {
+    let now_s = unix_seconds(now);
+    let key = store.jwt_key(kid).await?;
+    incident::may_revoke(&key, config.max_jwt_svid_ttl as i64, force, now_s)
+        .map_err(AuthorityError::Refused)?;
+    store.revoke_jwt_key(kid, now_s).await?;
+    tracing::warn!(%kid, forced = force, "JWT key revoked: out of the bundle");
+    Ok(store.jwt_key(kid).await?)
 }
 
 async fn create(
@@ -119,7 +220,7 @@ async fn create(
     keys_dir: &Path,
     status: KeyStatus,
     now: SystemTime,
-) -> Result<(), AuthorityError> {
+) -> Result<String, AuthorityError> {
     let sign_err =
         |e: signet_identity::jwt_svid::JwtSignError| AuthorityError::Inconsistent(e.to_string());
     let (key, pkcs8) = match config.jwt_key_type {
@@ -144,10 +245,12 @@ async fn create(
         not_after: now_s + config.jwt_key_ttl as i64,
         created_at: now_s,
         replica: replica.to_owned(),
+        tainted: false,
+        retired_at: 0,
     };
     store.insert_jwt_key(&record).await?;
     tracing::info!(%kid, alg = %record.alg, status = ?status, not_after = record.not_after, "JWT signing key created and published");
-    Ok(())
+    Ok(kid)
 }
 
 /// The signer of JWT key `record`, from its private key file.

@@ -47,6 +47,6 @@ pub mod x509_keys;
 mod test_db;
 
 // Public interface.
-pub use ca::{Ca, CaError, PublishedBundle};
+pub use ca::{AnyKey, Ca, CaError, KeyKind, PublishedBundle};
 pub use config::{CaConfig, ConfigError};
 pub use server::run;

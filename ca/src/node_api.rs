@@ -172,6 +172,7 @@ pub(crate) async fn agent_in_good_standing(ca: &Ca, id: &str) -> Result<AgentRec
 pub fn published_to_pb(p: &crate::PublishedBundle) -> pb::Bundle {
     pb::Bundle {
         tainted_key_ids: p.tainted.clone(),
+        tainted_jwt_kids: p.tainted_jwt.clone(),
         ..bundle_to_pb(&p.bundle)
     }
 }
@@ -191,6 +192,7 @@ pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
             })
             .collect(),
         tainted_key_ids: Vec::new(),
+        tainted_jwt_kids: Vec::new(),
     }
 }
 

@@ -24,6 +24,10 @@ const MAX_PUBLISH_GRACE: Duration = Duration::from_secs(10);
 
 /// What rotation needs to know of a key.
 pub trait RotatingKey {
+    /// Whether an operator tainted it.
+    fn tainted(&self) -> bool;
+    /// When it stopped signing, Unix seconds (0: it signs, or never did).
+    fn retired_at(&self) -> i64;
     /// Its ID.
     fn id(&self) -> &str;
     /// Its state.
@@ -35,6 +39,12 @@ pub trait RotatingKey {
 }
 
 impl RotatingKey for JwtKeyRecord {
+    fn tainted(&self) -> bool {
+        self.tainted
+    }
+    fn retired_at(&self) -> i64 {
+        self.retired_at
+    }
     fn id(&self) -> &str {
         &self.kid
     }
@@ -50,6 +60,12 @@ impl RotatingKey for JwtKeyRecord {
 }
 
 impl RotatingKey for CaKeyRecord {
+    fn tainted(&self) -> bool {
+        self.tainted
+    }
+    fn retired_at(&self) -> i64 {
+        self.retired_at
+    }
     fn id(&self) -> &str {
         &self.id
     }
@@ -149,6 +165,95 @@ pub fn next_step<K: RotatingKey>(mine: &[K], schedule: &Schedule, now: i64) -> S
     }
 }
 
+/// The operator's incident commands, as rules over one replica's keys of
+/// one kind; each refusal says what to do instead.
+pub mod incident {
+    use super::{KeyStatus, RotatingKey, Schedule};
+
+    /// `prepare`: refused while a key is prepared already.
+    pub fn may_prepare<K: RotatingKey>(mine: &[K]) -> Result<(), String> {
+        match mine.iter().find(|k| k.status() == KeyStatus::Prepared) {
+            Some(p) => Err(format!(
+                "key {} is already prepared on this replica; activate it with `signet ca activate`",
+                p.id()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `activate`: the prepared key, once published for the grace period
+    /// (every agent must have it before anything it signs reaches a peer).
+    pub fn to_activate<'k, K: RotatingKey>(
+        mine: &'k [K],
+        schedule: &Schedule,
+        now: i64,
+    ) -> Result<&'k K, String> {
+        let Some(p) = mine.iter().find(|k| k.status() == KeyStatus::Prepared) else {
+            return Err("no key is prepared on this replica; run `signet ca prepare` first".into());
+        };
+        let published = now - p.created_at();
+        if published < schedule.publish_grace {
+            return Err(format!(
+                "key {} was published {published}s ago; wait {}s more so every agent has it in its bundle",
+                p.id(),
+                schedule.publish_grace - published
+            ));
+        }
+        Ok(p)
+    }
+
+    /// `taint`: only a key that no longer signs (old or lost), once.
+    pub fn may_taint<K: RotatingKey>(key: &K) -> Result<(), String> {
+        let id = key.id();
+        match key.status() {
+            KeyStatus::Active => Err(format!(
+                "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first, then taint it"
+            )),
+            KeyStatus::Prepared => Err(format!(
+                "key {id} is prepared and has signed nothing; revoke it instead"
+            )),
+            KeyStatus::Revoked => Err(format!("key {id} is revoked already")),
+            KeyStatus::Old | KeyStatus::Lost if key.tainted() => {
+                Err(format!("key {id} is tainted already"))
+            }
+            KeyStatus::Old | KeyStatus::Lost => Ok(()),
+        }
+    }
+
+    /// `revoke`: not the active key, not twice, and without `force` not
+    /// while what it signed may still be valid (`max_ttl` past its
+    /// retirement, never past the key itself).
+    pub fn may_revoke<K: RotatingKey>(
+        key: &K,
+        max_ttl: i64,
+        force: bool,
+        now: i64,
+    ) -> Result<(), String> {
+        let id = key.id();
+        match key.status() {
+            KeyStatus::Active => {
+                return Err(format!(
+                    "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first"
+                ))
+            }
+            KeyStatus::Revoked => return Err(format!("key {id} is revoked already")),
+            _ => {}
+        }
+        let alive_until = match key.status() {
+            KeyStatus::Prepared => 0,
+            _ if key.retired_at() > 0 => (key.retired_at() + max_ttl).min(key.not_after()),
+            _ => key.not_after(),
+        };
+        if now < alive_until && !force {
+            return Err(format!(
+                "what key {id} signed may be valid for another {}s and would stop verifying; taint it first (agents replace it within seconds), then revoke with --force",
+                alive_until - now
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +269,8 @@ mod tests {
             not_after: created + lifetime,
             created_at: created,
             replica: "r".into(),
+            tainted: false,
+            retired_at: 0,
         }
     }
 

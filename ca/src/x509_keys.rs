@@ -14,7 +14,7 @@ use signet_identity::TrustDomain;
 
 use crate::authority::{fingerprint, key_path, Authority, AuthorityError};
 use crate::config::CaConfig;
-use crate::rotation::{next_step, Schedule, Step};
+use crate::rotation::{incident, next_step, Schedule, Step};
 use crate::store::{CaKeyRecord, KeyStatus, Store};
 
 /// This replica's unexpired keys of the configured mode.
@@ -113,19 +113,13 @@ pub async fn prepare(
     now: SystemTime,
 ) -> Result<CaKeyRecord, AuthorityError> {
     let keys = mine(store, config, replica, unix_seconds(now)).await?;
-    if let Some(p) = keys.iter().find(|k| k.status == KeyStatus::Prepared) {
-        return Err(AuthorityError::Refused(format!(
-            "key {} is already prepared on this replica; activate it with `signet ca activate`",
-            p.id
-        )));
-    }
+    incident::may_prepare(&keys).map_err(AuthorityError::Refused)?;
     Authority::create_key(store, config, td, replica, KeyStatus::Prepared, now).await
 }
 
 /// `signet ca activate`: the prepared key of this replica signs from now
-/// on, ahead of the schedule, once it has been published for the grace
-/// period (agents and workloads must have it before anything it signs
-/// reaches a peer). The active key becomes old.
+/// on, ahead of the schedule, once published for the grace period; the
+/// active key becomes old.
 pub async fn activate(
     store: &Store,
     config: &CaConfig,
@@ -134,24 +128,14 @@ pub async fn activate(
 ) -> Result<CaKeyRecord, AuthorityError> {
     let now_s = unix_seconds(now);
     let keys = mine(store, config, replica, now_s).await?;
-    let Some(prepared) = keys.iter().find(|k| k.status == KeyStatus::Prepared) else {
-        return Err(AuthorityError::Refused(
-            "no key is prepared on this replica; run `signet ca prepare` first".into(),
-        ));
-    };
-    let grace = Schedule::for_lifetime(config.ca_ttl).publish_grace;
-    let published = now_s - prepared.created_at;
-    if published < grace {
-        return Err(AuthorityError::Refused(format!(
-            "key {} was published {published}s ago; wait {}s more so every agent has it in its bundle",
-            prepared.id,
-            grace - published
-        )));
-    }
-    if !key_path(&config.keys_dir(), &prepared.id).exists() {
+    let schedule = Schedule::for_lifetime(config.ca_ttl);
+    let prepared =
+        incident::to_activate(&keys, &schedule, now_s).map_err(AuthorityError::Refused)?;
+    let path = key_path(&config.keys_dir(), &prepared.id);
+    if !path.exists() {
         return Err(AuthorityError::MissingKey {
             id: prepared.id.clone(),
-            path: key_path(&config.keys_dir(), &prepared.id),
+            path,
         });
     }
     let retiring = keys
@@ -162,37 +146,15 @@ pub async fn activate(
     Ok(store.ca_key(&prepared.id).await?)
 }
 
-/// `signet ca taint KEY`: marks a key that no longer signs as
-/// compromised; agents re-sign at once every SVID it signed. The active
-/// key cannot be tainted (activate another first), nor a prepared one
-/// (it signed nothing: revoke it).
+/// `signet ca taint KEY`: marks a key that no longer signs as compromised;
+/// agents re-sign at once every SVID it signed.
 pub async fn taint(
     store: &Store,
     id: &str,
     now: SystemTime,
 ) -> Result<CaKeyRecord, AuthorityError> {
     let key = store.ca_key(id).await?;
-    match key.status {
-        KeyStatus::Active => {
-            return Err(AuthorityError::Refused(format!(
-                "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first, then taint it"
-            )))
-        }
-        KeyStatus::Prepared => {
-            return Err(AuthorityError::Refused(format!(
-                "key {id} is prepared and has signed nothing; revoke it instead"
-            )))
-        }
-        KeyStatus::Revoked => {
-            return Err(AuthorityError::Refused(format!("key {id} is revoked already")))
-        }
-        KeyStatus::Old | KeyStatus::Lost => {}
-    }
-    if key.tainted {
-        return Err(AuthorityError::Refused(format!(
-            "key {id} is tainted already"
-        )));
-    }
+    incident::may_taint(&key).map_err(AuthorityError::Refused)?;
     store.taint_ca_key(id, unix_seconds(now)).await?;
     tracing::warn!(key_id = %id, "CA key tainted: agents replace every SVID it signed");
     Ok(store.ca_key(id).await?)
@@ -212,35 +174,11 @@ pub async fn revoke(
 ) -> Result<CaKeyRecord, AuthorityError> {
     let now_s = unix_seconds(now);
     let key = store.ca_key(id).await?;
-    match key.status {
-        KeyStatus::Active => {
-            return Err(AuthorityError::Refused(format!(
-                "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first"
-            )))
-        }
-        KeyStatus::Revoked => {
-            return Err(AuthorityError::Refused(format!("key {id} is revoked already")))
-        }
-        _ => {}
-    }
+    incident::may_revoke(&key, config.max_x509_svid_ttl as i64, force, now_s)
+        .map_err(AuthorityError::Refused)?;
     if !key.self_signed {
         return Err(AuthorityError::Refused(format!(
             "key {id} is an intermediate under the upstream authority: the bundle holds the upstream roots, so revoke the intermediate at the upstream CA"
-        )));
-    }
-    // What it signed lives at most max_x509_svid_ttl past its retirement
-    // (and never past the key itself).
-    let alive_until = match key.status {
-        KeyStatus::Prepared => 0,
-        _ if key.retired_at > 0 => {
-            (key.retired_at + config.max_x509_svid_ttl as i64).min(key.not_after)
-        }
-        _ => key.not_after,
-    };
-    if now_s < alive_until && !force {
-        return Err(AuthorityError::Refused(format!(
-            "SVIDs signed by key {id} may be valid for another {}s and would stop verifying; taint it first (agents replace them within seconds), then revoke with --force",
-            alive_until - now_s
         )));
     }
     let cert = rustls_pki_types::CertificateDer::from(key.cert_der.clone());

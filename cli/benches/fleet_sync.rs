@@ -94,6 +94,9 @@ fn cpu_secs(pid: u32) -> f64 {
 struct Window {
     xacts_per_s: f64,
     rows_per_s: f64,
+    /// Rows read per table over the window (sequential + index), the
+    /// largest first.
+    by_table: Vec<(String, i64)>,
     ca_cpu_per_s: f64,
     ca_rss_kib: u64,
 }
@@ -105,16 +108,39 @@ fn idle_window(pg: &TestPostgres, db: &str, ca_pid: u32, secs: u64) -> Window {
     pg.run_sql(db, "VACUUM ANALYZE");
     std::thread::sleep(Duration::from_millis(11_500));
     let (x0, r0) = pg.stats(db);
+    let t0 = table_reads(pg, db);
     let c0 = cpu_secs(ca_pid);
     std::thread::sleep(Duration::from_secs(secs));
     let (x1, r1) = pg.stats(db);
+    let t1 = table_reads(pg, db);
     let c1 = cpu_secs(ca_pid);
+    let mut by_table: Vec<(String, i64)> = t1
+        .iter()
+        .map(|(t, n)| (t.clone(), n - t0.get(t).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by_table.sort_by_key(|(_, n)| -n);
     Window {
         xacts_per_s: (x1 - x0) as f64 / secs as f64,
         rows_per_s: (r1 - r0) as f64 / secs as f64,
+        by_table,
         ca_cpu_per_s: (c1 - c0) / secs as f64,
         ca_rss_kib: proc_status(ca_pid, "VmRSS:"),
     }
+}
+
+/// Rows read so far from each table of `db` (sequential and index).
+fn table_reads(pg: &TestPostgres, db: &str) -> std::collections::BTreeMap<String, i64> {
+    pg.run_sql(
+        db,
+        "SELECT relname, COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables",
+    )
+    .lines()
+    .filter_map(|l| {
+        let (t, n) = l.split_once('|')?;
+        Some((t.trim().to_owned(), n.trim().parse().ok()?))
+    })
+    .collect()
 }
 
 fn main() {
@@ -173,6 +199,7 @@ fn main() {
             w.ca_cpu_per_s * 100.0,
             w.ca_rss_kib
         );
+        println!("      rows read by table over the window: {:?}", w.by_table);
         windows.push(w);
     }
     let (small, large) = (&windows[0], &windows[1]);

@@ -3,6 +3,7 @@
 
 use sqlx::any::AnyRow;
 
+use super::changes::{record_change, ChangeKind};
 use super::keys::bump_bundle_sequence;
 use super::{get, KeyStatus, Store, StoreError};
 
@@ -25,7 +26,14 @@ pub struct JwtKeyRecord {
     pub created_at: i64,
     /// The replica holding the private key file.
     pub replica: String,
+    /// Tainted by an operator: agents stop handing out tokens it signed.
+    pub tainted: bool,
+    /// When it stopped signing, Unix seconds (0: it signs, or never did).
+    pub retired_at: i64,
 }
+
+const COLUMNS: &str =
+    "kid, alg, public_key, status, not_before, not_after, created_at, replica, tainted, retired_at";
 
 fn record_from_row(row: &AnyRow) -> Result<JwtKeyRecord, StoreError> {
     Ok(JwtKeyRecord {
@@ -37,16 +45,19 @@ fn record_from_row(row: &AnyRow) -> Result<JwtKeyRecord, StoreError> {
         not_after: get(row, "not_after")?,
         created_at: get(row, "created_at")?,
         replica: get(row, "replica")?,
+        tainted: get::<i64>(row, "tainted")? != 0,
+        retired_at: get(row, "retired_at")?,
     })
 }
 
 impl Store {
-    /// Every JWT key not yet past `not_after`, oldest first.
+    /// Every JWT key not yet past `not_after` and not revoked (the ones
+    /// in the bundle), oldest first.
     pub async fn jwt_keys(&self, now: i64) -> Result<Vec<JwtKeyRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, alg, public_key, status, not_before, not_after, created_at, replica \
-             FROM jwt_keys WHERE not_after > $1 ORDER BY created_at, kid",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jwt_keys WHERE not_after > $1 AND status <> 'revoked' \
+             ORDER BY created_at, kid"
+        ))
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
@@ -56,10 +67,9 @@ impl Store {
     /// Records a new key; it is in the bundle from now on.
     pub async fn insert_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO jwt_keys (kid, alg, public_key, status, not_before, not_after, created_at, replica) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO jwt_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
         .bind(&key.kid)
         .bind(&key.alg)
         .bind(&key.public_key)
@@ -68,6 +78,8 @@ impl Store {
         .bind(key.not_after)
         .bind(key.created_at)
         .bind(&key.replica)
+        .bind(key.tainted as i64)
+        .bind(key.retired_at)
         .execute(&mut *tx)
         .await?;
         bump_bundle_sequence(&mut tx, self.backend, key.created_at).await?;
@@ -75,25 +87,71 @@ impl Store {
         Ok(())
     }
 
-    /// Moves key `kid` of `replica` from one state to another; false when
-    /// it was not in state `from` (another process moved it first).
+    /// Moves key `kid` of `replica` from one state to another, recording
+    /// when it stopped signing if it did; false when it was not in state
+    /// `from` (another process moved it first).
     pub async fn set_jwt_key_status(
         &self,
         kid: &str,
         replica: &str,
         from: KeyStatus,
         to: KeyStatus,
+        now: i64,
     ) -> Result<bool, StoreError> {
+        let retired = from == KeyStatus::Active && to != KeyStatus::Active;
         let r = sqlx::query(
-            "UPDATE jwt_keys SET status = $1 WHERE kid = $2 AND replica = $3 AND status = $4",
+            "UPDATE jwt_keys SET status = $1, \
+             retired_at = CASE WHEN $5 = 1 THEN $6 ELSE retired_at END \
+             WHERE kid = $2 AND replica = $3 AND status = $4",
         )
         .bind(to.as_str())
         .bind(kid)
         .bind(replica)
         .bind(from.as_str())
+        .bind(retired as i64)
+        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// One JWT key by `kid` (revoked ones too).
+    pub async fn jwt_key(&self, kid: &str) -> Result<JwtKeyRecord, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jwt_keys WHERE kid = $1"))
+            .bind(kid)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("key {kid}")))?;
+        record_from_row(&row)
+    }
+
+    /// Taints JWT key `kid`: agents learn it with the bundle and stop
+    /// handing out tokens it signed.
+    pub async fn taint_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let r = sqlx::query("UPDATE jwt_keys SET tainted = 1 WHERE kid = $1 AND tainted = 0")
+            .bind(kid)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("untainted JWT key {kid}")));
+        }
+        record_change(&mut tx, self.backend, ChangeKind::Bundle, kid, "", now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes JWT key `kid`: out of the bundle, so tokens it signed stop
+    /// validating.
+    pub async fn revoke_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE jwt_keys SET status = 'revoked' WHERE kid = $1")
+            .bind(kid)
+            .execute(&mut *tx)
+            .await?;
+        bump_bundle_sequence(&mut tx, self.backend, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Deletes keys past their `not_after` (no token they signed is valid

@@ -414,5 +414,7 @@ fn jwt_key(kid: &str, at: i64) -> JwtKeyRecord {
         not_after: at + 1000,
         created_at: at,
         replica: "r1".into(),
+        tainted: false,
+        retired_at: 0,
     }
 }

@@ -45,21 +45,27 @@ pub enum CaCommand {
         #[command(flatten)]
         admin: AdminSocket,
     },
-    /// Make and publish the answering replica's next X.509 key now, ahead
-    /// of the schedule (it signs after `signet ca activate`).
+    /// Make and publish the answering replica's next key now, ahead of the
+    /// schedule (it signs after `signet ca activate`).
     Prepare {
+        /// Which key: x509 or jwt.
+        #[arg(long, value_enum, default_value_t = Kind::X509)]
+        kind: Kind,
         #[command(flatten)]
         admin: AdminSocket,
     },
-    /// Let the answering replica's prepared X.509 key sign now; the active
-    /// one becomes OLD (still in the bundle).
+    /// Let the answering replica's prepared key sign now; the active one
+    /// becomes OLD (still in the bundle).
     Activate {
+        /// Which key: x509 or jwt.
+        #[arg(long, value_enum, default_value_t = Kind::X509)]
+        kind: Kind,
         #[command(flatten)]
         admin: AdminSocket,
     },
-    /// Mark an OLD X.509 key as compromised: every agent re-signs at once
+    /// Mark an OLD key as compromised. X.509: every agent re-signs at once
     /// each SVID it signed, and workloads get the new ones on their open
-    /// streams.
+    /// streams. JWT: agents stop handing out tokens it signed.
     ///
     /// Example (after `signet ca prepare` and `signet ca activate`):
     ///   signet ca taint 3f9c...
@@ -70,9 +76,9 @@ pub enum CaCommand {
         #[command(flatten)]
         admin: AdminSocket,
     },
-    /// Take an X.509 key out of the trust bundle: what it signed stops
-    /// verifying. Refused for the active key, and while SVIDs it signed may
-    /// still be valid unless --force (taint it first).
+    /// Take a key (X.509 or JWT) out of the trust bundle: what it signed
+    /// stops verifying. Refused for the active key, and while what it
+    /// signed may still be valid unless --force (taint it first).
     Revoke {
         /// The key's ID (`signet ca show`).
         key_id: String,
@@ -82,6 +88,24 @@ pub enum CaCommand {
         #[command(flatten)]
         admin: AdminSocket,
     },
+}
+
+/// The kind of key an operation is for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    /// Signs X.509-SVIDs.
+    X509,
+    /// Signs JWT-SVIDs.
+    Jwt,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::X509 => "x509",
+            Kind::Jwt => "jwt",
+        }
+    }
 }
 
 /// A signing key as printed (`--output json` too).
@@ -204,11 +228,13 @@ impl CaCommand {
                     }
                 }
             }
-            CaCommand::Prepare { admin } => {
+            CaCommand::Prepare { kind, admin } => {
                 let k = admin
                     .connect()
                     .await?
-                    .prepare_key(pb::PrepareKeyRequest {})
+                    .prepare_key(pb::PrepareKeyRequest {
+                        kind: kind.as_str().into(),
+                    })
                     .await
                     .into_result()?;
                 println!("{}", k.id);
@@ -217,11 +243,13 @@ impl CaCommand {
                 );
                 Ok(())
             }
-            CaCommand::Activate { admin } => {
+            CaCommand::Activate { kind, admin } => {
                 let k = admin
                     .connect()
                     .await?
-                    .activate_key(pb::ActivateKeyRequest {})
+                    .activate_key(pb::ActivateKeyRequest {
+                        kind: kind.as_str().into(),
+                    })
                     .await
                     .into_result()?;
                 println!("{}", k.id);
@@ -235,7 +263,7 @@ impl CaCommand {
                     .taint_key(pb::TaintKeyRequest { id: key_id.clone() })
                     .await
                     .into_result()?;
-                eprintln!("{key_id} tainted: agents are replacing every SVID it signed");
+                eprintln!("{key_id} tainted: agents are replacing what it signed");
                 Ok(())
             }
             CaCommand::Revoke {
