@@ -260,6 +260,22 @@ fn requests_survive_key_rotation_a_killed_replica_and_a_database_restart() {
             .any(|s| s.contains("ACTIVE") && s.contains("OLD")),
         "{transitions:?}"
     );
+    // Keys past their lifetime are gone: `signet ca show` lists unexpired
+    // keys, and the bundle holds no more certificates than that.
+    let listed = key_states(&mesh.ca).unwrap();
+    assert!(
+        seen.keys().any(|id| !listed.contains_key(id)),
+        "no key expired out of the bundle: {transitions:?}"
+    );
+    let in_bundle = mesh
+        .ca
+        .run_ok(&["bundle", "show"])
+        .matches("BEGIN CERTIFICATE")
+        .count();
+    assert!(
+        in_bundle <= listed.len(),
+        "{in_bundle} certificates for {listed:?}"
+    );
 }
 
 /// One request through the proxy pair on `port`: send, half-close, read to
