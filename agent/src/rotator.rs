@@ -167,9 +167,30 @@ impl SvidRotator {
         self.set_client(None);
         self.sync = None;
         self.set_ca_state(CaState::Unreachable(reason));
-        let wait = self.backoff.mul_f64(0.8 + 0.4 * jitter());
+        let wait = retry_wait(self.backoff, jitter(), self.first_expiry_in(now_ms()));
         self.retry_at = Some(tokio::time::Instant::now() + wait);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// How long a call to the CA may take: a CA replica stuck (on its
+    /// database, say) must not hold the agent past the point where it could
+    /// still renew from another try. A quarter of the time left before the
+    /// first SVID expires, between 1 and 15 s.
+    fn call_deadline(&self) -> Duration {
+        (self.first_expiry_in(now_ms()) / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+    }
+
+    /// How long until the first SVID held (the agent's own included)
+    /// expires.
+    fn first_expiry_in(&self, now_ms: i64) -> Duration {
+        let first = self
+            .svids
+            .values()
+            .map(|s| s.not_after)
+            .chain(std::iter::once(self.agent.not_after))
+            .min()
+            .unwrap_or(i64::MAX / 1000);
+        Duration::from_millis((first.saturating_mul(1000) - now_ms).max(0) as u64)
     }
 
     fn succeeded(&mut self) {
@@ -187,13 +208,14 @@ impl SvidRotator {
                 .map_err(|e| e.to_string())?;
         self.pending = None;
         self.stream_synced = false;
-        let stream = client
-            .sync_entries(pb::SyncEntriesRequest {
+        let stream = within(
+            self.call_deadline(),
+            "entry stream",
+            client.sync_entries(pb::SyncEntriesRequest {
                 known_revision: self.revision,
-            })
-            .await
-            .map_err(|s| format!("{}: {}", code_name(s.code()), s.message()))?
-            .into_inner();
+            }),
+        )
+        .await?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(forward_sync(stream, tx));
         self.set_client(Some(client));
@@ -211,15 +233,17 @@ impl SvidRotator {
     }
 
     async fn renew_agent(&mut self) -> Result<(), String> {
+        let deadline = self.call_deadline();
         let Some(client) = self.client.as_mut() else {
             return Err("not connected".into());
         };
         let (key, csr) = new_key_and_csr().map_err(|e| e.to_string())?;
-        let resp = client
-            .renew_agent(pb::RenewAgentRequest { csr })
-            .await
-            .map_err(|s| format!("renew agent SVID: {}: {}", code_name(s.code()), s.message()))?
-            .into_inner();
+        let resp = within(
+            deadline,
+            "renew agent SVID",
+            client.renew_agent(pb::RenewAgentRequest { csr }),
+        )
+        .await?;
         let (svid, bundle) =
             agent_identity::from_response(&resp, &key).map_err(|e| e.to_string())?;
         agent_identity::save(&self.data_dir, &svid, &bundle).map_err(|e| e.to_string())?;
@@ -280,6 +304,7 @@ impl SvidRotator {
     }
 
     async fn sign_batch(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), String> {
+        let deadline = self.call_deadline();
         let Some(client) = self.client.as_mut() else {
             return Err("not connected".into());
         };
@@ -293,11 +318,12 @@ impl SvidRotator {
                 csr,
             });
         }
-        let resp = client
-            .sign_svids(pb::SignSvidsRequest { requests })
-            .await
-            .map_err(|s| format!("sign SVIDs: {}: {}", code_name(s.code()), s.message()))?
-            .into_inner();
+        let resp = within(
+            deadline,
+            "sign SVIDs",
+            client.sign_svids(pb::SignSvidsRequest { requests }),
+        )
+        .await?;
         for svid in resp.svids {
             let (Some(key), Some(entry)) = (
                 keys.remove(&svid.entry_id),
@@ -486,7 +512,8 @@ impl SvidRotator {
         if self.client.is_none() {
             self.connect().await?;
             // The first update follows right away; take it before signing.
-            let deadline = tokio::time::Instant::now() + FIRST_UPDATE_WAIT;
+            let deadline =
+                tokio::time::Instant::now() + FIRST_UPDATE_WAIT.min(self.call_deadline());
             while !self.stream_synced {
                 let Some(rx) = self.sync.as_mut() else {
                     return Err("entry stream closed".into());
@@ -541,6 +568,31 @@ async fn forward_sync(
     }
 }
 
+/// Runs one node API call for at most `deadline`.
+async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(format!("{what}: {}: {}", code_name(s.code()), s.message())),
+        Err(_) => Err(format!("{what}: no answer within {deadline:?}")),
+    }
+}
+
+/// How long to wait before the next try after a failure: the backoff with
+/// ±20% jitter, but never more than a quarter of the time left before the
+/// first SVID expires (at least `MIN_BACKOFF / 2`), so an outage that ends
+/// in time does not leave workloads with expired SVIDs while the agent
+/// sleeps.
+fn retry_wait(backoff: Duration, jitter: f64, first_expiry_in: Duration) -> Duration {
+    backoff
+        .mul_f64(0.8 + 0.4 * jitter)
+        .min(first_expiry_in / 4)
+        .max(MIN_BACKOFF / 2)
+}
+
 /// `entries` (sorted by ID) with `changed` put in and `removed` taken out,
 /// still sorted.
 fn merge(
@@ -568,4 +620,45 @@ fn now_ms() -> i64 {
 
 fn code_name(c: tonic::Code) -> String {
     format!("{c:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_come_sooner_as_the_first_svid_nears_expiry() {
+        let long = Duration::from_secs(3600);
+        // Far from expiry: the backoff, with its jitter.
+        assert_eq!(retry_wait(MAX_BACKOFF, 0.5, long), MAX_BACKOFF);
+        assert_eq!(
+            retry_wait(Duration::from_secs(10), 0.0, long),
+            Duration::from_secs(8)
+        );
+        // 8 s left: at most 2 s, whatever the backoff.
+        assert_eq!(
+            retry_wait(MAX_BACKOFF, 1.0, Duration::from_secs(8)),
+            Duration::from_secs(2)
+        );
+        // Expired or about to: the floor, not a busy loop.
+        assert_eq!(
+            retry_wait(MAX_BACKOFF, 1.0, Duration::ZERO),
+            MIN_BACKOFF / 2
+        );
+    }
+
+    #[test]
+    fn a_delta_replaces_changed_entries_and_drops_removed_ones_in_id_order() {
+        let e = |id: &str, rev: i64| pb::WorkloadEntry {
+            id: id.into(),
+            revision: rev,
+            ..Default::default()
+        };
+        let merged = merge(
+            vec![e("a", 1), e("b", 1), e("c", 1)],
+            vec![e("d", 5), e("b", 4)],
+            &["c".to_owned(), "unknown".to_owned()],
+        );
+        assert_eq!(merged, vec![e("a", 1), e("b", 4), e("d", 5)]);
+    }
 }
