@@ -12,6 +12,11 @@
 //!   policy_watch (file changes, SIGHUP) ──▶ policy (pure evaluation: deny > allow > default deny)
 //!          └──▶ open_connections (close what a new policy revokes)
 //! ```
+//!
+//! Failure handling for outbound upstreams, as plain data with the time
+//! passed in: [`outlier`] (ejection of failing endpoints) and
+//! [`retry_budget`] (retries bounded by the traffic), the first parts of
+//! balancing over several endpoints; outbound listeners do not use them yet.
 
 pub mod config;
 mod forward;
@@ -22,9 +27,11 @@ pub mod local_peer;
 pub mod metrics;
 pub mod open_connections;
 pub mod outbound;
+pub mod outlier;
 pub mod policy;
 pub mod policy_watch;
 pub mod refusal;
+pub mod retry_budget;
 mod run;
 pub mod tls;
 pub mod workload_identity;
