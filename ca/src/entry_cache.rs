@@ -90,9 +90,8 @@ pub struct EntryCache {
     /// Deltas are exact for agents that have seen at least this revision.
     horizon: i64,
     agents: HashMap<String, AgentView>,
-    /// Entry ID → its agent.
+    /// Entry ID → its agent (one per entry: also the count).
     parent_of: HashMap<String, String>,
-    entries: usize,
 }
 
 impl EntryCache {
@@ -103,7 +102,6 @@ impl EntryCache {
             horizon: revision,
             agents: HashMap::new(),
             parent_of: HashMap::new(),
-            entries: 0,
         };
         cache.fill(entries);
         cache
@@ -119,7 +117,6 @@ impl EntryCache {
                 .entries
                 .insert(e.id.clone(), Arc::new(e));
         }
-        self.entries = self.parent_of.len();
     }
 
     /// Replaces everything with `entries` at `revision` (the feed lost
@@ -145,12 +142,12 @@ impl EntryCache {
 
     /// How many entries there are.
     pub fn len(&self) -> usize {
-        self.entries
+        self.parent_of.len()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.parent_of.is_empty()
     }
 
     /// One entry by ID.
@@ -207,7 +204,6 @@ impl EntryCache {
         view.removed.remove(&id);
         view.version.send_modify(|v| v.entries = revision);
         self.parent_of.insert(id, parent);
-        self.entries = self.parent_of.len();
     }
 
     fn remove(&mut self, id: &str, parent: &str, revision: i64, now: i64) {
@@ -221,7 +217,6 @@ impl EntryCache {
         if self.parent_of.get(id).map(String::as_str) == Some(parent) {
             self.parent_of.remove(id);
         }
-        self.entries = self.parent_of.len();
     }
 
     /// A receiver that changes whenever `agent`'s entries or standing do.
