@@ -746,16 +746,6 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
     assert!(v[0]["previous_svid_serial"].is_null(), "{v}");
 }
 
-/// An admin API client on the CA's socket (for tests that need many calls).
-async fn admin_client(
-    ca: &TestCa,
-) -> signet_proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
-    let channel = signet_identity::unix_grpc::channel(&ca.admin_socket)
-        .await
-        .unwrap();
-    signet_proto::admin::admin_client::AdminClient::new(channel)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sign_batch_cap_holds_at_1000_and_an_agent_with_1001_entries_gets_every_svid() {
     let ca = TestCa::start(&[]);

@@ -39,30 +39,6 @@ fn state(ca: &TestCa, id: &str) -> String {
         .to_owned()
 }
 
-/// The workload's SVID stream, once it has `n` SVIDs, and that message.
-async fn svid_stream(
-    agent: &TestAgent,
-    n: usize,
-) -> (tonic::Streaming<wl::X509svidResponse>, wl::X509svidResponse) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "{n} SVIDs within 30 s");
-        let mut client = workload_api_client(&agent.socket).await;
-        if let Ok(s) = client
-            .fetch_x509svid(with_security_header(wl::X509svidRequest {}))
-            .await
-        {
-            let mut s = s.into_inner();
-            if let Ok(Some(m)) = s.message().await {
-                if m.svids.len() == n {
-                    return (s, m);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tainted_keys_svids_are_replaced_at_the_workloads_and_revocation_waits_for_them() {
     let ca = TestCa::start(&[]);

@@ -21,13 +21,6 @@ fn agent_id(node: &str) -> String {
     format!("spiffe://example.org/signet/agent/{node}")
 }
 
-async fn admin_client(ca: &TestCa) -> AdminClient {
-    let channel = signet_identity::unix_grpc::channel(&ca.admin_socket)
-        .await
-        .unwrap();
-    AdminClient::new(channel)
-}
-
 fn spec(spiffe_id: &str, node: &str, selector: &str) -> admin_pb::EntrySpec {
     admin_pb::EntrySpec {
         spiffe_id: spiffe_id.into(),
@@ -202,18 +195,6 @@ fn replicas(url: &str) -> (TestCa, TestCa) {
     (a, b)
 }
 
-fn kill(ca: TestCa) -> (tempfile::TempDir, u16) {
-    let TestCa {
-        dir,
-        mut daemon,
-        node_port,
-        ..
-    } = ca;
-    daemon.child.kill().unwrap();
-    daemon.child.wait().unwrap();
-    (dir, node_port)
-}
-
 /// Waits on the Workload API stream for a message with `n` SVIDs.
 async fn wait_for_svids(
     stream: &mut tonic::Streaming<signet_proto::workload::X509svidResponse>,
@@ -232,58 +213,30 @@ async fn wait_for_svids(
     }
 }
 
-/// The workload's `FetchX509SVID` stream, once it has its first SVID.
-async fn svid_stream(
-    agent: &TestAgent,
-) -> tonic::Streaming<signet_proto::workload::X509svidResponse> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut client = workload_api_client(&agent.socket).await;
-        let stream = client
-            .fetch_x509svid(with_security_header(
-                signet_proto::workload::X509svidRequest {},
-            ))
-            .await;
-        let mut stream = match stream {
-            Ok(s) => s.into_inner(),
-            Err(status) => {
-                assert!(Instant::now() < deadline, "no SVID within 30 s: {status:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        match stream.message().await {
-            Ok(Some(m)) if !m.svids.is_empty() => return stream,
-            other => assert!(Instant::now() < deadline, "no SVID within 30 s: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_through_one_replica_reaches_agents_on_another_and_agents_fail_over() {
     let Some(pg) = TestPostgres::get() else {
         return;
     };
     let url = pg.fresh_database();
-    let (a, b) = replicas(&url);
+    let (mut a, mut b) = replicas(&url);
     let uid = format!("unix:uid:{}", my_uid());
     // The agent knows both replicas.
     let agent = TestAgent::start(&a, &a.token("node-1"), &["--ca", &b.node_addr()]);
     a.entry("spiffe://example.org/one", "node-1", &[&uid], &[]);
-    let mut svids = svid_stream(&agent).await;
+    let (mut svids, _) = svid_stream(&agent, 1).await;
     // Made through B, delivered by whichever replica the agent is on.
     b.entry("spiffe://example.org/two", "node-1", &[&uid], &[]);
     let took = wait_for_svids(&mut svids, 2).await;
     eprintln!("entry created through replica B reached the workload in {took:?}");
 
     // Replica A dies (SIGKILL): the agent goes on with B.
-    let (a_dir, a_port) = kill(a);
+    a.kill();
     b.entry("spiffe://example.org/three", "node-1", &[&uid], &[]);
     wait_for_svids(&mut svids, 3).await;
     // A comes back; B dies: the agent goes on with A.
-    let a = TestCa::start_with_port(a_dir, a_port, &["--database-url", &url]);
-    let _b_dir = kill(b);
+    a.restart(&["--database-url", &url]);
+    b.kill();
     a.entry("spiffe://example.org/four", "node-1", &[&uid], &[]);
     let took = wait_for_svids(&mut svids, 4).await;
     eprintln!("after B was killed, an entry made through A reached the workload in {took:?}");

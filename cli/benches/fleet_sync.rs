@@ -160,10 +160,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     println!("fleet sync benchmark: CA on PostgreSQL, {ENTRIES_PER_AGENT} entries per agent, idle windows of {idle_secs} s");
 
-    let channel = rt
-        .block_on(signet_identity::unix_grpc::channel(&ca.admin_socket))
-        .unwrap();
-    let mut admin = AdminClient::new(channel);
+    let mut admin = rt.block_on(admin_client(&ca));
     let mut streams = Vec::new();
     let mut clients: Vec<NodeClient> = Vec::new();
     let mut windows = Vec::new();

@@ -160,16 +160,7 @@ impl TestCa {
     pub fn start_with_port(dir: tempfile::TempDir, node_port: u16, extra: &[&str]) -> TestCa {
         let admin_socket = dir.path().join("admin.sock");
         let metrics_port = signet_test_support::free_port();
-        let mut cmd = signet();
-        cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--admin-socket")
-            .arg(&admin_socket)
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--listen", &format!("127.0.0.1:{node_port}")])
-            .args(extra);
-        let mut daemon = Daemon::spawn(cmd);
-        daemon.wait_for("signet CA ready", Duration::from_secs(30));
+        let daemon = Self::spawn(dir.path(), &admin_socket, metrics_port, node_port, extra);
         TestCa {
             dir,
             daemon,
@@ -179,26 +170,50 @@ impl TestCa {
         }
     }
 
-    /// Kills the CA with SIGKILL, waits `down`, and starts it again in the
-    /// same directory on the same ports with `extra`.
-    pub fn kill_and_restart(&mut self, extra: &[&str], down: Duration) {
-        self.daemon.child.kill().unwrap();
-        self.daemon.child.wait().unwrap();
-        std::thread::sleep(down);
+    /// `signet ca serve` in `dir`, once it says it is ready.
+    fn spawn(
+        dir: &Path,
+        admin_socket: &Path,
+        metrics_port: u16,
+        node_port: u16,
+        extra: &[&str],
+    ) -> Daemon {
         let mut cmd = signet();
         cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
-            .arg(self.dir.path().join("data"))
+            .arg(dir.join("data"))
             .arg("--admin-socket")
-            .arg(&self.admin_socket)
-            .args([
-                "--metrics-listen",
-                &format!("127.0.0.1:{}", self.metrics_port),
-            ])
-            .args(["--listen", &format!("127.0.0.1:{}", self.node_port)])
+            .arg(admin_socket)
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--listen", &format!("127.0.0.1:{node_port}")])
             .args(extra);
         let mut daemon = Daemon::spawn(cmd);
         daemon.wait_for("signet CA ready", Duration::from_secs(30));
-        self.daemon = daemon;
+        daemon
+    }
+
+    /// Kills the CA with SIGKILL (no shutdown of any kind).
+    pub fn kill(&mut self) {
+        self.daemon.child.kill().unwrap();
+        self.daemon.child.wait().unwrap();
+    }
+
+    /// Starts the (killed or stopped) CA again in the same directory on the
+    /// same ports, with `extra`.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.daemon = Self::spawn(
+            self.dir.path(),
+            &self.admin_socket,
+            self.metrics_port,
+            self.node_port,
+            extra,
+        );
+    }
+
+    /// Kills the CA with SIGKILL, waits `down`, and starts it again.
+    pub fn kill_and_restart(&mut self, extra: &[&str], down: Duration) {
+        self.kill();
+        std::thread::sleep(down);
+        self.restart(extra);
     }
 
     /// Stops the CA and hands back its directory for a restart.
@@ -743,4 +758,45 @@ pub async fn attested_node_client(
     signet_agent::node_client::connect(&addr, &td, &trust, Some(&svid.cert))
         .await
         .unwrap()
+}
+
+/// An admin API client on the CA's socket (for tests that make many calls).
+pub async fn admin_client(
+    ca: &TestCa,
+) -> signet_proto::admin::admin_client::AdminClient<tonic::transport::Channel> {
+    let channel = signet_identity::unix_grpc::channel(&ca.admin_socket)
+        .await
+        .unwrap();
+    signet_proto::admin::admin_client::AdminClient::new(channel)
+}
+
+/// The workload's `FetchX509SVID` stream on `agent`, once a message has
+/// exactly `n` SVIDs (retried for 30 s: the agent may not have them yet),
+/// and that message.
+pub async fn svid_stream(
+    agent: &TestAgent,
+    n: usize,
+) -> (
+    tonic::Streaming<signet_proto::workload::X509svidResponse>,
+    signet_proto::workload::X509svidResponse,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "{n} SVIDs within 30 s");
+        let mut client = workload_api_client(&agent.socket).await;
+        if let Ok(s) = client
+            .fetch_x509svid(with_security_header(
+                signet_proto::workload::X509svidRequest {},
+            ))
+            .await
+        {
+            let mut s = s.into_inner();
+            if let Ok(Some(m)) = s.message().await {
+                if m.svids.len() == n {
+                    return (s, m);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
