@@ -13,24 +13,22 @@ use crate::forward::{ms_since, relay};
 use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
 use crate::refusal::{failure_reason, refusal_reason};
-use crate::tls::SvidBoundSessions;
+use crate::tls::OutboundTls;
 use crate::workload_identity::IdentityWatch;
 use signet_identity::admission::Admission;
 use signet_identity::tls::{established_peer, Authorizer};
 
 /// One outbound listener.
 pub struct Outbound {
-    /// rustls client configuration (verifies the expected server ID).
-    pub tls: tokio_rustls::TlsConnector,
+    /// rustls client configurations (verify the expected server ID), one
+    /// per SVID with its own tickets.
+    pub tls: Arc<OutboundTls>,
     /// The peer sidecar.
     pub upstream: String,
     /// The ID pattern the upstream must present (for logs).
     pub server_id: String,
     /// The check of `server_id`, applied again to resumed sessions.
     pub authorize: Authorizer,
-    /// The tickets `tls` resumes from, flushed when a resumed session is
-    /// refused.
-    pub sessions: Arc<SvidBoundSessions>,
     /// Our identity, for the bundle resumed sessions are checked against.
     pub identity: IdentityWatch,
     /// Timeouts and caps.
@@ -97,7 +95,8 @@ impl Outbound {
                 let tcp = TcpStream::connect(&self.upstream).await?;
                 tcp.set_nodelay(true)?;
                 let name = ServerName::try_from("signet-peer").map_err(std::io::Error::other)?;
-                self.tls.connect(name, tcp).await
+                let connector = self.tls.connector().map_err(std::io::Error::other)?;
+                connector.connect(name, tcp).await
             };
             let tls = match tokio::time::timeout(self.limits.handshake_timeout(), connect).await {
                 Ok(Ok(t)) => t,
@@ -118,7 +117,7 @@ impl Outbound {
                 Ok(peer) => break (tls, peer.to_string()),
                 Err(e) if !stale_tickets => {
                     tracing::debug!(direction = "outbound", upstream = %self.upstream, error = %e, "resumed session refused; flushing tickets, full handshake next");
-                    self.sessions.flush();
+                    self.tls.flush();
                     stale_tickets = true;
                 }
                 Err(e) => {

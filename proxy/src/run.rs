@@ -135,16 +135,12 @@ pub async fn run(
         let pattern = IdPattern::parse(&o.server_id)
             .map_err(|e| ConfigError::Invalid(format!("server_id {e}")))?;
         let authorize: Authorizer = Arc::new(move |id| pattern.matches(id));
-        let sessions = tls::SvidBoundSessions::new(identity.clone());
-        let client = tls::client_config(identity.clone(), authorize.clone(), sessions.clone())
-            .map_err(ProxyError::Tls)?;
         let listener = bind(&o.listen).await?;
         let handler = Arc::new(Outbound {
-            tls: tokio_rustls::TlsConnector::from(client),
+            tls: Arc::new(tls::OutboundTls::new(identity.clone(), authorize.clone())),
             upstream: o.upstream.clone(),
             server_id: o.server_id.clone(),
             authorize,
-            sessions,
             identity: identity.clone(),
             limits: config.limits.clone(),
             // Default: only the user the proxy runs as.

@@ -1,30 +1,36 @@
-//! rustls configurations of the two sides. Both read the current identity
+//! rustls configurations of the two sides. Both take the current identity
 //! per handshake, so a rotation applies to the next handshake at once, and
 //! both fail closed when the SVID has expired.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use std::sync::Mutex;
-
-use rustls::client::{
-    ClientSessionStore, ResolvesClientCert, Tls12ClientSessionValue, Tls13ClientSessionValue,
-};
-use rustls::pki_types::ServerName;
+use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::NamedGroup;
 use rustls::SignatureScheme;
 use signet_identity::tls::{provider, Authorizer, SpiffeClientVerifier, SpiffeServerVerifier};
 
-use crate::workload_identity::IdentityWatch;
+use crate::workload_identity::{Identity, IdentityWatch};
 
-/// Hands rustls the current SVID, or nothing once it has expired.
+/// `identity`'s key, or `None` once it has expired (logged once per SVID:
+/// `warned` holds the notAfter last reported, so an outage logs once, not
+/// once per refused handshake).
+fn usable(identity: &Identity, warned: &AtomicI64) -> Option<Arc<CertifiedKey>> {
+    if !identity.is_valid() {
+        if warned.swap(identity.not_after, Ordering::Relaxed) != identity.not_after {
+            tracing::warn!(spiffe_id = %identity.spiffe_id, not_after = identity.not_after, "refusing handshakes: our SVID has expired and the agent has not renewed it");
+        }
+        return None;
+    }
+    Some(identity.key.clone())
+}
+
+/// Hands the inbound side's rustls the current SVID, or nothing once it
+/// has expired.
 #[derive(Debug)]
 pub struct CurrentSvid {
     identity: IdentityWatchDebug,
-    /// notAfter of the expired SVID already reported, so an outage logs
-    /// once, not once per refused handshake.
     warned: AtomicI64,
 }
 
@@ -39,7 +45,7 @@ impl CurrentSvid {
 }
 
 /// `IdentityWatch` with a Debug impl, as rustls' traits require.
-pub struct IdentityWatchDebug(pub IdentityWatch);
+struct IdentityWatchDebug(IdentityWatch);
 
 impl std::fmt::Debug for IdentityWatchDebug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,33 +53,10 @@ impl std::fmt::Debug for IdentityWatchDebug {
     }
 }
 
-impl CurrentSvid {
-    fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let guard = self.identity.0.borrow();
-        let id = guard.as_ref()?;
-        if !id.is_valid() {
-            if self.warned.swap(id.not_after, Ordering::Relaxed) != id.not_after {
-                tracing::warn!(spiffe_id = %id.spiffe_id, not_after = id.not_after, "refusing handshakes: our SVID has expired and the agent has not renewed it");
-            }
-            return None;
-        }
-        Some(id.key.clone())
-    }
-}
-
 impl ResolvesServerCert for CurrentSvid {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current()
-    }
-}
-
-impl ResolvesClientCert for CurrentSvid {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        self.current()
-    }
-
-    fn has_certs(&self) -> bool {
-        true
+        let identity = self.identity.0.borrow().clone()?;
+        usable(&identity, &self.warned)
     }
 }
 
@@ -102,123 +85,103 @@ pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// Outbound: present our SVID, accept only a server whose ID `authorize`s,
-/// resume sessions from `sessions`.
-pub fn client_config(
+/// The outbound side's rustls configuration for the SVID held now.
+///
+/// A TLS 1.3 ticket carries the client certificate of the handshake that
+/// first made its session, and so does every ticket issued on a session
+/// resumed from it: a chain of resumptions keeps presenting that first SVID
+/// until it expires and the peer refuses it. So each SVID gets its own
+/// `ClientConfig`, whose certificate resolver holds only that SVID and whose
+/// ticket store only tickets from connections made with it. A connection
+/// opened before a rotation that receives its ticket after it puts the
+/// ticket in the old configuration's store, which no new connection uses.
+pub struct OutboundTls {
     identity: IdentityWatch,
     authorize: Authorizer,
-    sessions: Arc<SvidBoundSessions>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let bundle = identity
-        .borrow()
-        .as_ref()
-        .map(|i| i.bundle.clone())
-        .ok_or("no identity yet")?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(SpiffeServerVerifier::new(bundle, authorize))
-        .with_client_cert_resolver(Arc::new(CurrentSvid::new(identity)));
-    config.resumption = rustls::client::Resumption::store(sessions);
-    Ok(Arc::new(config))
+    /// The configuration made for the SVID (by its key) in use.
+    current: Mutex<Option<(Arc<CertifiedKey>, Arc<rustls::ClientConfig>)>>,
 }
 
-/// Session tickets that never outlive the SVID they were made with.
-///
-/// A resumed session carries the certificates of its first handshake. The
-/// peer checks ours again on resumption (see
-/// `signet_identity::tls::established_peer`), so a ticket made with an SVID
-/// we have since replaced must not be offered: this store starts empty
-/// whenever our SVID changes. A ticket whose *server* certificate has
-/// expired is caught on our side after the handshake; the caller then calls
-/// [`SvidBoundSessions::flush`] and connects again with a full handshake.
-#[derive(Debug)]
-pub struct SvidBoundSessions {
-    identity: IdentityWatchDebug,
-    /// The SVID (by notAfter) the cached tickets were made with.
-    made_with: Mutex<(i64, Arc<rustls::client::ClientSessionMemoryCache>)>,
-}
-
-/// Tickets kept per outbound listener.
+/// Tickets kept per outbound listener and SVID.
 const CLIENT_SESSIONS: usize = 1024;
 
-impl SvidBoundSessions {
-    /// An empty store following `identity`.
-    pub fn new(identity: IdentityWatch) -> Arc<Self> {
-        Arc::new(Self {
-            identity: IdentityWatchDebug(identity),
-            made_with: Mutex::new((
-                i64::MIN,
-                Arc::new(rustls::client::ClientSessionMemoryCache::new(
-                    CLIENT_SESSIONS,
-                )),
-            )),
-        })
-    }
-
-    /// The cache for the current SVID (a new, empty one after a rotation).
-    fn current(&self) -> Arc<rustls::client::ClientSessionMemoryCache> {
-        let svid = self
-            .identity
-            .0
-            .borrow()
-            .as_ref()
-            .map_or(i64::MIN, |i| i.not_after);
-        let mut g = self.made_with.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 != svid {
-            *g = (
-                svid,
-                Arc::new(rustls::client::ClientSessionMemoryCache::new(
-                    CLIENT_SESSIONS,
-                )),
-            );
+impl OutboundTls {
+    /// Configurations following `identity`, accepting only a server whose
+    /// ID `authorize`s.
+    pub fn new(identity: IdentityWatch, authorize: Authorizer) -> Self {
+        Self {
+            identity,
+            authorize,
+            current: Mutex::new(None),
         }
-        g.1.clone()
     }
 
-    /// Forgets every ticket (a resumed session was refused).
+    /// The connector for a new connection: the current SVID's
+    /// configuration, made on first use after a rotation.
+    pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        let id = self.identity.borrow().clone().ok_or("no identity yet")?;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, config)) = current.as_ref() {
+            if Arc::ptr_eq(key, &id.key) {
+                return Ok(config.clone().into());
+            }
+        }
+        let config = self.config_for(id.clone())?;
+        *current = Some((id.key.clone(), config.clone()));
+        Ok(config.into())
+    }
+
+    /// Forgets the current SVID's tickets (a resumed session was refused):
+    /// the next connection makes a full handshake.
     pub fn flush(&self) {
-        let mut g = self.made_with.lock().unwrap_or_else(|p| p.into_inner());
-        g.1 = Arc::new(rustls::client::ClientSessionMemoryCache::new(
-            CLIENT_SESSIONS,
-        ));
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn config_for(&self, id: Arc<Identity>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(SpiffeServerVerifier::new(
+                id.bundle.clone(),
+                self.authorize.clone(),
+            ))
+            .with_client_cert_resolver(Arc::new(PinnedSvid {
+                identity: id,
+                warned: AtomicI64::new(i64::MIN),
+            }));
+        config.resumption = rustls::client::Resumption::in_memory_sessions(CLIENT_SESSIONS);
+        Ok(Arc::new(config))
     }
 }
 
-impl ClientSessionStore for SvidBoundSessions {
-    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.current().set_kx_hint(server_name, group)
-    }
+/// Hands the outbound side's rustls one SVID, the one its configuration
+/// was made for, or nothing once it has expired.
+struct PinnedSvid {
+    identity: Arc<Identity>,
+    warned: AtomicI64,
+}
 
-    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.current().kx_hint(server_name)
-    }
-
-    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.current().set_tls12_session(server_name, value)
-    }
-
-    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.current().tls12_session(server_name)
-    }
-
-    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.current().remove_tls12_session(server_name)
-    }
-
-    fn insert_tls13_ticket(
-        &self,
-        server_name: ServerName<'static>,
-        value: Tls13ClientSessionValue,
-    ) {
-        self.current().insert_tls13_ticket(server_name, value)
-    }
-
-    fn take_tls13_ticket(
-        &self,
-        server_name: &ServerName<'static>,
-    ) -> Option<Tls13ClientSessionValue> {
-        self.current().take_tls13_ticket(server_name)
+impl std::fmt::Debug for PinnedSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PinnedSvid({}, not_after {})",
+            self.identity.spiffe_id, self.identity.not_after
+        )
     }
 }
+
+impl ResolvesClientCert for PinnedSvid {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        usable(&self.identity, &self.warned)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
