@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/signet/admin/v1/admin.proto",
+        "proto/signet/mesh/v1/mesh.proto",
         "proto/signet/node/v1/node.proto",
         "proto/workload.proto",
     ];

@@ -329,6 +329,27 @@ impl Admin for AdminService {
         self.finish("ListAgents", caller, "", r)
     }
 
+    async fn list_endpoints(
+        &self,
+        req: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        let caller = caller_uid(&req);
+        let id = req.into_inner().spiffe_id;
+        let filter = (!id.is_empty()).then_some(id.as_str());
+        let endpoints = self
+            .ca
+            .endpoints(filter)
+            .iter()
+            .map(crate::endpoint_publish::endpoint_to_pb)
+            .collect();
+        self.finish(
+            "ListEndpoints",
+            caller,
+            &id,
+            Ok(pb::ListEndpointsResponse { endpoints }),
+        )
+    }
+
     async fn ban_agent(
         &self,
         req: Request<pb::AgentRequest>,

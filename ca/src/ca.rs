@@ -14,13 +14,17 @@ use signet_identity::{BundleError, CertificateDer, SpiffeId, TrustBundle, TrustD
 
 use crate::authority::{create_private_dir, replica_id, Authority, AuthorityError};
 use crate::config::{CaConfig, ConfigError};
+use crate::endpoint_publish::{check_update, Checked};
+use crate::endpoint_registry::EndpointRegistry;
 use crate::entry::{Entry, EntryError, EntryInput, EntrySpec};
 use crate::entry_cache::{AgentVersion, Catchup, EntryCache};
 use crate::issuance::{sign_for_entry, IssueError, IssuedSvid};
 use crate::join_token::{self, JoinTokenError, NewJoinToken};
 use crate::jwt_keys::JwtSigner;
 use crate::metrics::Metrics;
-use crate::store::{AgentRecord, EntryFilter, Store, StoreError};
+use crate::store::{
+    AgentRecord, ChangeKind, EndpointRecord, EntryFilter, PublishSession, Store, StoreError,
+};
 
 /// Everything that can go wrong in a CA operation. The admin API maps each
 /// variant to one gRPC status in one place (`admin::status`).
@@ -70,6 +74,9 @@ pub struct Ca {
     replica: String,
     /// Every entry, by agent, kept current by the change feed.
     cache: RwLock<EntryCache>,
+    /// Every published endpoint, by SPIFFE ID, kept current by the change
+    /// feed.
+    endpoints: RwLock<EndpointRegistry>,
     /// One reader of the change feed at a time.
     feed_reader: tokio::sync::Mutex<()>,
     /// Wakes the change feed task (a notification from another replica).
@@ -107,6 +114,8 @@ impl Ca {
         let (active_jwt_key, _) = crate::jwt_keys::rotate(&store, &config, &replica, now).await?;
         let jwt_signer = crate::jwt_keys::load(&active_jwt_key, &config)?;
         let (entries, revision) = store.entries_at_revision().await?;
+        // Read after the revision: changes since are applied again.
+        let endpoints = store.list_endpoints().await?;
         let active_key_id = authority.id.clone();
         let (bundle, bundle_until) = load_bundle(&store, &config, &trust_domain, now).await?;
         let ca = Arc::new(Ca {
@@ -116,6 +125,7 @@ impl Ca {
             jwt_signer: RwLock::new(Arc::new(jwt_signer)),
             replica,
             cache: RwLock::new(EntryCache::load(entries, revision)),
+            endpoints: RwLock::new(EndpointRegistry::load(endpoints)),
             feed_reader: tokio::sync::Mutex::new(()),
             feed_wake: Notify::new(),
             bundle: watch::channel(Arc::new(bundle)).0,
@@ -412,6 +422,20 @@ impl Ca {
         loop {
             let after = self.read_cache(EntryCache::revision);
             let rows = self.store.changes_since(after, FEED_PAGE).await?;
+            // Agents whose endpoints changed (a ban or eviction withdraws
+            // them too): read before anything is applied, so a failed read
+            // leaves the whole page to the next try.
+            let mut agents: Vec<&str> = rows
+                .iter()
+                .filter(|r| matches!(r.kind, ChangeKind::Endpoints | ChangeKind::Agent))
+                .map(|r| r.parent_id.as_str())
+                .collect();
+            agents.sort_unstable();
+            agents.dedup();
+            let mut endpoints = Vec::with_capacity(agents.len());
+            for agent in agents {
+                endpoints.push((agent, self.store.endpoints_of_agent(agent).await?));
+            }
             let now = self.now_secs();
             let mut bundle = false;
             self.write_cache(|cache| {
@@ -420,6 +444,14 @@ impl Ca {
                 }
                 self.metrics.set_cache(cache.len(), cache.revision());
             });
+            if !endpoints.is_empty() {
+                self.write_endpoints(|registry| {
+                    for (agent, set) in endpoints {
+                        registry.replace_agent(agent, set);
+                    }
+                    self.metrics.endpoints.set(registry.len() as i64);
+                });
+            }
             if bundle {
                 self.refresh_bundle().await?;
             }
@@ -443,7 +475,9 @@ impl Ca {
             horizon,
             "this replica missed pruned changes; reloaded every entry (agents get snapshots)"
         );
+        let endpoints = self.store.list_endpoints().await?;
         self.write_cache(|cache| cache.reload(entries, revision));
+        self.write_endpoints(|registry| registry.reload(endpoints));
         drop(_reader);
         self.refresh_bundle().await?;
         Ok(true)
@@ -492,6 +526,101 @@ impl Ca {
             Ok(mut guard) => f(&mut guard),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
+    }
+
+    fn write_endpoints<T>(&self, f: impl FnOnce(&mut EndpointRegistry) -> T) -> T {
+        match self.endpoints.write() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn read_endpoints<T>(&self, f: impl FnOnce(&EndpointRegistry) -> T) -> T {
+        match self.endpoints.read() {
+            Ok(guard) => f(&guard),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    /// The endpoints of `spiffe_id`, or all of them, from memory.
+    pub fn endpoints(&self, spiffe_id: Option<&str>) -> Vec<EndpointRecord> {
+        self.read_endpoints(|r| match spiffe_id {
+            Some(id) => r.of(id),
+            None => r.all(),
+        })
+    }
+
+    /// A receiver that changes whenever `spiffe_id`'s endpoints do.
+    pub fn subscribe_endpoints(&self, spiffe_id: &str) -> watch::Receiver<u64> {
+        self.write_endpoints(|r| r.subscribe(spiffe_id))
+    }
+
+    /// Checks and publishes agent `agent_id`'s whole set of endpoints
+    /// (connected from `peer_ip`, through `session`): what was published and
+    /// what was refused.
+    pub async fn publish_endpoints(
+        &self,
+        agent_id: &str,
+        peer_ip: Option<std::net::IpAddr>,
+        session: &PublishSession,
+        endpoints: Vec<signet_proto::mesh::Endpoint>,
+    ) -> Result<Checked, CaError> {
+        let mut checked = self.read_cache(|cache| {
+            check_update(endpoints, agent_id, peer_ip, &self.trust_domain, |id| {
+                cache.agent_holds(agent_id, id)
+            })
+        });
+        self.store
+            .replace_endpoints(agent_id, &checked.accepted, session, self.now_secs())
+            .await?;
+        self.applied().await;
+        // As stored: with the registration times kept from before.
+        let stored = self.store.endpoints_of_agent(agent_id).await?;
+        checked.accepted = stored;
+        Ok(checked)
+    }
+
+    /// Agent `agent_id`'s publishing stream `session` ended: its endpoints
+    /// are marked lost now and withdrawn after the grace period, unless the
+    /// agent has published again (to any replica) by then.
+    pub async fn endpoints_lost(self: &Arc<Self>, agent_id: &str, session: &str) {
+        if let Err(e) = self
+            .store
+            .mark_endpoints_lost(agent_id, session, self.now_secs())
+            .await
+        {
+            tracing::warn!(agent_id, error = %e, "cannot mark endpoints lost");
+        }
+        self.applied().await;
+        let ca = self.clone();
+        let (agent_id, session) = (agent_id.to_owned(), session.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(ca.config.endpoint_grace)).await;
+            ca.withdraw_endpoints(&agent_id, &session).await;
+        });
+    }
+
+    async fn withdraw_endpoints(&self, agent_id: &str, session: &str) {
+        match self
+            .store
+            .withdraw_endpoints(agent_id, session, self.now_secs())
+            .await
+        {
+            Ok(()) => self.applied().await,
+            Err(e) => {
+                tracing::warn!(agent_id, error = %e, "cannot withdraw endpoints; they are withdrawn when this replica restarts")
+            }
+        }
+    }
+
+    /// At start: the publishing streams this replica held before it
+    /// stopped are gone; their endpoints are withdrawn after the grace
+    /// period unless their agents publish again.
+    pub async fn withdraw_orphaned_endpoints(self: &Arc<Self>) -> Result<(), CaError> {
+        for (agent_id, session) in self.store.endpoint_sessions_of(&self.replica).await? {
+            self.endpoints_lost(&agent_id, &session).await;
+        }
+        Ok(())
     }
 
     /// After a local write: apply it (and anything before it) at once. The

@@ -84,6 +84,10 @@ pub struct CaConfig {
     /// the key lost and make a new one instead of refusing to start. Every
     /// agent and workload then needs the new bundle. Default false.
     pub replace_lost_key: bool,
+    /// Seconds an agent's endpoints stay published after its connection to
+    /// the CA is lost (it reconnects to this or another replica and
+    /// publishes them again); then they are withdrawn. Default 30.
+    pub endpoint_grace: u64,
     /// Limits of the node API (`[limits]`); each has a default.
     pub limits: NodeApiLimits,
 }
@@ -184,6 +188,7 @@ impl Default for CaConfig {
             upstream_key: None,
             upstream_bundle: None,
             replace_lost_key: false,
+            endpoint_grace: 30,
             limits: NodeApiLimits::default(),
         }
     }

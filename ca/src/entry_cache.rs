@@ -156,6 +156,16 @@ impl EntryCache {
         self.agents.get(parent)?.entries.get(id).cloned()
     }
 
+    /// Whether agent `agent` has an entry for SPIFFE ID `spiffe_id` (so
+    /// may advertise endpoints of it).
+    pub fn agent_holds(&self, agent: &str, spiffe_id: &str) -> bool {
+        self.agents.get(agent).is_some_and(|v| {
+            v.entries
+                .values()
+                .any(|e| e.spec.spiffe_id.as_str() == spiffe_id)
+        })
+    }
+
     /// Applies one change (older than what is applied: ignored); `now` is
     /// Unix seconds, for tombstones.
     pub fn apply(&mut self, change: &ChangeRow, now: i64) -> Applied {
@@ -165,6 +175,8 @@ impl EntryCache {
         self.revision = change.revision;
         match change.kind {
             ChangeKind::Bundle => return Applied { bundle: true },
+            // The endpoint registry follows these (Ca::catch_up).
+            ChangeKind::Endpoints => {}
             ChangeKind::Agent => {
                 let view = self.view(&change.parent_id);
                 view.version.send_modify(|v| v.standing = change.revision);

@@ -51,6 +51,12 @@ pub struct Metrics {
     pub sync_updates: Family<KindLabel, Counter>,
     /// Entry-stream messages sent (an update longer than a page is several).
     pub sync_messages: Counter,
+    /// Endpoints published in the mesh (all replicas' agents).
+    pub endpoints: Gauge,
+    /// Endpoint watch streams open on this replica.
+    pub endpoint_watches: Gauge,
+    /// Endpoints refused from agents' updates.
+    pub endpoints_refused: Counter,
 }
 
 /// A `kind` label.
@@ -142,7 +148,28 @@ impl Metrics {
             "Entry-stream messages sent (pages)",
             sync_messages.clone(),
         );
+        let endpoints = Gauge::default();
+        registry.register(
+            "endpoints",
+            "Endpoints published in the mesh",
+            endpoints.clone(),
+        );
+        let endpoint_watches = Gauge::default();
+        registry.register(
+            "endpoint_watches",
+            "Endpoint watch streams open on this replica",
+            endpoint_watches.clone(),
+        );
+        let endpoints_refused = Counter::default();
+        registry.register(
+            "endpoints_refused",
+            "Endpoints refused from agents' updates (identity not held, bad address, cap)",
+            endpoints_refused.clone(),
+        );
         Self {
+            endpoints,
+            endpoint_watches,
+            endpoints_refused,
             cached_entries,
             cache_revision,
             sync_streams,

@@ -211,6 +211,9 @@ pub(crate) fn entry_to_pb(e: &Entry) -> pb::WorkloadEntry {
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::EntrySnapshot, Status>> + Send>>;
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::EndpointsAck, Status>> + Send>>;
+type EndpointSetStream =
+    Pin<Box<dyn Stream<Item = Result<signet_proto::mesh::EndpointSet, Status>> + Send>>;
 
 impl NodeService {
     /// Entry `entry_id`, if it is parented to `agent`; PERMISSION_DENIED
@@ -340,6 +343,53 @@ impl Node for NodeService {
             self.ca.clone(),
             agent.spiffe_id,
             known,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type PublishEndpointsStream = AckStream;
+
+    async fn publish_endpoints(
+        &self,
+        req: Request<tonic::Streaming<pb::EndpointsUpdate>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let agent = self.authorized_agent(&req).await?;
+        let peer_ip = peer_address(&req);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(crate::endpoint_streams::serve_publish(
+            self.ca.clone(),
+            agent.spiffe_id,
+            peer_ip,
+            req.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type WatchEndpointsStream = EndpointSetStream;
+
+    async fn watch_endpoints(
+        &self,
+        req: Request<signet_proto::mesh::WatchRequest>,
+    ) -> Result<Response<EndpointSetStream>, Status> {
+        self.authorized_agent(&req).await?;
+        let id = SpiffeId::parse(&req.get_ref().spiffe_id)
+            .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
+        if id.trust_domain() != self.ca.trust_domain {
+            return Err(Status::invalid_argument(format!(
+                "{id} is not in trust domain {}",
+                self.ca.trust_domain.as_str()
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(crate::endpoint_streams::serve_watch(
+            self.ca.clone(),
+            id.to_string(),
             tx,
         ));
         Ok(Response::new(Box::pin(

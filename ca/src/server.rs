@@ -34,6 +34,10 @@ pub async fn run(
     let metrics_listen = config.metrics_listen.clone();
     let database = redact_url(&config.database_url());
     let ca = Ca::open(config).await?;
+    // Endpoints published through this replica before it stopped: their
+    // streams are gone; withdrawn after the grace period unless
+    // re-published.
+    ca.withdraw_orphaned_endpoints().await?;
     let fd_limit = signet_identity::admission::raise_fd_limit();
     tracing::debug!(fd_limit, "open-file limit");
 

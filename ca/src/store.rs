@@ -7,6 +7,7 @@
 
 mod agents;
 mod changes;
+mod endpoints;
 mod entries;
 mod jwt_keys;
 mod keys;
@@ -21,6 +22,7 @@ use crate::config::redact_url;
 
 pub use agents::AgentRecord;
 pub use changes::{ChangeKind, ChangeRow, NOTIFY_CHANNEL};
+pub use endpoints::{EndpointRecord, PublishSession};
 pub use entries::EntryFilter;
 pub use jwt_keys::JwtKeyRecord;
 pub use keys::CaKeyRecord;

@@ -17,6 +17,7 @@
 //!   selector, reserved          the selector grammar; SPIFFE ID paths Signet keeps for itself
 //!   files                       atomic writes of keys (0600 from the first byte) and certificates
 //!   clock                       the system clock, or a manual one tests drive
+//!   endpoint                    mesh endpoints: address, protocol, weight, zone and their limits
 //!
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   admission                   connection caps every listener applies before parsing a byte
@@ -34,6 +35,7 @@
 pub mod admission;
 mod bundle;
 pub mod clock;
+pub mod endpoint;
 pub mod files;
 mod inspect;
 pub mod jwt_svid;

@@ -109,6 +109,12 @@ impl Store {
     /// Bans an agent; its entry stream ends.
     pub async fn ban_agent(&self, spiffe_id: &str, now: i64) -> Result<AgentRecord, StoreError> {
         let mut tx = self.begin_write().await?;
+        // A banned or evicted agent's endpoints go with it (the change
+        // below tells every replica to re-read them).
+        sqlx::query("DELETE FROM endpoints WHERE agent_id = $1")
+            .bind(spiffe_id)
+            .execute(&mut *tx)
+            .await?;
         let r = sqlx::query("UPDATE agents SET banned = 1, updated_at = $1 WHERE spiffe_id = $2")
             .bind(now)
             .bind(spiffe_id)
@@ -134,6 +140,12 @@ impl Store {
     /// entry stream ends.
     pub async fn delete_agent(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        // A banned or evicted agent's endpoints go with it (the change
+        // below tells every replica to re-read them).
+        sqlx::query("DELETE FROM endpoints WHERE agent_id = $1")
+            .bind(spiffe_id)
+            .execute(&mut *tx)
+            .await?;
         let r = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
             .bind(spiffe_id)
             .execute(&mut *tx)

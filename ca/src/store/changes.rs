@@ -36,6 +36,8 @@ pub enum ChangeKind {
     Agent,
     /// The trust bundle changed.
     Bundle,
+    /// An agent's published endpoints changed.
+    Endpoints,
 }
 
 impl ChangeKind {
@@ -44,6 +46,7 @@ impl ChangeKind {
             Self::Entry => "entry",
             Self::Agent => "agent",
             Self::Bundle => "bundle",
+            Self::Endpoints => "endpoints",
         }
     }
 
@@ -52,6 +55,7 @@ impl ChangeKind {
             "entry" => Ok(Self::Entry),
             "agent" => Ok(Self::Agent),
             "bundle" => Ok(Self::Bundle),
+            "endpoints" => Ok(Self::Endpoints),
             other => Err(StoreError::Corrupt(format!("change kind {other:?}"))),
         }
     }

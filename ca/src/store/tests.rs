@@ -17,6 +17,7 @@ on_both_backends!(
     ca_keys_and_bundle_sequence_persist_across_reconnect,
     the_change_feed_holds_every_change_in_commit_order,
     the_change_feed_is_pruned_up_to_a_horizon,
+    endpoints_are_replaced_whole_and_withdrawn_only_with_their_session,
 );
 
 fn spec(id: &str, parent: &str, selectors: &[&str]) -> crate::entry::EntrySpec {
@@ -417,4 +418,94 @@ fn jwt_key(kid: &str, at: i64) -> JwtKeyRecord {
         tainted: false,
         retired_at: 0,
     }
+}
+
+async fn endpoints_are_replaced_whole_and_withdrawn_only_with_their_session(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    let ep = |address: &str| EndpointRecord {
+        agent_id: A1.into(),
+        spiffe_id: "spiffe://example.org/web".into(),
+        address: address.into(),
+        protocol: "http".into(),
+        zone: "z1".into(),
+        weight: 100,
+        registered_at: 0,
+        lost_at: 0,
+    };
+    let first = PublishSession {
+        id: "s1".into(),
+        replica: "r1".into(),
+    };
+    let r1 = store
+        .replace_endpoints(A1, &[ep("10.0.0.1:1")], &first, 100)
+        .await
+        .unwrap();
+    let r2 = store
+        .replace_endpoints(A1, &[ep("10.0.0.1:1"), ep("10.0.0.1:2")], &first, 200)
+        .await
+        .unwrap();
+    assert!(r2 > r1, "each update is one change");
+    let stored = store.endpoints_of_agent(A1).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].registered_at, 100, "kept from the first update");
+    assert_eq!(stored[1].registered_at, 200);
+    assert_eq!(
+        store.endpoint_sessions_of("r1").await.unwrap(),
+        vec![(A1.to_string(), "s1".to_string())]
+    );
+
+    // The stream ends: marked lost, still published.
+    store.mark_endpoints_lost(A1, "s1", 300).await.unwrap();
+    assert!(store
+        .list_endpoints()
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.lost_at == 300));
+    // The agent publishes again through another replica before the grace
+    // period ends: the first session's withdrawal leaves its endpoints.
+    let second = PublishSession {
+        id: "s2".into(),
+        replica: "r2".into(),
+    };
+    store
+        .replace_endpoints(A1, &[ep("10.0.0.1:1")], &second, 310)
+        .await
+        .unwrap();
+    store.withdraw_endpoints(A1, "s1", 330).await.unwrap();
+    let after = store.list_endpoints().await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].lost_at, 0);
+    // Its own session's withdrawal removes them.
+    store.withdraw_endpoints(A1, "s2", 400).await.unwrap();
+    assert!(store.list_endpoints().await.unwrap().is_empty());
+
+    // A ban withdraws an agent's endpoints in the same transaction.
+    store
+        .upsert_agent(&AgentRecord {
+            spiffe_id: A1.into(),
+            attestation_type: "join_token".into(),
+            svid_serial: "01".into(),
+            previous_svid_serial: None,
+            svid_expires_at: 5000,
+            banned: false,
+            created_at: 1,
+            updated_at: 1,
+        })
+        .await
+        .unwrap();
+    store
+        .replace_endpoints(A1, &[ep("10.0.0.1:1")], &second, 500)
+        .await
+        .unwrap();
+    store.ban_agent(A1, 600).await.unwrap();
+    assert!(store.endpoints_of_agent(A1).await.unwrap().is_empty());
+    let kinds: Vec<ChangeKind> = store
+        .changes_since(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.kind)
+        .collect();
+    assert!(kinds.contains(&ChangeKind::Endpoints));
 }

@@ -1,0 +1,117 @@
+//! The node API's endpoint streams. `PublishEndpoints`: an agent's whole set
+//! of endpoints on each update, checked and stored, held for the life of the
+//! stream and a grace period after it. `WatchEndpoints`: one identity's
+//! endpoints from the in-memory registry, sent again only when that
+//! identity's set changes.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use signet_proto::mesh;
+use signet_proto::node as pb;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::admin::status;
+use crate::endpoint_publish::endpoint_to_pb;
+use crate::store::PublishSession;
+use crate::Ca;
+
+/// Serves one publishing stream of agent `agent_id` until it ends, then
+/// starts the grace period of what it published.
+pub async fn serve_publish(
+    ca: Arc<Ca>,
+    agent_id: String,
+    peer_ip: Option<IpAddr>,
+    mut updates: Streaming<pb::EndpointsUpdate>,
+    tx: mpsc::Sender<Result<pb::EndpointsAck, Status>>,
+) {
+    let session = PublishSession {
+        id: uuid::Uuid::new_v4().to_string(),
+        replica: ca.replica().to_owned(),
+    };
+    let mut published = false;
+    loop {
+        let update = tokio::select! {
+            m = updates.message() => m,
+            // The agent went away without closing its half.
+            _ = tx.closed() => break,
+        };
+        let update = match update {
+            Ok(Some(u)) => u,
+            Ok(None) | Err(_) => break,
+        };
+        let count = update.endpoints.len();
+        match ca
+            .publish_endpoints(&agent_id, peer_ip, &session, update.endpoints)
+            .await
+        {
+            Ok(checked) => {
+                published = true;
+                ca.metrics
+                    .endpoints_refused
+                    .inc_by(checked.refused.len() as u64);
+                for (e, reason) in &checked.refused {
+                    tracing::warn!(agent_id = %agent_id, spiffe_id = %e.spiffe_id, address = %e.address, reason = %reason, "endpoint refused");
+                }
+                tracing::debug!(agent_id = %agent_id, sent = count, published = checked.accepted.len(), "endpoints published");
+                let ack = pb::EndpointsAck {
+                    sequence: update.sequence,
+                    published: checked.accepted.iter().map(endpoint_to_pb).collect(),
+                    refused: checked
+                        .refused
+                        .into_iter()
+                        .map(|(endpoint, reason)| pb::RefusedEndpoint {
+                            endpoint: Some(endpoint),
+                            reason,
+                        })
+                        .collect(),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(status(&e))).await;
+                break;
+            }
+        }
+    }
+    if published {
+        ca.endpoints_lost(&agent_id, &session.id).await;
+    }
+}
+
+/// Serves one watch of `spiffe_id`'s endpoints until the agent goes away.
+pub async fn serve_watch(
+    ca: Arc<Ca>,
+    spiffe_id: String,
+    tx: mpsc::Sender<Result<mesh::EndpointSet, Status>>,
+) {
+    ca.metrics.endpoint_watches.inc();
+    let mut changes = ca.subscribe_endpoints(&spiffe_id);
+    let mut last: Option<Vec<mesh::Endpoint>> = None;
+    loop {
+        changes.borrow_and_update();
+        let set: Vec<mesh::Endpoint> = ca
+            .endpoints(Some(&spiffe_id))
+            .iter()
+            .map(endpoint_to_pb)
+            .collect();
+        if last.as_ref() != Some(&set) {
+            let msg = mesh::EndpointSet {
+                spiffe_id: spiffe_id.clone(),
+                endpoints: set.clone(),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                break;
+            }
+            last = Some(set);
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break },
+            _ = tx.closed() => break,
+        }
+    }
+    ca.metrics.endpoint_watches.dec();
+}
