@@ -164,7 +164,7 @@ mod tests {
     fn a_change_wakes_only_the_watchers_of_the_identities_it_touches() {
         let mut r = EndpointRegistry::default();
         let mut web = r.subscribe("spiffe://td/web");
-        let mut db = r.subscribe("spiffe://td/db");
+        let db = r.subscribe("spiffe://td/db");
         r.replace_agent("a1", vec![ep("a1", "spiffe://td/web", "10.0.0.1:80")]);
         assert!(web.has_changed().unwrap());
         assert!(!db.has_changed().unwrap());
@@ -196,7 +196,7 @@ mod tests {
             ep("a1", "spiffe://td/web", "10.0.0.1:80"),
             ep("a2", "spiffe://td/web", "10.0.0.2:80"),
         ]);
-        let mut web = r.subscribe("spiffe://td/web");
+        let web = r.subscribe("spiffe://td/web");
         r.reload(vec![ep("a2", "spiffe://td/web", "10.0.0.2:80")]);
         assert!(web.has_changed().unwrap());
         assert_eq!(
