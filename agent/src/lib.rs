@@ -10,6 +10,9 @@
 //!                                                                                   ▼
 //!   workload ──Unix socket──▶ workload_api::WorkloadApi ──attestor::WorkloadAttestor (SO_PEERCRED, /proc, pidfd)
 //!                                  │ FetchJWTSVID: jwt_svids::JwtSvidCache, miss ─▶ CA MintJwtSvid
+//!   sidecar ──same socket──▶ mesh_api::MeshApi (same attestation)
+//!                                  │ Register ─▶ local_endpoints ─▶ endpoint_publisher ─▶ CA PublishEndpoints
+//!                                  │ Watch ─────────────────────────────────────────────▶ CA WatchEndpoints
 //! ```
 //!
 //! The rotator is the only owner of certificate state; the Workload API
@@ -18,7 +21,10 @@
 pub mod agent_identity;
 pub mod attestor;
 pub mod config;
+pub mod endpoint_publisher;
 pub mod jwt_svids;
+pub mod local_endpoints;
+pub mod mesh_api;
 pub mod metrics;
 pub mod node_client;
 pub mod rotator;

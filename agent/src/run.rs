@@ -202,11 +202,19 @@ pub async fn run(
     };
     let limits = config.limits.clone();
     let incoming = admitted_by_uid(listener, &limits, metrics.clone());
+    let workload_api = WorkloadApi::new(state_rx, ca_link_rx.clone(), metrics.clone(), &limits);
+    let local_endpoints = crate::local_endpoints::LocalEndpoints::new();
+    let publisher = tokio::spawn(crate::endpoint_publisher::run(
+        local_endpoints.clone(),
+        ca_link_rx.clone(),
+        stop_rx.clone(),
+    ));
     let api = tonic::transport::Server::builder()
         .max_concurrent_streams(32)
         .http2_max_header_list_size(16 * 1024)
+        .add_service(WorkloadApi::server(workload_api.clone()).max_decoding_message_size(64 * 1024))
         .add_service(
-            WorkloadApi::server(state_rx, ca_link_rx, metrics.clone(), &limits)
+            crate::mesh_api::MeshApi::server(workload_api, local_endpoints, ca_link_rx)
                 .max_decoding_message_size(64 * 1024),
         )
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
@@ -231,6 +239,7 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         let _ = api.await;
         let _ = rotator.await;
+        let _ = publisher.await;
         let _ = health.await;
     })
     .await;

@@ -52,20 +52,21 @@ pub struct WorkloadApi {
 const JWT_CACHE_ENTRIES: usize = 10_000;
 
 /// A caller attested: its uid and selectors.
-struct Caller {
-    uid: u32,
-    selectors: Vec<String>,
+pub(crate) struct Caller {
+    pub(crate) uid: u32,
+    pub(crate) selectors: Vec<String>,
 }
 
 impl WorkloadApi {
-    /// A tonic server over the rotator's published snapshots.
-    pub fn server(
+    /// The service over the rotator's published snapshots (shared with the
+    /// mesh API, which attests its callers the same way).
+    pub fn new(
         state: watch::Receiver<Arc<Snapshot>>,
         ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
         metrics: Arc<Metrics>,
         limits: &WorkloadApiLimits,
-    ) -> SpiffeWorkloadApiServer<Self> {
-        SpiffeWorkloadApiServer::new(Self {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             state,
             attestor: Arc::new(WorkloadAttestor::new(limits.max_binary_hash_bytes)),
             attesting: Arc::new(tokio::sync::Semaphore::new(
@@ -78,8 +79,18 @@ impl WorkloadApi {
         })
     }
 
+    /// The tonic server of `api`.
+    pub fn server(api: Arc<Self>) -> SpiffeWorkloadApiServer<Self> {
+        SpiffeWorkloadApiServer::from_arc(api)
+    }
+
+    /// The snapshot callers are served from.
+    pub(crate) fn state(&self) -> &watch::Receiver<Arc<Snapshot>> {
+        &self.state
+    }
+
     /// Checks the header and attests the caller: its selectors.
-    async fn admit<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
+    pub(crate) async fn admit<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
         let result = self.admit_inner(req).await;
         self.metrics
             .workload_call(method, result.as_ref().err().map(|s| s.code()));
@@ -87,7 +98,7 @@ impl WorkloadApi {
     }
 
     /// A place for one more open stream of `uid`, or RESOURCE_EXHAUSTED.
-    fn stream_slot(&self, uid: u32) -> Result<Ticket<u32>, Status> {
+    pub(crate) fn stream_slot(&self, uid: u32) -> Result<Ticket<u32>, Status> {
         self.streams.admit(uid).map_err(|_| {
             self.metrics.workload_refused("max_streams_per_uid");
             Status::resource_exhausted(

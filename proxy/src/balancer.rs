@@ -1,0 +1,269 @@
+//! Which endpoint of an upstream a new connection goes to: power of two
+//! choices on fewest active connections (weighted), among the endpoints not
+//! ejected as outliers and not already tried for this connection. Two
+//! random candidates compared beat both "least loaded of all" (every proxy
+//! herds onto the same endpoint) and round-robin (blind to a slow or busy
+//! one). Plain data: the caller passes the time and the random numbers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::outlier::{EjectionPolicy, Outliers, Verdict};
+
+/// One endpoint as the balancer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` to dial.
+    pub address: String,
+    /// Relative share of traffic (1-1000).
+    pub weight: u32,
+}
+
+struct Slot {
+    endpoint: Endpoint,
+    active: Arc<AtomicUsize>,
+}
+
+/// An upstream's endpoints, their load and their outlier records.
+pub struct Balancer {
+    slots: Vec<Slot>,
+    outliers: Outliers<String>,
+}
+
+/// A chosen endpoint; counted as active until dropped.
+#[derive(Debug)]
+pub struct Pick {
+    /// Where to connect.
+    pub address: String,
+    active: Arc<AtomicUsize>,
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Balancer {
+    /// No endpoints yet.
+    pub fn new(policy: EjectionPolicy) -> Self {
+        Self {
+            slots: Vec::new(),
+            outliers: Outliers::new(policy, []),
+        }
+    }
+
+    /// Takes the current endpoint set: the load and the outlier record of
+    /// an endpoint still there are kept.
+    pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
+        let mut old = std::mem::take(&mut self.slots);
+        self.slots = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let active = old
+                    .iter()
+                    .position(|s| s.endpoint.address == endpoint.address)
+                    .map(|i| old.swap_remove(i).active)
+                    .unwrap_or_default();
+                Slot { endpoint, active }
+            })
+            .collect();
+        self.outliers
+            .set_endpoints(self.slots.iter().map(|s| s.endpoint.address.clone()));
+    }
+
+    /// The endpoints known, with whether each is available at `now`.
+    pub fn endpoints(&self, now: Instant) -> Vec<(Endpoint, bool)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let available = self.outliers.is_available(&s.endpoint.address, now);
+                (s.endpoint.clone(), available)
+            })
+            .collect()
+    }
+
+    /// How many endpoints are ejected at `now`.
+    pub fn ejected(&self, now: Instant) -> usize {
+        self.outliers.ejected_now(now)
+    }
+
+    /// Chooses an endpoint for a new connection at `now`, not one of
+    /// `tried`; `random` is two uniform random numbers. `None` when no
+    /// endpoint is left.
+    pub fn pick(&self, now: Instant, tried: &[String], random: (u64, u64)) -> Option<Pick> {
+        let candidates: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| {
+                !tried.contains(&s.endpoint.address)
+                    && self.outliers.is_available(&s.endpoint.address, now)
+            })
+            .collect();
+        let chosen = match candidates.len() {
+            0 => return None,
+            1 => candidates[0],
+            n => {
+                let a = (random.0 % n as u64) as usize;
+                // A second, different candidate.
+                let b = (a + 1 + (random.1 % (n as u64 - 1)) as usize) % n;
+                let (x, y) = (candidates[a], candidates[b]);
+                if load(y) < load(x) {
+                    y
+                } else {
+                    x
+                }
+            }
+        };
+        chosen.active.fetch_add(1, Ordering::Relaxed);
+        Some(Pick {
+            address: chosen.endpoint.address.clone(),
+            active: chosen.active.clone(),
+        })
+    }
+
+    /// A connection to `address` succeeded.
+    pub fn success(&mut self, address: &str) {
+        self.outliers.success(&address.to_owned());
+    }
+
+    /// A connection to `address` failed (connect or handshake) at `now`.
+    pub fn failure(&mut self, address: &str, now: Instant) -> Verdict {
+        self.outliers.failure(&address.to_owned(), now)
+    }
+}
+
+/// Active connections per unit of weight.
+fn load(s: &Slot) -> f64 {
+    s.active.load(Ordering::Relaxed) as f64 / f64::from(s.endpoint.weight.max(1))
+}
+
+/// Two random numbers for [`Balancer::pick`].
+pub fn random_pair() -> (u64, u64) {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let (x, y) = b.split_at(8);
+    let word = |s: &[u8]| s.iter().fold(0u64, |acc, &v| (acc << 8) | u64::from(v));
+    (word(x), word(y))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ep(address: &str, weight: u32) -> Endpoint {
+        Endpoint {
+            address: address.into(),
+            weight,
+        }
+    }
+
+    fn balancer(addresses: &[&str]) -> Balancer {
+        let mut b = Balancer::new(EjectionPolicy {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(10),
+            ..Default::default()
+        });
+        b.set_endpoints(addresses.iter().map(|a| ep(a, 100)).collect());
+        b
+    }
+
+    /// A deterministic stream of random pairs.
+    fn randoms() -> impl FnMut() -> (u64, u64) {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        move || {
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            (next(), next())
+        }
+    }
+
+    #[test]
+    fn of_two_candidates_the_one_with_fewer_connections_wins() {
+        let b = balancer(&["a:1", "b:1"]);
+        let t = Instant::now();
+        let first = b.pick(t, &[], (0, 0)).unwrap();
+        // With two endpoints both are always the candidates: the idle one
+        // wins whatever the random numbers.
+        for r in [(0, 0), (1, 0), (7, 3)] {
+            let next = b.pick(t, &[], r).unwrap();
+            assert_ne!(next.address, first.address);
+        }
+    }
+
+    #[test]
+    fn connections_spread_over_every_endpoint_and_load_follows_weight() {
+        let mut b = balancer(&[]);
+        b.set_endpoints(vec![ep("a:1", 100), ep("b:1", 100), ep("c:1", 200)]);
+        let t = Instant::now();
+        let mut rng = randoms();
+        let held: Vec<Pick> = (0..400).map(|_| b.pick(t, &[], rng()).unwrap()).collect();
+        let count = |a: &str| held.iter().filter(|p| p.address == a).count();
+        let (a, bb, c) = (count("a:1"), count("b:1"), count("c:1"));
+        assert_eq!(a + bb + c, 400);
+        // Weighted least-connections: c holds about twice a's share.
+        assert!((90..=110).contains(&a), "a {a} b {bb} c {c}");
+        assert!((90..=110).contains(&bb), "a {a} b {bb} c {c}");
+        assert!((180..=220).contains(&c), "a {a} b {bb} c {c}");
+        drop(held);
+        // Dropped picks are no longer counted.
+        assert!(b
+            .slots
+            .iter()
+            .all(|s| s.active.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn tried_and_ejected_endpoints_are_not_chosen() {
+        let mut b = balancer(&["a:1", "b:1", "c:1"]);
+        let t = Instant::now();
+        let mut rng = randoms();
+        let tried = vec!["a:1".to_string()];
+        for _ in 0..50 {
+            assert_ne!(b.pick(t, &tried, rng()).unwrap().address, "a:1");
+        }
+        assert_eq!(b.failure("b:1", t), Verdict::Kept);
+        assert!(matches!(b.failure("b:1", t), Verdict::Ejected(_)));
+        for _ in 0..50 {
+            assert_eq!(b.pick(t, &tried, rng()).unwrap().address, "c:1");
+        }
+        let all = vec!["a:1".to_string(), "c:1".to_string()];
+        assert!(b.pick(t, &all, rng()).is_none(), "nothing left");
+        // Back after the ejection.
+        let later = t + Duration::from_secs(10);
+        assert_eq!(b.pick(later, &all, rng()).unwrap().address, "b:1");
+        assert_eq!(b.ejected(t), 1);
+        assert_eq!(b.ejected(later), 0);
+    }
+
+    #[test]
+    fn a_new_endpoint_set_keeps_load_and_ejections_of_those_still_there() {
+        let mut b = balancer(&["a:1", "b:1", "c:1"]);
+        let t = Instant::now();
+        let held = b.pick(t, &["b:1".into(), "c:1".into()], (0, 0)).unwrap();
+        assert_eq!(held.address, "a:1");
+        b.failure("c:1", t);
+        b.failure("c:1", t);
+        b.set_endpoints(vec![ep("a:1", 100), ep("c:1", 100), ep("d:1", 100)]);
+        let status = b.endpoints(t);
+        assert_eq!(
+            status
+                .iter()
+                .map(|(e, up)| (e.address.as_str(), *up))
+                .collect::<Vec<_>>(),
+            vec![("a:1", true), ("c:1", false), ("d:1", true)]
+        );
+        // a still holds one connection: d, idle, wins against it.
+        assert_eq!(b.pick(t, &["c:1".into()], (0, 0)).unwrap().address, "d:1");
+        drop(held);
+        assert!(b.slots[0].active.load(Ordering::Relaxed) == 0);
+    }
+}
