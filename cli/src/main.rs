@@ -39,6 +39,9 @@ enum Command {
     /// Run the node agent; list, ban and evict agents.
     #[command(subcommand)]
     Agent(commands::agent::AgentCommand),
+    /// List the endpoints sidecars registered (the mesh's service registry).
+    #[command(subcommand)]
+    Endpoints(commands::endpoints::EndpointsCommand),
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(commands::bundle::BundleCommand),
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
             Command::Entry(c) => c.run().await,
             Command::Agent(c) => c.run().await,
             Command::Bundle(c) => c.run().await,
+            Command::Endpoints(c) => c.run().await,
             Command::Id(c) => c.run().await,
             Command::Jwt(c) => c.run().await,
             Command::Proxy(c) => c.run().await,

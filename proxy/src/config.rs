@@ -53,6 +53,46 @@ pub struct InboundConfig {
     /// `tcp` (default) or `http`.
     #[serde(default)]
     pub protocol: Protocol,
+    /// The address callers should dial, registered with the agent (which
+    /// relays it to the CA) while the proxy is up: `host:port`, or `:port`
+    /// for the node's address as the CA sees it. Default `:<listen port>`.
+    /// Registration needs the Workload API (not a static identity).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Optional locality advertised with the endpoint.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Relative share of traffic callers send here, 1-1000. Default 100.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+impl InboundConfig {
+    /// The address to register: `advertise`, else `:<bound_port>` (the
+    /// port the listener got).
+    pub fn advertised(
+        &self,
+        bound_port: u16,
+    ) -> Result<signet_identity::endpoint::EndpointAddress, ConfigError> {
+        use signet_identity::endpoint::EndpointAddress;
+        let text = match &self.advertise {
+            Some(a) => a.clone(),
+            None => format!(":{bound_port}"),
+        };
+        EndpointAddress::parse(&text)
+            .map_err(|e| ConfigError::Invalid(format!("[inbound] advertise: {e}")))
+    }
+}
+
+/// Where an outbound listener's upstream is: one `host:port` (a DNS name
+/// is re-resolved, each address an endpoint) or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamConfig {
+    /// One address.
+    One(String),
+    /// Several addresses, balanced over.
+    Many(Vec<String>),
 }
 
 /// One outbound listener: plaintext in, mTLS to `upstream`.
@@ -61,8 +101,12 @@ pub struct InboundConfig {
 pub struct OutboundConfig {
     /// Local address the app connects to, e.g. `127.0.0.1:15001`.
     pub listen: String,
-    /// The peer's inbound proxy, e.g. `10.0.0.2:15006`.
-    pub upstream: String,
+    /// The peer's inbound proxy: `"10.0.0.2:15006"`, a DNS name and port,
+    /// or a list of addresses. Omitted: the endpoints registered for
+    /// `server_id` (which must then be one SPIFFE ID), found through the
+    /// agent and followed as they change.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
     /// The SPIFFE ID (or `.../*` pattern) the upstream must present.
     pub server_id: String,
     /// `tcp` (default) or `http`. Outbound traffic is relayed as bytes
@@ -74,6 +118,44 @@ pub struct OutboundConfig {
     /// on every connection from this host's loopback (kernel socket table).
     #[serde(default)]
     pub allowed_uids: Option<Vec<u32>>,
+    /// Milliseconds a TCP connect to an endpoint may take before another
+    /// endpoint is tried. Default 1,000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Milliseconds the TLS handshake with an endpoint may take before
+    /// another endpoint is tried. Default 3,000.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    3000
+}
+
+impl UpstreamConfig {
+    /// The addresses given.
+    pub fn addresses(&self) -> Vec<&str> {
+        match self {
+            Self::One(a) => vec![a.as_str()],
+            Self::Many(list) => list.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl OutboundConfig {
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The TLS handshake timeout.
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.handshake_timeout_ms)
+    }
 }
 
 /// Everything `signet proxy run` needs.
@@ -234,9 +316,52 @@ impl ProxyConfig {
             ));
         }
         for o in &self.outbound {
-            IdPattern::parse(&o.server_id).map_err(|e| {
-                ConfigError::Invalid(format!("[[outbound]] listen {}: server_id {e}", o.listen))
-            })?;
+            let bad =
+                |m: String| ConfigError::Invalid(format!("[[outbound]] listen {}: {m}", o.listen));
+            IdPattern::parse(&o.server_id).map_err(|e| bad(format!("server_id {e}")))?;
+            match &o.upstream {
+                None => {
+                    signet_identity::SpiffeId::parse(&o.server_id).map_err(|e| {
+                        bad(format!("without upstream, server_id must be one SPIFFE ID (its endpoints are discovered): {e}"))
+                    })?;
+                    if set == 3 {
+                        return Err(bad("without upstream, endpoints are discovered through the agent: a static identity (svid_file) has none; set upstream".into()));
+                    }
+                }
+                Some(UpstreamConfig::Many(list)) if list.is_empty() => {
+                    return Err(bad(
+                        "upstream: an empty list; omit it to discover endpoints".into(),
+                    ));
+                }
+                Some(u) => {
+                    for a in u.addresses() {
+                        let parsed = signet_identity::endpoint::EndpointAddress::parse(a)
+                            .map_err(|e| bad(format!("upstream: {e}")))?;
+                        if parsed.host.is_none() {
+                            return Err(bad(format!("upstream {a:?}: needs a host")));
+                        }
+                    }
+                }
+            }
+            if o.connect_timeout_ms == 0 || o.handshake_timeout_ms == 0 {
+                return Err(bad(
+                    "connect_timeout_ms and handshake_timeout_ms must be positive".into(),
+                ));
+            }
+        }
+        if let Some(i) = &self.inbound {
+            i.advertised(1)?;
+            if let Some(z) = &i.zone {
+                signet_identity::endpoint::check_zone(z)
+                    .map_err(|e| ConfigError::Invalid(format!("[inbound] {e}")))?;
+            }
+            if let Some(w) = i.weight {
+                if w == 0 {
+                    return Err(ConfigError::Invalid("[inbound] weight: 1-1000".into()));
+                }
+                signet_identity::endpoint::check_weight(w)
+                    .map_err(|e| ConfigError::Invalid(format!("[inbound] {e}")))?;
+            }
         }
         Ok(())
     }

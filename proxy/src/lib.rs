@@ -32,9 +32,11 @@ pub mod outlier;
 pub mod policy;
 pub mod policy_watch;
 pub mod refusal;
+pub mod registration;
 pub mod retry_budget;
 mod run;
 pub mod tls;
+pub mod upstream;
 pub mod workload_identity;
 
 // Public interface.

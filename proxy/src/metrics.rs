@@ -50,8 +50,34 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// One endpoint of an outbound upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The upstream (its `server_id`).
+    pub upstream: String,
+    /// The endpoint's address.
+    pub endpoint: String,
+    /// `success`, or why the attempt failed.
+    pub result: String,
+}
+
+/// An outbound upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The upstream (its `server_id`).
+    pub upstream: String,
+}
+
 /// The proxy's metrics.
 pub struct Metrics {
+    /// Outbound connection attempts by upstream, endpoint and result.
+    pub endpoint_attempts: Family<EndpointLabels, Counter>,
+    /// Outlier ejections by upstream and endpoint (`result` is `ejected`).
+    pub ejections: Family<EndpointLabels, Counter>,
+    /// Endpoints known per upstream.
+    pub upstream_endpoints: Family<UpstreamLabels, Gauge>,
+    /// Endpoints ejected per upstream (as of the last failure or update).
+    pub upstream_ejected: Family<UpstreamLabels, Gauge>,
     registry: Registry,
     /// Connections by direction and peer.
     pub connections: Family<PeerLabels, Counter>,
@@ -128,7 +154,35 @@ impl Metrics {
             "Seconds until the current SVID expires",
             svid_expiry.clone(),
         );
+        let endpoint_attempts = Family::<EndpointLabels, Counter>::default();
+        r.register(
+            "endpoint_attempts",
+            "Outbound connection attempts by upstream, endpoint and result",
+            endpoint_attempts.clone(),
+        );
+        let ejections = Family::<EndpointLabels, Counter>::default();
+        r.register(
+            "ejections",
+            "Outlier ejections by upstream and endpoint",
+            ejections.clone(),
+        );
+        let upstream_endpoints = Family::<UpstreamLabels, Gauge>::default();
+        r.register(
+            "upstream_endpoints",
+            "Endpoints known per outbound upstream",
+            upstream_endpoints.clone(),
+        );
+        let upstream_ejected = Family::<UpstreamLabels, Gauge>::default();
+        r.register(
+            "upstream_ejected",
+            "Endpoints ejected per outbound upstream",
+            upstream_ejected.clone(),
+        );
         Arc::new(Self {
+            endpoint_attempts,
+            ejections,
+            upstream_endpoints,
+            upstream_ejected,
             registry: r,
             connections,
             bytes_to_peer,

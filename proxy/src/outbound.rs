@@ -14,6 +14,12 @@ use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
 use crate::refusal::{failure_reason, refusal_reason};
 use crate::tls::OutboundTls;
+use crate::upstream::Upstream;
+use signet_identity::tls::BundleHandle;
+use tokio_rustls::client::TlsStream;
+
+/// Most endpoints one connection tries before it is closed.
+pub const MAX_ATTEMPTS: usize = 3;
 use crate::workload_identity::IdentityWatch;
 use signet_identity::admission::Admission;
 use signet_identity::tls::{established_peer, Authorizer};
@@ -23,8 +29,12 @@ pub struct Outbound {
     /// rustls client configurations (verify the expected server ID), one
     /// per SVID with its own tickets.
     pub tls: Arc<OutboundTls>,
-    /// The peer sidecar.
-    pub upstream: String,
+    /// The peer sidecars: their endpoints and the balancer over them.
+    pub upstream: Arc<Upstream>,
+    /// How long a TCP connect to one endpoint may take.
+    pub connect_timeout: std::time::Duration,
+    /// How long the TLS handshake with one endpoint may take.
+    pub handshake_timeout: std::time::Duration,
     /// The ID pattern the upstream must present (for logs).
     pub server_id: String,
     /// The check of `server_id`, applied again to resumed sessions.
@@ -86,45 +96,29 @@ impl Outbound {
         let Some(bundle) = self.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
             return;
         };
-        // At most two tries: a resumed session whose ticket predates the
-        // upstream's current SVID is refused below; the tickets are then
-        // flushed and the second try is a full handshake.
-        let mut stale_tickets = false;
-        let (mut tls, peer) = loop {
-            let connect = async {
-                let tcp = TcpStream::connect(&self.upstream).await?;
-                tcp.set_nodelay(true)?;
-                let name = ServerName::try_from("signet-peer").map_err(std::io::Error::other)?;
-                let connector = self.tls.connector().map_err(std::io::Error::other)?;
-                connector.connect(name, tcp).await
+        // Nothing of the app has been read yet: a failed attempt goes to
+        // another endpoint, unnoticed by the app.
+        let mut tried: Vec<String> = Vec::new();
+        let (mut tls, peer, pick) = loop {
+            let Some(pick) = self.upstream.pick(&tried) else {
+                self.metrics.handshake_failed("outbound", "no_endpoint");
+                tracing::warn!(direction = "outbound", upstream = %self.upstream.name, tried = ?tried, "no endpoint left to try; connection closed");
+                return;
             };
-            let tls = match tokio::time::timeout(self.limits.handshake_timeout(), connect).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    let reason = failure_reason(&e);
+            match self.connect(&pick.address, &bundle).await {
+                Ok((tls, peer)) => {
+                    self.upstream.success(&pick.address);
+                    break (tls, peer, pick);
+                }
+                Err((reason, error)) => {
                     self.metrics.handshake_failed("outbound", reason);
-                    tracing::warn!(direction = "outbound", upstream = %self.upstream, expected = %self.server_id, reason, error = %e, "upstream refused");
-                    return;
-                }
-                Err(_) => {
-                    self.metrics.handshake_failed("outbound", "timeout");
-                    return;
-                }
-            };
-            // A resumed session is checked again: the upstream's SVID in
-            // the ticket may have expired or lost its authority since.
-            match established_peer(tls.get_ref().1, &bundle, &self.authorize, SystemTime::now()) {
-                Ok(peer) => break (tls, peer.to_string()),
-                Err(e) if !stale_tickets => {
-                    tracing::debug!(direction = "outbound", upstream = %self.upstream, error = %e, "resumed session refused; flushing tickets, full handshake next");
-                    self.tls.flush();
-                    stale_tickets = true;
-                }
-                Err(e) => {
-                    let reason = refusal_reason(&e);
-                    self.metrics.handshake_failed("outbound", reason);
-                    tracing::warn!(direction = "outbound", upstream = %self.upstream, expected = %self.server_id, reason, error = %e, "resumed session refused");
-                    return;
+                    self.upstream.failure(&pick.address, reason);
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %pick.address, expected = %self.server_id, reason, error = %error, "endpoint attempt failed; trying another");
+                    tried.push(pick.address.clone());
+                    if tried.len() >= MAX_ATTEMPTS {
+                        tracing::warn!(direction = "outbound", upstream = %self.upstream.name, tried = ?tried, "every attempt failed; connection closed");
+                        return;
+                    }
                 }
             }
         };
@@ -140,12 +134,69 @@ impl Outbound {
         tracing::info!(
             direction = "outbound",
             peer = %peer,
-            upstream = %self.upstream,
+            upstream = %self.upstream.name,
+            endpoint = %pick.address,
             bytes_in = from_peer,
             bytes_out = to_peer,
             duration_ms = ms_since(start),
             error = err.map(|e| e.to_string()).unwrap_or_default(),
             "connection"
         );
+    }
+
+    /// One attempt on `address`: TCP connect and TLS handshake, each within
+    /// its timeout, and the peer checked (again, for a resumed session).
+    /// On failure: the metric reason and the error.
+    async fn connect(
+        &self,
+        address: &str,
+        bundle: &BundleHandle,
+    ) -> Result<(TlsStream<TcpStream>, String), (&'static str, String)> {
+        // At most two tries: a resumed session whose ticket predates the
+        // upstream's current SVID is refused below; the tickets are then
+        // flushed and the second try is a full handshake.
+        let mut stale_tickets = false;
+        loop {
+            let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+                .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return Err(("connect", e.to_string())),
+                Err(_) => {
+                    return Err((
+                        "connect_timeout",
+                        format!("no connection within {:?}", self.connect_timeout),
+                    ))
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let name =
+                ServerName::try_from("signet-peer").map_err(|e| ("tls_setup", e.to_string()))?;
+            let connector = self.tls.connector().map_err(|e| ("tls_setup", e))?;
+            let tls =
+                match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp))
+                    .await
+                {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => return Err((failure_reason(&e), e.to_string())),
+                    Err(_) => {
+                        return Err((
+                            "timeout",
+                            format!("no TLS handshake within {:?}", self.handshake_timeout),
+                        ))
+                    }
+                };
+            // A resumed session is checked again: the upstream's SVID in
+            // the ticket may have expired or lost its authority since.
+            match established_peer(tls.get_ref().1, bundle, &self.authorize, SystemTime::now()) {
+                Ok(peer) => return Ok((tls, peer.to_string())),
+                Err(e) if !stale_tickets => {
+                    tracing::debug!(direction = "outbound", endpoint = %address, error = %e, "resumed session refused; flushing tickets, full handshake next");
+                    self.tls.flush();
+                    stale_tickets = true;
+                }
+                Err(e) => return Err((refusal_reason(&e), e.to_string())),
+            }
+        }
     }
 }

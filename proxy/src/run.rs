@@ -15,7 +15,9 @@ use crate::config::{ConfigError, ProxyConfig};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
+use crate::outlier::EjectionPolicy;
 use crate::policy::{IdPattern, PolicyError};
+use crate::upstream::{Source, Upstream};
 use crate::{policy_watch, tls, workload_identity};
 
 /// Why the proxy could not start.
@@ -107,6 +109,7 @@ pub async fn run(
             .ok_or_else(|| ConfigError::Invalid("policy_dir is required".into()))?;
         let policy = policy_watch::initial(&dir, &own, inbound.protocol)?;
         let listener = bind(&inbound.listen).await?;
+        let bound_port = listener.local_addr().map_or(0, |a| a.port());
         let server = tls::server_config(identity.clone()).map_err(ProxyError::Tls)?;
         let open = Arc::new(crate::open_connections::OpenConnections::default());
         let handler = Arc::new(Inbound {
@@ -121,6 +124,23 @@ pub async fn run(
                 .then(|| Arc::new(crate::http::HttpForwarder::new(&inbound.forward_to))),
         });
         listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
+        if config.svid_file.is_none() {
+            let address = inbound.advertised(bound_port)?.to_string();
+            tokio::spawn(crate::registration::keep_registered(
+                socket.clone(),
+                crate::registration::Advertised {
+                    address,
+                    protocol: match inbound.protocol {
+                        crate::config::Protocol::Tcp => "tcp".into(),
+                        crate::config::Protocol::Http => "http".into(),
+                    },
+                    zone: inbound.zone.clone().unwrap_or_default(),
+                    weight: inbound.weight.unwrap_or(0),
+                },
+                identity.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tokio::spawn(policy_watch::watch(
             dir,
             policy,
@@ -135,10 +155,18 @@ pub async fn run(
         let pattern = IdPattern::parse(&o.server_id)
             .map_err(|e| ConfigError::Invalid(format!("server_id {e}")))?;
         let authorize: Authorizer = Arc::new(move |id| pattern.matches(id));
+        let upstream = Upstream::new(&o.server_id, EjectionPolicy::default(), metrics.clone());
+        tokio::spawn(crate::upstream::follow(
+            Source::of(&o.upstream, &o.server_id, socket.clone()),
+            upstream.clone(),
+            stop_rx.clone(),
+        ));
         let listener = bind(&o.listen).await?;
         let handler = Arc::new(Outbound {
             tls: Arc::new(tls::OutboundTls::new(identity.clone(), authorize.clone())),
-            upstream: o.upstream.clone(),
+            upstream: upstream.clone(),
+            connect_timeout: o.connect_timeout(),
+            handshake_timeout: o.handshake_timeout(),
             server_id: o.server_id.clone(),
             authorize,
             identity: identity.clone(),
@@ -156,7 +184,7 @@ pub async fn run(
     tracing::info!(
         spiffe_id = %own,
         inbound = config.inbound.as_ref().map(|i| format!("{} -> {}", i.listen, i.forward_to)).unwrap_or_default(),
-        outbound = config.outbound.iter().map(|o| format!("{} -> {} ({})", o.listen, o.upstream, o.server_id)).collect::<Vec<_>>().join(", "),
+        outbound = config.outbound.iter().map(|o| format!("{} -> {} ({})", o.listen, o.upstream.as_ref().map_or("discovered".to_string(), |u| u.addresses().join(" ")), o.server_id)).collect::<Vec<_>>().join(", "),
         admin = %admin_addr,
         "signet proxy ready"
     );

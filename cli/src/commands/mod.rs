@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod ca;
 pub mod dev;
 mod dev_demo;
+pub mod endpoints;
 pub mod entry;
 pub mod id;
 pub mod jwt;

@@ -1,0 +1,274 @@
+//! The mesh on loopback, real binaries: a service (`payments`) runs as
+//! several instances, each app behind its own inbound proxy on two nodes
+//! (agents b and c); a caller (`checkout`, agent a) has an outbound listener
+//! that names only the service's SPIFFE ID. Checked: the endpoints are
+//! registered and listed, connections spread over every instance, a new
+//! instance gets traffic within a second, a stopped instance is withdrawn
+//! at once and costs no failed connection, and a workload cannot register
+//! an identity it does not hold.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const ALLOW_CHECKOUT: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+"#;
+
+/// One instance of payments: an echo app behind an inbound proxy.
+struct Instance {
+    app: EchoApp,
+    proxy: Daemon,
+    port: u16,
+}
+
+fn start_instance(ca: &TestCa, agent: &TestAgent, policy_dir: &std::path::Path) -> Instance {
+    let app = EchoApp::start();
+    let port = signet_test_support::free_port();
+    let cfg = ca.dir.path().join(format!("inbound-{port}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout = 2\n[inbound]\nlisten = \"127.0.0.1:{port}\"\nforward_to = \"127.0.0.1:{}\"\n",
+            agent.socket.display(),
+            policy_dir.display(),
+            app.port
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut proxy = Daemon::spawn(cmd);
+    proxy.wait_for("signet proxy ready", Duration::from_secs(20));
+    proxy.wait_for("endpoint published", Duration::from_secs(10));
+    Instance { app, proxy, port }
+}
+
+/// `signet endpoints list --output json`: (address, node) pairs of payments.
+fn listed(ca: &TestCa) -> Vec<(String, String)> {
+    let out = ca.run_ok(&[
+        "endpoints",
+        "list",
+        "--spiffe-id",
+        PAYMENTS,
+        "--output",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut found: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["spiffe_id"], PAYMENTS);
+            assert_eq!(e["health"], "live");
+            (
+                e["address"].as_str().unwrap().to_owned(),
+                e["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// One connection through the caller's outbound listener; whether the
+/// echo came back whole.
+fn echo_through(port: u16, payload: &[u8]) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if s.write_all(payload).is_err() {
+        return false;
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out == payload
+}
+
+#[test]
+fn a_caller_finds_balances_over_and_survives_the_instances_of_a_service() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("ca.toml");
+    std::fs::write(&cfg, "endpoint_grace = 3\n").unwrap();
+    let ca = TestCa::start(&["--config", cfg.to_str().unwrap()]);
+    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
+    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+    let agent_c = TestAgent::start(&ca, &ca.token("node-c"), &[]);
+    let uid = format!("unix:uid:{}", my_uid());
+    ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
+    ca.entry(PAYMENTS, "node-b", &[&uid], &[]);
+    ca.entry(PAYMENTS, "node-c", &[&uid], &[]);
+    let policy_dir = ca.dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("payments.toml"), ALLOW_CHECKOUT).unwrap();
+
+    let mut instances = vec![
+        start_instance(&ca, &agent_b, &policy_dir),
+        start_instance(&ca, &agent_b, &policy_dir),
+        start_instance(&ca, &agent_c, &policy_dir),
+    ];
+    let mut expected: Vec<(String, String)> = instances
+        .iter()
+        .zip(["node-b", "node-b", "node-c"])
+        .map(|(i, node)| {
+            (
+                format!("127.0.0.1:{}", i.port),
+                format!("spiffe://example.org/signet/agent/{node}"),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(
+        listed(&ca),
+        expected,
+        "the registry lists every instance with its node"
+    );
+
+    // The caller names only the identity.
+    let caller_port = signet_test_support::free_port();
+    let caller_admin = signet_test_support::free_port();
+    let caller_cfg = ca.dir.path().join("caller.toml");
+    std::fs::write(
+        &caller_cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:{caller_admin}\"\n[[outbound]]\nlisten = \"127.0.0.1:{caller_port}\"\nserver_id = \"{PAYMENTS}\"\n",
+            agent_a.socket.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&caller_cfg);
+    let mut caller = Daemon::spawn(cmd);
+    caller.wait_for("signet proxy ready", Duration::from_secs(20));
+    eventually(
+        Duration::from_secs(5),
+        "the caller to learn the endpoints",
+        || echo_through(caller_port, b"hello").then_some(()),
+    );
+
+    // Load spreads over all three.
+    let before: Vec<usize> = instances.iter().map(|i| i.app.connections()).collect();
+    let mut failed = 0;
+    for n in 0..90 {
+        if !echo_through(caller_port, format!("request {n}").as_bytes()) {
+            failed += 1;
+        }
+    }
+    let served: Vec<usize> = instances
+        .iter()
+        .zip(&before)
+        .map(|(i, b)| i.app.connections() - b)
+        .collect();
+    println!("90 connections over 3 instances: {served:?}, {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(
+        served.iter().all(|&n| n >= 10),
+        "every instance serves: {served:?}"
+    );
+
+    // A new instance gets traffic within a second of registering.
+    let added = start_instance(&ca, &agent_c, &policy_dir);
+    let registered = Instant::now();
+    let first_traffic = loop {
+        assert!(echo_through(caller_port, b"x"));
+        if added.app.connections() > 0 {
+            break registered.elapsed();
+        }
+        assert!(
+            registered.elapsed() < Duration::from_secs(5),
+            "the new instance got no traffic"
+        );
+    };
+    println!("new instance served its first connection {first_traffic:?} after registering");
+    assert!(first_traffic < Duration::from_secs(1));
+    instances.push(added);
+
+    let instances_b_port = instances[1].port;
+    // An instance stops (SIGTERM: it withdraws its endpoint, then drains):
+    // gone from the registry within a second, and no connection fails.
+    let mut stopped = instances.remove(0);
+    let stopped_addr = format!("127.0.0.1:{}", stopped.port);
+    let t = Instant::now();
+    assert!(stopped.proxy.terminate());
+    eventually(
+        Duration::from_secs(2),
+        "the stopped instance to leave the registry",
+        || (!listed(&ca).iter().any(|(a, _)| *a == stopped_addr)).then_some(()),
+    );
+    println!("stopped instance withdrawn after {:?}", t.elapsed());
+    let mut failed = 0;
+    for _ in 0..60 {
+        if !echo_through(caller_port, b"after") {
+            failed += 1;
+        }
+    }
+    println!("60 connections after the stop: {failed} failed");
+    assert_eq!(failed, 0);
+
+    // Node c goes down whole (agent and both its proxies killed): its
+    // endpoints stay registered for the CA's grace period (3 s here), so
+    // connections land on dead endpoints; each fails over to another before
+    // any app byte is sent, and none fails. Then they are withdrawn.
+    let mut agent_c = agent_c;
+    agent_c.daemon.child.kill().unwrap();
+    for i in instances.iter_mut().filter(|i| i.port != instances_b_port) {
+        i.proxy.child.kill().unwrap();
+    }
+    let crash = Instant::now();
+    let mut failed = 0;
+    let mut sent = 0;
+    while crash.elapsed() < Duration::from_secs(5) {
+        sent += 1;
+        if !echo_through(caller_port, b"crash") {
+            failed += 1;
+        }
+    }
+    let (_, metrics) = http_get(caller_admin, "/metrics");
+    let attempts: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("signet_proxy_endpoint_attempts_total")
+                || l.starts_with("signet_proxy_ejections_total")
+        })
+        .collect();
+    println!(
+        "{sent} connections in the 5 s after node c went down: {failed} failed; attempts:\n{}",
+        attempts.join("\n")
+    );
+    assert_eq!(failed, 0);
+    eventually(
+        Duration::from_secs(5),
+        "node c's endpoints to be withdrawn",
+        || (listed(&ca).len() == 1).then_some(()),
+    );
+
+    // A workload may not advertise an identity it cannot get an SVID for:
+    // on node a this process is checkout, not payments.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(async {
+        let channel = signet_identity::workload_api::connect(&agent_a.socket)
+            .await
+            .unwrap();
+        let mut client = signet_proto::mesh::mesh_client::MeshClient::new(channel);
+        let req = with_security_header(signet_proto::mesh::RegisterRequest {
+            endpoint: Some(signet_proto::mesh::Endpoint {
+                spiffe_id: PAYMENTS.into(),
+                address: "127.0.0.1:9".into(),
+                ..Default::default()
+            }),
+        });
+        client.register(req).await.map(|_| ()).unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(!listed(&ca).iter().any(|(a, _)| a == "127.0.0.1:9"));
+    drop(caller);
+}
