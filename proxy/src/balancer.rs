@@ -1,15 +1,33 @@
-//! Which endpoint of an upstream a new connection goes to: power of two
-//! choices on fewest active connections (weighted), among the endpoints not
-//! ejected as outliers and not already tried for this connection. Two
-//! random candidates compared beat both "least loaded of all" (every proxy
-//! herds onto the same endpoint) and round-robin (blind to a slow or busy
-//! one). Plain data: the caller passes the time and the random numbers.
+//! Which endpoint of an upstream a new connection (TCP) or request (HTTP)
+//! goes to: power of two choices, among the endpoints not ejected as
+//! outliers and not already tried, on fewest active connections (TCP) or
+//! on peak-EWMA latency times requests in flight (HTTP), both per unit of
+//! weight. Two random candidates compared beat both "least loaded of all"
+//! (every proxy herds onto the same endpoint) and round-robin (blind to a
+//! slow or busy one). Plain data: the caller passes the time and the
+//! random numbers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use crate::outlier::{EjectionPolicy, Outliers, Verdict};
+use crate::peak_ewma::PeakEwma;
+
+/// What "least loaded" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMetric {
+    /// Active connections (TCP listeners).
+    Connections,
+    /// Peak-EWMA latency × (requests in flight + 1) (HTTP listeners).
+    PeakEwma,
+    /// No load at all: the next endpoint in turn (for comparison in
+    /// benchmarks only).
+    RoundRobin,
+}
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +41,16 @@ pub struct Endpoint {
 struct Slot {
     endpoint: Endpoint,
     active: Arc<AtomicUsize>,
+    latency: Arc<Mutex<PeakEwma>>,
 }
 
 /// An upstream's endpoints, their load and their outlier records.
 pub struct Balancer {
+    metric: LoadMetric,
     slots: Vec<Slot>,
     outliers: Outliers<String>,
+    /// Round-robin position.
+    turn: AtomicUsize,
 }
 
 /// A chosen endpoint; counted as active until dropped.
@@ -37,6 +59,18 @@ pub struct Pick {
     /// Where to connect.
     pub address: String,
     active: Arc<AtomicUsize>,
+    latency: Arc<Mutex<PeakEwma>>,
+}
+
+impl Pick {
+    /// The endpoint answered in `rtt` (at `now`): its latency estimate
+    /// takes it in.
+    pub fn observe(&self, rtt: Duration, now: Instant) {
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(rtt, now);
+    }
 }
 
 impl Drop for Pick {
@@ -46,11 +80,13 @@ impl Drop for Pick {
 }
 
 impl Balancer {
-    /// No endpoints yet.
-    pub fn new(policy: EjectionPolicy) -> Self {
+    /// No endpoints yet; load measured by `metric`.
+    pub fn new(policy: EjectionPolicy, metric: LoadMetric) -> Self {
         Self {
+            metric,
             slots: Vec::new(),
             outliers: Outliers::new(policy, []),
+            turn: AtomicUsize::new(0),
         }
     }
 
@@ -58,15 +94,24 @@ impl Balancer {
     /// an endpoint still there are kept.
     pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         let mut old = std::mem::take(&mut self.slots);
+        let now = Instant::now();
         self.slots = endpoints
             .into_iter()
             .map(|endpoint| {
-                let active = old
+                match old
                     .iter()
                     .position(|s| s.endpoint.address == endpoint.address)
-                    .map(|i| old.swap_remove(i).active)
-                    .unwrap_or_default();
-                Slot { endpoint, active }
+                {
+                    Some(i) => Slot {
+                        endpoint,
+                        ..old.swap_remove(i)
+                    },
+                    None => Slot {
+                        endpoint,
+                        active: Arc::default(),
+                        latency: Arc::new(Mutex::new(PeakEwma::new(now))),
+                    },
+                }
             })
             .collect();
         self.outliers
@@ -104,12 +149,15 @@ impl Balancer {
         let chosen = match candidates.len() {
             0 => return None,
             1 => candidates[0],
+            n if self.metric == LoadMetric::RoundRobin => {
+                candidates[self.turn.fetch_add(1, Ordering::Relaxed) % n]
+            }
             n => {
                 let a = (random.0 % n as u64) as usize;
                 // A second, different candidate.
                 let b = (a + 1 + (random.1 % (n as u64 - 1)) as usize) % n;
                 let (x, y) = (candidates[a], candidates[b]);
-                if load(y) < load(x) {
+                if self.load(y, now) < self.load(x, now) {
                     y
                 } else {
                     x
@@ -120,6 +168,7 @@ impl Balancer {
         Some(Pick {
             address: chosen.endpoint.address.clone(),
             active: chosen.active.clone(),
+            latency: chosen.latency.clone(),
         })
     }
 
@@ -134,9 +183,21 @@ impl Balancer {
     }
 }
 
-/// Active connections per unit of weight.
-fn load(s: &Slot) -> f64 {
-    s.active.load(Ordering::Relaxed) as f64 / f64::from(s.endpoint.weight.max(1))
+impl Balancer {
+    /// A slot's load at `now`, per unit of weight.
+    fn load(&self, s: &Slot, now: Instant) -> f64 {
+        let active = s.active.load(Ordering::Relaxed);
+        match self.metric {
+            LoadMetric::Connections | LoadMetric::RoundRobin => {
+                active as f64 / f64::from(s.endpoint.weight.max(1))
+            }
+            LoadMetric::PeakEwma => s.latency.lock().unwrap_or_else(|p| p.into_inner()).load(
+                now,
+                active,
+                s.endpoint.weight,
+            ),
+        }
+    }
 }
 
 /// Two random numbers for [`Balancer::pick`].
@@ -163,11 +224,14 @@ mod tests {
     }
 
     fn balancer(addresses: &[&str]) -> Balancer {
-        let mut b = Balancer::new(EjectionPolicy {
-            consecutive_failures: 2,
-            base_ejection: Duration::from_secs(10),
-            ..Default::default()
-        });
+        let mut b = Balancer::new(
+            EjectionPolicy {
+                consecutive_failures: 2,
+                base_ejection: Duration::from_secs(10),
+                ..Default::default()
+            },
+            LoadMetric::Connections,
+        );
         b.set_endpoints(addresses.iter().map(|a| ep(a, 100)).collect());
         b
     }
@@ -184,6 +248,36 @@ mod tests {
             };
             (next(), next())
         }
+    }
+
+    #[test]
+    fn peak_ewma_keeps_requests_off_a_slow_endpoint() {
+        let mut b = Balancer::new(EjectionPolicy::default(), LoadMetric::PeakEwma);
+        b.set_endpoints(vec![ep("a:1", 100), ep("b:1", 100), ep("slow:1", 100)]);
+        let mut now = Instant::now();
+        let mut rng = randoms();
+        let mut served = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..3000 {
+            now += Duration::from_millis(2);
+            let p = b.pick(now, &[], rng()).unwrap();
+            let rtt = if p.address == "slow:1" {
+                Duration::from_millis(51)
+            } else {
+                Duration::from_millis(1)
+            };
+            p.observe(rtt, now);
+            *served.entry(p.address.clone()).or_default() += 1;
+        }
+        let slow = served.get("slow:1").copied().unwrap_or(0);
+        // Tried now and then as its estimate decays, never more than 2%.
+        assert!(slow > 0 && slow < 60, "{served:?}");
+        // Round-robin, for contrast, sends it a third.
+        let mut rr = Balancer::new(EjectionPolicy::default(), LoadMetric::RoundRobin);
+        rr.set_endpoints(vec![ep("a:1", 100), ep("b:1", 100), ep("slow:1", 100)]);
+        let to_slow = (0..300)
+            .filter(|_| rr.pick(now, &[], rng()).unwrap().address == "slow:1")
+            .count();
+        assert_eq!(to_slow, 100);
     }
 
     #[test]

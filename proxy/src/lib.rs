@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod open_connections;
 pub mod outbound;
 pub mod outlier;
+pub mod peak_ewma;
 pub mod policy;
 pub mod policy_watch;
 pub mod refusal;

@@ -100,7 +100,11 @@ impl Outbound {
         // another endpoint, unnoticed by the app.
         let mut tried: Vec<String> = Vec::new();
         let (mut tls, peer, pick) = loop {
-            let Some(pick) = self.upstream.pick(&tried) else {
+            let Some(pick) = self
+                .upstream
+                .pick_or_wait(&tried, self.connect_timeout)
+                .await
+            else {
                 self.metrics.handshake_failed("outbound", "no_endpoint");
                 tracing::warn!(direction = "outbound", upstream = %self.upstream.name, tried = ?tried, "no endpoint left to try; connection closed");
                 return;

@@ -11,6 +11,7 @@ use signet_identity::SpiffeId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::balancer::LoadMetric;
 use crate::config::{ConfigError, ProxyConfig};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
@@ -155,12 +156,27 @@ pub async fn run(
         let pattern = IdPattern::parse(&o.server_id)
             .map_err(|e| ConfigError::Invalid(format!("server_id {e}")))?;
         let authorize: Authorizer = Arc::new(move |id| pattern.matches(id));
-        let upstream = Upstream::new(&o.server_id, EjectionPolicy::default(), metrics.clone());
-        tokio::spawn(crate::upstream::follow(
-            Source::of(&o.upstream, &o.server_id, socket.clone()),
-            upstream.clone(),
-            stop_rx.clone(),
-        ));
+        let metric = match o.protocol {
+            crate::config::Protocol::Tcp => LoadMetric::Connections,
+            crate::config::Protocol::Http => LoadMetric::PeakEwma,
+        };
+        let upstream = Upstream::new(
+            &o.server_id,
+            EjectionPolicy::default(),
+            metric,
+            metrics.clone(),
+        );
+        match Source::of(&o.upstream, &o.server_id, socket.clone()) {
+            // In place: the first connection must find them.
+            Source::Static(list) => crate::upstream::apply_static(&upstream, list),
+            source => {
+                tokio::spawn(crate::upstream::follow(
+                    source,
+                    upstream.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+        }
         let listener = bind(&o.listen).await?;
         let handler = Arc::new(Outbound {
             tls: Arc::new(tls::OutboundTls::new(identity.clone(), authorize.clone())),

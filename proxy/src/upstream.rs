@@ -11,7 +11,7 @@ use signet_proto::mesh as pb;
 use signet_proto::mesh::mesh_client::MeshClient;
 use tokio::sync::watch;
 
-use crate::balancer::{random_pair, Balancer, Endpoint, Pick};
+use crate::balancer::{random_pair, Balancer, Endpoint, LoadMetric, Pick};
 use crate::config::UpstreamConfig;
 use crate::metrics::{EndpointLabels, Metrics, UpstreamLabels};
 use crate::outlier::{EjectionPolicy, Verdict};
@@ -64,15 +64,24 @@ pub struct Upstream {
     /// The upstream's name in logs and metrics (its `server_id`).
     pub name: String,
     balancer: Mutex<Balancer>,
+    /// Counts endpoint-set updates (a connection that finds no endpoint
+    /// waits for the first one).
+    updates: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 }
 
 impl Upstream {
     /// An upstream with no endpoints yet.
-    pub fn new(name: &str, policy: EjectionPolicy, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        policy: EjectionPolicy,
+        metric: LoadMetric,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_owned(),
-            balancer: Mutex::new(Balancer::new(policy)),
+            balancer: Mutex::new(Balancer::new(policy, metric)),
+            updates: watch::channel(0).0,
             metrics,
         })
     }
@@ -94,6 +103,7 @@ impl Upstream {
         b.set_endpoints(endpoints);
         let ejected = b.ejected(Instant::now());
         drop(b);
+        self.updates.send_modify(|v| *v += 1);
         self.metrics
             .upstream_endpoints
             .get_or_create(&self.labels())
@@ -112,6 +122,17 @@ impl Upstream {
     /// An endpoint for a new connection, not one of `tried`.
     pub fn pick(&self, tried: &[String]) -> Option<Pick> {
         self.lock().pick(Instant::now(), tried, random_pair())
+    }
+
+    /// Like [`Upstream::pick`], but while no endpoint has been learned yet
+    /// (discovery or DNS still starting), waits up to `wait` for the first.
+    pub async fn pick_or_wait(&self, tried: &[String], wait: Duration) -> Option<Pick> {
+        let mut updates = self.updates.subscribe();
+        if *updates.borrow_and_update() > 0 || !tried.is_empty() {
+            return self.pick(tried);
+        }
+        let _ = tokio::time::timeout(wait, updates.changed()).await;
+        self.pick(tried)
     }
 
     /// Records a successful connection to `address`.
@@ -158,17 +179,11 @@ impl Upstream {
     }
 }
 
-/// Keeps `upstream`'s endpoints current from `source` until `stop`.
+/// Keeps `upstream`'s endpoints current from `source` until `stop` (a
+/// static source once; [`apply_static`] does that in place).
 pub async fn follow(source: Source, upstream: Arc<Upstream>, mut stop: watch::Receiver<bool>) {
     match source {
-        Source::Static(list) => upstream.set_endpoints(
-            list.into_iter()
-                .map(|address| Endpoint {
-                    address,
-                    weight: signet_identity::endpoint::DEFAULT_WEIGHT,
-                })
-                .collect(),
-        ),
+        Source::Static(list) => apply_static(&upstream, list),
         Source::Dns(name) => {
             let mut last: Option<Vec<String>> = None;
             loop {
@@ -222,6 +237,18 @@ pub async fn follow(source: Source, upstream: Arc<Upstream>, mut stop: watch::Re
             }
         }
     }
+}
+
+/// Sets a fixed list of addresses as `upstream`'s endpoints.
+pub fn apply_static(upstream: &Upstream, list: Vec<String>) {
+    upstream.set_endpoints(
+        list.into_iter()
+            .map(|address| Endpoint {
+                address,
+                weight: signet_identity::endpoint::DEFAULT_WEIGHT,
+            })
+            .collect(),
+    )
 }
 
 /// One watch through the agent; returns why it ended.

@@ -1,0 +1,448 @@
+//! Outbound HTTP mode (`protocol = "http"` on an `[[outbound]]`): requests
+//! from the local app (HTTP/1.1 or HTTP/2) are balanced one by one over the
+//! upstream's endpoints by peak-EWMA latency, sent over one pooled HTTP/2
+//! connection per endpoint (mTLS, ALPN `h2`; HTTP/1.1 when the peer does
+//! not offer it), and survive failures:
+//!
+//! - a connection that cannot be made goes to another endpoint before any
+//!   of the request is sent;
+//! - a request the upstream proxy says never reached its app (it answers
+//!   with [`NOT_FORWARDED_HEADER`]) is retried on another endpoint, and so
+//!   is an idempotent request whose connection failed, within the retry
+//!   budget (20% of requests plus 10/s) and when its body was small enough
+//!   to keep (at most [`REPLAY_LIMIT`] bytes, with a content-length);
+//! - per-route timeouts answer 504;
+//! - past `max_pending_requests` in flight the proxy answers 503 at once.
+//!
+//! Every answer the proxy makes itself carries [`ERROR_HEADER`] saying why.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::outbound::{Outbound, MAX_ATTEMPTS};
+use crate::retry_budget::{BudgetLimits, RetryBudget};
+
+/// Set by an inbound proxy on an answer it made because it could not reach
+/// its app: the request never got there, so any method may be retried.
+pub const NOT_FORWARDED_HEADER: &str = "x-signet-not-forwarded";
+/// Set on every answer a Signet proxy makes itself, with the reason
+/// (`no-endpoint`, `upstream-unreachable`, `upstream-failed`, `timeout`,
+/// `max-pending-requests`, `app-unreachable`).
+pub const ERROR_HEADER: &str = "x-signet-error";
+/// Largest request body kept to be replayed on a retry.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// A pooled connection to one endpoint.
+#[derive(Clone)]
+enum Sender {
+    /// Shared by every request to the endpoint.
+    Http2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+/// One route's timeout: requests whose path starts with `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTimeout {
+    /// Path prefix.
+    pub prefix: String,
+    /// How long a request may take, retries included.
+    pub timeout: Duration,
+}
+
+/// The HTTP state of an outbound listener.
+pub struct HttpState {
+    pool: Mutex<std::collections::HashMap<String, Sender>>,
+    budget: Mutex<RetryBudget>,
+    /// Longest-prefix-first route timeouts.
+    routes: Vec<RouteTimeout>,
+    /// Timeout of requests no route matches.
+    default_timeout: Option<Duration>,
+    max_pending: usize,
+    pending: AtomicUsize,
+}
+
+impl HttpState {
+    /// State with `routes` (any order) and the caps.
+    pub fn new(
+        mut routes: Vec<RouteTimeout>,
+        default_timeout: Option<Duration>,
+        max_pending: usize,
+    ) -> Self {
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Self {
+            pool: Mutex::default(),
+            budget: Mutex::new(RetryBudget::new(BudgetLimits::default())),
+            routes,
+            default_timeout,
+            max_pending,
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// The timeout of a request to `path`.
+    pub fn timeout_for(&self, path: &str) -> Option<Duration> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+            .map(|r| r.timeout)
+            .or(self.default_timeout)
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, RetryBudget> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pooled(&self, address: &str) -> Option<Sender> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.get(address) {
+            Some(Sender::Http2(s)) if !s.is_closed() => Some(Sender::Http2(s.clone())),
+            Some(_) => {
+                pool.remove(address);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn forget(&self, address: &str) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(address);
+    }
+}
+
+/// Whether a request with `method` may be sent twice.
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// An answer the proxy makes itself.
+fn answer(status: StatusCode, why: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("signet: {why}\n")))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(ERROR_HEADER, hyper::header::HeaderValue::from_static(why));
+    r
+}
+
+/// Connection-level headers that are not forwarded (`te: trailers` is:
+/// gRPC needs it).
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    for h in ["connection", "keep-alive", "proxy-connection", "trailer", "upgrade", "transfer-encoding"] {
+        headers.remove(h);
+    }
+    if headers
+        .get("te")
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove("te");
+    }
+}
+
+impl Outbound {
+    /// Serves the local app's HTTP on `local` until it closes.
+    pub(crate) async fn serve_http(self: Arc<Self>, local: TcpStream, http: Arc<HttpState>) {
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            let http = http.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.request(&http, req).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(self.limits.http_header_timeout))
+            .max_headers(self.limits.http_max_headers)
+            .max_buf_size(self.limits.http_max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.limits.http2_max_concurrent_streams);
+        if let Err(e) = builder.serve_connection(TokioIo::new(local), service).await {
+            tracing::debug!(direction = "outbound", error = %e, "local HTTP connection ended with an error");
+        }
+    }
+
+    /// A pooled connection to `address`, made if needed.
+    async fn sender(
+        &self,
+        http: &HttpState,
+        address: &str,
+    ) -> Result<Sender, (&'static str, String)> {
+        if let Some(s) = http.pooled(address) {
+            return Ok(s);
+        }
+        let bundle = self
+            .identity
+            .borrow()
+            .as_ref()
+            .map(|i| i.bundle.clone())
+            .ok_or(("no_identity", "no SVID yet".to_string()))?;
+        let (tls, peer) = self.connect(address, &bundle).await?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        if !h2 {
+            return Err((
+                "no_h2",
+                format!("{peer} at {address} did not negotiate HTTP/2 (ALPN h2)"),
+            ));
+        }
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ("h2_handshake", e.to_string()))?;
+        let endpoint = address.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(direction = "outbound", endpoint = %endpoint, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        let sender = Sender::Http2(sender);
+        http.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(address.to_owned(), sender.clone());
+        Ok(sender)
+    }
+
+    /// One request from the app: balanced, retried, timed out.
+    async fn request(&self, http: &HttpState, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        if http.pending.fetch_add(1, Ordering::AcqRel) >= http.max_pending {
+            http.pending.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.http_outcome(&self.upstream.name, "max_pending_requests");
+            tracing::warn!(direction = "outbound", upstream = %self.upstream.name, method = %method, path, status = 503, "request refused: max_pending_requests in flight");
+            return answer(StatusCode::SERVICE_UNAVAILABLE, "max-pending-requests");
+        }
+        struct Pending<'a>(&'a AtomicUsize);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _pending = Pending(&http.pending);
+        let timeout = http.timeout_for(&path);
+        let attempt = self.attempts(http, req);
+        let (resp, endpoint, attempts) = match timeout {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(r) => r,
+                Err(_) => (
+                    answer(StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                    String::new(),
+                    0,
+                ),
+            },
+            None => attempt.await,
+        };
+        let status = resp.status().as_u16();
+        let outcome = resp
+            .headers()
+            .get(ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("response")
+            .replace('-', "_");
+        self.metrics.http_outcome(&self.upstream.name, &outcome);
+        self.metrics
+            .request_seconds(&self.upstream.name, start.elapsed());
+        tracing::info!(direction = "outbound", upstream = %self.upstream.name, endpoint, method = %method, path, status, attempts, duration_ms = start.elapsed().as_millis() as u64, "request");
+        resp
+    }
+
+    /// Sends `req` to one endpoint after another until an answer may be
+    /// returned; the answer, the endpoint that gave it, the attempts made.
+    async fn attempts(
+        &self,
+        http: &HttpState,
+        req: Request<Incoming>,
+    ) -> (Response<Body>, String, usize) {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        // A small body with a length is kept, so the request can be sent
+        // again; anything else streams through once.
+        let small = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= REPLAY_LIMIT);
+        let (replayable, mut streaming) = if hyper::body::Body::is_end_stream(&body) {
+            (Some(Bytes::new()), None)
+        } else if small {
+            match body.collect().await {
+                Ok(b) => (Some(b.to_bytes()), None),
+                Err(_) => {
+                    return (
+                        answer(StatusCode::BAD_REQUEST, "request-body-unreadable"),
+                        String::new(),
+                        0,
+                    )
+                }
+            }
+        } else {
+            (None, Some(body))
+        };
+        let authority = parts
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| "localhost".into());
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.to_string());
+        let uri: hyper::Uri = match format!("http://{authority}{path_and_query}").parse() {
+            Ok(u) => u,
+            Err(_) => return (answer(StatusCode::BAD_REQUEST, "bad-request-target"), String::new(), 0),
+        };
+        http.budget().request(Instant::now());
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let Some(pick) = self.upstream.pick(&tried) else {
+                let why = if tried.is_empty() { "no-endpoint" } else { "upstream-unreachable" };
+                return (answer(StatusCode::SERVICE_UNAVAILABLE, why), String::new(), tried.len());
+            };
+            let address = pick.address.clone();
+            let sender = match self.sender(http, &address).await {
+                Ok(s) => s,
+                Err((reason, error)) => {
+                    // Nothing of the request was sent: another endpoint.
+                    self.upstream.failure(&address, reason);
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, reason, error = %error, "endpoint unreachable; trying another");
+                    tried.push(address);
+                    if tried.len() >= MAX_ATTEMPTS {
+                        return (answer(StatusCode::SERVICE_UNAVAILABLE, "upstream-unreachable"), String::new(), tried.len());
+                    }
+                    continue;
+                }
+            };
+            let body: Body = match (&replayable, streaming.take()) {
+                (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
+                (None, Some(s)) => s.boxed(),
+                (None, None) => {
+                    return (answer(StatusCode::BAD_GATEWAY, "upstream-failed"), address, tried.len() + 1)
+                }
+            };
+            let mut out = Request::new(body);
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = uri.clone();
+            *out.headers_mut() = parts.headers.clone();
+            out.headers_mut().remove(hyper::header::HOST);
+            *out.version_mut() = hyper::Version::HTTP_2;
+            let sent = Instant::now();
+            let Sender::Http2(mut s) = sender;
+            let result = s.send_request(out).await;
+            let attempts = tried.len() + 1;
+            match result {
+                Ok(resp) => {
+                    pick.observe(sent.elapsed(), Instant::now());
+                    let not_forwarded = resp.headers().contains_key(NOT_FORWARDED_HEADER);
+                    if !not_forwarded {
+                        self.upstream.success(&address);
+                        return (resp.map(|b| b.boxed()), address, attempts);
+                    }
+                    self.upstream.failure(&address, "app_unreachable");
+                    if replayable.is_some() && attempts < MAX_ATTEMPTS && self.retry(http) {
+                        tracing::info!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, "its app is unreachable; retrying on another endpoint");
+                        tried.push(address);
+                        continue;
+                    }
+                    return (resp.map(|b| b.boxed()), address, attempts);
+                }
+                Err(e) => {
+                    http.forget(&address);
+                    self.upstream.failure(&address, "request_failed");
+                    let retry = replayable.is_some()
+                        && idempotent(&parts.method)
+                        && attempts < MAX_ATTEMPTS
+                        && self.retry(http);
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, error = %e, retry, "request failed");
+                    if retry {
+                        tried.push(address);
+                        continue;
+                    }
+                    return (answer(StatusCode::BAD_GATEWAY, "upstream-failed"), address, attempts);
+                }
+            }
+        }
+    }
+
+    /// Whether the budget allows one more retry (counted if so).
+    fn retry(&self, http: &HttpState) -> bool {
+        let ok = http.budget().try_retry(Instant::now());
+        self.metrics.retry(&self.upstream.name, ok);
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_matching_route_sets_the_timeout() {
+        let s = HttpState::new(
+            vec![
+                RouteTimeout {
+                    prefix: "/".into(),
+                    timeout: Duration::from_secs(5),
+                },
+                RouteTimeout {
+                    prefix: "/slow/".into(),
+                    timeout: Duration::from_secs(30),
+                },
+            ],
+            None,
+            10,
+        );
+        assert_eq!(s.timeout_for("/slow/report"), Some(Duration::from_secs(30)));
+        assert_eq!(s.timeout_for("/fast"), Some(Duration::from_secs(5)));
+        let none = HttpState::new(Vec::new(), Some(Duration::from_secs(2)), 10);
+        assert_eq!(none.timeout_for("/x"), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_retried_blindly() {
+        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS] {
+            assert!(idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!idempotent(&m), "{m}");
+        }
+    }
+
+    #[test]
+    fn te_trailers_survives_hop_by_hop_stripping() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("connection", "close".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("connection").is_none());
+        h.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("te").is_none());
+    }
+}
