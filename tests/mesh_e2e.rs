@@ -272,3 +272,221 @@ fn a_caller_finds_balances_over_and_survives_the_instances_of_a_service() {
     assert!(!listed(&ca).iter().any(|(a, _)| a == "127.0.0.1:9"));
     drop(caller);
 }
+
+/// An HTTP/1.1 app: a path with `/sleep/N` is answered after N ms; anything else at
+/// once; every answer names the app (`tag`) and counts the request.
+fn slow_app(tag: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut length = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    let _ = reader.read_exact(&mut body);
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    if let Some((_, ms)) = path.split_once("/sleep/") {
+                        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+                    }
+                    let reply = format!("{tag} {path} {}", String::from_utf8_lossy(&body));
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+/// One HTTP/1.1 request on a new connection: status, `x-signet-error`,
+/// body.
+fn http_call(port: u16, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: payments\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let error = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-signet-error: "))
+        .unwrap_or("")
+        .to_owned();
+    (status, error, body.to_owned())
+}
+
+fn http_instance(
+    ca: &TestCa,
+    agent: &TestAgent,
+    policy_dir: &std::path::Path,
+    app_port: u16,
+) -> (Daemon, u16) {
+    let port = signet_test_support::free_port();
+    let cfg = ca.dir.path().join(format!("inbound-{port}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout = 2\n[inbound]\nlisten = \"127.0.0.1:{port}\"\nforward_to = \"127.0.0.1:{app_port}\"\nprotocol = \"http\"\n",
+            agent.socket.display(),
+            policy_dir.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut proxy = Daemon::spawn(cmd);
+    proxy.wait_for("signet proxy ready", Duration::from_secs(20));
+    proxy.wait_for("endpoint published", Duration::from_secs(10));
+    (proxy, port)
+}
+
+#[test]
+fn http_requests_are_balanced_retried_timed_out_and_capped() {
+    let ca = TestCa::start(&[]);
+    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
+    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+    let uid = format!("unix:uid:{}", my_uid());
+    ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
+    ca.entry(PAYMENTS, "node-b", &[&uid], &[]);
+    let policy_dir = ca.dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("payments.toml"), ALLOW_CHECKOUT).unwrap();
+    let apps = [slow_app("one"), slow_app("two")];
+    let _one = http_instance(&ca, &agent_b, &policy_dir, apps[0].0);
+    let _two = http_instance(&ca, &agent_b, &policy_dir, apps[1].0);
+    // A third instance whose app is down: its proxy is up and registered.
+    let dead_port = signet_test_support::free_port();
+    let (_dead, dead_proxy_port) = http_instance(&ca, &agent_b, &policy_dir, dead_port);
+
+    let caller_port = signet_test_support::free_port();
+    let caller_admin = signet_test_support::free_port();
+    let cfg = ca.dir.path().join("caller.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:{caller_admin}\"\n[[outbound]]\nlisten = \"127.0.0.1:{caller_port}\"\nserver_id = \"{PAYMENTS}\"\nprotocol = \"http\"\nmax_pending_requests = 4\n[[outbound.routes]]\npath_prefix = \"/sleep/\"\ntimeout_ms = 400\n",
+            agent_a.socket.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut caller = Daemon::spawn(cmd);
+    caller.wait_for("signet proxy ready", Duration::from_secs(20));
+
+    // Every request succeeds: those sent to the dead app's proxy come back
+    // "not forwarded" and go to another instance, POSTs included (their
+    // small bodies are replayed).
+    let mut failed = Vec::new();
+    for n in 0..60 {
+        let (method, body) = if n % 2 == 0 {
+            ("GET", "")
+        } else {
+            ("POST", "data")
+        };
+        let (status, error, reply) = http_call(caller_port, method, &format!("/r{n}"), body);
+        if status != 200 || !reply.ends_with(&format!("/r{n} {body}")) {
+            failed.push((n, status, error, reply));
+        }
+    }
+    let served: Vec<usize> = apps
+        .iter()
+        .map(|a| a.1.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    let (_, metrics) = http_get(caller_admin, "/metrics");
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("signet_proxy_retries_total")
+                || l.starts_with("signet_proxy_ejections_total")
+                || l.starts_with("signet_proxy_http_requests_total")
+                || (l.starts_with("signet_proxy_endpoint_attempts_total")
+                    && l.contains(&format!(":{dead_proxy_port}\"")))
+        })
+        .collect();
+    println!(
+        "60 requests (half POST), one instance's app down: {} failed; served by the live apps {served:?}\n{}",
+        failed.len(),
+        lines.join("\n")
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    // Peak-EWMA favours whichever answers faster: both are used, not
+    // necessarily evenly.
+    assert!(served.iter().all(|&n| n >= 1), "{served:?}");
+    assert!(
+        metrics.contains(&format!(
+            "signet_proxy_ejections_total{{upstream=\"{PAYMENTS}\",endpoint=\"127.0.0.1:{dead_proxy_port}\",result=\"ejected\"}} 1"
+        )),
+        "the dead instance is ejected: {metrics}"
+    );
+
+    // A route timeout: answered 504 by the proxy, on time.
+    let t = Instant::now();
+    let (status, error, _) = http_call(caller_port, "GET", "/sleep/3000", "");
+    let took = t.elapsed();
+    println!("a 3 s request on a 400 ms route: {status} {error} after {took:?}");
+    assert_eq!((status, error.as_str()), (504, "timeout"));
+    assert!(took < Duration::from_secs(2));
+    // Within the route's timeout it succeeds.
+    assert_eq!(http_call(caller_port, "GET", "/sleep/50", "").0, 200);
+
+    // The circuit breaker: 4 in flight are served, the 5th is answered
+    // 503 at once.
+    let holders: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || http_call(caller_port, "GET", "/hold/sleep/2000", "")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let t = Instant::now();
+    let (status, error, _) = http_call(caller_port, "GET", "/r", "");
+    println!(
+        "a 5th request with 4 in flight: {status} {error} after {:?}",
+        t.elapsed()
+    );
+    assert_eq!((status, error.as_str()), (503, "max-pending-requests"));
+    for h in holders {
+        let r = h.join().unwrap();
+        assert_eq!(r.0, 200, "the 4 within the cap are served: {r:?}");
+    }
+    assert_eq!(http_call(caller_port, "GET", "/after", "").0, 200);
+}

@@ -65,6 +65,47 @@ pub struct InboundConfig {
     /// Relative share of traffic callers send here, 1-1000. Default 100.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// HTTP mode: how to speak to the app, `http1` (default) or `h2`
+    /// (HTTP/2 with prior knowledge, as gRPC servers expect; trailers are
+    /// carried).
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
+    /// TLS ALPN protocols offered to peers, most preferred first. Default:
+    /// `["h2", "http/1.1"]` in HTTP mode, none in TCP mode.
+    #[serde(default)]
+    pub alpn: Option<Vec<String>>,
+}
+
+/// How an HTTP-mode inbound listener speaks to its app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1, pooled.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), one multiplexed connection.
+    H2,
+}
+
+/// The ALPN list to offer: `configured`, else the default for `protocol`
+/// (`h2`, `http/1.1` in HTTP mode; `h2_only` leaves out HTTP/1.1).
+pub fn alpn(configured: &Option<Vec<String>>, protocol: Protocol, h2_only: bool) -> Vec<Vec<u8>> {
+    match (configured, protocol) {
+        (Some(list), _) => list.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        (None, Protocol::Http) if h2_only => vec![b"h2".to_vec()],
+        (None, Protocol::Http) => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        (None, Protocol::Tcp) => Vec::new(),
+    }
+}
+
+/// A per-route timeout of an HTTP outbound listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Requests whose path starts with this.
+    pub path_prefix: String,
+    /// Milliseconds the request may take, retries included (504 after).
+    pub timeout_ms: u64,
 }
 
 impl InboundConfig {
@@ -109,8 +150,8 @@ pub struct OutboundConfig {
     pub upstream: Option<UpstreamConfig>,
     /// The SPIFFE ID (or `.../*` pattern) the upstream must present.
     pub server_id: String,
-    /// `tcp` (default) or `http`. Outbound traffic is relayed as bytes
-    /// either way; HTTP semantics are enforced by the receiving side.
+    /// `tcp` (default): each connection relayed as bytes to one endpoint;
+    /// `http`: each request balanced, retried and timed out on its own.
     #[serde(default)]
     pub protocol: Protocol,
     /// Local users (uids) whose connections may use this listener, and so
@@ -126,6 +167,29 @@ pub struct OutboundConfig {
     /// another endpoint is tried. Default 3,000.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// HTTP mode: milliseconds a request may take when no route matches,
+    /// retries included; 0 (default): no limit.
+    #[serde(default)]
+    pub request_timeout_ms: u64,
+    /// HTTP mode: per-route timeouts (`[[outbound.routes]]`, longest
+    /// prefix wins).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// HTTP mode: requests in flight to this upstream; more are answered
+    /// 503 at once. Default 1,000.
+    #[serde(default = "default_max_pending_requests")]
+    pub max_pending_requests: usize,
+    /// TLS server name (SNI) sent to the upstream. Default `signet-peer`.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// TLS ALPN protocols offered, most preferred first. Default: `["h2"]`
+    /// in HTTP mode, none in TCP mode.
+    #[serde(default)]
+    pub alpn: Option<Vec<String>>,
+}
+
+fn default_max_pending_requests() -> usize {
+    1000
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -342,6 +406,15 @@ impl ProxyConfig {
                         }
                     }
                 }
+            }
+            if o.max_pending_requests == 0 || o.routes.iter().any(|r| r.timeout_ms == 0) {
+                return Err(bad(
+                    "max_pending_requests and route timeouts must be positive".into(),
+                ));
+            }
+            if let Some(sni) = &o.sni {
+                rustls::pki_types::ServerName::try_from(sni.as_str())
+                    .map_err(|e| bad(format!("sni {sni:?}: {e}")))?;
             }
             if o.connect_timeout_ms == 0 || o.handshake_timeout_ms == 0 {
                 return Err(bad(

@@ -20,7 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use signet_identity::SpiffeId;
 
-use crate::config::LimitsConfig;
+use crate::config::{AppProtocol, LimitsConfig};
+use crate::http_outbound::{ERROR_HEADER, NOT_FORWARDED_HEADER};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy;
 use crate::policy_watch::PolicyHandle;
@@ -28,14 +29,15 @@ use crate::policy_watch::PolicyHandle;
 /// The header that carries the verified caller identity to the app.
 pub const PEER_ID_HEADER: &str = "x-signet-peer-id";
 
-/// Connection-level headers that must not be forwarded.
+/// Connection-level headers that must not be forwarded (`te` is handled
+/// apart: `te: trailers` is kept for gRPC).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
-    "te",
     "trailer",
     "upgrade",
+    "transfer-encoding",
 ];
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -44,16 +46,27 @@ type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 pub struct HttpForwarder {
     client: Client<HttpConnector, Incoming>,
     forward_to: String,
+    version: hyper::Version,
 }
 
 impl HttpForwarder {
-    /// A pooled HTTP/1.1 client to `forward_to`.
-    pub fn new(forward_to: &str) -> Self {
+    /// A pooled client to `forward_to`: HTTP/1.1, or HTTP/2 with prior
+    /// knowledge (`h2`).
+    pub fn new(forward_to: &str, app_protocol: AppProtocol) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        let version = match app_protocol {
+            AppProtocol::Http1 => hyper::Version::HTTP_11,
+            AppProtocol::H2 => {
+                builder.http2_only(true);
+                hyper::Version::HTTP_2
+            }
+        };
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: builder.build(connector),
             forward_to: forward_to.to_owned(),
+            version,
         }
     }
 }
@@ -140,6 +153,12 @@ async fn handle(
     for h in HOP_BY_HOP {
         headers.remove(*h);
     }
+    if headers
+        .get("te")
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove("te");
+    }
     let spoofed: Vec<_> = headers
         .keys()
         .filter(|k| is_identity_header(k.as_str()))
@@ -167,15 +186,35 @@ async fn handle(
     };
     *req.uri_mut() = uri;
     *req.method_mut() = forwarded_method;
-    *req.version_mut() = hyper::Version::HTTP_11;
+    *req.version_mut() = ctx.forwarder.version;
     let (status, resp) = match ctx.forwarder.client.request(req).await {
         Ok(resp) => (resp.status().as_u16(), resp.map(|b| b.boxed())),
-        Err(e) => {
+        Err(e) if e.is_connect() => {
+            // The request never reached the app: the caller's proxy may
+            // send it to another instance, whatever its method.
             tracing::warn!(peer = %ctx.peer, error = %e, "cannot reach the local app");
-            (
-                502,
-                text(StatusCode::BAD_GATEWAY, "the local app is unreachable\n"),
-            )
+            let mut r = text(StatusCode::BAD_GATEWAY, "the local app is unreachable\n");
+            r.headers_mut().insert(
+                NOT_FORWARDED_HEADER,
+                hyper::header::HeaderValue::from_static("app-unreachable"),
+            );
+            r.headers_mut().insert(
+                ERROR_HEADER,
+                hyper::header::HeaderValue::from_static("app-unreachable"),
+            );
+            (502, r)
+        }
+        Err(e) => {
+            tracing::warn!(peer = %ctx.peer, error = %e, "the local app failed the request");
+            let mut r = text(
+                StatusCode::BAD_GATEWAY,
+                "the local app failed the request\n",
+            );
+            r.headers_mut().insert(
+                ERROR_HEADER,
+                hyper::header::HeaderValue::from_static("app-failed"),
+            );
+            (502, r)
         }
     };
     tracing::info!(direction = "inbound", peer = %ctx.peer, method, path, decision = "allow", rule = %rule, audit, audit_rule, status, duration_ms = start.elapsed().as_millis() as u64, "request");

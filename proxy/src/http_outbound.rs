@@ -76,7 +76,7 @@ impl HttpState {
         default_timeout: Option<Duration>,
         max_pending: usize,
     ) -> Self {
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self {
             pool: Mutex::default(),
             budget: Mutex::new(RetryBudget::new(BudgetLimits::default())),
@@ -144,7 +144,14 @@ fn answer(status: StatusCode, why: &'static str) -> Response<Body> {
 /// Connection-level headers that are not forwarded (`te: trailers` is:
 /// gRPC needs it).
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    for h in ["connection", "keep-alive", "proxy-connection", "trailer", "upgrade", "transfer-encoding"] {
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+    ] {
         headers.remove(h);
     }
     if headers
@@ -231,7 +238,8 @@ impl Outbound {
         let path = req.uri().path().to_owned();
         if http.pending.fetch_add(1, Ordering::AcqRel) >= http.max_pending {
             http.pending.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.http_outcome(&self.upstream.name, "max_pending_requests");
+            self.metrics
+                .http_outcome(&self.upstream.name, "max_pending_requests");
             tracing::warn!(direction = "outbound", upstream = %self.upstream.name, method = %method, path, status = 503, "request refused: max_pending_requests in flight");
             return answer(StatusCode::SERVICE_UNAVAILABLE, "max-pending-requests");
         }
@@ -315,14 +323,32 @@ impl Outbound {
             .map_or("/".to_string(), |p| p.to_string());
         let uri: hyper::Uri = match format!("http://{authority}{path_and_query}").parse() {
             Ok(u) => u,
-            Err(_) => return (answer(StatusCode::BAD_REQUEST, "bad-request-target"), String::new(), 0),
+            Err(_) => {
+                return (
+                    answer(StatusCode::BAD_REQUEST, "bad-request-target"),
+                    String::new(),
+                    0,
+                )
+            }
         };
         http.budget().request(Instant::now());
         let mut tried: Vec<String> = Vec::new();
         loop {
-            let Some(pick) = self.upstream.pick(&tried) else {
-                let why = if tried.is_empty() { "no-endpoint" } else { "upstream-unreachable" };
-                return (answer(StatusCode::SERVICE_UNAVAILABLE, why), String::new(), tried.len());
+            let Some(pick) = self
+                .upstream
+                .pick_or_wait(&tried, self.connect_timeout)
+                .await
+            else {
+                let why = if tried.is_empty() {
+                    "no-endpoint"
+                } else {
+                    "upstream-unreachable"
+                };
+                return (
+                    answer(StatusCode::SERVICE_UNAVAILABLE, why),
+                    String::new(),
+                    tried.len(),
+                );
             };
             let address = pick.address.clone();
             let sender = match self.sender(http, &address).await {
@@ -333,7 +359,11 @@ impl Outbound {
                     tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, reason, error = %error, "endpoint unreachable; trying another");
                     tried.push(address);
                     if tried.len() >= MAX_ATTEMPTS {
-                        return (answer(StatusCode::SERVICE_UNAVAILABLE, "upstream-unreachable"), String::new(), tried.len());
+                        return (
+                            answer(StatusCode::SERVICE_UNAVAILABLE, "upstream-unreachable"),
+                            String::new(),
+                            tried.len(),
+                        );
                     }
                     continue;
                 }
@@ -342,7 +372,11 @@ impl Outbound {
                 (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => {
-                    return (answer(StatusCode::BAD_GATEWAY, "upstream-failed"), address, tried.len() + 1)
+                    return (
+                        answer(StatusCode::BAD_GATEWAY, "upstream-failed"),
+                        address,
+                        tried.len() + 1,
+                    )
                 }
             };
             let mut out = Request::new(body);
@@ -383,7 +417,11 @@ impl Outbound {
                         tried.push(address);
                         continue;
                     }
-                    return (answer(StatusCode::BAD_GATEWAY, "upstream-failed"), address, attempts);
+                    return (
+                        answer(StatusCode::BAD_GATEWAY, "upstream-failed"),
+                        address,
+                        attempts,
+                    );
                 }
             }
         }
@@ -425,7 +463,13 @@ mod tests {
 
     #[test]
     fn only_idempotent_methods_are_retried_blindly() {
-        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS] {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
             assert!(idempotent(&m), "{m}");
         }
         for m in [Method::POST, Method::PATCH, Method::CONNECT] {

@@ -22,6 +22,7 @@ pub mod balancer;
 pub mod config;
 mod forward;
 pub mod http;
+pub mod http_outbound;
 pub mod inbound;
 mod listener;
 pub mod local_peer;

@@ -12,6 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::workload_identity::IdentityWatch;
@@ -50,6 +51,11 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// 0.5 ms to ~16 s, doubling.
+fn new_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 /// One endpoint of an outbound upstream.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -68,8 +74,27 @@ pub struct UpstreamLabels {
     pub upstream: String,
 }
 
+/// An outbound HTTP request's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The upstream (its `server_id`).
+    pub upstream: String,
+    /// `response` (whatever its status), or the proxy's own answer:
+    /// `no_endpoint`, `upstream_unreachable`, `upstream_failed`, `timeout`,
+    /// `max_pending_requests`.
+    pub outcome: String,
+}
+
 /// The proxy's metrics.
 pub struct Metrics {
+    /// Outbound HTTP requests by upstream and outcome.
+    pub http_requests: Family<OutcomeLabels, Counter>,
+    /// Outbound HTTP request durations, seconds, by upstream.
+    pub http_request_seconds: Family<UpstreamLabels, Histogram>,
+    /// Retries made, by upstream.
+    pub retries: Family<UpstreamLabels, Counter>,
+    /// Retries the budget refused, by upstream.
+    pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
     /// Outbound connection attempts by upstream, endpoint and result.
     pub endpoint_attempts: Family<EndpointLabels, Counter>,
     /// Outlier ejections by upstream and endpoint (`result` is `ejected`).
@@ -154,6 +179,28 @@ impl Metrics {
             "Seconds until the current SVID expires",
             svid_expiry.clone(),
         );
+        let http_requests = Family::<OutcomeLabels, Counter>::default();
+        r.register(
+            "http_requests",
+            "Outbound HTTP requests by upstream and outcome",
+            http_requests.clone(),
+        );
+        let http_request_seconds = Family::<UpstreamLabels, Histogram>::new_with_constructor(
+            new_latency_histogram as fn() -> Histogram,
+        );
+        r.register(
+            "http_request_seconds",
+            "Outbound HTTP request durations (retries included)",
+            http_request_seconds.clone(),
+        );
+        let retries = Family::<UpstreamLabels, Counter>::default();
+        r.register("retries", "Outbound HTTP retries made", retries.clone());
+        let retry_budget_exhausted = Family::<UpstreamLabels, Counter>::default();
+        r.register(
+            "retry_budget_exhausted",
+            "Outbound HTTP retries the retry budget refused",
+            retry_budget_exhausted.clone(),
+        );
         let endpoint_attempts = Family::<EndpointLabels, Counter>::default();
         r.register(
             "endpoint_attempts",
@@ -179,6 +226,10 @@ impl Metrics {
             upstream_ejected.clone(),
         );
         Arc::new(Self {
+            http_requests,
+            http_request_seconds,
+            retries,
+            retry_budget_exhausted,
             endpoint_attempts,
             ejections,
             upstream_endpoints,
@@ -195,6 +246,37 @@ impl Metrics {
             svid_expiry,
             listening: AtomicBool::new(false),
         })
+    }
+
+    /// Counts an outbound HTTP request's outcome.
+    pub fn http_outcome(&self, upstream: &str, outcome: &str) {
+        self.http_requests
+            .get_or_create(&OutcomeLabels {
+                upstream: upstream.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Records an outbound HTTP request's duration.
+    pub fn request_seconds(&self, upstream: &str, d: std::time::Duration) {
+        self.http_request_seconds
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.into(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// Counts a retry made (`ok`) or refused by the budget.
+    pub fn retry(&self, upstream: &str, ok: bool) {
+        let labels = UpstreamLabels {
+            upstream: upstream.into(),
+        };
+        if ok {
+            self.retries.get_or_create(&labels).inc();
+        } else {
+            self.retry_budget_exhausted.get_or_create(&labels).inc();
+        }
     }
 
     /// Counts a handshake failure.

@@ -35,6 +35,10 @@ pub struct Outbound {
     pub connect_timeout: std::time::Duration,
     /// How long the TLS handshake with one endpoint may take.
     pub handshake_timeout: std::time::Duration,
+    /// The TLS server name sent.
+    pub sni: ServerName<'static>,
+    /// HTTP mode: per-request balancing, retries, timeouts.
+    pub http: Option<Arc<crate::http_outbound::HttpState>>,
     /// The ID pattern the upstream must present (for logs).
     pub server_id: String,
     /// The check of `server_id`, applied again to resumed sessions.
@@ -85,7 +89,7 @@ impl Outbound {
         }
     }
 
-    async fn handle(&self, mut local: TcpStream, _ticket: ConnTicket) {
+    async fn handle(self: Arc<Self>, mut local: TcpStream, _ticket: ConnTicket) {
         let start = Instant::now();
         if let Err(why) = self.caller_allowed(&local) {
             self.metrics.refused("outbound", "uid_not_allowed");
@@ -93,6 +97,10 @@ impl Outbound {
             return;
         }
         let _ = local.set_nodelay(true);
+        if let Some(http) = self.http.clone() {
+            self.serve_http(local, http).await;
+            return;
+        }
         let Some(bundle) = self.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
             return;
         };
@@ -151,7 +159,7 @@ impl Outbound {
     /// One attempt on `address`: TCP connect and TLS handshake, each within
     /// its timeout, and the peer checked (again, for a resumed session).
     /// On failure: the metric reason and the error.
-    async fn connect(
+    pub(crate) async fn connect(
         &self,
         address: &str,
         bundle: &BundleHandle,

@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 /// down to 1/e.
 pub const DECAY: Duration = Duration::from_secs(10);
 
-/// The estimate of an endpoint never observed (Linkerd's default).
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
-
 /// One endpoint's latency estimate.
 #[derive(Debug, Clone, Copy)]
 pub struct PeakEwma {
@@ -23,10 +20,13 @@ pub struct PeakEwma {
 }
 
 impl PeakEwma {
-    /// An estimate of [`DEFAULT_RTT`] at `now`.
+    /// The estimate of an endpoint never observed: zero, so a new
+    /// endpoint is tried at once (its first answer, a peak, sets the
+    /// estimate). Starting at a default such as 30 ms would keep a new
+    /// instance idle for tens of seconds beside endpoints answering in 1 ms.
     pub fn new(now: Instant) -> Self {
         Self {
-            estimate: DEFAULT_RTT.as_nanos() as f64,
+            estimate: 0.0,
             stamp: now,
         }
     }
@@ -112,6 +112,8 @@ mod tests {
     fn load_grows_with_pending_requests_and_shrinks_with_weight() {
         let t = Instant::now();
         let mut e = PeakEwma::new(t);
+        assert_eq!(e.load(t, 3, 100), 0.0, "never observed: tried first");
+        e.observe(Duration::from_millis(5), t);
         let idle = e.load(t, 0, 100);
         assert!((e.load(t, 1, 100) - 2.0 * idle).abs() < 1.0);
         assert!((e.load(t, 0, 200) - idle / 2.0).abs() < 1.0);

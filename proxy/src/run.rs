@@ -111,7 +111,11 @@ pub async fn run(
         let policy = policy_watch::initial(&dir, &own, inbound.protocol)?;
         let listener = bind(&inbound.listen).await?;
         let bound_port = listener.local_addr().map_or(0, |a| a.port());
-        let server = tls::server_config(identity.clone()).map_err(ProxyError::Tls)?;
+        let server = tls::server_config(
+            identity.clone(),
+            crate::config::alpn(&inbound.alpn, inbound.protocol, false),
+        )
+        .map_err(ProxyError::Tls)?;
         let open = Arc::new(crate::open_connections::OpenConnections::default());
         let handler = Arc::new(Inbound {
             open: open.clone(),
@@ -121,8 +125,12 @@ pub async fn run(
             policy: policy.clone(),
             identity: identity.clone(),
             metrics: metrics.clone(),
-            http: (inbound.protocol == crate::config::Protocol::Http)
-                .then(|| Arc::new(crate::http::HttpForwarder::new(&inbound.forward_to))),
+            http: (inbound.protocol == crate::config::Protocol::Http).then(|| {
+                Arc::new(crate::http::HttpForwarder::new(
+                    &inbound.forward_to,
+                    inbound.app_protocol,
+                ))
+            }),
         });
         listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
         if config.svid_file.is_none() {
@@ -179,7 +187,28 @@ pub async fn run(
         }
         let listener = bind(&o.listen).await?;
         let handler = Arc::new(Outbound {
-            tls: Arc::new(tls::OutboundTls::new(identity.clone(), authorize.clone())),
+            tls: Arc::new(tls::OutboundTls::new(
+                identity.clone(),
+                authorize.clone(),
+                crate::config::alpn(&o.alpn, o.protocol, true),
+            )),
+            sni: rustls::pki_types::ServerName::try_from(
+                o.sni.clone().unwrap_or_else(|| "signet-peer".into()),
+            )
+            .map_err(|e| ConfigError::Invalid(format!("[[outbound]] sni: {e}")))?,
+            http: (o.protocol == crate::config::Protocol::Http).then(|| {
+                Arc::new(crate::http_outbound::HttpState::new(
+                    o.routes
+                        .iter()
+                        .map(|r| crate::http_outbound::RouteTimeout {
+                            prefix: r.path_prefix.clone(),
+                            timeout: Duration::from_millis(r.timeout_ms),
+                        })
+                        .collect(),
+                    (o.request_timeout_ms > 0).then(|| Duration::from_millis(o.request_timeout_ms)),
+                    o.max_pending_requests,
+                ))
+            }),
             upstream: upstream.clone(),
             connect_timeout: o.connect_timeout(),
             handshake_timeout: o.handshake_timeout(),

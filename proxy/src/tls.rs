@@ -62,7 +62,11 @@ impl ResolvesServerCert for CurrentSvid {
 
 /// Inbound: present our SVID, require a client SVID of our trust domain's
 /// bundle (authorization by policy happens right after the handshake).
-pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig>, String> {
+/// `alpn`: the protocols offered, most preferred first (none: no ALPN).
+pub fn server_config(
+    identity: IdentityWatch,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let bundle = identity
         .borrow()
         .as_ref()
@@ -82,6 +86,7 @@ pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig
     // cache size is the main memory knob here (4,096 entries cost ~5 MiB).
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(512);
     config.send_tls13_tickets = 1;
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 
@@ -98,6 +103,7 @@ pub fn server_config(identity: IdentityWatch) -> Result<Arc<rustls::ServerConfig
 pub struct OutboundTls {
     identity: IdentityWatch,
     authorize: Authorizer,
+    alpn: Vec<Vec<u8>>,
     /// The configuration made for the SVID (by its key) in use.
     current: Mutex<Option<(Arc<CertifiedKey>, Arc<rustls::ClientConfig>)>>,
 }
@@ -107,11 +113,12 @@ const CLIENT_SESSIONS: usize = 1024;
 
 impl OutboundTls {
     /// Configurations following `identity`, accepting only a server whose
-    /// ID `authorize`s.
-    pub fn new(identity: IdentityWatch, authorize: Authorizer) -> Self {
+    /// ID `authorize`s, offering `alpn` (most preferred first).
+    pub fn new(identity: IdentityWatch, authorize: Authorizer, alpn: Vec<Vec<u8>>) -> Self {
         Self {
             identity,
             authorize,
+            alpn,
             current: Mutex::new(None),
         }
     }
@@ -151,6 +158,7 @@ impl OutboundTls {
                 warned: AtomicI64::new(i64::MIN),
             }));
         config.resumption = rustls::client::Resumption::in_memory_sessions(CLIENT_SESSIONS);
+        config.alpn_protocols = self.alpn.clone();
         Ok(Arc::new(config))
     }
 }

@@ -52,7 +52,7 @@ async fn echo_server(
     mpsc::UnboundedReceiver<(HandshakeKind, CertificateDer<'static>)>,
 ) {
     let (_keep, watch) = watch::channel(Some(identity));
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(watch).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(watch, Vec::new()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -102,7 +102,7 @@ async fn a_ticket_taken_in_after_a_rotation_never_brings_back_the_old_svid() {
     let (old, old_leaf) = svid(&ca, &bundle, "spiffe://example.org/client", 0);
     let (new, new_leaf) = svid(&ca, &bundle, "spiffe://example.org/client", 60);
     let (rotate, watch) = watch::channel(Some(old));
-    let tls = OutboundTls::new(watch, Arc::new(|_: &SpiffeId| true));
+    let tls = OutboundTls::new(watch, Arc::new(|_: &SpiffeId| true), Vec::new());
 
     finish(open(&tls, addr).await).await;
     assert_eq!(
@@ -143,7 +143,7 @@ async fn flush_forgets_the_tickets() {
     let (addr, mut seen) = echo_server(server).await;
     let (client, _) = svid(&ca, &bundle, "spiffe://example.org/client", 0);
     let (_keep, watch) = watch::channel(Some(client));
-    let tls = OutboundTls::new(watch, Arc::new(|_: &SpiffeId| true));
+    let tls = OutboundTls::new(watch, Arc::new(|_: &SpiffeId| true), Vec::new());
     finish(open(&tls, addr).await).await;
     finish(open(&tls, addr).await).await;
     assert_eq!(seen.recv().await.unwrap().0, HandshakeKind::Full);
