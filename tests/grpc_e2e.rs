@@ -1,0 +1,179 @@
+//! gRPC through Signet, with stacks we did not write: a Python grpcio
+//! server behind an HTTP-mode inbound proxy (`app_protocol = "h2"`), called
+//! (1) by a grpcio client through an HTTP outbound listener that names only
+//! the server's SPIFFE ID, and (2) directly by a grpcio client over mTLS
+//! with the caller's SVID from the Workload API (`signet id fetch`) — the
+//! proxy must offer ALPN h2, as grpc-core insists. Per-method policy
+//! (`paths`) applies both ways; trailers (grpc-status and custom metadata)
+//! come back intact.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::python::python_spiffe_available;
+use support::*;
+
+const POLICY: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+paths = ["/demo.Echo/Allowed"]
+"#;
+
+fn script() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/python/grpc_echo.py")
+}
+
+/// Kills the Python server when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn call(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("call")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn grpc_crosses_a_signet_pair_and_a_plain_grpc_client_calls_the_inbound_proxy_with_its_svid() {
+    if !python_spiffe_available() {
+        return;
+    }
+    let ca = TestCa::start(&[]);
+    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
+    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+    let uid = format!("unix:uid:{}", my_uid());
+    ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
+    ca.entry(
+        PAYMENTS,
+        "node-b",
+        &[&uid],
+        &["--dns-name", "payments.example"],
+    );
+    let policy_dir = ca.dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("payments.toml"), POLICY).unwrap();
+
+    // The gRPC server (plaintext HTTP/2 on loopback, behind its proxy).
+    let app_port = signet_test_support::free_port();
+    let mut server = Command::new("python3")
+        .arg(script())
+        .args(["serve", &app_port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "serving");
+    let _server = Child(server);
+
+    let inbound_port = signet_test_support::free_port();
+    let cfg = ca.dir.path().join("inbound.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:{inbound_port}\"\nforward_to = \"127.0.0.1:{app_port}\"\nprotocol = \"http\"\napp_protocol = \"h2\"\n",
+            agent_b.socket.display(),
+            policy_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut inbound = Daemon::spawn(cmd);
+    inbound.wait_for("endpoint published", Duration::from_secs(20));
+
+    let outbound_port = signet_test_support::free_port();
+    let cfg = ca.dir.path().join("outbound.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{outbound_port}\"\nserver_id = \"{PAYMENTS}\"\nprotocol = \"http\"\n",
+            agent_a.socket.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut outbound = Daemon::spawn(cmd);
+    outbound.wait_for("signet proxy ready", Duration::from_secs(20));
+
+    // (1) Through the pair.
+    let target = format!("127.0.0.1:{outbound_port}");
+    let allowed = call(&[&target, "Allowed"]);
+    println!("through the pair, allowed method: {allowed}");
+    assert_eq!(allowed, "OK echo:ping 42", "reply and trailer intact");
+    let denied = call(&[&target, "Denied"]);
+    println!("through the pair, denied method: {denied}");
+    assert!(denied.starts_with("ERR PERMISSION_DENIED"), "{denied}");
+
+    // (2) Directly, with the caller's SVID from the Workload API.
+    let tls = tempfile::tempdir().unwrap();
+    let fetched = signet()
+        .args(["id", "fetch", "--socket"])
+        .arg(&agent_a.socket)
+        .arg("--write")
+        .arg(tls.path())
+        .output()
+        .unwrap();
+    assert!(fetched.status.success(), "{fetched:?}");
+    let file = |n: &str| tls.path().join(n).to_str().unwrap().to_owned();
+    let direct = format!("127.0.0.1:{inbound_port}");
+    let (root, key, chain) = (file("bundle.pem"), file("svid.key"), file("svid.pem"));
+    let allowed = call(&[&direct, "Allowed", &root, &key, &chain, "payments.example"]);
+    println!("direct mTLS, allowed method: {allowed}");
+    assert_eq!(allowed, "OK echo:ping 42");
+    let denied = call(&[&direct, "Denied", &root, &key, &chain, "payments.example"]);
+    println!("direct mTLS, denied method: {denied}");
+    assert!(denied.starts_with("ERR PERMISSION_DENIED"), "{denied}");
+
+    // Control: the same inbound without h2 in its ALPN list is refused by
+    // grpc-core, which is why the proxy offers it.
+    let no_h2_port = signet_test_support::free_port();
+    let cfg = ca.dir.path().join("no-h2.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:{no_h2_port}\"\nforward_to = \"127.0.0.1:{app_port}\"\nprotocol = \"http\"\napp_protocol = \"h2\"\nalpn = [\"http/1.1\"]\n",
+            agent_b.socket.display(),
+            policy_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut no_h2 = Daemon::spawn(cmd);
+    no_h2.wait_for("signet proxy ready", Duration::from_secs(20));
+    let refused = call(&[
+        &format!("127.0.0.1:{no_h2_port}"),
+        "Allowed",
+        &root,
+        &key,
+        &chain,
+        "payments.example",
+    ]);
+    println!("direct mTLS to a listener without ALPN h2: {refused}");
+    assert!(refused.starts_with("ERR UNAVAILABLE"), "{refused}");
+}
