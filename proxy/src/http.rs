@@ -93,6 +93,8 @@ pub struct HttpContext {
     pub metrics: Arc<Metrics>,
     /// The app.
     pub forwarder: Arc<HttpForwarder>,
+    /// Whether the app answers.
+    pub app_health: Arc<crate::app_health::AppHealth>,
 }
 
 /// Log fields for an audit (dry-run) difference: label and rule, or empty.
@@ -188,8 +190,12 @@ async fn handle(
     *req.method_mut() = forwarded_method;
     *req.version_mut() = ctx.forwarder.version;
     let (status, resp) = match ctx.forwarder.client.request(req).await {
-        Ok(resp) => (resp.status().as_u16(), resp.map(|b| b.boxed())),
+        Ok(resp) => {
+            ctx.app_health.reached();
+            (resp.status().as_u16(), resp.map(|b| b.boxed()))
+        }
         Err(e) if e.is_connect() => {
+            ctx.app_health.unreachable();
             // The request never reached the app: the caller's proxy may
             // send it to another instance, whatever its method.
             tracing::warn!(peer = %ctx.peer, error = %e, "cannot reach the local app");

@@ -8,9 +8,11 @@
 //!   of the request is sent;
 //! - a request the upstream proxy says never reached its app (it answers
 //!   with [`NOT_FORWARDED_HEADER`]) is retried on another endpoint, and so
-//!   is an idempotent request whose connection failed, within the retry
-//!   budget (20% of requests plus 10/s) and when its body was small enough
-//!   to keep (at most [`REPLAY_LIMIT`] bytes, with a content-length);
+//!   is an idempotent request whose connection failed or that the upstream
+//!   proxy answered with a 5xx of its own ([`ERROR_HEADER`]), within the
+//!   retry budget (20% of requests plus 10/s) and when its body was small
+//!   enough to keep (at most [`REPLAY_LIMIT`] bytes, with a
+//!   content-length); such answers also count toward ejection;
 //! - per-route timeouts answer 504;
 //! - past `max_pending_requests` in flight the proxy answers 503 at once.
 //!
@@ -392,14 +394,30 @@ impl Outbound {
             match result {
                 Ok(resp) => {
                     pick.observe(sent.elapsed(), Instant::now());
+                    // An answer the upstream proxy made itself (5xx from
+                    // the proxy, not from the app): a failure of the
+                    // endpoint; retried when the request never reached the
+                    // app, or may be sent twice.
                     let not_forwarded = resp.headers().contains_key(NOT_FORWARDED_HEADER);
-                    if !not_forwarded {
+                    let from_proxy = resp.status().is_server_error()
+                        && resp.headers().contains_key(ERROR_HEADER);
+                    if !from_proxy && !not_forwarded {
                         self.upstream.success(&address);
                         return (resp.map(|b| b.boxed()), address, attempts);
                     }
-                    self.upstream.failure(&address, "app_unreachable");
-                    if replayable.is_some() && attempts < MAX_ATTEMPTS && self.retry(http) {
-                        tracing::info!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, "its app is unreachable; retrying on another endpoint");
+                    let reason = if not_forwarded {
+                        "app_unreachable"
+                    } else {
+                        "proxy_error"
+                    };
+                    self.upstream.failure(&address, reason);
+                    let may_retry = not_forwarded || idempotent(&parts.method);
+                    if may_retry
+                        && replayable.is_some()
+                        && attempts < MAX_ATTEMPTS
+                        && self.retry(http)
+                    {
+                        tracing::info!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, reason, "answered by its proxy; retrying on another endpoint");
                         tried.push(address);
                         continue;
                     }

@@ -41,6 +41,8 @@ pub struct Inbound {
     pub open: Arc<OpenConnections>,
     /// Timeouts and caps.
     pub limits: LimitsConfig,
+    /// Whether the app answers (the endpoint is registered only then).
+    pub app_health: Arc<crate::app_health::AppHealth>,
 }
 
 /// Authentication on inbound accepts any SPIFFE ID of the bundle; policy
@@ -121,6 +123,7 @@ impl Inbound {
             self.metrics.active.inc();
             let registration = self.open.register(&peer, &own);
             let ctx = Arc::new(crate::http::HttpContext {
+                app_health: self.app_health.clone(),
                 peer: peer.clone(),
                 own,
                 policy: self.policy.clone(),
@@ -152,9 +155,13 @@ impl Inbound {
             return;
         }
         let mut local = match TcpStream::connect(&self.forward_to).await {
-            Ok(s) => s,
+            Ok(s) => {
+                self.app_health.reached();
+                s
+            }
             Err(e) => {
                 tracing::warn!(direction = "inbound", peer = %peer, forward_to = %self.forward_to, error = %e, "cannot reach the local app");
+                self.app_health.unreachable();
                 return;
             }
         };

@@ -18,6 +18,7 @@
 //! [`retry_budget`] (retries bounded by the traffic), the first parts of
 //! balancing over several endpoints; outbound listeners do not use them yet.
 
+pub mod app_health;
 pub mod balancer;
 pub mod config;
 mod forward;

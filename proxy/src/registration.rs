@@ -26,16 +26,25 @@ pub struct Advertised {
     pub weight: u32,
 }
 
-/// Keeps the endpoint registered until `stop`.
+/// Keeps the endpoint registered while the app answers (`app_up`), until
+/// `stop`.
 pub async fn keep_registered(
     socket: PathBuf,
     advertised: Advertised,
     mut identity: IdentityWatch,
+    mut app_up: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut last_error: Option<String> = None;
     loop {
+        if !*app_up.borrow_and_update() {
+            tokio::select! {
+                r = app_up.wait_for(|u| *u) => if r.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
         let id = identity
             .borrow_and_update()
             .as_ref()
@@ -57,6 +66,8 @@ pub async fn keep_registered(
         };
         let ended = tokio::select! {
             r = register_once(&socket, endpoint, &mut backoff) => r,
+            // Dropping the call withdraws the endpoint.
+            _ = app_up.wait_for(|u| !*u) => continue,
             _ = stop.wait_for(|s| *s) => {
                 tracing::info!("endpoint registration withdrawn (draining)");
                 return;

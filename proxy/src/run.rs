@@ -117,7 +117,9 @@ pub async fn run(
         )
         .map_err(ProxyError::Tls)?;
         let open = Arc::new(crate::open_connections::OpenConnections::default());
+        let app_health = crate::app_health::AppHealth::start(&inbound.forward_to);
         let handler = Arc::new(Inbound {
+            app_health: app_health.clone(),
             open: open.clone(),
             limits: config.limits.clone(),
             tls: tokio_rustls::TlsAcceptor::from(server),
@@ -147,6 +149,7 @@ pub async fn run(
                     weight: inbound.weight.unwrap_or(0),
                 },
                 identity.clone(),
+                app_health.subscribe(),
                 stop_rx.clone(),
             ));
         }
