@@ -214,8 +214,12 @@ impl Outbound {
         }
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+            // A host cut off the network is noticed within ~4 s: requests
+            // waiting on its connection fail (and are retried when they
+            // may be) instead of hanging on TCP retransmissions.
+            .keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ("h2_handshake", e.to_string()))?;
@@ -353,12 +357,13 @@ impl Outbound {
                 );
             };
             let address = pick.address.clone();
+            let attempt = Instant::now();
             let sender = match self.sender(http, &address).await {
                 Ok(s) => s,
                 Err((reason, error)) => {
                     // Nothing of the request was sent: another endpoint.
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, reason, error = %error, attempt_ms = attempt.elapsed().as_millis() as u64, "endpoint unreachable; trying another");
                     self.upstream.failure(&address, reason);
-                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %address, reason, error = %error, "endpoint unreachable; trying another");
                     tried.push(address);
                     if tried.len() >= MAX_ATTEMPTS {
                         return (

@@ -117,6 +117,7 @@ impl Outbound {
                 tracing::warn!(direction = "outbound", upstream = %self.upstream.name, tried = ?tried, "no endpoint left to try; connection closed");
                 return;
             };
+            let attempt = Instant::now();
             match self.connect(&pick.address, &bundle).await {
                 Ok((tls, peer)) => {
                     self.upstream.success(&pick.address);
@@ -124,8 +125,10 @@ impl Outbound {
                 }
                 Err((reason, error)) => {
                     self.metrics.handshake_failed("outbound", reason);
+                    // Logged before the failure is recorded (it may eject):
+                    // the attempt began `attempt_ms` before this line.
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %pick.address, expected = %self.server_id, reason, error = %error, attempt_ms = ms_since(attempt), "endpoint attempt failed; trying another");
                     self.upstream.failure(&pick.address, reason);
-                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %pick.address, expected = %self.server_id, reason, error = %error, "endpoint attempt failed; trying another");
                     tried.push(pick.address.clone());
                     if tried.len() >= MAX_ATTEMPTS {
                         tracing::warn!(direction = "outbound", upstream = %self.upstream.name, tried = ?tried, "every attempt failed; connection closed");

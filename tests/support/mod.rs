@@ -109,6 +109,15 @@ impl Daemon {
         }
     }
 
+    /// Stops the daemon (SIGTERM) and collects every line it wrote into
+    /// `log`, to the end of its output.
+    pub fn stop_and_read_log(&mut self) {
+        self.terminate();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(line);
+        }
+    }
+
     /// Sends SIGTERM and waits for exit; returns whether it exited with 0.
     pub fn terminate(&mut self) -> bool {
         let _ = Command::new("kill")
@@ -498,6 +507,142 @@ impl EchoApp {
     pub fn connections(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// An HTTP/1.1 app on `port` (0: any): a path with `/sleep/N` is
+/// answered after N ms; anything else at once; every answer names the app
+/// (`tag`) and counts the request; `Connection: close` is honoured. `stop`
+/// closes its port and connections (a clone stops the same app).
+#[derive(Clone)]
+pub struct SlowApp {
+    pub port: u16,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl SlowApp {
+    pub fn start(tag: &'static str, port: u16) -> SlowApp {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = SlowApp {
+            port,
+            count: Default::default(),
+            stopped: Default::default(),
+            conns: Default::default(),
+        };
+        let (counter, stopped, conns) = (app.count.clone(), app.stopped.clone(), app.conns.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                conns.lock().unwrap().push(conn.try_clone().unwrap());
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let mut length = 0usize;
+                        let mut close = false;
+                        loop {
+                            let mut h = String::new();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap_or(0);
+                                }
+                                if k.eq_ignore_ascii_case("connection")
+                                    && v.trim().eq_ignore_ascii_case("close")
+                                {
+                                    close = true;
+                                }
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        let _ = reader.read_exact(&mut body);
+                        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                        if let Some((_, ms)) = path.split_once("/sleep/") {
+                            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+                        }
+                        let reply = format!("{tag} {path} {}", String::from_utf8_lossy(&body));
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
+                            reply.len()
+                        );
+                        if close {
+                            let _ = conn.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        app
+    }
+
+    pub fn served(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Closes the port (nothing listens any more) and every connection.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then drops the listener.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        // Until the port refuses connections.
+        eventually(Duration::from_secs(5), "the app's port to close", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port))
+                .is_err()
+                .then_some(())
+        });
+    }
+}
+
+/// One HTTP/1.1 request on a new connection: status, `x-signet-error`,
+/// body.
+pub fn http_call(port: u16, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: payments\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let error = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-signet-error: "))
+        .unwrap_or("")
+        .to_owned();
+    (status, error, body.to_owned())
 }
 
 /// CA, two agents ("hosts" a and b), an echo app behind an inbound proxy on
