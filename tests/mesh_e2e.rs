@@ -435,3 +435,87 @@ fn http_requests_are_balanced_retried_timed_out_and_capped() {
     }
     assert_eq!(http_call(caller_port, "GET", "/after", "").0, 200);
 }
+
+/// An agent that skips its own checks (a compromised node) still cannot
+/// publish an endpoint for an identity none of its entries has: the CA
+/// refuses it, says why, and nobody sees it. What it may publish, it may
+/// also withdraw, and a ban takes its endpoints away at once.
+#[test]
+fn the_ca_refuses_endpoints_for_identities_the_agent_does_not_hold() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("ca.toml");
+    std::fs::write(&cfg, "endpoint_grace = 1\n").unwrap();
+    let ca = TestCa::start(&["--config", cfg.to_str().unwrap()]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut rogue = rt.block_on(attested_node_client(&ca, "rogue"));
+    ca.entry(CHECKOUT, "rogue", &["unix:uid:1"], &[]);
+    let publish =
+        |client: &mut signet_proto::node::node_client::NodeClient<tonic::transport::Channel>,
+         endpoints: Vec<signet_proto::mesh::Endpoint>| {
+            rt.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(signet_proto::node::EndpointsUpdate {
+                    sequence: 1,
+                    endpoints,
+                })
+                .await
+                .unwrap();
+                let mut acks = client
+                    .publish_endpoints(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let ack = acks.message().await.unwrap().unwrap();
+                (ack, tx, acks)
+            })
+        };
+    let ep = |id: &str, address: &str| signet_proto::mesh::Endpoint {
+        spiffe_id: id.into(),
+        address: address.into(),
+        ..Default::default()
+    };
+    // Refused: payments is not the rogue node's; accepted: checkout is.
+    let (ack, tx, acks) = publish(
+        &mut rogue,
+        vec![ep(PAYMENTS, "127.0.0.1:9"), ep(CHECKOUT, ":7")],
+    );
+    assert_eq!(ack.refused.len(), 1, "{ack:?}");
+    assert!(
+        ack.refused[0]
+            .reason
+            .contains("not the SPIFFE ID of an entry"),
+        "{ack:?}"
+    );
+    assert_eq!(ack.published.len(), 1);
+    assert_eq!(ack.published[0].address, "127.0.0.1:7", "host filled in");
+    let listed = ca.run_ok(&["endpoints", "list", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let all: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["spiffe_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(all, vec![CHECKOUT]);
+    // The stream ends: marked lost, then withdrawn after the grace (1 s).
+    drop((tx, acks));
+    eventually(Duration::from_secs(3), "the lost endpoint marked", || {
+        ca.run_ok(&["endpoints", "list"])
+            .contains("agent-lost")
+            .then_some(())
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the lost endpoint withdrawn",
+        || (ca.run_ok(&["endpoints", "list", "--output", "json"]).trim() == "[]").then_some(()),
+    );
+    // Published again, then the agent is banned: gone at once.
+    let (_ack, _tx, _acks) = publish(&mut rogue, vec![ep(CHECKOUT, ":7")]);
+    assert!(ca.run_ok(&["endpoints", "list"]).contains("127.0.0.1:7"));
+    ca.run_ok(&["agent", "ban", "spiffe://example.org/signet/agent/rogue"]);
+    eventually(
+        Duration::from_secs(2),
+        "a ban to withdraw the endpoints",
+        || (ca.run_ok(&["endpoints", "list", "--output", "json"]).trim() == "[]").then_some(()),
+    );
+}

@@ -20,6 +20,11 @@
 //! [`jwt_keys`] (prepared → active → old, each published before it signs).
 //! Entries ([`entry`]) and join tokens ([`join_token`]) are validated before
 //! they are stored; nothing from outside is trusted.
+//!
+//! The mesh's endpoint registry: agents publish their node's endpoints
+//! ([`endpoint_streams`], checked by [`endpoint_publish`]), stored with the
+//! change feed so replicas share them, and served to watchers from memory
+//! ([`endpoint_registry`]).
 
 pub mod admin;
 pub mod attest_throttle;

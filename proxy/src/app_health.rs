@@ -3,8 +3,10 @@
 //! the endpoint at once (callers stop sending new connections within
 //! milliseconds, TCP ones included, which cannot otherwise tell a dead app
 //! from a closed connection), and a probe every [`PROBE_INTERVAL`] brings it
-//! back when the app listens again. At start the app is probed before the
-//! endpoint is registered (a sidecar often starts before its app).
+//! back when the app listens again. The app is assumed to answer at start
+//! (no probe connection reaches an app that works: apps see only their
+//! callers); a sidecar that starts before its app withdraws at the first
+//! refused connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +24,12 @@ pub struct AppHealth {
 }
 
 impl AppHealth {
-    /// Starts unknown (down) and probes at once.
+    /// Assumed up until a connection to the app fails.
     pub fn start(forward_to: &str) -> Arc<Self> {
-        let health = Arc::new(Self {
+        Arc::new(Self {
             forward_to: forward_to.to_owned(),
-            up: watch::channel(false).0,
-        });
-        health.clone().spawn_probe();
-        health
+            up: watch::channel(true).0,
+        })
     }
 
     /// A receiver of whether the app answers.
@@ -75,13 +75,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn down_until_the_app_listens_then_withdrawn_on_a_refusal_and_back_by_probe() {
+    async fn withdrawn_on_a_refusal_until_a_probe_finds_the_app_listening() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
         let health = AppHealth::start(&addr);
         let mut up = health.subscribe();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(*up.borrow_and_update(), "assumed up at start");
+        // A refused connection: down, and the probe finds nothing yet.
+        health.unreachable();
+        tokio::time::sleep(Duration::from_millis(700)).await;
         assert!(!*up.borrow_and_update(), "nothing listens yet");
         let app = tokio::net::TcpListener::bind(&addr).await.unwrap();
         tokio::time::timeout(Duration::from_secs(3), up.wait_for(|u| *u))

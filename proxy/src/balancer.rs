@@ -24,8 +24,8 @@ pub enum LoadMetric {
     Connections,
     /// Peak-EWMA latency × (requests in flight + 1) (HTTP listeners).
     PeakEwma,
-    /// No load at all: the next endpoint in turn (for comparison in
-    /// benchmarks only).
+    /// No load at all: the next endpoint in turn (`balancer =
+    /// "round-robin"`, for comparison).
     RoundRobin,
 }
 

@@ -186,6 +186,22 @@ pub struct OutboundConfig {
     /// in HTTP mode, none in TCP mode.
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
+    /// How endpoints are chosen: `p2c` (default: power of two choices on
+    /// peak-EWMA latency in HTTP mode, on active connections in TCP mode)
+    /// or `round-robin` (blind to load and latency; for comparison).
+    #[serde(default)]
+    pub balancer: BalancerKind,
+}
+
+/// The outbound balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancerKind {
+    /// Power of two choices on the protocol's load.
+    #[default]
+    P2c,
+    /// Each endpoint in turn.
+    RoundRobin,
 }
 
 fn default_max_pending_requests() -> usize {

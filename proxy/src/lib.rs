@@ -13,10 +13,16 @@
 //!          └──▶ open_connections (close what a new policy revokes)
 //! ```
 //!
-//! Failure handling for outbound upstreams, as plain data with the time
-//! passed in: [`outlier`] (ejection of failing endpoints) and
-//! [`retry_budget`] (retries bounded by the traffic), the first parts of
-//! balancing over several endpoints; outbound listeners do not use them yet.
+//! Finding, balancing and surviving (outbound):
+//!
+//! ```text
+//!   upstream::Source (static list | DNS | discovery via the agent's mesh API)
+//!        ──▶ upstream::Upstream ── balancer::Balancer (P2C: active connections, or peak_ewma)
+//!                                        └── outlier::Outliers (ejection)
+//!   outbound (TCP: per connection, failover before the first app byte)
+//!   http_outbound (HTTP: per request, pooled HTTP/2, retry_budget, route timeouts, pending cap)
+//!   inbound ── app_health ──▶ registration (the endpoint, registered while the app answers)
+//! ```
 
 pub mod app_health;
 pub mod balancer;

@@ -167,9 +167,10 @@ pub async fn run(
         let pattern = IdPattern::parse(&o.server_id)
             .map_err(|e| ConfigError::Invalid(format!("server_id {e}")))?;
         let authorize: Authorizer = Arc::new(move |id| pattern.matches(id));
-        let metric = match o.protocol {
-            crate::config::Protocol::Tcp => LoadMetric::Connections,
-            crate::config::Protocol::Http => LoadMetric::PeakEwma,
+        let metric = match (o.balancer, o.protocol) {
+            (crate::config::BalancerKind::RoundRobin, _) => LoadMetric::RoundRobin,
+            (_, crate::config::Protocol::Tcp) => LoadMetric::Connections,
+            (_, crate::config::Protocol::Http) => LoadMetric::PeakEwma,
         };
         let upstream = Upstream::new(
             &o.server_id,

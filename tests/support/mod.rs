@@ -523,6 +523,11 @@ pub struct SlowApp {
 
 impl SlowApp {
     pub fn start(tag: &'static str, port: u16) -> SlowApp {
+        Self::start_delayed(tag, port, Duration::ZERO)
+    }
+
+    /// Like [`SlowApp::start`], answering every request `delay` late.
+    pub fn start_delayed(tag: &'static str, port: u16, delay: Duration) -> SlowApp {
         use std::io::{BufRead, BufReader, Read, Write};
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -577,6 +582,9 @@ impl SlowApp {
                         let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
                         if let Some((_, ms)) = path.split_once("/sleep/") {
                             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+                        }
+                        if !delay.is_zero() {
+                            std::thread::sleep(delay);
                         }
                         let reply = format!("{tag} {path} {}", String::from_utf8_lossy(&body));
                         let _ = write!(
