@@ -88,7 +88,7 @@ fn start(dir: &Path, slow: bool, balancer: &str) -> Setup {
         )
         .unwrap();
         let mut cmd = signet();
-        cmd.env("SIGNET_LOG", "warn")
+        cmd.env("SIGNET_LOG", "warn,signet_proxy::run=info")
             .args(["proxy", "run", "--config"])
             .arg(&cfg);
         let mut proxy = Daemon::spawn(cmd);
@@ -109,7 +109,7 @@ fn start(dir: &Path, slow: bool, balancer: &str) -> Setup {
     )
     .unwrap();
     let mut cmd = signet();
-    cmd.env("SIGNET_LOG", "warn")
+    cmd.env("SIGNET_LOG", "warn,signet_proxy::run=info")
         .args(["proxy", "run", "--config"])
         .arg(&cfg);
     let mut proxy = Daemon::spawn(cmd);

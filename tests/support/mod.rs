@@ -545,6 +545,7 @@ impl SlowApp {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
+                let _ = conn.set_nodelay(true);
                 conns.lock().unwrap().push(conn.try_clone().unwrap());
                 let counter = counter.clone();
                 std::thread::spawn(move || {
@@ -587,11 +588,13 @@ impl SlowApp {
                             std::thread::sleep(delay);
                         }
                         let reply = format!("{tag} {path} {}", String::from_utf8_lossy(&body));
-                        let _ = write!(
-                            conn,
+                        // One write: a response in pieces meets Nagle and
+                        // delayed ACKs (40 ms).
+                        let response = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
                             reply.len()
                         );
+                        let _ = conn.write_all(response.as_bytes());
                         if close {
                             let _ = conn.shutdown(std::net::Shutdown::Both);
                             return;
