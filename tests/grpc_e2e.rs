@@ -12,7 +12,6 @@ mod support;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use support::python::python_spiffe_available;
 use support::*;
@@ -89,36 +88,22 @@ fn grpc_crosses_a_signet_pair_and_a_plain_grpc_client_calls_the_inbound_proxy_wi
     assert_eq!(ready.trim(), "serving");
     let _server = Child(server);
 
-    let inbound_port = signet_test_support::free_port();
-    let cfg = ca.dir.path().join("inbound.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:{inbound_port}\"\nforward_to = \"127.0.0.1:{app_port}\"\nprotocol = \"http\"\napp_protocol = \"h2\"\n",
-            agent_b.socket.display(),
-            policy_dir.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = signet();
-    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
-    let mut inbound = Daemon::spawn(cmd);
-    inbound.wait_for("endpoint published", Duration::from_secs(20));
-
+    let (_inbound, inbound_port) = start_inbound(
+        ca.dir.path(),
+        &agent_b.socket,
+        &policy_dir,
+        app_port,
+        "protocol = \"http\"\napp_protocol = \"h2\"",
+    );
     let outbound_port = signet_test_support::free_port();
-    let cfg = ca.dir.path().join("outbound.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{outbound_port}\"\nserver_id = \"{PAYMENTS}\"\nprotocol = \"http\"\n",
-            agent_a.socket.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = signet();
-    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
-    let mut outbound = Daemon::spawn(cmd);
-    outbound.wait_for("signet proxy ready", Duration::from_secs(20));
+    let _outbound = start_caller(
+        ca.dir.path(),
+        &agent_a.socket,
+        outbound_port,
+        signet_test_support::free_port(),
+        PAYMENTS,
+        "protocol = \"http\"",
+    );
 
     // (1) Through the pair.
     let target = format!("127.0.0.1:{outbound_port}");
@@ -151,21 +136,13 @@ fn grpc_crosses_a_signet_pair_and_a_plain_grpc_client_calls_the_inbound_proxy_wi
 
     // Control: the same inbound without h2 in its ALPN list is refused by
     // grpc-core, which is why the proxy offers it.
-    let no_h2_port = signet_test_support::free_port();
-    let cfg = ca.dir.path().join("no-h2.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\n[inbound]\nlisten = \"127.0.0.1:{no_h2_port}\"\nforward_to = \"127.0.0.1:{app_port}\"\nprotocol = \"http\"\napp_protocol = \"h2\"\nalpn = [\"http/1.1\"]\n",
-            agent_b.socket.display(),
-            policy_dir.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = signet();
-    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
-    let mut no_h2 = Daemon::spawn(cmd);
-    no_h2.wait_for("signet proxy ready", Duration::from_secs(20));
+    let (_no_h2, no_h2_port) = start_inbound(
+        ca.dir.path(),
+        &agent_b.socket,
+        &policy_dir,
+        app_port,
+        "protocol = \"http\"\napp_protocol = \"h2\"\nalpn = [\"http/1.1\"]",
+    );
     let refused = call(&[
         &format!("127.0.0.1:{no_h2_port}"),
         "Allowed",

@@ -41,6 +41,12 @@ pub async fn serve_publish(
             Ok(Some(u)) => u,
             Ok(None) | Err(_) => break,
         };
+        // A ban or eviction since the stream opened ends it: what the ban
+        // withdrew must not come back through it.
+        if let Err(refused) = crate::node_api::agent_in_good_standing(&ca, &agent_id).await {
+            let _ = tx.send(Err(refused)).await;
+            break;
+        }
         let count = update.endpoints.len();
         match ca
             .publish_endpoints(&agent_id, peer_ip, &session, update.endpoints)
@@ -82,14 +88,18 @@ pub async fn serve_publish(
     }
 }
 
-/// Serves one watch of `spiffe_id`'s endpoints until the agent goes away.
+/// Serves agent `agent_id`'s watch of `spiffe_id`'s endpoints until the
+/// agent goes away, or is banned or evicted.
 pub async fn serve_watch(
     ca: Arc<Ca>,
+    agent_id: String,
     spiffe_id: String,
     tx: mpsc::Sender<Result<mesh::EndpointSet, Status>>,
 ) {
     ca.metrics.endpoint_watches.inc();
     let mut changes = ca.subscribe_endpoints(&spiffe_id);
+    let mut standing = ca.subscribe_agent(&agent_id);
+    standing.borrow_and_update();
     let mut last: Option<Vec<mesh::Endpoint>> = None;
     loop {
         changes.borrow_and_update();
@@ -110,6 +120,15 @@ pub async fn serve_watch(
         }
         tokio::select! {
             r = changes.changed() => if r.is_err() { break },
+            r = standing.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                if let Err(refused) = crate::node_api::agent_in_good_standing(&ca, &agent_id).await {
+                    let _ = tx.send(Err(refused)).await;
+                    break;
+                }
+            }
             _ = tx.closed() => break,
         }
     }

@@ -377,7 +377,7 @@ impl Node for NodeService {
         &self,
         req: Request<signet_proto::mesh::WatchRequest>,
     ) -> Result<Response<EndpointSetStream>, Status> {
-        self.authorized_agent(&req).await?;
+        let agent = self.authorized_agent(&req).await?;
         let id = SpiffeId::parse(&req.get_ref().spiffe_id)
             .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
         if id.trust_domain() != self.ca.trust_domain {
@@ -389,6 +389,7 @@ impl Node for NodeService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(crate::endpoint_streams::serve_watch(
             self.ca.clone(),
+            agent.spiffe_id,
             id.to_string(),
             tx,
         ));

@@ -170,34 +170,27 @@ fn run(label: &str, slow: bool, balancer: &str, clients: u64, secs: u64) {
     let setup = start(dir.path(), slow, balancer);
     let stop = Arc::new(AtomicBool::new(false));
     let out = Arc::new(Mutex::new(Vec::new()));
-    // Warm-up: connections made, estimates formed.
-    let warm: Vec<_> = (0..clients)
-        .map(|_| {
-            let (stop, out) = (stop.clone(), Arc::new(Mutex::new(Vec::new())));
-            let port = setup.outbound_port;
-            let tag = setup.slow_tag;
-            std::thread::spawn(move || client(port, stop, out, tag))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    for w in warm {
-        w.join().unwrap();
-    }
-    stop.store(false, Ordering::Relaxed);
-    let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (stop, out) = (stop.clone(), out.clone());
-            let port = setup.outbound_port;
-            let tag = setup.slow_tag;
-            std::thread::spawn(move || client(port, stop, out, tag))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(secs));
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
+    let spawn_clients = |stop: &Arc<AtomicBool>, out: &Arc<Mutex<Vec<(Duration, bool)>>>| {
+        (0..clients)
+            .map(|_| {
+                let (stop, out) = (stop.clone(), out.clone());
+                let (port, tag) = (setup.outbound_port, setup.slow_tag);
+                std::thread::spawn(move || client(port, stop, out, tag))
+            })
+            .collect::<Vec<_>>()
+    };
+    let measure = |stop: &Arc<AtomicBool>, out: &Arc<Mutex<Vec<(Duration, bool)>>>, secs: u64| {
+        stop.store(false, Ordering::Relaxed);
+        let workers = spawn_clients(stop, out);
+        std::thread::sleep(Duration::from_secs(secs));
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+    };
+    // Warm-up (connections made, estimates formed), then the measure.
+    measure(&stop, &Arc::new(Mutex::new(Vec::new())), 2);
+    measure(&stop, &out, secs);
     let results = out.lock().unwrap();
     let mut lat: Vec<Duration> = results.iter().map(|r| r.0).collect();
     lat.sort();

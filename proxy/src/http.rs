@@ -29,8 +29,7 @@ use crate::policy_watch::PolicyHandle;
 /// The header that carries the verified caller identity to the app.
 pub const PEER_ID_HEADER: &str = "x-signet-peer-id";
 
-/// Connection-level headers that must not be forwarded (`te` is handled
-/// apart: `te: trailers` is kept for gRPC).
+/// Connection-level headers that must not be forwarded.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -39,6 +38,21 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "transfer-encoding",
 ];
+
+/// Removes the connection-level headers of a request being forwarded, both
+/// ways (inbound to the app, outbound to the upstream); `te: trailers` is
+/// kept, as gRPC needs it.
+pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+    if headers
+        .get("te")
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove("te");
+    }
+}
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
@@ -152,15 +166,7 @@ async fn handle(
         return Ok(text(StatusCode::FORBIDDEN, "forbidden by policy\n"));
     }
     let headers = req.headers_mut();
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
-    if headers
-        .get("te")
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove("te");
-    }
+    strip_hop_by_hop(headers);
     let spoofed: Vec<_> = headers
         .keys()
         .filter(|k| is_identity_header(k.as_str()))

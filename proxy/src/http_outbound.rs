@@ -28,6 +28,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::http::strip_hop_by_hop;
 use crate::outbound::{Outbound, MAX_ATTEMPTS};
 use crate::retry_budget::{BudgetLimits, RetryBudget};
 
@@ -141,27 +142,6 @@ fn answer(status: StatusCode, why: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(ERROR_HEADER, hyper::header::HeaderValue::from_static(why));
     r
-}
-
-/// Connection-level headers that are not forwarded (`te: trailers` is:
-/// gRPC needs it).
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    for h in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "trailer",
-        "upgrade",
-        "transfer-encoding",
-    ] {
-        headers.remove(h);
-    }
-    if headers
-        .get("te")
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove("te");
-    }
 }
 
 impl Outbound {

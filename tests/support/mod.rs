@@ -656,6 +656,63 @@ pub fn http_call(port: u16, method: &str, path: &str, body: &str) -> (u16, Strin
     (status, error, body.to_owned())
 }
 
+/// `signet proxy run` with an inbound listener on a free loopback port in
+/// front of the app at 127.0.0.1:`app_port`, its identity from the agent at
+/// `agent_socket`; `inbound_extra` holds more `[inbound]` keys. Returns
+/// once its endpoint is published, with the port.
+pub fn start_inbound(
+    dir: &Path,
+    agent_socket: &Path,
+    policy_dir: &Path,
+    app_port: u16,
+    inbound_extra: &str,
+) -> (Daemon, u16) {
+    let port = signet_test_support::free_port();
+    let cfg = dir.join(format!("inbound-{port}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\npolicy_dir = \"{}\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout = 2\n[inbound]\nlisten = \"127.0.0.1:{port}\"\nforward_to = \"127.0.0.1:{app_port}\"\n{inbound_extra}\n",
+            agent_socket.display(),
+            policy_dir.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut proxy = Daemon::spawn(cmd);
+    proxy.wait_for("endpoint published", Duration::from_secs(20));
+    (proxy, port)
+}
+
+/// `signet proxy run` with one outbound listener on 127.0.0.1:`port` that
+/// names only `server_id` (its endpoints discovered through the agent at
+/// `agent_socket`), its admin on `admin_port`; `outbound_extra` holds more
+/// `[[outbound]]` keys and tables. Returns once it is ready.
+pub fn start_caller(
+    dir: &Path,
+    agent_socket: &Path,
+    port: u16,
+    admin_port: u16,
+    server_id: &str,
+    outbound_extra: &str,
+) -> Daemon {
+    let cfg = dir.join(format!("caller-{port}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n[[outbound]]\nlisten = \"127.0.0.1:{port}\"\nserver_id = \"{server_id}\"\n{outbound_extra}\n",
+            agent_socket.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"]).arg(&cfg);
+    let mut caller = Daemon::spawn(cmd);
+    caller.wait_for("signet proxy ready", Duration::from_secs(20));
+    caller
+}
+
 /// CA, two agents ("hosts" a and b), an echo app behind an inbound proxy on
 /// host b (identity `payments`), and an outbound proxy on host a (identity
 /// `checkout`) pointed at it.
