@@ -93,8 +93,24 @@ impl Balancer {
     /// Takes the current endpoint set: the load and the outlier record of
     /// an endpoint still there are kept.
     pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
-        let mut old = std::mem::take(&mut self.slots);
         let now = Instant::now();
+        // New endpoints start at the mean estimate of those known.
+        let estimates: Vec<f64> = self
+            .slots
+            .iter()
+            .map(|s| {
+                s.latency
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .estimate(now)
+            })
+            .collect();
+        let mean = if estimates.is_empty() {
+            0.0
+        } else {
+            estimates.iter().sum::<f64>() / estimates.len() as f64
+        };
+        let mut old = std::mem::take(&mut self.slots);
         self.slots = endpoints
             .into_iter()
             .map(|endpoint| {
@@ -109,7 +125,7 @@ impl Balancer {
                     None => Slot {
                         endpoint,
                         active: Arc::default(),
-                        latency: Arc::new(Mutex::new(PeakEwma::new(now))),
+                        latency: Arc::new(Mutex::new(PeakEwma::starting_at(now, mean))),
                     },
                 }
             })
@@ -278,6 +294,26 @@ mod tests {
             .filter(|_| rr.pick(now, &[], rng()).unwrap().address == "slow:1")
             .count();
         assert_eq!(to_slow, 100);
+    }
+
+    #[test]
+    fn a_new_endpoint_takes_its_share_at_once_but_not_every_request_in_flight() {
+        let mut b = Balancer::new(EjectionPolicy::default(), LoadMetric::PeakEwma);
+        b.set_endpoints(vec![ep("a:1", 100), ep("b:1", 100)]);
+        let now = Instant::now();
+        let mut rng = randoms();
+        for _ in 0..50 {
+            let p = b.pick(now, &[], rng()).unwrap();
+            p.observe(Duration::from_millis(2), now);
+        }
+        b.set_endpoints(vec![ep("a:1", 100), ep("b:1", 100), ep("new:1", 100)]);
+        // 30 requests in flight at once, before any answer.
+        let held: Vec<Pick> = (0..30).map(|_| b.pick(now, &[], rng()).unwrap()).collect();
+        let to_new = held.iter().filter(|p| p.address == "new:1").count();
+        assert!(
+            (5..=15).contains(&to_new),
+            "{to_new} of 30 went to the new endpoint"
+        );
     }
 
     #[test]

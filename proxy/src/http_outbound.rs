@@ -63,6 +63,10 @@ pub struct RouteTimeout {
 /// The HTTP state of an outbound listener.
 pub struct HttpState {
     pool: Mutex<std::collections::HashMap<String, Sender>>,
+    /// One connection attempt per endpoint at a time: requests that find
+    /// no pooled connection wait for the one being made, rather than each
+    /// making its own.
+    connecting: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     budget: Mutex<RetryBudget>,
     /// Longest-prefix-first route timeouts.
     routes: Vec<RouteTimeout>,
@@ -82,6 +86,7 @@ impl HttpState {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self {
             pool: Mutex::default(),
+            connecting: Mutex::default(),
             budget: Mutex::new(RetryBudget::new(BudgetLimits::default())),
             routes,
             default_timeout,
@@ -175,6 +180,19 @@ impl Outbound {
         http: &HttpState,
         address: &str,
     ) -> Result<Sender, (&'static str, String)> {
+        if let Some(s) = http.pooled(address) {
+            return Ok(s);
+        }
+        let gate = {
+            let mut gates = http.connecting.lock().unwrap_or_else(|p| p.into_inner());
+            // Endpoints come and go: gates nobody waits on are dropped.
+            if gates.len() > 256 {
+                gates.retain(|_, g| Arc::strong_count(g) > 1);
+            }
+            gates.entry(address.to_owned()).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        // Made by the request that went first?
         if let Some(s) = http.pooled(address) {
             return Ok(s);
         }

@@ -20,13 +20,20 @@ pub struct PeakEwma {
 }
 
 impl PeakEwma {
-    /// The estimate of an endpoint never observed: zero, so a new
-    /// endpoint is tried at once (its first answer, a peak, sets the
-    /// estimate). Starting at a default such as 30 ms would keep a new
-    /// instance idle for tens of seconds beside endpoints answering in 1 ms.
+    /// The estimate of an endpoint never observed: zero, so it is tried
+    /// at once (its first answer, a peak, sets the estimate). Starting at a
+    /// default such as 30 ms would keep a new instance idle for tens of
+    /// seconds beside endpoints answering in 1 ms.
     pub fn new(now: Instant) -> Self {
+        Self::starting_at(now, 0.0)
+    }
+
+    /// An estimate of `nanos` at `now`: a new endpoint joining others
+    /// starts at their mean, so it takes its share at once without drawing
+    /// every request in flight before its first answer.
+    pub fn starting_at(now: Instant, nanos: f64) -> Self {
         Self {
-            estimate: 0.0,
+            estimate: nanos.max(0.0),
             stamp: now,
         }
     }
