@@ -13,7 +13,7 @@ mod support;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 
-use support::python::python_spiffe_available;
+use support::python::{python, python_spiffe_available};
 use support::*;
 
 const POLICY: &str = r#"
@@ -38,18 +38,9 @@ impl Drop for Child {
 }
 
 fn call(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(script())
-        .arg("call")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let mut cmd = Command::new("python3");
+    cmd.arg(script()).arg("call").args(args);
+    python(&mut cmd)
 }
 
 #[test]

@@ -39,6 +39,11 @@ impl AppHealth {
 
     /// A connection to the app succeeded.
     pub fn reached(&self) {
+        // Called for every connection and request: the common case (already
+        // up) takes only the read lock.
+        if *self.up.borrow() {
+            return;
+        }
         if self.up.send_if_modified(|up| !std::mem::replace(up, true)) {
             tracing::info!(forward_to = %self.forward_to, "the app answers: endpoint registered again");
         }
