@@ -28,6 +28,7 @@ pub mod app_health;
 pub mod balancer;
 pub mod config;
 mod forward;
+pub mod h2_stream;
 pub mod http;
 pub mod http_outbound;
 pub mod inbound;
