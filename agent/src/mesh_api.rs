@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signet_identity::endpoint::{check_weight, check_zone, EndpointAddress, EndpointProtocol};
+use signet_identity::endpoint::{
+    check_tunnel_port, check_weight, check_zone, EndpointAddress, EndpointProtocol,
+};
 use signet_identity::SpiffeId;
 use signet_proto::mesh::mesh_server::{Mesh, MeshServer};
 use signet_proto::mesh::{self as pb, MAX_ENDPOINTS_PER_AGENT};
@@ -61,6 +63,7 @@ fn checked(e: pb::Endpoint) -> Result<pb::Endpoint, Status> {
     let protocol = EndpointProtocol::parse(&e.protocol).map_err(bad)?;
     let weight = check_weight(e.weight).map_err(bad)?;
     check_zone(&e.zone).map_err(bad)?;
+    let tunnel_port = check_tunnel_port(e.tunnel_port).map_err(bad)?;
     Ok(pb::Endpoint {
         spiffe_id: id.to_string(),
         address: address.to_string(),
@@ -70,6 +73,7 @@ fn checked(e: pb::Endpoint) -> Result<pb::Endpoint, Status> {
         node: String::new(),
         registered_at: 0,
         agent_lost_at: 0,
+        tunnel_port: u32::from(tunnel_port),
     })
 }
 

@@ -5,7 +5,9 @@
 
 use std::net::IpAddr;
 
-use signet_identity::endpoint::{check_weight, check_zone, EndpointAddress, EndpointProtocol};
+use signet_identity::endpoint::{
+    check_tunnel_port, check_weight, check_zone, EndpointAddress, EndpointProtocol,
+};
 use signet_identity::{SpiffeId, TrustDomain};
 use signet_proto::mesh::{self as pb, MAX_ENDPOINTS_PER_AGENT};
 
@@ -85,6 +87,7 @@ fn check_one(
     let protocol = EndpointProtocol::parse(&e.protocol)?;
     let weight = check_weight(e.weight)?;
     check_zone(&e.zone)?;
+    let tunnel_port = check_tunnel_port(e.tunnel_port)?;
     Ok(EndpointRecord {
         agent_id: agent_id.to_owned(),
         spiffe_id: id.to_string(),
@@ -92,6 +95,7 @@ fn check_one(
         protocol: protocol.as_str().to_owned(),
         zone: e.zone.clone(),
         weight,
+        tunnel_port,
         registered_at: 0,
         lost_at: 0,
     })
@@ -108,6 +112,7 @@ pub fn endpoint_to_pb(e: &EndpointRecord) -> pb::Endpoint {
         node: e.agent_id.clone(),
         registered_at: e.registered_at,
         agent_lost_at: e.lost_at,
+        tunnel_port: u32::from(e.tunnel_port),
     }
 }
 

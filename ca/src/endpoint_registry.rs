@@ -155,6 +155,7 @@ mod tests {
             protocol: "tcp".into(),
             zone: String::new(),
             weight: 100,
+            tunnel_port: 0,
             registered_at: 1,
             lost_at: 0,
         }

@@ -154,6 +154,12 @@ pub fn check_weight(weight: u32) -> Result<u32, String> {
     }
 }
 
+/// Checks a tunnel port as carried on the wire (a `uint32`; 0 means no
+/// tunnel); the port.
+pub fn check_tunnel_port(port: u32) -> Result<u16, String> {
+    u16::try_from(port).map_err(|_| format!("tunnel_port {port}: at most 65535 (0: no tunnel)"))
+}
+
 /// Checks a zone name: at most [`MAX_ZONE_LEN`] characters of letters,
 /// digits, `-`, `_` and `.`.
 pub fn check_zone(zone: &str) -> Result<(), String> {
@@ -231,6 +237,9 @@ mod tests {
         assert_eq!(check_weight(0), Ok(DEFAULT_WEIGHT));
         assert_eq!(check_weight(MAX_WEIGHT), Ok(MAX_WEIGHT));
         assert!(check_weight(MAX_WEIGHT + 1).is_err());
+        assert_eq!(check_tunnel_port(0), Ok(0));
+        assert_eq!(check_tunnel_port(65_535), Ok(65_535));
+        assert!(check_tunnel_port(65_536).is_err());
         assert!(check_zone(&"z".repeat(MAX_ZONE_LEN)).is_ok());
         assert!(check_zone(&"z".repeat(MAX_ZONE_LEN + 1)).is_err());
         assert!(check_zone("eu-west-1a").is_ok());

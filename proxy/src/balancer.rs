@@ -36,6 +36,8 @@ pub struct Endpoint {
     pub address: String,
     /// Relative share of traffic (1-1000).
     pub weight: u32,
+    /// Its tunnel listener's port on `address`'s host (0: none).
+    pub tunnel_port: u16,
 }
 
 struct Slot {
@@ -58,6 +60,8 @@ pub struct Balancer {
 pub struct Pick {
     /// Where to connect.
     pub address: String,
+    /// Its tunnel port (0: none).
+    pub tunnel_port: u16,
     active: Arc<AtomicUsize>,
     latency: Arc<Mutex<PeakEwma>>,
 }
@@ -183,6 +187,7 @@ impl Balancer {
         chosen.active.fetch_add(1, Ordering::Relaxed);
         Some(Pick {
             address: chosen.endpoint.address.clone(),
+            tunnel_port: chosen.endpoint.tunnel_port,
             active: chosen.active.clone(),
             latency: chosen.latency.clone(),
         })
@@ -236,6 +241,7 @@ mod tests {
         Endpoint {
             address: address.into(),
             weight,
+            tunnel_port: 0,
         }
     }
 

@@ -74,6 +74,42 @@ pub struct InboundConfig {
     /// `["h2", "http/1.1"]` in HTTP mode, none in TCP mode.
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
+    /// The tunnel listener (HTTP/2 CONNECT over mTLS, HBONE-compatible):
+    /// callers' connections arrive as streams of a few pooled connections.
+    /// Default: `listen`'s host, port 15008, and the proxy runs without a
+    /// tunnel (saying so) if that port is taken; set explicitly, failing to
+    /// bind it is an error. `"off"`: no tunnel listener.
+    #[serde(default)]
+    pub tunnel_listen: Option<String>,
+}
+
+/// The tunnel port of an inbound listener without `tunnel_listen` (Istio's
+/// HBONE port).
+pub const DEFAULT_TUNNEL_PORT: u16 = 15008;
+
+/// Where the inbound tunnel listener goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelListen {
+    /// None (`tunnel_listen = "off"`).
+    Off,
+    /// `listen`'s host and port 15008; skipped with a warning if taken.
+    Default(String),
+    /// This address; failing to bind it is an error.
+    Explicit(String),
+}
+
+impl InboundConfig {
+    /// Where the tunnel listener binds.
+    pub fn tunnel_listen(&self) -> TunnelListen {
+        match self.tunnel_listen.as_deref() {
+            Some("off") => TunnelListen::Off,
+            Some(a) => TunnelListen::Explicit(a.to_owned()),
+            None => {
+                let host = self.listen.rsplit_once(':').map_or("0.0.0.0", |(h, _)| h);
+                TunnelListen::Default(format!("{host}:{DEFAULT_TUNNEL_PORT}"))
+            }
+        }
+    }
 }
 
 /// How an HTTP-mode inbound listener speaks to its app.
@@ -186,6 +222,22 @@ pub struct OutboundConfig {
     /// in HTTP mode, none in TCP mode.
     #[serde(default)]
     pub alpn: Option<Vec<String>>,
+    /// TCP mode: carry each app connection as an HTTP/2 CONNECT stream over
+    /// pooled mTLS connections to the endpoint's tunnel port (one TLS
+    /// handshake per pooled connection, not per app connection). Default:
+    /// on for endpoints with a tunnel port (advertised through discovery,
+    /// or `tunnel_port`); `false`: never; `true`: always (an endpoint
+    /// without a tunnel port is a failed attempt).
+    #[serde(default)]
+    pub tunnel: Option<bool>,
+    /// The upstream's tunnel port, for a static or DNS `upstream` (whose
+    /// endpoints advertise none); discovered endpoints carry their own.
+    #[serde(default)]
+    pub tunnel_port: Option<u16>,
+    /// Streams carried by one tunnel connection before another is opened to
+    /// the same endpoint. Default 100.
+    #[serde(default = "default_tunnel_streams")]
+    pub tunnel_streams_per_connection: usize,
     /// How endpoints are chosen: `p2c` (default: power of two choices on
     /// peak-EWMA latency in HTTP mode, on active connections in TCP mode)
     /// or `round-robin` (blind to load and latency; for comparison).
@@ -202,6 +254,10 @@ pub enum BalancerKind {
     P2c,
     /// Each endpoint in turn.
     RoundRobin,
+}
+
+fn default_tunnel_streams() -> usize {
+    100
 }
 
 fn default_max_pending_requests() -> usize {
@@ -309,6 +365,9 @@ pub struct LimitsConfig {
     pub http_max_header_bytes: usize,
     /// HTTP/2: most concurrent streams per connection. Default 256.
     pub http2_max_concurrent_streams: u32,
+    /// Tunnel listener: most concurrent CONNECT streams per tunnel
+    /// connection (callers open another connection past it). Default 1,000.
+    pub tunnel_max_streams: u32,
 }
 
 impl Default for LimitsConfig {
@@ -322,6 +381,7 @@ impl Default for LimitsConfig {
             http_max_headers: 100,
             http_max_header_bytes: 64 * 1024,
             http2_max_concurrent_streams: 256,
+            tunnel_max_streams: 1000,
         }
     }
 }
@@ -390,6 +450,7 @@ impl ProxyConfig {
             || l.http_max_headers == 0
             || l.http_max_header_bytes < MIN_HTTP_HEADER_BYTES
             || l.http2_max_concurrent_streams == 0
+            || l.tunnel_max_streams == 0
         {
             return Err(ConfigError::Invalid(
                 format!("[limits]: every limit must be positive (http_max_header_bytes at least {MIN_HTTP_HEADER_BYTES}, the HTTP/1 parser's smallest buffer)"),
@@ -432,6 +493,19 @@ impl ProxyConfig {
                 rustls::pki_types::ServerName::try_from(sni.as_str())
                     .map_err(|e| bad(format!("sni {sni:?}: {e}")))?;
             }
+            if o.tunnel_streams_per_connection == 0 || o.tunnel_port == Some(0) {
+                return Err(bad(
+                    "tunnel_streams_per_connection and tunnel_port must be positive".into(),
+                ));
+            }
+            if o.tunnel == Some(true) && o.protocol == Protocol::Http {
+                return Err(bad("tunnel = true is for protocol = \"tcp\": HTTP mode already multiplexes requests over pooled HTTP/2 connections".into()));
+            }
+            if o.tunnel == Some(true) && o.upstream.is_some() && o.tunnel_port.is_none() {
+                return Err(bad(
+                    "tunnel = true with a fixed upstream needs tunnel_port (the upstream's tunnel listener port, e.g. 15008)".into(),
+                ));
+            }
             if o.connect_timeout_ms == 0 || o.handshake_timeout_ms == 0 {
                 return Err(bad(
                     "connect_timeout_ms and handshake_timeout_ms must be positive".into(),
@@ -440,6 +514,13 @@ impl ProxyConfig {
         }
         if let Some(i) = &self.inbound {
             i.advertised(1)?;
+            if let TunnelListen::Explicit(a) = i.tunnel_listen() {
+                a.parse::<std::net::SocketAddr>().map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "[inbound] tunnel_listen {a:?}: {e} (an IP:port, or \"off\")"
+                    ))
+                })?;
+            }
             if let Some(z) = &i.zone {
                 signet_identity::endpoint::check_zone(z)
                     .map_err(|e| ConfigError::Invalid(format!("[inbound] {e}")))?;

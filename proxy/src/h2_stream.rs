@@ -37,6 +37,15 @@ impl H2Stream {
     }
 }
 
+impl H2Stream {
+    /// Ends the stream abruptly in both directions (RST_STREAM with
+    /// `reason`): the peer sees an error, not a clean end, as when a TCP
+    /// connection is reset.
+    pub fn reset(&mut self, reason: h2::Reason) {
+        self.send.send_reset(reason);
+    }
+}
+
 fn h2_error(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e

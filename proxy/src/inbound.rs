@@ -18,10 +18,11 @@ use crate::forward::{ms_since, relay};
 use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
 use crate::open_connections::OpenConnections;
-use crate::policy::Request;
+use crate::policy::{Decision, Request};
 use crate::policy_watch::PolicyHandle;
 use crate::workload_identity::IdentityWatch;
 use signet_identity::admission::Admission;
+use signet_identity::SpiffeId;
 
 /// What every inbound connection needs.
 pub struct Inbound {
@@ -73,121 +74,191 @@ impl Inbound {
         .await
     }
 
-    async fn handle(&self, tcp: TcpStream, addr: std::net::SocketAddr, mut ticket: ConnTicket) {
+    async fn handle(&self, tcp: TcpStream, addr: std::net::SocketAddr, ticket: ConnTicket) {
         let start = Instant::now();
+        let Some((mut tls, peer, own)) = self.authenticate(&self.tls, tcp, addr, ticket).await
+        else {
+            return;
+        };
+        if self.http.is_some() {
+            self.serve_http(tls, peer, own).await;
+            return;
+        }
+        let Some(admitted) = self.decide_tcp(&peer, &own, start) else {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            return;
+        };
+        let Some(mut local) = self.connect_app(&peer).await else {
+            return;
+        };
+        self.relay_tcp(&mut tls, &mut local, &peer, &own, admitted, start)
+            .await;
+    }
+
+    /// Accepts the TLS handshake on `tcp` (through `acceptor`: the plain or
+    /// the tunnel listener's) within the handshake timeout and
+    /// authenticates the peer. `None` (counted and logged) when it fails.
+    pub(crate) async fn authenticate(
+        &self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        tcp: TcpStream,
+        addr: std::net::SocketAddr,
+        mut ticket: ConnTicket,
+    ) -> Option<(
+        tokio_rustls::server::TlsStream<TcpStream>,
+        SpiffeId,
+        SpiffeId,
+    )> {
         let _ = tcp.set_nodelay(true);
-        let handshake = tokio::time::timeout(self.limits.handshake_timeout(), self.tls.accept(tcp));
-        let mut tls = match handshake.await {
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout(), acceptor.accept(tcp));
+        let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let reason = failure_reason(&e);
                 self.metrics.handshake_failed("inbound", reason);
                 tracing::info!(direction = "inbound", client = %addr, reason, error = %e, "handshake refused");
-                return;
+                return None;
             }
             Err(_) => {
                 self.metrics.handshake_failed("inbound", "timeout");
-                return;
+                return None;
             }
         };
         // Authenticated (below, for resumed sessions): no longer counted
         // against its source address.
         ticket.established();
-        let Some((own, bundle)) = self
+        let (own, bundle) = self
             .identity
             .borrow()
             .as_ref()
-            .map(|i| (i.spiffe_id.clone(), i.bundle.clone()))
-        else {
-            return;
-        };
+            .map(|i| (i.spiffe_id.clone(), i.bundle.clone()))?;
         // A resumed session is checked again: the ticket's chain may have
         // expired or lost its authority since it was verified.
-        let peer = match established_peer(tls.get_ref().1, &bundle, &any_id(), SystemTime::now()) {
-            Ok(peer) => peer,
+        match established_peer(tls.get_ref().1, &bundle, &any_id(), SystemTime::now()) {
+            Ok(peer) => Some((tls, peer, own)),
             Err(e) => {
                 let reason = refusal_reason(&e);
                 self.metrics.handshake_failed("inbound", reason);
                 tracing::info!(direction = "inbound", client = %addr, reason, error = %e, "resumed session refused");
-                return;
+                None
             }
-        };
-        if let Some(forwarder) = &self.http {
-            self.metrics
-                .connections
-                .get_or_create(&crate::metrics::PeerLabels {
-                    direction: "inbound".into(),
-                    peer: peer.to_string(),
-                })
-                .inc();
-            self.metrics.active.inc();
-            let registration = self.open.register(&peer, &own);
-            let ctx = Arc::new(crate::http::HttpContext {
-                app_health: self.app_health.clone(),
-                peer: peer.clone(),
-                own,
-                policy: self.policy.clone(),
-                metrics: self.metrics.clone(),
-                forwarder: forwarder.clone(),
-            });
-            tokio::select! {
-                _ = crate::http::serve(tls, ctx, &self.limits) => {}
-                _ = registration.revoked() => {
-                    tracing::info!(direction = "inbound", peer = %peer, "HTTP connection closed with its streams: policy no longer allows this peer");
-                }
-            }
-            self.metrics.active.dec();
-            return;
         }
+    }
 
+    /// HTTP mode: serves the requests arriving on `stream` from `peer`,
+    /// each decided by policy, until it closes or policy revokes the peer.
+    pub(crate) async fn serve_http<S>(&self, stream: S, peer: SpiffeId, own: SpiffeId)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(forwarder) = &self.http else {
+            return;
+        };
+        self.metrics
+            .connections
+            .get_or_create(&crate::metrics::PeerLabels {
+                direction: "inbound".into(),
+                peer: peer.to_string(),
+            })
+            .inc();
+        self.metrics.active.inc();
+        let registration = self.open.register(&peer, &own);
+        let ctx = Arc::new(crate::http::HttpContext {
+            app_health: self.app_health.clone(),
+            peer: peer.clone(),
+            own,
+            policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
+            forwarder: forwarder.clone(),
+        });
+        tokio::select! {
+            _ = crate::http::serve(stream, ctx, &self.limits) => {}
+            _ = registration.revoked() => {
+                tracing::info!(direction = "inbound", peer = %peer, "HTTP connection closed with its streams: policy no longer allows this peer");
+            }
+        }
+        self.metrics.active.dec();
+    }
+
+    /// TCP mode: whether policy lets `peer` reach the app; counted, and a
+    /// denial logged.
+    pub(crate) fn decide_tcp(
+        &self,
+        peer: &SpiffeId,
+        own: &SpiffeId,
+        start: Instant,
+    ) -> Option<Decision> {
         let decision = self.policy.get().evaluate(&Request {
-            from: &peer,
-            to: &own,
+            from: peer,
+            to: own,
             method: None,
             path: None,
         });
-        let rule = decision.rule_name();
         self.metrics.decided(&decision);
-        let (audit, audit_rule) = crate::http::audit_fields(&decision);
         if !decision.allowed {
-            tracing::info!(direction = "inbound", peer = %peer, decision = "deny", rule = %rule, audit, audit_rule, bytes_in = 0, bytes_out = 0, duration_ms = ms_since(start), "connection");
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-            return;
+            let (audit, audit_rule) = crate::http::audit_fields(&decision);
+            tracing::info!(direction = "inbound", peer = %peer, decision = "deny", rule = %decision.rule_name(), audit, audit_rule, bytes_in = 0, bytes_out = 0, duration_ms = ms_since(start), "connection");
+            return None;
         }
-        let mut local = match TcpStream::connect(&self.forward_to).await {
+        Some(decision)
+    }
+
+    /// A connection to the local app, or `None` (logged; the endpoint is
+    /// withdrawn until the app answers again).
+    pub(crate) async fn connect_app(&self, peer: &SpiffeId) -> Option<TcpStream> {
+        match TcpStream::connect(&self.forward_to).await {
             Ok(s) => {
                 self.app_health.reached();
-                s
+                let _ = s.set_nodelay(true);
+                Some(s)
             }
             Err(e) => {
                 tracing::warn!(direction = "inbound", peer = %peer, forward_to = %self.forward_to, error = %e, "cannot reach the local app");
                 self.app_health.unreachable();
-                return;
+                None
             }
-        };
-        let _ = local.set_nodelay(true);
-        let registration = self.open.register(&peer, &own);
+        }
+    }
+
+    /// Relays an admitted connection (`stream`: a TLS connection or a
+    /// tunnel stream) to the app until both sides close or policy revokes
+    /// the peer, and logs it. Returns the relay's error, if any.
+    pub(crate) async fn relay_tcp<S>(
+        &self,
+        stream: &mut S,
+        local: &mut TcpStream,
+        peer: &SpiffeId,
+        own: &SpiffeId,
+        decision: Decision,
+        start: Instant,
+    ) -> Option<std::io::Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    {
+        let registration = self.open.register(peer, own);
         let (to_peer, from_peer, err) = relay(
             &self.metrics,
             "inbound",
             &peer.to_string(),
-            &mut tls,
-            &mut local,
+            stream,
+            local,
             registration.revoked(),
         )
         .await;
+        let (audit, audit_rule) = crate::http::audit_fields(&decision);
         tracing::info!(
             direction = "inbound",
             peer = %peer,
             decision = "allow",
-            rule = %rule,
+            rule = %decision.rule_name(),
             audit,
             audit_rule,
             bytes_in = from_peer,
             bytes_out = to_peer,
             duration_ms = ms_since(start),
-            error = err.map(|e| e.to_string()).unwrap_or_default(),
+            error = err.as_ref().map(|e| e.to_string()).unwrap_or_default(),
             "connection"
         );
+        err
     }
 }

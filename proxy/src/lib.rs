@@ -23,6 +23,15 @@
 //!   http_outbound (HTTP: per request, pooled HTTP/2, retry_budget, route timeouts, pending cap)
 //!   inbound ── app_health ──▶ registration (the endpoint, registered while the app answers)
 //! ```
+//!
+//! The tunnel (HBONE-compatible HTTP/2 CONNECT over pooled mTLS):
+//!
+//! ```text
+//!   outbound (TCP) ── tunnel_pool (connections per endpoint tunnel port, streams capped per connection)
+//!        ══ h2_stream (one CONNECT stream as bytes) ══▶ tunnel_inbound (port 15008; target = the app only)
+//!                                                         └── inbound (policy per stream, relay to the app)
+//!   tunnel: window sizes, keepalive pings, the CONNECT request
+//! ```
 
 pub mod app_health;
 pub mod balancer;
@@ -46,6 +55,9 @@ pub mod registration;
 pub mod retry_budget;
 mod run;
 pub mod tls;
+pub mod tunnel;
+pub mod tunnel_inbound;
+pub mod tunnel_pool;
 pub mod upstream;
 pub mod workload_identity;
 

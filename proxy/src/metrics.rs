@@ -85,6 +85,23 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// One side of the tunnel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+}
+
+/// A tunnel stream's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// `opened`, or why not: `denied`, `target_not_allowed`,
+    /// `app_unreachable`, `not_connect`, `failed`.
+    pub result: String,
+}
+
 /// The proxy's metrics.
 pub struct Metrics {
     /// Outbound HTTP requests by upstream and outcome.
@@ -103,6 +120,12 @@ pub struct Metrics {
     pub upstream_endpoints: Family<UpstreamLabels, Gauge>,
     /// Endpoints ejected per upstream (as of the last failure or update).
     pub upstream_ejected: Family<UpstreamLabels, Gauge>,
+    /// Tunnel connections open now, by direction.
+    pub tunnel_connections: Family<DirectionLabel, Gauge>,
+    /// Tunnel connections opened since start, by direction.
+    pub tunnel_connections_opened: Family<DirectionLabel, Counter>,
+    /// Tunnel streams by direction and outcome.
+    pub tunnel_streams: Family<StreamLabels, Counter>,
     registry: Registry,
     /// Connections by direction and peer.
     pub connections: Family<PeerLabels, Counter>,
@@ -219,6 +242,24 @@ impl Metrics {
             "Endpoints known per outbound upstream",
             upstream_endpoints.clone(),
         );
+        let tunnel_connections = Family::<DirectionLabel, Gauge>::default();
+        r.register(
+            "tunnel_connections",
+            "Pooled HTTP/2 tunnel connections open, by direction",
+            tunnel_connections.clone(),
+        );
+        let tunnel_connections_opened = Family::<DirectionLabel, Counter>::default();
+        r.register(
+            "tunnel_connections_opened",
+            "Tunnel connections opened, by direction",
+            tunnel_connections_opened.clone(),
+        );
+        let tunnel_streams = Family::<StreamLabels, Counter>::default();
+        r.register(
+            "tunnel_streams",
+            "Tunnel CONNECT streams by direction and outcome",
+            tunnel_streams.clone(),
+        );
         let upstream_ejected = Family::<UpstreamLabels, Gauge>::default();
         r.register(
             "upstream_ejected",
@@ -234,6 +275,9 @@ impl Metrics {
             ejections,
             upstream_endpoints,
             upstream_ejected,
+            tunnel_connections,
+            tunnel_connections_opened,
+            tunnel_streams,
             registry: r,
             connections,
             bytes_to_peer,
@@ -277,6 +321,27 @@ impl Metrics {
         } else {
             self.retry_budget_exhausted.get_or_create(&labels).inc();
         }
+    }
+
+    /// Counts a tunnel stream's outcome.
+    pub fn tunnel_stream(&self, direction: &str, result: &str) {
+        self.tunnel_streams
+            .get_or_create(&StreamLabels {
+                direction: direction.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a tunnel connection opened (`+1`) or closed (`-1`).
+    pub fn tunnel_connection(&self, direction: &str, delta: i64) {
+        let label = DirectionLabel {
+            direction: direction.into(),
+        };
+        if delta > 0 {
+            self.tunnel_connections_opened.get_or_create(&label).inc();
+        }
+        self.tunnel_connections.get_or_create(&label).inc_by(delta);
     }
 
     /// Counts a handshake failure.

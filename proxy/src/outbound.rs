@@ -52,6 +52,35 @@ pub struct Outbound {
     pub allowed_uids: Vec<u32>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// When app connections ride the tunnel.
+    pub tunnel_mode: TunnelMode,
+    /// The tunnel connections (TCP mode, unless `tunnel = false`).
+    pub tunnel: Option<Arc<crate::tunnel_pool::TunnelPool>>,
+}
+
+/// When an outbound listener's connections ride the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// For endpoints with a tunnel port.
+    Auto,
+    /// Never (`tunnel = false`).
+    Never,
+    /// Always (`tunnel = true`): an endpoint without one fails.
+    Always,
+}
+
+/// An upstream connection: its own TLS connection, or a tunnel stream.
+enum UpstreamStream {
+    Tls(Box<TlsStream<TcpStream>>),
+    Tunnel(crate::tunnel_pool::TunnelStream),
+}
+
+/// How one attempt on an endpoint failed.
+enum AttemptError {
+    /// Try another endpoint (metric reason, error).
+    Endpoint(&'static str, String),
+    /// Give up: the upstream refused this caller (status, why).
+    Final(String),
 }
 
 impl Outbound {
@@ -107,7 +136,7 @@ impl Outbound {
         // Nothing of the app has been read yet: a failed attempt goes to
         // another endpoint, unnoticed by the app.
         let mut tried: Vec<String> = Vec::new();
-        let (mut tls, peer, pick) = loop {
+        let (upstream, peer, pick) = loop {
             let Some(pick) = self
                 .upstream
                 .pick_or_wait(&tried, self.connect_timeout)
@@ -118,12 +147,17 @@ impl Outbound {
                 return;
             };
             let attempt = Instant::now();
-            match self.connect(&pick.address, &bundle).await {
-                Ok((tls, peer)) => {
+            match self.attempt(&pick, &bundle).await {
+                Ok((stream, peer)) => {
                     self.upstream.success(&pick.address);
-                    break (tls, peer, pick);
+                    break (stream, peer, pick);
                 }
-                Err((reason, error)) => {
+                Err(AttemptError::Final(why)) => {
+                    self.upstream.success(&pick.address);
+                    tracing::warn!(direction = "outbound", upstream = %self.upstream.name, endpoint = %pick.address, reason = %why, "upstream refused this connection; closed");
+                    return;
+                }
+                Err(AttemptError::Endpoint(reason, error)) => {
                     self.metrics.handshake_failed("outbound", reason);
                     // Logged before the failure is recorded (it may eject):
                     // the attempt began `attempt_ms` before this line.
@@ -137,20 +171,42 @@ impl Outbound {
                 }
             }
         };
-        let (to_peer, from_peer, err) = relay(
-            &self.metrics,
-            "outbound",
-            &peer,
-            &mut tls,
-            &mut local,
-            std::future::pending(),
-        )
-        .await;
+        let (tunnel, (to_peer, from_peer, err)) = match upstream {
+            UpstreamStream::Tls(mut tls) => (
+                false,
+                relay(
+                    &self.metrics,
+                    "outbound",
+                    &peer,
+                    &mut *tls,
+                    &mut local,
+                    std::future::pending(),
+                )
+                .await,
+            ),
+            UpstreamStream::Tunnel(mut stream) => {
+                let r = relay(
+                    &self.metrics,
+                    "outbound",
+                    &peer,
+                    &mut stream.io,
+                    &mut local,
+                    std::future::pending(),
+                )
+                .await;
+                if r.2.is_some() {
+                    // The upstream sees a reset, not a clean end.
+                    stream.io.reset(h2::Reason::CANCEL);
+                }
+                (true, r)
+            }
+        };
         tracing::info!(
             direction = "outbound",
             peer = %peer,
             upstream = %self.upstream.name,
             endpoint = %pick.address,
+            tunnel,
             bytes_in = from_peer,
             bytes_out = to_peer,
             duration_ms = ms_since(start),
@@ -159,11 +215,80 @@ impl Outbound {
         );
     }
 
-    /// One attempt on `address`: TCP connect and TLS handshake, each within
-    /// its timeout, and the peer checked (again, for a resumed session).
-    /// On failure: the metric reason and the error.
+    /// One attempt on the endpoint `pick`: a tunnel stream, or a TLS
+    /// connection of its own.
+    async fn attempt(
+        &self,
+        pick: &crate::balancer::Pick,
+        bundle: &BundleHandle,
+    ) -> Result<(UpstreamStream, String), AttemptError> {
+        let tunnel_port = match (self.tunnel_mode, pick.tunnel_port, &self.tunnel) {
+            (TunnelMode::Never, _, _) | (_, _, None) => None,
+            (TunnelMode::Auto, 0, _) => None,
+            (TunnelMode::Always, 0, _) => {
+                return Err(AttemptError::Endpoint(
+                    "no_tunnel",
+                    "tunnel = true, and this endpoint advertises no tunnel port".into(),
+                ))
+            }
+            (_, port, Some(pool)) => Some((port, pool)),
+        };
+        let Some((port, pool)) = tunnel_port else {
+            return self
+                .connect(&pick.address, bundle)
+                .await
+                .map(|(tls, peer)| (UpstreamStream::Tls(Box::new(tls)), peer))
+                .map_err(|(reason, e)| AttemptError::Endpoint(reason, e));
+        };
+        let tunnel_addr = crate::tunnel_pool::tunnel_address(&pick.address, port);
+        use crate::tunnel_pool::StreamError;
+        match pool
+            .open_stream(self, &tunnel_addr, &pick.address, bundle)
+            .await
+        {
+            Ok(stream) => {
+                self.metrics.tunnel_stream("outbound", "opened");
+                let peer = stream.peer.clone();
+                Ok((UpstreamStream::Tunnel(stream), peer))
+            }
+            Err(StreamError::Endpoint(reason, e)) => {
+                self.metrics.tunnel_stream("outbound", "failed");
+                Err(AttemptError::Endpoint(
+                    reason,
+                    format!("tunnel {tunnel_addr}: {e}"),
+                ))
+            }
+            Err(StreamError::Refused {
+                status,
+                why,
+                not_forwarded,
+            }) => {
+                self.metrics.tunnel_stream("outbound", "refused");
+                let text = format!("tunnel {tunnel_addr} answered {status} {why}");
+                if not_forwarded {
+                    Err(AttemptError::Endpoint("app_unreachable", text))
+                } else {
+                    Err(AttemptError::Final(text))
+                }
+            }
+        }
+    }
+
+    /// One attempt on `address` with the listener's own TLS configuration.
     pub(crate) async fn connect(
         &self,
+        address: &str,
+        bundle: &BundleHandle,
+    ) -> Result<(TlsStream<TcpStream>, String), (&'static str, String)> {
+        self.connect_via(&self.tls, address, bundle).await
+    }
+
+    /// One attempt on `address` with `tls`: TCP connect and TLS handshake,
+    /// each within its timeout, and the peer checked (again, for a resumed
+    /// session). On failure: the metric reason and the error.
+    pub(crate) async fn connect_via(
+        &self,
+        configs: &OutboundTls,
         address: &str,
         bundle: &BundleHandle,
     ) -> Result<(TlsStream<TcpStream>, String), (&'static str, String)> {
@@ -185,29 +310,29 @@ impl Outbound {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let name =
-                ServerName::try_from("signet-peer").map_err(|e| ("tls_setup", e.to_string()))?;
-            let connector = self.tls.connector().map_err(|e| ("tls_setup", e))?;
-            let tls =
-                match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp))
-                    .await
-                {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => return Err((failure_reason(&e), e.to_string())),
-                    Err(_) => {
-                        return Err((
-                            "timeout",
-                            format!("no TLS handshake within {:?}", self.handshake_timeout),
-                        ))
-                    }
-                };
+            let connector = configs.connector().map_err(|e| ("tls_setup", e))?;
+            let tls = match tokio::time::timeout(
+                self.handshake_timeout,
+                connector.connect(self.sni.clone(), tcp),
+            )
+            .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return Err((failure_reason(&e), e.to_string())),
+                Err(_) => {
+                    return Err((
+                        "timeout",
+                        format!("no TLS handshake within {:?}", self.handshake_timeout),
+                    ))
+                }
+            };
             // A resumed session is checked again: the upstream's SVID in
             // the ticket may have expired or lost its authority since.
             match established_peer(tls.get_ref().1, bundle, &self.authorize, SystemTime::now()) {
                 Ok(peer) => return Ok((tls, peer.to_string())),
                 Err(e) if !stale_tickets => {
                     tracing::debug!(direction = "outbound", endpoint = %address, error = %e, "resumed session refused; flushing tickets, full handshake next");
-                    self.tls.flush();
+                    configs.flush();
                     stale_tickets = true;
                 }
                 Err(e) => return Err((refusal_reason(&e), e.to_string())),

@@ -24,6 +24,8 @@ pub struct Advertised {
     pub zone: String,
     /// Relative share of traffic (0: the default).
     pub weight: u32,
+    /// The tunnel listener's port (0: none).
+    pub tunnel_port: u16,
 }
 
 /// Keeps the endpoint registered while the app answers (`app_up`), until
@@ -62,6 +64,7 @@ pub async fn keep_registered(
             protocol: advertised.protocol.clone(),
             zone: advertised.zone.clone(),
             weight: advertised.weight,
+            tunnel_port: u32::from(advertised.tunnel_port),
             ..Default::default()
         };
         let ended = tokio::select! {

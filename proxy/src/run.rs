@@ -118,6 +118,21 @@ pub async fn run(
         .map_err(ProxyError::Tls)?;
         let open = Arc::new(crate::open_connections::OpenConnections::default());
         let app_health = crate::app_health::AppHealth::start(&inbound.forward_to);
+        let tunnel_listener = match inbound.tunnel_listen() {
+            crate::config::TunnelListen::Off => None,
+            crate::config::TunnelListen::Explicit(addr) => Some(bind(&addr).await?),
+            crate::config::TunnelListen::Default(addr) => match TcpListener::bind(&addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(tunnel_listen = %addr, error = %e, "no tunnel listener: its default port is taken (set [inbound] tunnel_listen, or \"off\")");
+                    None
+                }
+            },
+        };
+        let tunnel_port = tunnel_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port());
         let handler = Arc::new(Inbound {
             app_health: app_health.clone(),
             open: open.clone(),
@@ -134,9 +149,31 @@ pub async fn run(
                 ))
             }),
         });
+        let advertised = inbound.advertised(bound_port)?;
+        if let Some(tunnel_listener) = tunnel_listener {
+            let server = tls::server_config(identity.clone(), vec![b"h2".to_vec()])
+                .map_err(ProxyError::Tls)?;
+            // What a caller may name in its CONNECT: the app, or the
+            // address it would dial without the tunnel.
+            let mut targets = crate::tunnel_inbound::Targets {
+                exact: vec![inbound.forward_to.clone()],
+                any_host_port: None,
+            };
+            match advertised.host {
+                Some(_) => targets.exact.push(advertised.to_string()),
+                None => targets.any_host_port = Some(advertised.port),
+            }
+            let tunnel = Arc::new(crate::tunnel_inbound::TunnelInbound {
+                inbound: handler.clone(),
+                tls: tokio_rustls::TlsAcceptor::from(server),
+                targets,
+                stop: stop_rx.clone(),
+            });
+            listeners.push(tokio::spawn(tunnel.serve(tunnel_listener)));
+        }
         listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
         if config.svid_file.is_none() {
-            let address = inbound.advertised(bound_port)?.to_string();
+            let address = advertised.to_string();
             tokio::spawn(crate::registration::keep_registered(
                 socket.clone(),
                 crate::registration::Advertised {
@@ -147,6 +184,7 @@ pub async fn run(
                     },
                     zone: inbound.zone.clone().unwrap_or_default(),
                     weight: inbound.weight.unwrap_or(0),
+                    tunnel_port,
                 },
                 identity.clone(),
                 app_health.subscribe(),
@@ -178,6 +216,26 @@ pub async fn run(
             metric,
             metrics.clone(),
         );
+        upstream.set_default_tunnel_port(o.tunnel_port.unwrap_or(0));
+        let tunnel_mode = match o.tunnel {
+            None => crate::outbound::TunnelMode::Auto,
+            Some(false) => crate::outbound::TunnelMode::Never,
+            Some(true) => crate::outbound::TunnelMode::Always,
+        };
+        // HTTP mode pools its own HTTP/2 connections per endpoint.
+        let tunnel = (o.protocol == crate::config::Protocol::Tcp
+            && tunnel_mode != crate::outbound::TunnelMode::Never)
+            .then(|| {
+                Arc::new(crate::tunnel_pool::TunnelPool::new(
+                    tls::OutboundTls::new(
+                        identity.clone(),
+                        authorize.clone(),
+                        vec![b"h2".to_vec()],
+                    ),
+                    o.tunnel_streams_per_connection,
+                    metrics.clone(),
+                ))
+            });
         match Source::of(&o.upstream, &o.server_id, socket.clone()) {
             // In place: the first connection must find them.
             Source::Static(list) => crate::upstream::apply_static(&upstream, list),
@@ -226,6 +284,8 @@ pub async fn run(
                 .clone()
                 .unwrap_or_else(|| vec![rustix::process::geteuid().as_raw()]),
             metrics: metrics.clone(),
+            tunnel_mode,
+            tunnel,
         });
         listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
     }

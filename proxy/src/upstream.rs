@@ -68,6 +68,9 @@ pub struct Upstream {
     /// waits for the first one).
     updates: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    /// The tunnel port of endpoints that advertise none (`tunnel_port` of
+    /// the listener's config; 0: none).
+    tunnel_port: std::sync::atomic::AtomicU16,
 }
 
 impl Upstream {
@@ -83,6 +86,7 @@ impl Upstream {
             balancer: Mutex::new(Balancer::new(policy, metric)),
             updates: watch::channel(0).0,
             metrics,
+            tunnel_port: std::sync::atomic::AtomicU16::new(0),
         })
     }
 
@@ -96,9 +100,20 @@ impl Upstream {
         }
     }
 
+    /// Sets the tunnel port of endpoints that advertise none (a static or
+    /// DNS upstream's, from config).
+    pub fn set_default_tunnel_port(&self, port: u16) {
+        self.tunnel_port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Takes a new endpoint set.
-    pub fn set_endpoints(&self, endpoints: Vec<Endpoint>) {
+    pub fn set_endpoints(&self, mut endpoints: Vec<Endpoint>) {
         let n = endpoints.len();
+        let default_tunnel = self.tunnel_port.load(std::sync::atomic::Ordering::Relaxed);
+        for e in endpoints.iter_mut().filter(|e| e.tunnel_port == 0) {
+            e.tunnel_port = default_tunnel;
+        }
         let mut b = self.lock();
         b.set_endpoints(endpoints);
         let ejected = b.ejected(Instant::now());
@@ -200,6 +215,7 @@ pub async fn follow(source: Source, upstream: Arc<Upstream>, mut stop: watch::Re
                                     .map(|a| Endpoint {
                                         address: a.clone(),
                                         weight: signet_identity::endpoint::DEFAULT_WEIGHT,
+                                        tunnel_port: 0,
                                     })
                                     .collect(),
                             );
@@ -246,6 +262,7 @@ pub fn apply_static(upstream: &Upstream, list: Vec<String>) {
             .map(|address| Endpoint {
                 address,
                 weight: signet_identity::endpoint::DEFAULT_WEIGHT,
+                tunnel_port: 0,
             })
             .collect(),
     )
@@ -280,6 +297,7 @@ async fn watch_once(
                     .map(|e| Endpoint {
                         address: e.address.clone(),
                         weight: e.weight.max(1),
+                        tunnel_port: u16::try_from(e.tunnel_port).unwrap_or(0),
                     })
                     .collect();
                 tracing::info!(upstream = %upstream.name, endpoints = ?endpoints.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), "endpoints updated");

@@ -727,6 +727,8 @@ pub struct Mesh {
     pub client_port: u16,
     pub server_port: u16,
     pub server_admin: u16,
+    /// The outbound proxy's admin port.
+    pub client_admin: u16,
 }
 
 pub const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
@@ -819,6 +821,7 @@ impl Mesh {
             client_port: 0,
             server_port,
             server_admin,
+            client_admin: 0,
         };
         mesh.start_client(server_id);
         mesh
@@ -835,11 +838,12 @@ impl Mesh {
     pub fn start_client_with(&mut self, server_id: &str, outbound_extra: &str) {
         self.client = None;
         let port = signet_test_support::free_port();
+        let admin = signet_test_support::free_port();
         let cfg = self.ca.dir.path().join(format!("client-{port}.toml"));
         std::fs::write(
             &cfg,
             format!(
-                "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:0\"\n[[outbound]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nserver_id = \"{server_id}\"\n{outbound_extra}",
+                "workload_api_socket = \"unix://{}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[[outbound]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"127.0.0.1:{}\"\nserver_id = \"{server_id}\"\n{outbound_extra}",
                 self.agent_a.socket.display(),
                 self.server_port
             ),
@@ -851,6 +855,7 @@ impl Mesh {
         client.wait_for("signet proxy ready", Duration::from_secs(20));
         self.client = Some(client);
         self.client_port = port;
+        self.client_admin = admin;
     }
 
     /// Sends `data` through the pair, half-closes, and returns what came back
@@ -873,6 +878,11 @@ impl Mesh {
     /// The inbound proxy's metrics text.
     pub fn server_metrics(&self) -> String {
         http_get(self.server_admin, "/metrics").1
+    }
+
+    /// The outbound proxy's metrics text.
+    pub fn client_metrics(&self) -> String {
+        http_get(self.client_admin, "/metrics").1
     }
 }
 

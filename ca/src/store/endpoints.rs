@@ -22,6 +22,8 @@ pub struct EndpointRecord {
     pub zone: String,
     /// Relative share of traffic.
     pub weight: u32,
+    /// Its tunnel listener's port on the address's host (0: none).
+    pub tunnel_port: u16,
     /// When first published, Unix seconds.
     pub registered_at: i64,
     /// When its agent's publishing stream ended (0 while open).
@@ -38,7 +40,7 @@ pub struct PublishSession {
 }
 
 const COLUMNS: &str =
-    "agent_id, spiffe_id, address, protocol, zone, weight, registered_at, lost_at";
+    "agent_id, spiffe_id, address, protocol, zone, weight, tunnel_port, registered_at, lost_at";
 
 fn endpoint_from_row(row: &AnyRow) -> Result<EndpointRecord, StoreError> {
     Ok(EndpointRecord {
@@ -49,6 +51,8 @@ fn endpoint_from_row(row: &AnyRow) -> Result<EndpointRecord, StoreError> {
         zone: get(row, "zone")?,
         weight: u32::try_from(get::<i64>(row, "weight")?)
             .map_err(|e| StoreError::Corrupt(format!("endpoint weight: {e}")))?,
+        tunnel_port: u16::try_from(get::<i64>(row, "tunnel_port")?)
+            .map_err(|e| StoreError::Corrupt(format!("endpoint tunnel_port: {e}")))?,
         registered_at: get(row, "registered_at")?,
         lost_at: get(row, "lost_at")?,
     })
@@ -86,7 +90,7 @@ impl Store {
                 .map_or(now, |b| b.registered_at);
             sqlx::query(&format!(
                 "INSERT INTO endpoints ({COLUMNS}, session, replica) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10)"
             ))
             .bind(agent_id)
             .bind(&e.spiffe_id)
@@ -94,6 +98,7 @@ impl Store {
             .bind(&e.protocol)
             .bind(&e.zone)
             .bind(i64::from(e.weight))
+            .bind(i64::from(e.tunnel_port))
             .bind(registered_at)
             .bind(&session.id)
             .bind(&session.replica)

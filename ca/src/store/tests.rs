@@ -429,6 +429,7 @@ async fn endpoints_are_replaced_whole_and_withdrawn_only_with_their_session(db: 
         protocol: "http".into(),
         zone: "z1".into(),
         weight: 100,
+        tunnel_port: 15008,
         registered_at: 0,
         lost_at: 0,
     };
@@ -449,6 +450,7 @@ async fn endpoints_are_replaced_whole_and_withdrawn_only_with_their_session(db: 
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].registered_at, 100, "kept from the first update");
     assert_eq!(stored[1].registered_at, 200);
+    assert_eq!(stored[0].tunnel_port, 15008, "the tunnel port is kept");
     assert_eq!(
         store.endpoint_sessions_of("r1").await.unwrap(),
         vec![(A1.to_string(), "s1".to_string())]

@@ -35,6 +35,8 @@ struct EndpointView {
     protocol: String,
     zone: String,
     weight: u32,
+    /// The tunnel listener's port (0: none).
+    tunnel_port: u32,
     node: String,
     registered_at: i64,
     age_seconds: i64,
@@ -59,6 +61,7 @@ impl From<signet_proto::mesh::Endpoint> for EndpointView {
             protocol: e.protocol,
             zone: e.zone,
             weight: e.weight,
+            tunnel_port: e.tunnel_port,
             node: e.node,
             registered_at: e.registered_at,
             agent_lost_at: e.agent_lost_at,
@@ -107,6 +110,10 @@ impl EndpointsCommand {
                                     e.spiffe_id.clone(),
                                     e.address.clone(),
                                     e.protocol.clone(),
+                                    match e.tunnel_port {
+                                        0 => "-".to_string(),
+                                        p => p.to_string(),
+                                    },
                                     e.node.clone(),
                                     age(e.age_seconds),
                                     e.health.clone(),
@@ -114,7 +121,15 @@ impl EndpointsCommand {
                             })
                             .collect();
                         output::table(
-                            &["SPIFFE ID", "ADDRESS", "PROTOCOL", "NODE", "AGE", "HEALTH"],
+                            &[
+                                "SPIFFE ID",
+                                "ADDRESS",
+                                "PROTOCOL",
+                                "TUNNEL",
+                                "NODE",
+                                "AGE",
+                                "HEALTH",
+                            ],
                             &rows,
                         );
                         Ok(())

@@ -1,0 +1,318 @@
+//! The outbound side of the tunnel: pooled HTTP/2 mTLS connections to each
+//! endpoint's tunnel port, and a `CONNECT` stream on one of them per app
+//! connection — one TLS handshake per pooled connection instead of one per
+//! app connection.
+//!
+//! A connection carries at most `streams_per_connection` streams; past it
+//! another connection to the same endpoint is opened (one attempt at a
+//! time per endpoint). Connections are made with the SVID held when they
+//! were opened: after a rotation new streams go to new connections made
+//! with the new SVID, and the old ones leave the pool, carrying their open
+//! streams until those end. A connection that fails (peer gone, no ping
+//! answer) fails its streams at once and leaves the pool; the next stream
+//! opens a new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rustls::sign::CertifiedKey;
+use signet_identity::tls::BundleHandle;
+
+use crate::h2_stream::H2Stream;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::tls::OutboundTls;
+use crate::tunnel;
+
+/// One pooled tunnel connection.
+struct TunnelConn {
+    send: h2::client::SendRequest<Bytes>,
+    /// Streams open on it (and being opened).
+    streams: AtomicUsize,
+    /// The SVID it was made with.
+    key: Arc<CertifiedKey>,
+    /// The upstream's verified SPIFFE ID.
+    peer: String,
+    /// Set once the connection has ended.
+    closed: Arc<AtomicBool>,
+}
+
+/// A stream's place on its connection, given back when dropped.
+pub struct StreamSlot {
+    conn: Arc<TunnelConn>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.conn.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open tunnel stream to an upstream's app.
+pub struct TunnelStream {
+    /// The bytes.
+    pub io: H2Stream,
+    /// The upstream's verified SPIFFE ID.
+    pub peer: String,
+    /// Held while the stream is open.
+    pub slot: StreamSlot,
+}
+
+/// Why no stream was opened.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The endpoint could not be reached, or its connection failed: an
+    /// endpoint failure (metric reason, error); another endpoint may be
+    /// tried.
+    Endpoint(&'static str, String),
+    /// The upstream proxy answered the CONNECT with a refusal.
+    Refused {
+        /// The HTTP status.
+        status: http::StatusCode,
+        /// Its `x-signet-error`, if any.
+        why: String,
+        /// The stream never reached the app (another endpoint may be
+        /// tried).
+        not_forwarded: bool,
+    },
+}
+
+/// An outbound listener's tunnel connections, by tunnel address.
+pub struct TunnelPool {
+    /// TLS with ALPN `h2`, one configuration per SVID.
+    tls: OutboundTls,
+    conns: Mutex<HashMap<String, Vec<Arc<TunnelConn>>>>,
+    /// One connection attempt per tunnel address at a time.
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    streams_per_connection: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// `address`'s host with `port`: where its tunnel listener is.
+pub fn tunnel_address(address: &str, port: u16) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    format!("{host}:{port}")
+}
+
+impl TunnelPool {
+    /// An empty pool whose connections use `tls` (offering ALPN `h2`).
+    pub fn new(tls: OutboundTls, streams_per_connection: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            tls,
+            conns: Mutex::default(),
+            connecting: Mutex::default(),
+            streams_per_connection,
+            metrics,
+        }
+    }
+
+    /// A pooled connection to `tunnel_addr` made with `key`, with room for
+    /// one more stream, now counted on it.
+    fn reserve(&self, tunnel_addr: &str, key: &Arc<CertifiedKey>) -> Option<StreamSlot> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.get_mut(tunnel_addr)?;
+        // Closed connections, and those of an SVID no longer held, leave
+        // the pool (the latter keep their open streams).
+        list.retain(|c| !c.closed.load(Ordering::Relaxed) && Arc::ptr_eq(&c.key, key));
+        let conn = list
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < self.streams_per_connection)?
+            .clone();
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        Some(StreamSlot { conn })
+    }
+
+    /// Pooled tunnel connections to `tunnel_addr` (for tests and metrics).
+    pub fn connections(&self, tunnel_addr: &str) -> usize {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tunnel_addr)
+            .map_or(0, |l| {
+                l.iter()
+                    .filter(|c| !c.closed.load(Ordering::Relaxed))
+                    .count()
+            })
+    }
+
+    /// A slot on a connection to `tunnel_addr`, opening one if every pooled
+    /// connection is full.
+    async fn slot(
+        &self,
+        outbound: &Outbound,
+        tunnel_addr: &str,
+        bundle: &BundleHandle,
+    ) -> Result<StreamSlot, StreamError> {
+        let key = outbound
+            .identity
+            .borrow()
+            .as_ref()
+            .map(|i| i.key.clone())
+            .ok_or_else(|| StreamError::Endpoint("tls_setup", "no identity yet".into()))?;
+        if let Some(slot) = self.reserve(tunnel_addr, &key) {
+            return Ok(slot);
+        }
+        let gate = {
+            let mut gates = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if gates.len() > 256 {
+                gates.retain(|_, g| Arc::strong_count(g) > 1);
+            }
+            gates.entry(tunnel_addr.to_owned()).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        if let Some(slot) = self.reserve(tunnel_addr, &key) {
+            return Ok(slot);
+        }
+        let conn = self.open(outbound, tunnel_addr, bundle, key).await?;
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tunnel_addr.to_owned())
+            .or_default()
+            .push(conn.clone());
+        Ok(StreamSlot { conn })
+    }
+
+    /// A new tunnel connection: TCP, TLS (ALPN `h2`), the HTTP/2 handshake,
+    /// and a task driving it until it ends.
+    async fn open(
+        &self,
+        outbound: &Outbound,
+        tunnel_addr: &str,
+        bundle: &BundleHandle,
+        key: Arc<CertifiedKey>,
+    ) -> Result<Arc<TunnelConn>, StreamError> {
+        let (tls, peer) = outbound
+            .connect_via(&self.tls, tunnel_addr, bundle)
+            .await
+            .map_err(|(reason, e)| StreamError::Endpoint(reason, e))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(StreamError::Endpoint(
+                "no_tunnel",
+                format!("{tunnel_addr} did not agree to HTTP/2 (ALPN h2): not a tunnel listener"),
+            ));
+        }
+        let handshake = h2::client::Builder::new()
+            .initial_window_size(tunnel::STREAM_WINDOW)
+            .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
+            .max_frame_size(tunnel::MAX_FRAME)
+            .max_header_list_size(tunnel::MAX_HEADER_LIST)
+            .max_send_buffer_size(tunnel::MAX_SEND_BUFFER)
+            .initial_max_send_streams(self.streams_per_connection)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls);
+        let (send, mut conn) =
+            match tokio::time::timeout(outbound.handshake_timeout, handshake).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(StreamError::Endpoint("h2_handshake", e.to_string())),
+                Err(_) => {
+                    return Err(StreamError::Endpoint(
+                        "timeout",
+                        "no HTTP/2 handshake in time".into(),
+                    ))
+                }
+            };
+        let closed = Arc::new(AtomicBool::new(false));
+        let dead = conn.ping_pong().map(tunnel::dead_peer);
+        let metrics = self.metrics.clone();
+        metrics.tunnel_connection("outbound", 1);
+        let (done, address, who) = (closed.clone(), tunnel_addr.to_owned(), peer.clone());
+        tokio::spawn(async move {
+            let dead = async move {
+                match dead {
+                    Some(d) => d.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::info!(direction = "outbound", endpoint = %address, peer = %who, error = %e, "tunnel connection failed; its streams are reset");
+                    }
+                }
+                _ = dead => {
+                    tracing::warn!(direction = "outbound", endpoint = %address, peer = %who, "tunnel peer stopped answering pings; connection dropped with its streams");
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            metrics.tunnel_connection("outbound", -1);
+        });
+        tracing::debug!(direction = "outbound", endpoint = %tunnel_addr, peer = %peer, "tunnel connection open");
+        Ok(Arc::new(TunnelConn {
+            send,
+            streams: AtomicUsize::new(0),
+            key,
+            peer,
+            closed,
+        }))
+    }
+
+    /// A `CONNECT` stream to `authority` through the tunnel at
+    /// `tunnel_addr`.
+    pub async fn open_stream(
+        &self,
+        outbound: &Outbound,
+        tunnel_addr: &str,
+        authority: &str,
+        bundle: &BundleHandle,
+    ) -> Result<TunnelStream, StreamError> {
+        let slot = self.slot(outbound, tunnel_addr, bundle).await?;
+        let failed = |e: h2::Error| {
+            // The connection may be gone: the next stream checks.
+            if e.is_io() || e.is_go_away() {
+                slot.conn.closed.store(true, Ordering::Relaxed);
+            }
+            StreamError::Endpoint("tunnel_failed", e.to_string())
+        };
+        let req = tunnel::connect_request(authority)
+            .map_err(|e| StreamError::Endpoint("bad_address", e.to_string()))?;
+        let mut send = slot.conn.send.clone().ready().await.map_err(failed)?;
+        let (answer, body) = send.send_request(req, false).map_err(failed)?;
+        let answer = match tokio::time::timeout(outbound.handshake_timeout, answer).await {
+            Ok(r) => r.map_err(failed)?,
+            Err(_) => {
+                return Err(StreamError::Endpoint(
+                    "timeout",
+                    format!(
+                        "no answer to CONNECT within {:?}",
+                        outbound.handshake_timeout
+                    ),
+                ))
+            }
+        };
+        if answer.status() != http::StatusCode::OK {
+            let header = |name: &str| {
+                answer
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            return Err(StreamError::Refused {
+                status: answer.status(),
+                why: header(tunnel::ERROR_HEADER).unwrap_or_default(),
+                not_forwarded: header(crate::http_outbound::NOT_FORWARDED_HEADER).is_some(),
+            });
+        }
+        Ok(TunnelStream {
+            io: H2Stream::new(body, answer.into_body()),
+            peer: slot.conn.peer.clone(),
+            slot,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tunnel_is_on_the_endpoint_host() {
+        assert_eq!(tunnel_address("10.0.0.2:15006", 15008), "10.0.0.2:15008");
+        assert_eq!(tunnel_address("[::1]:15006", 15008), "[::1]:15008");
+        assert_eq!(tunnel_address("web.svc:80", 15008), "web.svc:15008");
+    }
+}

@@ -1,0 +1,295 @@
+//! End-to-end tests of the tunnel: app connections as HTTP/2 CONNECT
+//! streams over pooled mTLS connections between two real proxies (CA, two
+//! agents, proxies and an echo app as real processes), and an HBONE client
+//! on Go's HTTP/2 stack against the tunnel listener.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const ALLOW_CHECKOUT: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+"#;
+
+const ALLOW_WEB_ONLY: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/web"]
+"#;
+
+/// A mesh whose inbound proxy has a tunnel listener, and whose caller
+/// sends every connection through it (`client_extra`: more
+/// `[[outbound]]` keys). Returns the mesh and the tunnel port.
+fn tunnel_mesh(policy: &str, ttl: &str, client_extra: &str) -> (Mesh, u16) {
+    let tunnel_port = signet_test_support::free_port();
+    let mut mesh = Mesh::start_limited(
+        policy,
+        PAYMENTS,
+        ttl,
+        "tcp",
+        &format!("tunnel_listen = \"127.0.0.1:{tunnel_port}\"\n"),
+    );
+    mesh.start_client_with(
+        PAYMENTS,
+        &format!("tunnel = true\ntunnel_port = {tunnel_port}\n{client_extra}"),
+    );
+    (mesh, tunnel_port)
+}
+
+/// The value of the metric line starting with `prefix`, or 0.
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+const OUT_OPENED: &str = "signet_proxy_tunnel_connections_opened_total{direction=\"outbound\"}";
+const IN_STREAMS_OPENED: &str =
+    "signet_proxy_tunnel_streams_total{direction=\"inbound\",result=\"opened\"}";
+
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|n| ((n * 31) ^ (seed * 7)) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_connections_share_one_tunnel_connection_with_half_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Two descriptors per connection here (the caller's and the echo's).
+    signet_identity::admission::raise_fd_limit();
+    let (mesh, _) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "tunnel_streams_per_connection = 1000");
+    let port = mesh.client_port;
+    // All open at once before any is finished: each holds its stream until
+    // everyone has sent.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(1000));
+    let mut tasks = Vec::new();
+    for i in 0..1000usize {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            // Some streams carry more than a stream window.
+            let len = if i % 100 == 0 { 3_000_000 } else { 2_000 + i };
+            let data = pattern(i, len);
+            s.write_all(&data[..10]).await.unwrap();
+            let mut first = [0u8; 10];
+            s.read_exact(&mut first).await.unwrap();
+            barrier.wait().await;
+            let (mut r, mut w) = s.into_split();
+            let rest = data[10..].to_vec();
+            let writer = tokio::spawn(async move {
+                w.write_all(&rest).await.unwrap();
+                // Half-close: the echo keeps coming after it.
+                w.shutdown().await.unwrap();
+            });
+            let mut back = first.to_vec();
+            r.read_to_end(&mut back).await.unwrap();
+            writer.await.unwrap();
+            assert!(
+                back == data,
+                "connection {i}: {} of {len} bytes back intact",
+                back.len()
+            );
+        }));
+    }
+    let deadline = tokio::time::timeout(Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    deadline.await.expect("all 1,000 connections finished");
+    let client = mesh.client_metrics();
+    assert_eq!(
+        metric(&client, OUT_OPENED),
+        1,
+        "one tunnel connection: {client}"
+    );
+    let server = mesh.server_metrics();
+    assert_eq!(metric(&server, IN_STREAMS_OPENED), 1000, "{server}");
+    assert_eq!(mesh.app.connections(), 1000);
+}
+
+#[test]
+fn past_the_stream_cap_another_tunnel_connection_is_opened() {
+    let (mesh, _) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "tunnel_streams_per_connection = 2");
+    // Three held open at once: two on the first connection, one on a second.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[i]).unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        held.push(s);
+    }
+    assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 2);
+    // Two at once fit one connection: still two.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(mesh.round_trip(b"x"), b"x");
+    assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 2);
+}
+
+#[test]
+fn a_denied_identity_gets_no_stream_and_the_app_sees_nothing() {
+    let (mesh, _) = tunnel_mesh(ALLOW_WEB_ONLY, "1h", "");
+    assert_eq!(mesh.round_trip(b"let me in"), b"");
+    assert_eq!(mesh.app.connections(), 0, "nothing reached the app");
+    let server = mesh.server_metrics();
+    assert_eq!(
+        metric(
+            &server,
+            "signet_proxy_tunnel_streams_total{direction=\"inbound\",result=\"denied\"}"
+        ),
+        1,
+        "{server}"
+    );
+    assert_eq!(metric(&server, IN_STREAMS_OPENED), 0, "{server}");
+}
+
+#[test]
+fn a_policy_change_resets_the_open_streams_of_a_revoked_peer() {
+    let (mesh, _) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"open").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"open");
+    std::fs::write(mesh.policy_dir.join("payments.toml"), ALLOW_WEB_ONLY).unwrap();
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the revoked stream stayed open"
+    );
+    assert!(matches!(r, Ok(0)) || r.is_err(), "closed: {r:?}");
+    assert!(
+        mesh.round_trip(b"new").is_empty(),
+        "new streams are refused"
+    );
+}
+
+#[test]
+fn svid_rotation_keeps_open_streams_and_new_tunnel_connections_use_the_new_svid() {
+    let (mesh, _) = tunnel_mesh(ALLOW_CHECKOUT, "3", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut i = 0u32;
+    // ~8 s with 3 s SVIDs: both proxies rotate several times meanwhile, and
+    // the stream opened on the first tunnel connection carries on.
+    while started.elapsed() < Duration::from_secs(8) {
+        let msg = format!("message {i}\n");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+        if i % 10 == 0 {
+            assert_eq!(mesh.round_trip(b"new"), b"new", "new connection {i}");
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // New streams went to new tunnel connections, made with the new SVIDs
+    // (a connection made with an expired SVID would be refused by the
+    // inbound proxy, which checks the chain on every handshake).
+    let opened = metric(&mesh.client_metrics(), OUT_OPENED);
+    assert!(
+        opened >= 2,
+        "a new tunnel connection per rotation: {opened}"
+    );
+    assert_eq!(mesh.round_trip(b"fresh"), b"fresh");
+}
+
+#[test]
+fn killing_the_upstream_proxy_fails_its_streams_at_once_and_the_pool_reconnects() {
+    let (mut mesh, _) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
+    let mut open = Vec::new();
+    for i in 0..20u8 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&[i]).unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        open.push(s);
+    }
+    assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 1);
+    mesh.server.child.kill().unwrap();
+    mesh.server.child.wait().unwrap();
+    let killed = Instant::now();
+    for mut s in open {
+        let mut rest = Vec::new();
+        let r = s.read_to_end(&mut rest);
+        assert!(matches!(r, Ok(0)) || r.is_err(), "ended: {r:?}");
+    }
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "streams must fail with their tunnel connection, took {took:?}"
+    );
+    // The same proxy again, on the same ports.
+    let mut cmd = signet();
+    cmd.args(["proxy", "run", "--config"])
+        .arg(mesh.ca.dir.path().join("server.toml"));
+    mesh.server = Daemon::spawn(cmd);
+    mesh.server
+        .wait_for("signet proxy ready", Duration::from_secs(20));
+    let back = eventually(Duration::from_secs(10), "the pool reconnects", || {
+        let b = mesh.round_trip(b"again");
+        (b == b"again").then_some(b)
+    });
+    assert_eq!(back, b"again");
+    assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 2);
+}
+
+#[test]
+fn an_hbone_client_on_gos_http2_stack_reaches_the_app_and_nothing_else() {
+    let Some(go) = support::go::go_client() else {
+        return;
+    };
+    let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
+    // The Go client runs as this user on host a: it gets checkout's SVID.
+    let socket = mesh.agent_a.endpoint();
+    let tunnel = format!("127.0.0.1:{tunnel_port}");
+    let run = |authority: &str| {
+        let out = std::process::Command::new(&go)
+            .args(["hbone", &socket, &tunnel, authority, PAYMENTS])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "go hbone failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout.trim().to_owned()
+    };
+    let app = format!("127.0.0.1:{}", mesh.app.port);
+    assert_eq!(run(&app), "status=200 echo_intact=true bytes=140000");
+    // The address a caller dials without the tunnel names the app too.
+    let service = format!("127.0.0.1:{}", mesh.server_port);
+    assert_eq!(run(&service), "status=200 echo_intact=true bytes=140000");
+    // Anything else is refused: never a relay.
+    for other in [
+        "127.0.0.1:22",
+        &format!("127.0.0.1:{}", mesh.server_admin),
+        "10.0.0.1:80",
+    ] {
+        assert_eq!(
+            run(other),
+            "status=400 error=target-not-allowed",
+            "CONNECT {other}"
+        );
+    }
+    assert_eq!(mesh.app.connections(), 2);
+}
