@@ -221,13 +221,30 @@ impl Balancer {
     }
 }
 
-/// Two random numbers for [`Balancer::pick`].
+/// Two random numbers for [`Balancer::pick`]: from a per-thread xorshift
+/// generator seeded once from the system (choosing between two endpoints
+/// needs no secrecy; a `getrandom` call per connection did not pay).
 pub fn random_pair() -> (u64, u64) {
-    let mut b = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    let (x, y) = b.split_at(8);
-    let word = |s: &[u8]| s.iter().fold(0u64, |acc, &v| (acc << 8) | u64::from(v));
-    (word(x), word(y))
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut b = [0u8; 8];
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+            // Never zero: xorshift would stay there.
+            u64::from_ne_bytes(b) | 1
+        });
+    }
+    STATE.with(|s| {
+        let next = || {
+            let mut x = s.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.set(x);
+            x
+        };
+        (next(), next())
+    })
 }
 
 #[cfg(test)]

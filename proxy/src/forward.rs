@@ -7,6 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::h2_stream::H2Stream;
 use crate::metrics::{Metrics, PeerLabels};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -101,17 +104,59 @@ where
     P: AsyncRead + AsyncWrite + Unpin + ?Sized,
     L: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    counted(
+        metrics,
+        direction,
+        peer,
+        splice(tls, local, async {
+            revoked.await;
+            revoked_error()
+        }),
+    )
+    .await
+}
+
+fn revoked_error() -> std::io::Error {
+    std::io::Error::other("closed: policy no longer allows this peer")
+}
+
+/// Like [`relay`], for a tunnel stream: relayed without intermediate
+/// buffers ([`H2Stream::splice_tcp`]).
+pub async fn relay_stream(
+    metrics: &Metrics,
+    direction: &str,
+    peer: &str,
+    stream: &mut H2Stream,
+    local: &mut tokio::net::TcpStream,
+    revoked: impl std::future::Future<Output = ()>,
+) -> (u64, u64, Option<std::io::Error>) {
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let copy = async {
+        let err = tokio::select! {
+            r = stream.splice_tcp(local, &sent, &received) => r.err(),
+            _ = revoked => Some(revoked_error()),
+        };
+        (sent.load(Relaxed), received.load(Relaxed), err)
+    };
+    counted(metrics, direction, peer, copy).await
+}
+
+/// Runs `copy` (which returns bytes to and from the peer and its error)
+/// under the connection metrics: connection and byte counters by
+/// direction and peer, and the active-connection gauge.
+async fn counted(
+    metrics: &Metrics,
+    direction: &str,
+    peer: &str,
+    copy: impl std::future::Future<Output = (u64, u64, Option<std::io::Error>)>,
+) -> (u64, u64, Option<std::io::Error>) {
     let labels = PeerLabels {
         direction: direction.into(),
         peer: peer.into(),
     };
     metrics.connections.get_or_create(&labels).inc();
     metrics.active.inc();
-    let (to_peer, from_peer, err) = splice(tls, local, async {
-        revoked.await;
-        std::io::Error::other("closed: policy no longer allows this peer")
-    })
-    .await;
+    let (to_peer, from_peer, err) = copy.await;
     metrics.active.dec();
     metrics.bytes_to_peer.get_or_create(&labels).inc_by(to_peer);
     metrics

@@ -37,7 +37,96 @@ impl H2Stream {
     }
 }
 
+/// How much a relay reads from the app at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
 impl H2Stream {
+    /// Relays between this stream and the TCP connection `tcp` until both
+    /// directions have ended, without copying through intermediate
+    /// buffers: bytes read from `tcp` are handed to HTTP/2 as they are
+    /// (the read buffer is allocated only once data is readable, and
+    /// reused), and received DATA frames are written to `tcp` from the
+    /// frames themselves, their window released only once written (a slow
+    /// app slows its sender, not the other streams). End of input on either
+    /// side is passed on as a half-close. `sent` and `received` count the
+    /// bytes sent on and received from the stream as they pass.
+    pub async fn splice_tcp(
+        &mut self,
+        tcp: &mut tokio::net::TcpStream,
+        sent: &std::sync::atomic::AtomicU64,
+        received: &std::sync::atomic::AtomicU64,
+    ) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::AsyncWriteExt;
+        let (from_app, mut to_app) = tcp.split();
+        let (send, recv, pending, shut) = (
+            &mut self.send,
+            &mut self.recv,
+            &mut self.pending,
+            &mut self.shut,
+        );
+        let up = async {
+            let mut buf = bytes::BytesMut::new();
+            loop {
+                from_app.as_ref().readable().await?;
+                buf.reserve(READ_CHUNK);
+                let n = match from_app.as_ref().try_read_buf(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 {
+                    if !*shut {
+                        *shut = true;
+                        send.send_data(Bytes::new(), true).map_err(h2_error)?;
+                    }
+                    return Ok(());
+                }
+                let mut chunk = buf.split().freeze();
+                while !chunk.is_empty() {
+                    send.reserve_capacity(chunk.len());
+                    let granted = std::future::poll_fn(|cx| loop {
+                        if send.capacity() > 0 {
+                            return Poll::Ready(Ok(send.capacity()));
+                        }
+                        match ready!(send.poll_capacity(cx)) {
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
+                            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                        }
+                    })
+                    .await?;
+                    let part = chunk.split_to(granted.min(chunk.len()));
+                    let len = part.len() as u64;
+                    send.send_data(part, false).map_err(h2_error)?;
+                    sent.fetch_add(len, Relaxed);
+                }
+            }
+        };
+        let down = async {
+            if !pending.is_empty() {
+                let data = std::mem::take(pending);
+                to_app.write_all(&data).await?;
+                received.fetch_add(data.len() as u64, Relaxed);
+                let _ = recv.flow_control().release_capacity(data.len());
+            }
+            loop {
+                match std::future::poll_fn(|cx| recv.poll_data(cx)).await {
+                    Some(Ok(data)) => {
+                        to_app.write_all(&data).await?;
+                        received.fetch_add(data.len() as u64, Relaxed);
+                        let _ = recv.flow_control().release_capacity(data.len());
+                    }
+                    Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => break,
+                    Some(Err(e)) => return Err(h2_error(e)),
+                    None => break,
+                }
+            }
+            to_app.shutdown().await
+        };
+        tokio::try_join!(up, down).map(|_| ())
+    }
+
     /// Ends the stream abruptly in both directions (RST_STREAM with
     /// `reason`): the peer sees an error, not a clean end, as when a TCP
     /// connection is reset.
@@ -198,6 +287,75 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+    }
+
+    /// A TCP echo server on loopback: echoes until EOF, then ends its side.
+    async fn tcp_echo() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn splice_tcp_relays_both_ways_with_half_close_and_counts() {
+        let app = tcp_echo().await;
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let counts = std::sync::Arc::new((
+            std::sync::atomic::AtomicU64::new(0),
+            std::sync::atomic::AtomicU64::new(0),
+        ));
+        let server_counts = counts.clone();
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(b).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let send = respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                let mut stream = H2Stream::new(send, req.into_body());
+                let counts = server_counts.clone();
+                tokio::spawn(async move {
+                    let mut tcp = tokio::net::TcpStream::connect(app).await.unwrap();
+                    stream
+                        .splice_tcp(&mut tcp, &counts.0, &counts.1)
+                        .await
+                        .unwrap();
+                });
+            }
+        });
+        let (client, conn) = h2::client::handshake(a).await.unwrap();
+        tokio::spawn(conn);
+        let stream = connect(&mut client.clone()).await;
+        // More than the default stream window, so flow control must move.
+        let data: Vec<u8> = (0..3_000_000u32).map(|n| (n * 7) as u8).collect();
+        let (mut r, mut w) = tokio::io::split(stream);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        writer.await.unwrap();
+        assert!(
+            back == data,
+            "{} of {} bytes back intact",
+            back.len(),
+            data.len()
+        );
+        // Both directions counted by the relaying side.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let len = data.len() as u64;
+        assert_eq!(counts.1.load(std::sync::atomic::Ordering::Relaxed), len);
+        assert_eq!(counts.0.load(std::sync::atomic::Ordering::Relaxed), len);
     }
 
     // A stream whose reader stalls holds its stream window of the

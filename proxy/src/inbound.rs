@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::LimitsConfig;
-use crate::forward::{ms_since, relay};
+use crate::forward::{ms_since, relay, relay_stream};
 use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
 use crate::open_connections::OpenConnections;
@@ -23,6 +23,14 @@ use crate::policy_watch::PolicyHandle;
 use crate::workload_identity::IdentityWatch;
 use signet_identity::admission::Admission;
 use signet_identity::SpiffeId;
+
+/// The peer's side of an admitted connection.
+pub(crate) enum PeerStream<'a> {
+    /// A TLS connection of its own.
+    Tls(&'a mut tokio_rustls::server::TlsStream<TcpStream>),
+    /// A stream of a tunnel connection.
+    Tunnel(&'a mut crate::h2_stream::H2Stream),
+}
 
 /// What every inbound connection needs.
 pub struct Inbound {
@@ -91,8 +99,15 @@ impl Inbound {
         let Some(mut local) = self.connect_app(&peer).await else {
             return;
         };
-        self.relay_tcp(&mut tls, &mut local, &peer, &own, admitted, start)
-            .await;
+        self.relay_tcp(
+            PeerStream::Tls(&mut tls),
+            &mut local,
+            &peer,
+            &own,
+            admitted,
+            start,
+        )
+        .await;
     }
 
     /// Accepts the TLS handshake on `tcp` (through `acceptor`: the plain or
@@ -220,31 +235,29 @@ impl Inbound {
         }
     }
 
-    /// Relays an admitted connection (`stream`: a TLS connection or a
-    /// tunnel stream) to the app until both sides close or policy revokes
-    /// the peer, and logs it. Returns the relay's error, if any.
-    pub(crate) async fn relay_tcp<S>(
+    /// Relays an admitted connection (a TLS connection or a tunnel stream)
+    /// to the app until both sides close or policy revokes the peer, and
+    /// logs it. Returns the relay's error, if any.
+    pub(crate) async fn relay_tcp(
         &self,
-        stream: &mut S,
+        stream: PeerStream<'_>,
         local: &mut TcpStream,
         peer: &SpiffeId,
         own: &SpiffeId,
         decision: Decision,
         start: Instant,
-    ) -> Option<std::io::Error>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-    {
+    ) -> Option<std::io::Error> {
         let registration = self.open.register(peer, own);
-        let (to_peer, from_peer, err) = relay(
-            &self.metrics,
-            "inbound",
-            &peer.to_string(),
-            stream,
-            local,
-            registration.revoked(),
-        )
-        .await;
+        let peer_name = peer.to_string();
+        let revoked = registration.revoked();
+        let (to_peer, from_peer, err) = match stream {
+            PeerStream::Tls(tls) => {
+                relay(&self.metrics, "inbound", &peer_name, tls, local, revoked).await
+            }
+            PeerStream::Tunnel(h2) => {
+                relay_stream(&self.metrics, "inbound", &peer_name, h2, local, revoked).await
+            }
+        };
         let (audit, audit_rule) = crate::http::audit_fields(&decision);
         tracing::info!(
             direction = "inbound",

