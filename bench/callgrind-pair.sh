@@ -14,7 +14,13 @@ PHASE=${2:?keepalive or close}
 SECONDS_RUN=${3:-10}
 BENCH_DIR=${BENCH_DIR:-/tmp/mtls-bench}
 R=$BENCH_DIR/run
-BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release/signet
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# The slim sidecar build when present (as the harness contestants do).
+if [[ -x $ROOT/target/sidecar/signet-proxy ]]; then
+  BIN=$ROOT/target/sidecar/signet-proxy; RUN=()
+else
+  BIN=$ROOT/target/release/signet; RUN=(proxy run)
+fi
 OUT=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; sleep 2; pkill -f "nginx -p $R/backend" || true; }
@@ -24,7 +30,7 @@ trap cleanup EXIT
 pids+=($!)
 for side in server client; do
   SIGNET_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/$side.%p" \
-    "$BIN" proxy run --config "$R/$CONTESTANT-$side.toml" --worker-threads 1 >"$OUT/$side.log" 2>&1 &
+    "$BIN" "${RUN[@]}" --config "$R/$CONTESTANT-$side.toml" --worker-threads 1 >"$OUT/$side.log" 2>&1 &
   pids+=($!)
 done
 url=http://127.0.0.1:15001/

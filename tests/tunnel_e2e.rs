@@ -139,6 +139,41 @@ fn past_the_stream_cap_another_tunnel_connection_is_opened() {
 }
 
 #[test]
+fn the_inbound_stream_limit_makes_the_caller_open_another_connection() {
+    let tunnel_port = signet_test_support::free_port();
+    let mut mesh = Mesh::start_limited(
+        ALLOW_CHECKOUT,
+        PAYMENTS,
+        "1h",
+        "tcp",
+        &format!("tunnel_listen = \"127.0.0.1:{tunnel_port}\"\n[limits]\ntunnel_max_streams = 2\n"),
+    );
+    // The caller's own cap (100) is above the inbound side's (2).
+    mesh.start_client_with(
+        PAYMENTS,
+        &format!("tunnel = true\ntunnel_port = {tunnel_port}\n"),
+    );
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[i]).unwrap();
+        let mut b = [0u8; 1];
+        // Queued behind the limit instead, this read would time out.
+        s.read_exact(&mut b).unwrap();
+        held.push(s);
+        if i == 1 {
+            assert_eq!(
+                metric(&mesh.client_metrics(), OUT_OPENED),
+                1,
+                "two fit one connection"
+            );
+        }
+    }
+    assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 2);
+}
+
+#[test]
 fn a_denied_identity_gets_no_stream_and_the_app_sees_nothing() {
     let (mesh, _) = tunnel_mesh(ALLOW_WEB_ONLY, "1h", "");
     assert_eq!(mesh.round_trip(b"let me in"), b"");

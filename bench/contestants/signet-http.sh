@@ -7,10 +7,9 @@
 #   CONTESTANTS_DIR=bench/contestants ../shared/bench/mtls-pair.sh direct signet signet_http
 # (reuses the static certificates, as signet.sh does).
 
-SIGNET_BIN=${SIGNET_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release/signet}
 
 start_signet_http() {
-  CONF_VERSION="$("$SIGNET_BIN" --version 2>/dev/null | head -1) (protocol = http both sides)"
+  CONF_VERSION="$(signet_version) (protocol = http both sides)"
   CONF_THREADS="1 tokio worker thread per side"
   CONF_POOLING="L7: one pooled HTTP/2 mTLS connection to the endpoint; pooled HTTP/1.1 to the backend"
   CONF_PEERCHECK="chain + SPIFFE ID: server spiffe://example.org/ns/default/sa/server, client allowed by policy per request"
@@ -46,8 +45,8 @@ listen = "127.0.0.1:$SERVER_PORT"
 forward_to = "127.0.0.1:$BACKEND_PORT"
 protocol = "http"
 CONF
-  SIGNET_LOG=warn spawn client signet-http-client "$SIGNET_BIN" proxy run --config "$RUN_DIR/signet-http-client.toml" --worker-threads 1
-  SIGNET_LOG=warn spawn server signet-http-server "$SIGNET_BIN" proxy run --config "$RUN_DIR/signet-http-server.toml" --worker-threads 1
+  signet_spawn client signet-http-client "$RUN_DIR/signet-http-client.toml"
+  signet_spawn server signet-http-server "$RUN_DIR/signet-http-server.toml"
 }
 stop_signet_http() { stop_spawned; }
 CONTESTANTS+=(signet_http)

@@ -7,11 +7,10 @@
 #   CONTESTANTS_DIR=bench/contestants ../shared/bench/mtls-pair.sh direct signet signet_tunnel haproxy haproxy_http nginx
 # (reuses the static certificates, as signet.sh does).
 
-SIGNET_BIN=${SIGNET_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release/signet}
 TUNNEL_PORT=${TUNNEL_PORT:-15008}
 
 start_signet_tunnel() {
-  CONF_VERSION="$("$SIGNET_BIN" --version 2>/dev/null | head -1) (tunnel = true)"
+  CONF_VERSION="$(signet_version) (tunnel = true)"
   CONF_THREADS="1 tokio worker thread per side"
   CONF_POOLING="L4 over pooled HTTP/2 mTLS: CONNECT stream per downstream conn, 100 streams per tunnel conn"
   CONF_PEERCHECK="chain + SPIFFE ID: server spiffe://example.org/ns/default/sa/server, client allowed by policy per stream"
@@ -47,8 +46,8 @@ listen = "127.0.0.1:$SERVER_PORT"
 forward_to = "127.0.0.1:$BACKEND_PORT"
 tunnel_listen = "127.0.0.1:$TUNNEL_PORT"
 CONF
-  SIGNET_LOG=warn spawn client signet-tunnel-client "$SIGNET_BIN" proxy run --config "$RUN_DIR/signet-tunnel-client.toml" --worker-threads 1
-  SIGNET_LOG=warn spawn server signet-tunnel-server "$SIGNET_BIN" proxy run --config "$RUN_DIR/signet-tunnel-server.toml" --worker-threads 1
+  signet_spawn client signet-tunnel-client "$RUN_DIR/signet-tunnel-client.toml"
+  signet_spawn server signet-tunnel-server "$RUN_DIR/signet-tunnel-server.toml"
 }
 stop_signet_tunnel() { stop_spawned; }
 CONTESTANTS+=(signet_tunnel)

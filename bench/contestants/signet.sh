@@ -5,10 +5,9 @@
 # bundle_file) instead of an agent, so every contestant uses the same keys.
 # Both sides check the peer's SPIFFE ID (URI SAN), which the peers cannot.
 
-SIGNET_BIN=${SIGNET_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/release/signet}
 
 start_signet() {
-  CONF_VERSION="$("$SIGNET_BIN" --version 2>/dev/null | head -1)"
+  CONF_VERSION="$(signet_version)"
   CONF_THREADS="1 tokio worker thread per side"
   CONF_POOLING="none (L4, 1 upstream TLS conn per downstream conn)"
   CONF_PEERCHECK="chain + SPIFFE ID: server spiffe://example.org/ns/default/sa/server, client allowed by policy"
@@ -42,8 +41,8 @@ admin_listen = "127.0.0.1:0"
 listen = "127.0.0.1:$SERVER_PORT"
 forward_to = "127.0.0.1:$BACKEND_PORT"
 CONF
-  SIGNET_LOG=warn spawn client signet-client "$SIGNET_BIN" proxy run --config "$RUN_DIR/signet-client.toml" --worker-threads 1
-  SIGNET_LOG=warn spawn server signet-server "$SIGNET_BIN" proxy run --config "$RUN_DIR/signet-server.toml" --worker-threads 1
+  signet_spawn client signet-client "$RUN_DIR/signet-client.toml"
+  signet_spawn server signet-server "$RUN_DIR/signet-server.toml"
 }
 stop_signet() { stop_spawned; }
 CONTESTANTS+=(signet)

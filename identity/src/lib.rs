@@ -23,6 +23,7 @@
 //!   admission                   connection caps every listener applies before parsing a byte
 //!   workload_api                the Workload API's header, socket address and client channel
 //!   unix_grpc                   a gRPC client channel on a Unix socket (Workload API, admin API)
+//!   daemon                      log setup and the shutdown signal, the same in every daemon
 //! ```
 //!
 //! ```
@@ -35,6 +36,7 @@
 pub mod admission;
 mod bundle;
 pub mod clock;
+pub mod daemon;
 pub mod endpoint;
 pub mod files;
 mod inspect;

@@ -3,8 +3,9 @@
 //! connection — one TLS handshake per pooled connection instead of one per
 //! app connection.
 //!
-//! A connection carries at most `streams_per_connection` streams; past it
-//! another connection to the same endpoint is opened (one attempt at a
+//! A connection carries at most `streams_per_connection` streams, or
+//! fewer if the peer allows fewer; past it another connection to the same
+//! endpoint is opened (one attempt at a
 //! time per endpoint). Connections are made with the SVID held when they
 //! were opened: after a rotation new streams go to new connections made
 //! with the new SVID, and the old ones leave the pool, carrying their open
@@ -116,9 +117,18 @@ impl TunnelPool {
         // Closed connections, and those of an SVID no longer held, leave
         // the pool (the latter keep their open streams).
         list.retain(|c| !c.closed.load(Ordering::Relaxed) && Arc::ptr_eq(&c.key, key));
+        // A connection's room: our cap, or the peer's
+        // SETTINGS_MAX_CONCURRENT_STREAMS if lower (beyond it h2 would
+        // queue the stream until another ends, rather than open a new
+        // connection).
         let conn = list
             .iter()
-            .find(|c| c.streams.load(Ordering::Relaxed) < self.streams_per_connection)?
+            .find(|c| {
+                let cap = self
+                    .streams_per_connection
+                    .min(c.send.current_max_send_streams());
+                c.streams.load(Ordering::Relaxed) < cap
+            })?
             .clone();
         conn.streams.fetch_add(1, Ordering::Relaxed);
         Some(StreamSlot { conn })
