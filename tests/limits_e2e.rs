@@ -14,12 +14,6 @@ use std::time::{Duration, Instant};
 use signet_proto::node as pb;
 use support::*;
 
-const ALLOW_CHECKOUT: &str = r#"
-[[allow]]
-to = "spiffe://example.org/ns/prod/sa/payments"
-from = ["spiffe://example.org/ns/prod/sa/checkout"]
-"#;
-
 /// A TCP connection to `to` from 127.0.0.2 that sends nothing.
 async fn idle_from_other_address(to: SocketAddr) -> tokio::net::TcpStream {
     let s = tokio::net::TcpSocket::new_v4().unwrap();

@@ -14,12 +14,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const ALLOW_CHECKOUT: &str = r#"
-[[allow]]
-to = "spiffe://example.org/ns/prod/sa/payments"
-from = ["spiffe://example.org/ns/prod/sa/checkout"]
-"#;
-
 /// One instance of payments: an echo app behind an inbound proxy.
 struct Instance {
     app: EchoApp,

@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const ALLOW_CHECKOUT: &str = r#"
-[[allow]]
-to = "spiffe://example.org/ns/prod/sa/payments"
-from = ["spiffe://example.org/ns/prod/sa/checkout"]
-"#;
-
-const ALLOW_WEB_ONLY: &str = r#"
-[[allow]]
-to = "spiffe://example.org/ns/prod/sa/payments"
-from = ["spiffe://example.org/ns/prod/sa/web"]
-"#;
-
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     (0..len)

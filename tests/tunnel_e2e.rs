@@ -11,18 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const ALLOW_CHECKOUT: &str = r#"
-[[allow]]
-to = "spiffe://example.org/ns/prod/sa/payments"
-from = ["spiffe://example.org/ns/prod/sa/checkout"]
-"#;
-
-const ALLOW_WEB_ONLY: &str = r#"
-[[allow]]
-to = "spiffe://example.org/ns/prod/sa/payments"
-from = ["spiffe://example.org/ns/prod/sa/web"]
-"#;
-
 /// A mesh whose inbound proxy has a tunnel listener, and whose caller
 /// sends every connection through it (`client_extra`: more
 /// `[[outbound]]` keys). Returns the mesh and the tunnel port.
@@ -40,6 +28,19 @@ fn tunnel_mesh(policy: &str, ttl: &str, client_extra: &str) -> (Mesh, u16) {
         &format!("tunnel = true\ntunnel_port = {tunnel_port}\n{client_extra}"),
     );
     (mesh, tunnel_port)
+}
+
+/// A connection through the caller's proxy that has carried one byte
+/// there and back (so its stream is open), kept open.
+fn open_connection(mesh: &Mesh, byte: u8) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[byte]).unwrap();
+    let mut b = [0u8; 1];
+    // A stream queued behind a limit would time out here.
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(b, [byte]);
+    s
 }
 
 /// The value of the metric line starting with `prefix`, or 0.
@@ -123,12 +124,7 @@ fn past_the_stream_cap_another_tunnel_connection_is_opened() {
     // Three held open at once: two on the first connection, one on a second.
     let mut held = Vec::new();
     for i in 0..3 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&[i]).unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        held.push(s);
+        held.push(open_connection(&mesh, i));
     }
     assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 2);
     // Two at once fit one connection: still two.
@@ -155,13 +151,7 @@ fn the_inbound_stream_limit_makes_the_caller_open_another_connection() {
     );
     let mut held = Vec::new();
     for i in 0..3 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&[i]).unwrap();
-        let mut b = [0u8; 1];
-        // Queued behind the limit instead, this read would time out.
-        s.read_exact(&mut b).unwrap();
-        held.push(s);
+        held.push(open_connection(&mesh, i));
         if i == 1 {
             assert_eq!(
                 metric(&mesh.client_metrics(), OUT_OPENED),
@@ -171,6 +161,35 @@ fn the_inbound_stream_limit_makes_the_caller_open_another_connection() {
         }
     }
     assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 2);
+}
+
+#[test]
+fn by_default_a_closed_tunnel_port_falls_back_to_a_direct_connection_but_not_with_tunnel_true() {
+    // The inbound proxy has no tunnel listener where the caller looks.
+    let closed = signet_test_support::free_port();
+    let mut mesh = Mesh::start_limited(
+        ALLOW_CHECKOUT,
+        PAYMENTS,
+        "1h",
+        "tcp",
+        "tunnel_listen = \"off\"\n",
+    );
+    mesh.start_client_with(PAYMENTS, &format!("tunnel_port = {closed}\n"));
+    assert_eq!(mesh.round_trip(b"direct"), b"direct");
+    assert_eq!(
+        metric(
+            &mesh.client_metrics(),
+            "signet_proxy_tunnel_streams_total{direction=\"outbound\",result=\"fallback\"}"
+        ),
+        1
+    );
+    // tunnel = true: the tunnel or nothing.
+    mesh.start_client_with(
+        PAYMENTS,
+        &format!("tunnel = true\ntunnel_port = {closed}\n"),
+    );
+    assert_eq!(mesh.round_trip(b"direct"), b"");
+    assert_eq!(mesh.app.connections(), 1);
 }
 
 #[test]
@@ -251,12 +270,7 @@ fn killing_the_upstream_proxy_fails_its_streams_at_once_and_the_pool_reconnects(
     let (mut mesh, _) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
     let mut open = Vec::new();
     for i in 0..20u8 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(&[i]).unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        open.push(s);
+        open.push(open_connection(&mesh, i));
     }
     assert_eq!(metric(&mesh.client_metrics(), OUT_OPENED), 1);
     mesh.server.child.kill().unwrap();

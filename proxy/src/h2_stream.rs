@@ -249,6 +249,22 @@ mod tests {
         H2Stream::new(send, resp.into_body())
     }
 
+    /// Sends `data` on `stream` and half-closes while reading what comes
+    /// back, to the end.
+    async fn round_trip(stream: H2Stream, data: &[u8]) -> Vec<u8> {
+        let (mut r, mut w) = tokio::io::split(stream);
+        let sent = data.to_vec();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.unwrap();
+            // Half-close: the echo still comes back after it.
+            w.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        writer.await.unwrap();
+        back
+    }
+
     #[tokio::test]
     async fn bytes_cross_both_ways_intact_with_half_close_on_many_streams() {
         let (a, b) = tokio::io::duplex(64 * 1024);
@@ -267,16 +283,7 @@ mod tests {
                     1000 + i as usize
                 };
                 let data: Vec<u8> = (0..len).map(|n| (n * 31 + i as usize) as u8).collect();
-                let (mut r, mut w) = tokio::io::split(stream);
-                let sent = data.clone();
-                let writer = tokio::spawn(async move {
-                    w.write_all(&sent).await.unwrap();
-                    // Half-close: the echo still comes back after it.
-                    w.shutdown().await.unwrap();
-                });
-                let mut back = Vec::new();
-                r.read_to_end(&mut back).await.unwrap();
-                writer.await.unwrap();
+                let back = round_trip(stream, &data).await;
                 assert!(
                     back == data,
                     "stream {i}: {} of {len} bytes back intact",
@@ -336,15 +343,7 @@ mod tests {
         let stream = connect(&mut client.clone()).await;
         // More than the default stream window, so flow control must move.
         let data: Vec<u8> = (0..3_000_000u32).map(|n| (n * 7) as u8).collect();
-        let (mut r, mut w) = tokio::io::split(stream);
-        let sent = data.clone();
-        let writer = tokio::spawn(async move {
-            w.write_all(&sent).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
-        let mut back = Vec::new();
-        r.read_to_end(&mut back).await.unwrap();
-        writer.await.unwrap();
+        let back = round_trip(stream, &data).await;
         assert!(
             back == data,
             "{} of {} bytes back intact",

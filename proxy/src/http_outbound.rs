@@ -66,7 +66,7 @@ pub struct HttpState {
     /// One connection attempt per endpoint at a time: requests that find
     /// no pooled connection wait for the one being made, rather than each
     /// making its own.
-    connecting: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    connecting: crate::connect_gate::ConnectGates,
     budget: Mutex<RetryBudget>,
     /// Longest-prefix-first route timeouts.
     routes: Vec<RouteTimeout>,
@@ -86,7 +86,7 @@ impl HttpState {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self {
             pool: Mutex::default(),
-            connecting: Mutex::default(),
+            connecting: Default::default(),
             budget: Mutex::new(RetryBudget::new(BudgetLimits::default())),
             routes,
             default_timeout,
@@ -183,15 +183,7 @@ impl Outbound {
         if let Some(s) = http.pooled(address) {
             return Ok(s);
         }
-        let gate = {
-            let mut gates = http.connecting.lock().unwrap_or_else(|p| p.into_inner());
-            // Endpoints come and go: gates nobody waits on are dropped.
-            if gates.len() > 256 {
-                gates.retain(|_, g| Arc::strong_count(g) > 1);
-            }
-            gates.entry(address.to_owned()).or_default().clone()
-        };
-        let _turn = gate.lock().await;
+        let _turn = http.connecting.turn(address).await;
         // Made by the request that went first?
         if let Some(s) = http.pooled(address) {
             return Ok(s);

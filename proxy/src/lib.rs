@@ -36,6 +36,7 @@
 pub mod app_health;
 pub mod balancer;
 pub mod config;
+pub mod connect_gate;
 mod forward;
 pub mod h2_stream;
 pub mod http;

@@ -249,12 +249,14 @@ impl Outbound {
             }
             (_, port, Some(pool)) => Some((port, pool)),
         };
-        let Some((port, pool)) = tunnel_port else {
-            return self
-                .connect(&pick.address, bundle)
+        let direct = || async {
+            self.connect(&pick.address, bundle)
                 .await
                 .map(|(tls, peer)| (UpstreamStream::Tls(Box::new(tls)), peer))
-                .map_err(|(reason, e)| AttemptError::Endpoint(reason, e));
+                .map_err(|(reason, e)| AttemptError::Endpoint(reason, e))
+        };
+        let Some((port, pool)) = tunnel_port else {
+            return direct().await;
         };
         let tunnel_addr = crate::tunnel_pool::tunnel_address(&pick.address, port);
         use crate::tunnel_pool::StreamError;
@@ -266,6 +268,17 @@ impl Outbound {
                 self.metrics.tunnel_stream("outbound", "opened");
                 let peer = stream.peer.clone();
                 Ok((UpstreamStream::Tunnel(stream), peer))
+            }
+            // By default (not `tunnel = true`) a tunnel port that takes no
+            // connection (closed, filtered, not speaking HTTP/2) does not
+            // cost the endpoint: its own TLS listener is tried next.
+            Err(StreamError::Endpoint(reason, e))
+                if self.tunnel_mode == TunnelMode::Auto
+                    && matches!(reason, "connect" | "connect_timeout" | "no_tunnel") =>
+            {
+                self.metrics.tunnel_stream("outbound", "fallback");
+                tracing::debug!(direction = "outbound", endpoint = %pick.address, tunnel = %tunnel_addr, reason, error = %e, "tunnel unreachable; connecting directly");
+                direct().await
             }
             Err(StreamError::Endpoint(reason, e)) => {
                 self.metrics.tunnel_stream("outbound", "failed");

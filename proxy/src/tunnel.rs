@@ -45,8 +45,12 @@ pub fn connect_request(authority: &str) -> Result<http::Request<()>, http::Error
 }
 
 /// Completes when the peer has not answered a ping within
-/// [`PING_TIMEOUT`] (or the ping failed): the connection is dead.
-pub async fn dead_peer(mut ping: h2::PingPong) {
+/// [`PING_TIMEOUT`] (or the ping failed): the connection is dead. Without
+/// a ping handle (taken already), never.
+pub async fn dead_peer(ping: Option<h2::PingPong>) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
     loop {
         tokio::time::sleep(PING_INTERVAL).await;
         match tokio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque())).await {

@@ -116,13 +116,7 @@ impl TunnelInbound {
         };
         inbound.metrics.tunnel_connection("inbound", 1);
         tracing::debug!(direction = "inbound", client = %addr, peer = %peer, "tunnel connection open");
-        let dead = conn.ping_pong().map(tunnel::dead_peer);
-        let dead = async move {
-            match dead {
-                Some(d) => d.await,
-                None => std::future::pending().await,
-            }
-        };
+        let dead = tunnel::dead_peer(conn.ping_pong());
         tokio::pin!(dead);
         let mut stop = self.stop.clone();
         let mut draining = false;

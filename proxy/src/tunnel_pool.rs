@@ -86,7 +86,7 @@ pub struct TunnelPool {
     tls: OutboundTls,
     conns: Mutex<HashMap<String, Vec<Arc<TunnelConn>>>>,
     /// One connection attempt per tunnel address at a time.
-    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    connecting: crate::connect_gate::ConnectGates,
     streams_per_connection: usize,
     metrics: Arc<Metrics>,
 }
@@ -103,7 +103,7 @@ impl TunnelPool {
         Self {
             tls,
             conns: Mutex::default(),
-            connecting: Mutex::default(),
+            connecting: Default::default(),
             streams_per_connection,
             metrics,
         }
@@ -164,14 +164,7 @@ impl TunnelPool {
         if let Some(slot) = self.reserve(tunnel_addr, &key) {
             return Ok(slot);
         }
-        let gate = {
-            let mut gates = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
-            if gates.len() > 256 {
-                gates.retain(|_, g| Arc::strong_count(g) > 1);
-            }
-            gates.entry(tunnel_addr.to_owned()).or_default().clone()
-        };
-        let _turn = gate.lock().await;
+        let _turn = self.connecting.turn(tunnel_addr).await;
         if let Some(slot) = self.reserve(tunnel_addr, &key) {
             return Ok(slot);
         }
@@ -226,17 +219,11 @@ impl TunnelPool {
                 }
             };
         let closed = Arc::new(AtomicBool::new(false));
-        let dead = conn.ping_pong().map(tunnel::dead_peer);
+        let dead = tunnel::dead_peer(conn.ping_pong());
         let metrics = self.metrics.clone();
         metrics.tunnel_connection("outbound", 1);
         let (done, address, who) = (closed.clone(), tunnel_addr.to_owned(), peer.clone());
         tokio::spawn(async move {
-            let dead = async move {
-                match dead {
-                    Some(d) => d.await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 r = conn => {
                     if let Err(e) = r {

@@ -732,6 +732,20 @@ pub struct Mesh {
 }
 
 pub const CHECKOUT: &str = "spiffe://example.org/ns/prod/sa/checkout";
+
+/// Policy for payments: checkout may call it.
+pub const ALLOW_CHECKOUT: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/checkout"]
+"#;
+
+/// Policy for payments: only web may call it (checkout is denied).
+pub const ALLOW_WEB_ONLY: &str = r#"
+[[allow]]
+to = "spiffe://example.org/ns/prod/sa/payments"
+from = ["spiffe://example.org/ns/prod/sa/web"]
+"#;
 pub const PAYMENTS: &str = "spiffe://example.org/ns/prod/sa/payments";
 
 impl Mesh {
