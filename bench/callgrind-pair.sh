@@ -15,8 +15,10 @@ SECONDS_RUN=${3:-10}
 BENCH_DIR=${BENCH_DIR:-/tmp/mtls-bench}
 R=$BENCH_DIR/run
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# The slim sidecar build when present (as the harness contestants do).
-if [[ -x $ROOT/target/sidecar/signet-proxy ]]; then
+# The slim sidecar build when present (as the harness contestants do);
+# SIGNET_RELEASE=1: `signet proxy run` of the release build (to compare
+# commits built alike).
+if [[ -x $ROOT/target/sidecar/signet-proxy && -z ${SIGNET_RELEASE:-} ]]; then
   BIN=$ROOT/target/sidecar/signet-proxy; RUN=()
 else
   BIN=$ROOT/target/release/signet; RUN=(proxy run)

@@ -30,14 +30,45 @@ use crate::tunnel;
 /// One pooled tunnel connection.
 struct TunnelConn {
     send: h2::client::SendRequest<Bytes>,
-    /// Streams open on it (and being opened).
-    streams: AtomicUsize,
+    /// Streams open on it (and being opened); [`CLOSING`] once it is
+    /// closed for being idle.
+    streams: Arc<AtomicUsize>,
     /// The SVID it was made with.
     key: Arc<CertifiedKey>,
     /// The upstream's verified SPIFFE ID.
     peer: String,
     /// Set once the connection has ended.
     closed: Arc<AtomicBool>,
+}
+
+/// How long a tunnel connection may carry no stream before it is closed
+/// (endpoints come and go; their idle connections must not stay open).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The stream count of a connection closed for being idle: larger than any
+/// cap, so no stream is reserved on it any more.
+const CLOSING: usize = usize::MAX / 2;
+
+/// One look at an idle connection, every `tick`: `idle_for` grows while it
+/// carries no stream; past `limit` it is claimed for closing (its stream
+/// count set to [`CLOSING`] at once, so that a stream being reserved at the
+/// same instant either wins and keeps it open or sees it closing). Whether
+/// to close it.
+fn idle_past(
+    streams: &AtomicUsize,
+    idle_for: &mut std::time::Duration,
+    tick: std::time::Duration,
+    limit: std::time::Duration,
+) -> bool {
+    if streams.load(Ordering::Relaxed) != 0 {
+        *idle_for = std::time::Duration::ZERO;
+        return false;
+    }
+    *idle_for += tick;
+    *idle_for >= limit
+        && streams
+            .compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// A stream's place on its connection, given back when dropped.
@@ -127,24 +158,15 @@ impl TunnelPool {
                 let cap = self
                     .streams_per_connection
                     .min(c.send.current_max_send_streams());
-                c.streams.load(Ordering::Relaxed) < cap
+                // One more, unless full or claimed for closing meanwhile.
+                c.streams
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                        (n < cap).then_some(n + 1)
+                    })
+                    .is_ok()
             })?
             .clone();
-        conn.streams.fetch_add(1, Ordering::Relaxed);
         Some(StreamSlot { conn })
-    }
-
-    /// Pooled tunnel connections to `tunnel_addr` (for tests and metrics).
-    pub fn connections(&self, tunnel_addr: &str) -> usize {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(tunnel_addr)
-            .map_or(0, |l| {
-                l.iter()
-                    .filter(|c| !c.closed.load(Ordering::Relaxed))
-                    .count()
-            })
     }
 
     /// A slot on a connection to `tunnel_addr`, opening one if every pooled
@@ -169,7 +191,8 @@ impl TunnelPool {
             return Ok(slot);
         }
         let conn = self.open(outbound, tunnel_addr, bundle, key).await?;
-        conn.streams.fetch_add(1, Ordering::Relaxed);
+        // Not shared yet: the first stream is ours.
+        conn.streams.fetch_add(1, Ordering::AcqRel);
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -223,8 +246,22 @@ impl TunnelPool {
         let metrics = self.metrics.clone();
         metrics.tunnel_connection("outbound", 1);
         let (done, address, who) = (closed.clone(), tunnel_addr.to_owned(), peer.clone());
+        let streams = Arc::new(AtomicUsize::new(0));
+        let counted = streams.clone();
         tokio::spawn(async move {
+            let idle = async {
+                let mut idle_for = std::time::Duration::ZERO;
+                loop {
+                    tokio::time::sleep(tunnel::PING_INTERVAL).await;
+                    if idle_past(&counted, &mut idle_for, tunnel::PING_INTERVAL, IDLE_TIMEOUT) {
+                        return;
+                    }
+                }
+            };
             tokio::select! {
+                _ = idle => {
+                    tracing::debug!(direction = "outbound", endpoint = %address, peer = %who, "idle tunnel connection closed");
+                }
                 r = conn => {
                     if let Err(e) = r {
                         tracing::info!(direction = "outbound", endpoint = %address, peer = %who, error = %e, "tunnel connection failed; its streams are reset");
@@ -240,7 +277,7 @@ impl TunnelPool {
         tracing::debug!(direction = "outbound", endpoint = %tunnel_addr, peer = %peer, "tunnel connection open");
         Ok(Arc::new(TunnelConn {
             send,
-            streams: AtomicUsize::new(0),
+            streams,
             key,
             peer,
             closed,
@@ -305,6 +342,37 @@ impl TunnelPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_is_closed_only_after_a_whole_idle_timeout_without_streams() {
+        let tick = std::time::Duration::from_secs(10);
+        let limit = std::time::Duration::from_secs(60);
+        let streams = AtomicUsize::new(0);
+        let mut idle_for = std::time::Duration::ZERO;
+        for _ in 0..5 {
+            assert!(!idle_past(&streams, &mut idle_for, tick, limit));
+        }
+        // A stream at 50 s starts the count again.
+        streams.store(1, Ordering::Relaxed);
+        assert!(!idle_past(&streams, &mut idle_for, tick, limit));
+        streams.store(0, Ordering::Relaxed);
+        for _ in 0..5 {
+            assert!(!idle_past(&streams, &mut idle_for, tick, limit));
+        }
+        // 60 s without a stream: claimed for closing; nothing fits any more.
+        assert!(idle_past(&streams, &mut idle_for, tick, limit));
+        assert_eq!(streams.load(Ordering::Relaxed), CLOSING);
+    }
+
+    #[test]
+    fn a_connection_carrying_a_stream_is_never_claimed() {
+        let tick = std::time::Duration::from_secs(60);
+        let streams = AtomicUsize::new(0);
+        let mut idle_for = std::time::Duration::ZERO;
+        streams.store(1, Ordering::Relaxed);
+        assert!(!idle_past(&streams, &mut idle_for, tick, tick));
+        assert_eq!(streams.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn the_tunnel_is_on_the_endpoint_host() {
