@@ -236,24 +236,9 @@ fn a_policy_change_resets_the_open_streams_of_a_revoked_peer() {
 #[test]
 fn svid_rotation_keeps_open_streams_and_new_tunnel_connections_use_the_new_svid() {
     let (mesh, _) = tunnel_mesh(ALLOW_CHECKOUT, "3", "");
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let started = Instant::now();
-    let mut i = 0u32;
     // ~8 s with 3 s SVIDs: both proxies rotate several times meanwhile, and
     // the stream opened on the first tunnel connection carries on.
-    while started.elapsed() < Duration::from_secs(8) {
-        let msg = format!("message {i}\n");
-        s.write_all(msg.as_bytes()).unwrap();
-        let mut buf = vec![0u8; msg.len()];
-        s.read_exact(&mut buf).unwrap();
-        assert_eq!(buf, msg.as_bytes());
-        if i % 10 == 0 {
-            assert_eq!(mesh.round_trip(b"new"), b"new", "new connection {i}");
-        }
-        i += 1;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    mesh.talk_through_rotations(8, 10);
     // New streams went to new tunnel connections, made with the new SVIDs
     // (a connection made with an expired SVID would be refused by the
     // inbound proxy, which checks the chain on every handshake).
@@ -341,4 +326,40 @@ fn an_hbone_client_on_gos_http2_stack_reaches_the_app_and_nothing_else() {
         );
     }
     assert_eq!(mesh.app.connections(), 2);
+}
+
+#[test]
+fn a_tunnel_connection_carries_no_new_stream_once_the_peers_svid_has_expired() {
+    let Some(go) = support::go::go_client() else {
+        return;
+    };
+    // 3-second SVIDs: the Go client keeps the connection it made with the
+    // first SVID it fetched and opens a second stream on it 5 s later.
+    let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "3", "");
+    let out = std::process::Command::new(&go)
+        .args([
+            "hbone-later",
+            &mesh.agent_a.endpoint(),
+            &format!("127.0.0.1:{tunnel_port}"),
+            &format!("127.0.0.1:{}", mesh.app.port),
+            PAYMENTS,
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go hbone-later failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "first: status=200 echo_intact=true bytes=140000; later: status=403 error=peer-svid-expired"
+    );
+    assert_eq!(
+        mesh.app.connections(),
+        1,
+        "the late stream never reached the app"
+    );
 }

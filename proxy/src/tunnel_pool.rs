@@ -177,12 +177,20 @@ impl TunnelPool {
         tunnel_addr: &str,
         bundle: &BundleHandle,
     ) -> Result<StreamSlot, StreamError> {
-        let key = outbound
+        let identity = outbound
             .identity
             .borrow()
-            .as_ref()
-            .map(|i| i.key.clone())
+            .clone()
             .ok_or_else(|| StreamError::Endpoint("tls_setup", "no identity yet".into()))?;
+        // A pooled connection must not carry new streams on an SVID that
+        // has expired (a new connection would fail its handshake).
+        if !identity.is_valid() {
+            return Err(StreamError::Endpoint(
+                "svid_expired",
+                "our SVID has expired and the agent has not renewed it".into(),
+            ));
+        }
+        let key = identity.key.clone();
         if let Some(slot) = self.reserve(tunnel_addr, &key) {
             return Ok(slot);
         }

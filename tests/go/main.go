@@ -12,6 +12,10 @@
 //	                  to TUNNEL, ALPN h2, CONNECT AUTHORITY, a payload sent
 //	                  and half-closed, the echo read to EOF; prints the
 //	                  status and whether the echo came back intact
+//	hbone-later SOCKET TUNNEL AUTHORITY SERVER_ID SECONDS
+//	                  one CONNECT, then another on the same connection
+//	                  SECONDS later (after the SVID fetched first may have
+//	                  expired); prints both statuses
 package main
 
 import (
@@ -89,7 +93,18 @@ func main() {
 		fmt.Printf("jwt sub=%s validated=%s local=%s wrong_audience_refused=%t\n",
 			svid.ID, validated.ID, local.ID, refused != nil)
 	case "hbone":
-		hbone(ctx, client, os.Args[3], os.Args[4], os.Args[5])
+		transport := hboneTransport(ctx, client, os.Args[5])
+		fmt.Println(hbone(ctx, transport, os.Args[3], os.Args[4]))
+	case "hbone-later":
+		transport := hboneTransport(ctx, client, os.Args[5])
+		first := hbone(ctx, transport, os.Args[3], os.Args[4])
+		wait, err := time.ParseDuration(os.Args[6] + "s")
+		if err != nil {
+			fail(err)
+		}
+		time.Sleep(wait)
+		second := hbone(ctx, transport, os.Args[3], os.Args[4])
+		fmt.Printf("first: %s; later: %s\n", first, second)
 	case "error":
 		_, err := client.FetchX509SVID(ctx)
 		fmt.Printf("error=%v\n", err)
@@ -103,7 +118,9 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-func hbone(ctx context.Context, client *workloadapi.Client, tunnel, authority, serverID string) {
+// hboneTransport makes an HTTP/2 transport with mTLS from the SVID the
+// agent gives now (fetched once: the transport keeps its connection).
+func hboneTransport(ctx context.Context, client *workloadapi.Client, serverID string) *http2.Transport {
 	x509ctx, err := client.FetchX509Context(ctx)
 	if err != nil {
 		fail(err)
@@ -114,7 +131,12 @@ func hbone(ctx context.Context, client *workloadapi.Client, tunnel, authority, s
 	}
 	conf := tlsconfig.MTLSClientConfig(x509ctx.DefaultSVID(), x509ctx.Bundles, tlsconfig.AuthorizeID(id))
 	conf.NextProtos = []string{"h2"}
-	transport := &http2.Transport{TLSClientConfig: conf}
+	return &http2.Transport{TLSClientConfig: conf}
+}
+
+// hbone sends one CONNECT to authority through the tunnel, a payload and a
+// half-close, reads the echo to EOF and describes the outcome.
+func hbone(ctx context.Context, transport *http2.Transport, tunnel, authority string) string {
 	payload := bytes.Repeat([]byte("hbone from go "), 10000)
 	body, w := io.Pipe()
 	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, "https://"+tunnel, body)
@@ -130,8 +152,7 @@ func hbone(ctx context.Context, client *workloadapi.Client, tunnel, authority, s
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		w.Close()
-		fmt.Printf("status=%d error=%s\n", resp.StatusCode, resp.Header.Get("x-signet-error"))
-		return
+		return fmt.Sprintf("status=%d error=%s", resp.StatusCode, resp.Header.Get("x-signet-error"))
 	}
 	go func() {
 		w.Write(payload)
@@ -142,5 +163,5 @@ func hbone(ctx context.Context, client *workloadapi.Client, tunnel, authority, s
 	if err != nil {
 		fail(err)
 	}
-	fmt.Printf("status=%d echo_intact=%t bytes=%d\n", resp.StatusCode, bytes.Equal(echo, payload), len(echo))
+	return fmt.Sprintf("status=%d echo_intact=%t bytes=%d", resp.StatusCode, bytes.Equal(echo, payload), len(echo))
 }

@@ -894,6 +894,30 @@ impl Mesh {
         http_get(self.server_admin, "/metrics").1
     }
 
+    /// Keeps one connection through the pair talking for `secs` seconds
+    /// (a line there and back every 100 ms), opening a new connection
+    /// every `new_every` lines: with short SVIDs, both proxies rotate
+    /// meanwhile, and neither the old connection nor the new ones may
+    /// break.
+    pub fn talk_through_rotations(&self, secs: u64, new_every: u32) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        let mut i = 0u32;
+        while started.elapsed() < Duration::from_secs(secs) {
+            let msg = format!("message {i}\n");
+            s.write_all(msg.as_bytes()).unwrap();
+            let mut buf = vec![0u8; msg.len()];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(buf, msg.as_bytes());
+            if i % new_every == 0 {
+                assert_eq!(self.round_trip(b"new"), b"new", "new connection {i}");
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The outbound proxy's metrics text.
     pub fn client_metrics(&self) -> String {
         http_get(self.client_admin, "/metrics").1
