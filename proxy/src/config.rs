@@ -563,4 +563,63 @@ mod tests {
         let e = with_header_bytes(MIN_HTTP_HEADER_BYTES - 1).unwrap_err();
         assert!(e.to_string().contains("at least 8192"), "{e}");
     }
+
+    /// A config with one outbound listener carrying `outbound` keys and an
+    /// inbound one carrying `inbound` keys, validated.
+    fn tunnel_config(outbound: &str, inbound: &str) -> Result<ProxyConfig, ConfigError> {
+        let text = format!(
+            "workload_api_socket = \"unix:///tmp/agent.sock\"\npolicy_dir = \"/tmp/p\"\n[inbound]\nlisten = \"10.0.0.2:15006\"\nforward_to = \"127.0.0.1:8080\"\n{inbound}\n[[outbound]]\nlisten = \"127.0.0.1:7001\"\nserver_id = \"spiffe://example.org/b\"\n{outbound}\n"
+        );
+        let config = toml::from_str::<ProxyConfig>(&text).unwrap();
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn tunnel_settings_are_checked() {
+        // Accepted: the defaults, discovery with tunnel = true, a fixed
+        // upstream with its tunnel port, the listener off or explicit.
+        let c = tunnel_config("", "").unwrap();
+        assert_eq!(
+            c.inbound.unwrap().tunnel_listen(),
+            TunnelListen::Default("10.0.0.2:15008".into())
+        );
+        tunnel_config("tunnel = true", "").unwrap();
+        tunnel_config(
+            "upstream = \"10.0.0.3:15006\"\ntunnel = true\ntunnel_port = 15008",
+            "",
+        )
+        .unwrap();
+        let off = tunnel_config("", "tunnel_listen = \"off\"").unwrap();
+        assert_eq!(off.inbound.unwrap().tunnel_listen(), TunnelListen::Off);
+        tunnel_config("", "tunnel_listen = \"0.0.0.0:16008\"").unwrap();
+        // Refused, each with the key named.
+        for (outbound, inbound, says) in [
+            (
+                "upstream = \"10.0.0.3:15006\"\ntunnel = true",
+                "",
+                "needs tunnel_port",
+            ),
+            (
+                "protocol = \"http\"\ntunnel = true",
+                "",
+                "tunnel = true is for protocol",
+            ),
+            ("tunnel_port = 0", "", "tunnel_port must be positive"),
+            (
+                "tunnel_streams_per_connection = 0",
+                "",
+                "tunnel_streams_per_connection",
+            ),
+            ("", "tunnel_listen = \"nowhere\"", "tunnel_listen"),
+        ] {
+            let e = tunnel_config(outbound, inbound).unwrap_err().to_string();
+            assert!(e.contains(says), "{outbound:?} {inbound:?}: {e}");
+        }
+        let text = "workload_api_socket = \"unix:///tmp/agent.sock\"\n[[outbound]]\nlisten = \"127.0.0.1:7001\"\nupstream = \"127.0.0.1:7002\"\nserver_id = \"spiffe://example.org/b\"\n[limits]\ntunnel_max_streams = 0\n";
+        let e = toml::from_str::<ProxyConfig>(text)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("[limits]"), "{e}");
+    }
 }

@@ -79,7 +79,7 @@ enum UpstreamStream {
 enum AttemptError {
     /// Try another endpoint (metric reason, error).
     Endpoint(&'static str, String),
-    /// Give up: the upstream refused this caller (status, why).
+    /// Give up: the upstream refused this caller (what it answered).
     Final(String),
 }
 

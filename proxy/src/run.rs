@@ -103,6 +103,7 @@ pub async fn run(
     // Accept loops, awaited on shutdown so that no connection is accepted
     // once draining is announced.
     let mut listeners = Vec::new();
+    let mut tunnel_bound: Option<std::net::SocketAddr> = None;
     if let Some(inbound) = &config.inbound {
         let dir = config
             .policy_dir
@@ -129,10 +130,8 @@ pub async fn run(
                 }
             },
         };
-        let tunnel_port = tunnel_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map_or(0, |a| a.port());
+        tunnel_bound = tunnel_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tunnel_port = tunnel_bound.map_or(0, |a| a.port());
         let handler = Arc::new(Inbound {
             app_health: app_health.clone(),
             open: open.clone(),
@@ -293,6 +292,7 @@ pub async fn run(
     tracing::info!(
         spiffe_id = %own,
         inbound = config.inbound.as_ref().map(|i| format!("{} -> {}", i.listen, i.forward_to)).unwrap_or_default(),
+        tunnel = %tunnel_bound.map_or("off".to_string(), |a| a.to_string()),
         outbound = config.outbound.iter().map(|o| format!("{} -> {} ({})", o.listen, o.upstream.as_ref().map_or("discovered".to_string(), |u| u.addresses().join(" ")), o.server_id)).collect::<Vec<_>>().join(", "),
         admin = %admin_addr,
         "signet proxy ready"
