@@ -361,8 +361,8 @@ mod tests {
     // connection's window, on both sides: with h2's defaults (64 KiB each)
     // one stalled stream stops the whole connection (ztunnel #1174). The
     // tunnel must size the connection window as many stream windows; this
-    // test shows the stall with the defaults and none with such windows.
-    // (The tunnel listener that sets them is the next step of issue 12.)
+    // test shows the stall with the defaults and none with such windows
+    // (the tunnel's are in `tunnel.rs`).
     #[tokio::test]
     async fn a_stalled_reader_stalls_others_only_if_the_connection_window_is_one_stream_window() {
         async fn other_stream_answers(stream_window: u32, conn_window: u32) -> bool {

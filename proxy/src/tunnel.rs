@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use crate::http_outbound::ERROR_HEADER;
+
 /// Receive window per stream: what one stream may have in flight unread.
 /// 1 MiB keeps a bulk stream at full speed over a few ms of RTT.
 pub const STREAM_WINDOW: u32 = 1 << 20;
@@ -30,10 +32,6 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is dropped with
 /// its streams (a peer gone without a FIN or RST).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Set on a refusal by a Signet tunnel listener: why (`denied`,
-/// `target-not-allowed`, `app-unreachable`, `not-connect`).
-pub const ERROR_HEADER: &str = crate::http_outbound::ERROR_HEADER;
 
 /// The `CONNECT` request for `authority` (`host:port`).
 pub fn connect_request(authority: &str) -> Result<http::Request<()>, http::Error> {
@@ -60,7 +58,9 @@ pub async fn dead_peer(ping: Option<h2::PingPong>) {
     }
 }
 
-/// A response with no body.
+/// A response with no body; a refusal says why in [`ERROR_HEADER`]
+/// (`denied`, `target-not-allowed`, `app-unreachable`, `not-connect`,
+/// `peer-svid-expired`).
 pub fn response(status: http::StatusCode, why: Option<&'static str>) -> http::Response<()> {
     let mut r = http::Response::new(());
     *r.status_mut() = status;

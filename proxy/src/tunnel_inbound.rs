@@ -8,7 +8,7 @@
 //! address this proxy advertises (what a caller would dial without the
 //! tunnel); anything else is refused, so the listener is never a relay.
 //!
-//! Refusals are HTTP answers carrying [`crate::tunnel::ERROR_HEADER`]:
+//! Refusals are HTTP answers carrying [`crate::http_outbound::ERROR_HEADER`]:
 //! `405 not-connect`, `400 target-not-allowed`, `403 denied`,
 //! `403 peer-svid-expired` (the connection outlived the peer's SVID; it is
 //! closed),

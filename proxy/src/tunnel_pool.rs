@@ -335,7 +335,7 @@ impl TunnelPool {
             };
             return Err(StreamError::Refused {
                 status: answer.status(),
-                why: header(tunnel::ERROR_HEADER).unwrap_or_default(),
+                why: header(crate::http_outbound::ERROR_HEADER).unwrap_or_default(),
                 not_forwarded: header(crate::http_outbound::NOT_FORWARDED_HEADER).is_some(),
             });
         }

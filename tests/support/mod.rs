@@ -894,6 +894,35 @@ impl Mesh {
         http_get(self.server_admin, "/metrics").1
     }
 
+    /// Opens a connection through the pair, then rewrites payments' policy
+    /// to [`ALLOW_WEB_ONLY`]: the open connection must be closed within
+    /// 10 s, and a new one refused.
+    pub fn revoke_checkout_and_expect_closed(&self) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.client_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"open").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"open");
+        std::fs::write(self.policy_dir.join("payments.toml"), ALLOW_WEB_ONLY).unwrap();
+        let start = Instant::now();
+        let mut rest = Vec::new();
+        let r = s.read_to_end(&mut rest);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the revoked connection stayed open"
+        );
+        assert!(
+            matches!(r, Ok(0)) || r.is_err(),
+            "expected the connection to be closed: {r:?}"
+        );
+        let _ = s.write_all(b"still there?");
+        assert!(
+            self.round_trip(b"new").is_empty(),
+            "and new ones are refused"
+        );
+    }
+
     /// Keeps one connection through the pair talking for `secs` seconds
     /// (a line there and back every 100 ms), opening a new connection
     /// every `new_every` lines: with short SVIDs, both proxies rotate
