@@ -26,21 +26,53 @@ pub fn go_client() -> Option<PathBuf> {
                 return None;
             }
             let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/go");
-            let out = std::env::temp_dir().join(format!("signet-go-client-{}", std::process::id()));
+            // One binary per version of the sources, under cargo's target
+            // directory (gone with `cargo clean`), not a new file in /tmp
+            // for every test process.
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("signet-go-client-{:016x}", sources_digest(&src)));
+            if out.is_file() {
+                return Some(out);
+            }
+            // Test binaries run side by side: each builds under its own
+            // name and renames into place, so none runs a half-written file.
+            let partial = out.with_extension(format!("partial-{}", std::process::id()));
             let build = Command::new("go")
                 .args(["build", "-o"])
-                .arg(&out)
+                .arg(&partial)
                 .arg(".")
                 .current_dir(&src)
                 .output()
                 .expect("go build runs");
             if !build.status.success() {
+                let _ = std::fs::remove_file(&partial);
                 let err = String::from_utf8_lossy(&build.stderr).into_owned();
                 assert!(!required, "go build of tests/go failed:\n{err}");
                 eprintln!("!!! SKIPPING: go build of tests/go failed (no module proxy?):\n{err}");
                 return None;
             }
+            std::fs::rename(&partial, &out).expect("move the built Go client into place");
             Some(out)
         })
         .clone()
+}
+
+/// A digest of tests/go's files (names and contents), so a changed client
+/// is rebuilt and an unchanged one is not.
+fn sources_digest(src: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+        .expect("read tests/go")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        file.file_name().hash(&mut hasher);
+        std::fs::read(&file)
+            .expect("read a tests/go file")
+            .hash(&mut hasher);
+    }
+    hasher.finish()
 }
