@@ -345,3 +345,96 @@ fn a_tunnel_connection_carries_no_new_stream_once_the_peers_svid_has_expired() {
         "the late stream never reached the app"
     );
 }
+
+/// The ID of the CA's active X.509 signing key (`signet ca show`).
+fn active_x509_key(ca: &TestCa) -> String {
+    let keys: serde_json::Value =
+        serde_json::from_str(&ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "x509" && k["state"] == "ACTIVE")
+        .unwrap_or_else(|| panic!("no active X.509 key: {keys}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_tunnel_connection_carries_no_new_stream_once_its_peers_ca_key_is_revoked() {
+    use std::io::BufRead;
+    let Some(go) = support::go::go_client() else {
+        return;
+    };
+    // An SVID whose signing key is revoked after a compromise must stop
+    // working at once, though it has not expired: a new connection would
+    // fail its handshake, and a tunnel connection made with it before must
+    // not go on opening streams. The Go HBONE client keeps the connection
+    // it made with its first SVID (signed by the old key) across the
+    // incident.
+    let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
+    let old_key = active_x509_key(&mesh.ca);
+    let mut child = std::process::Command::new(&go)
+        .args([
+            "hbone-wait",
+            &mesh.agent_a.endpoint(),
+            &format!("127.0.0.1:{tunnel_port}"),
+            &format!("127.0.0.1:{}", mesh.app.port),
+            PAYMENTS,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("the first outcome").unwrap();
+    assert_eq!(first, "first: status=200 echo_intact=true bytes=140000");
+
+    // The incident: a new key, every SVID of the old one replaced, and the
+    // old key revoked (forced: the Go client's SVID is still valid).
+    mesh.ca.run_ok(&["ca", "prepare"]);
+    eventually(
+        Duration::from_secs(30),
+        "the new key activated after the grace period",
+        || {
+            run(&["ca", "activate"], &mesh.ca.admin_socket)
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    mesh.ca.run_ok(&["ca", "taint", &old_key]);
+    mesh.ca.run_ok(&["ca", "revoke", &old_key, "--force"]);
+    eventually(
+        Duration::from_secs(30),
+        "the inbound proxy holding the bundle without the revoked key",
+        || {
+            let text = mesh.server_metrics();
+            (metric(&text, "signet_proxy_trust_bundle_authorities ") == 1).then_some(())
+        },
+    );
+
+    child.stdin.take().unwrap().write_all(b"go on\n").unwrap();
+    let later = lines.next().expect("the later outcome").unwrap();
+    let _ = child.wait();
+    assert_eq!(later, "later: status=403 error=peer-svid-untrusted");
+    assert_eq!(
+        mesh.app.connections(),
+        1,
+        "the late stream never reached the app"
+    );
+    let server = mesh.server_metrics();
+    assert_eq!(
+        metric(
+            &server,
+            "signet_proxy_tunnel_streams_total{direction=\"inbound\",result=\"peer_svid_untrusted\"}"
+        ),
+        1,
+        "{server}"
+    );
+    // The mesh itself carries on, on SVIDs of the new key.
+    assert_eq!(
+        mesh.round_trip(b"after the incident"),
+        b"after the incident"
+    );
+}

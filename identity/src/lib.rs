@@ -20,6 +20,7 @@
 //!   endpoint                    mesh endpoints: address, protocol, weight, zone and their limits
 //!
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
+//!   peer_standing               a long-lived connection's peer checked again per new stream
 //!   admission                   connection caps every listener applies before parsing a byte
 //!   workload_api                the Workload API's header, socket address and client channel
 //!   unix_grpc                   a gRPC client channel on a Unix socket (Workload API, admin API)
@@ -41,6 +42,7 @@ pub mod endpoint;
 pub mod files;
 mod inspect;
 pub mod jwt_svid;
+pub mod peer_standing;
 pub mod reserved;
 pub mod selector;
 mod spiffe_id;

@@ -144,6 +144,7 @@ pub struct Metrics {
     /// Open connections.
     pub active: Gauge,
     svid_expiry: Gauge,
+    bundle_authorities: Gauge,
     /// Set once the listeners are bound.
     pub listening: AtomicBool,
 }
@@ -201,6 +202,12 @@ impl Metrics {
             "svid_expiry_seconds",
             "Seconds until the current SVID expires",
             svid_expiry.clone(),
+        );
+        let bundle_authorities = Gauge::default();
+        r.register(
+            "trust_bundle_authorities",
+            "X.509 authorities in the trust bundle in force (a revoked CA key leaves it)",
+            bundle_authorities.clone(),
         );
         let http_requests = Family::<OutcomeLabels, Counter>::default();
         r.register(
@@ -288,6 +295,7 @@ impl Metrics {
             policy_reloads,
             active,
             svid_expiry,
+            bundle_authorities,
             listening: AtomicBool::new(false),
         })
     }
@@ -404,6 +412,11 @@ fn seconds_left(identity: &IdentityWatch) -> Option<i64> {
     identity.borrow().as_ref().map(|i| i.not_after - now)
 }
 
+fn bundle_authorities(identity: &IdentityWatch) -> Option<i64> {
+    let bundle = identity.borrow().as_ref()?.bundle.get();
+    i64::try_from(bundle.authorities().len()).ok()
+}
+
 /// Serves the endpoints until `shutdown`. Ready: listeners bound and an
 /// unexpired SVID.
 pub async fn serve(
@@ -419,6 +432,9 @@ pub async fn serve(
                 s.metrics
                     .svid_expiry
                     .set(seconds_left(&s.identity).unwrap_or(0));
+                s.metrics
+                    .bundle_authorities
+                    .set(bundle_authorities(&s.identity).unwrap_or(0));
                 let mut out = String::new();
                 let _ = prometheus_client::encoding::text::encode(&mut out, &s.metrics.registry);
                 (

@@ -10,8 +10,9 @@
 //!
 //! Refusals are HTTP answers carrying [`crate::http_outbound::ERROR_HEADER`]:
 //! `405 not-connect`, `400 target-not-allowed`, `403 denied`,
-//! `403 peer-svid-expired` (the connection outlived the peer's SVID; it is
-//! closed),
+//! `403 peer-svid-expired` or `403 peer-svid-untrusted` (the connection
+//! outlived the peer's SVID, or the bundle no longer holds its authority:
+//! see [`signet_identity::peer_standing`]; the connection is closed),
 //! `503 app-unreachable` (with `x-signet-not-forwarded`: the caller may try
 //! another endpoint).
 
@@ -21,6 +22,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::StatusCode;
 use signet_identity::admission::Admission;
+use signet_identity::peer_standing::{PeerStanding, StandingLost};
 use signet_identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -51,22 +53,12 @@ impl Targets {
     }
 }
 
-/// When the first certificate of `chain` expires (Unix seconds); the
-/// earliest `notAfter` (a chain that does not parse has expired).
-fn chain_not_after(chain: &[rustls::pki_types::CertificateDer<'_>]) -> i64 {
-    chain
-        .iter()
-        .map(|der| {
-            x509_parser::parse_x509_certificate(der)
-                .map_or(i64::MIN, |(_, c)| c.validity().not_after.timestamp())
-        })
-        .min()
-        .unwrap_or(i64::MIN)
-}
-
-/// Whether a chain expiring at `not_after` is valid at `now` (no chain: not).
-fn still_valid(not_after: Option<i64>, now: SystemTime) -> bool {
-    not_after.is_some_and(|t| signet_identity::x509_svid::unix_seconds(now) < t)
+/// The metric label of a stream refused for a peer's lost standing.
+fn lost_label(lost: &StandingLost) -> &'static str {
+    match lost {
+        StandingLost::Expired => "peer_svid_expired",
+        StandingLost::Untrusted(_) => "peer_svid_untrusted",
+    }
 }
 
 /// One inbound proxy's tunnel listener.
@@ -115,8 +107,19 @@ impl TunnelInbound {
         };
         // A TLS connection is authenticated once; a tunnel connection
         // carries new streams for as long as it lives. None is accepted
-        // once the peer's chain has expired.
-        let peer_not_after = tls.get_ref().1.peer_certificates().map(chain_not_after);
+        // once the peer's chain has expired or lost its authority.
+        let Some(bundle) = inbound.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
+            return;
+        };
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let standing = match PeerStanding::new(chain, &bundle, SystemTime::now()) {
+            Ok(s) => s,
+            Err(e) => {
+                // The bundle changed since the handshake.
+                tracing::info!(direction = "inbound", client = %addr, peer = %peer, error = %e, "tunnel connection refused");
+                return;
+            }
+        };
         let handshake = h2::server::Builder::new()
             .initial_window_size(tunnel::STREAM_WINDOW)
             .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
@@ -149,21 +152,23 @@ impl TunnelInbound {
         loop {
             tokio::select! {
                 r = conn.accept() => match r {
-                    Some(Ok((_, mut respond))) if !still_valid(peer_not_after, SystemTime::now()) => {
-                        inbound.metrics.tunnel_stream("inbound", "peer_svid_expired");
-                        tracing::info!(direction = "inbound", peer = %peer, "tunnel: stream refused, the peer's SVID has expired; connection closing");
-                        let _ = respond.send_response(
-                            response(StatusCode::FORBIDDEN, Some("peer-svid-expired")),
-                            true,
-                        );
-                        if !draining {
-                            draining = true;
-                            conn.graceful_shutdown();
+                    Some(Ok((req, mut respond))) => match standing.check(&bundle, SystemTime::now()) {
+                        Ok(()) => {
+                            tokio::spawn(self.clone().stream(req, respond, peer.clone(), own.clone()));
                         }
-                    }
-                    Some(Ok((req, respond))) => {
-                        tokio::spawn(self.clone().stream(req, respond, peer.clone(), own.clone()));
-                    }
+                        Err(lost) => {
+                            inbound.metrics.tunnel_stream("inbound", lost_label(&lost));
+                            tracing::info!(direction = "inbound", peer = %peer, error = %lost, "tunnel: stream refused; connection closing");
+                            let _ = respond.send_response(
+                                response(StatusCode::FORBIDDEN, Some(lost.reason())),
+                                true,
+                            );
+                            if !draining {
+                                draining = true;
+                                conn.graceful_shutdown();
+                            }
+                        }
+                    },
                     Some(Err(e)) => {
                         tracing::debug!(direction = "inbound", peer = %peer, error = %e, "tunnel connection ended with an error");
                         break;
@@ -268,23 +273,6 @@ mod tests {
 
     fn authority(s: &str) -> http::uri::Authority {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn streams_stop_when_the_peer_chain_expires() {
-        let at = |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
-        assert!(still_valid(Some(1000), at(999)));
-        assert!(!still_valid(Some(1000), at(1000)));
-        assert!(!still_valid(None, at(0)));
-        // The earliest notAfter of the chain counts; garbage has expired.
-        let ca = signet_identity::testing::TestCa::new("example.org");
-        let (chain, _) = ca.leaf(&signet_identity::testing::LeafSpec::valid(
-            "spiffe://example.org/a",
-        ));
-        let leaf_expiry = chain_not_after(&chain);
-        assert!(leaf_expiry > 0);
-        let garbage = rustls::pki_types::CertificateDer::from(vec![1u8, 2, 3]);
-        assert_eq!(chain_not_after(&[chain[0].clone(), garbage]), i64::MIN);
     }
 
     #[test]

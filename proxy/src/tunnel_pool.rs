@@ -9,9 +9,11 @@
 //! time per endpoint). Connections are made with the SVID held when they
 //! were opened: after a rotation new streams go to new connections made
 //! with the new SVID, and the old ones leave the pool, carrying their open
-//! streams until those end. A connection that fails (peer gone, no ping
-//! answer) fails its streams at once and leaves the pool; the next stream
-//! opens a new one.
+//! streams until those end. So does a connection whose server has lost its
+//! standing (its SVID expired, or the bundle no longer holds its
+//! authority: [`PeerStanding`]), checked before each new stream. A
+//! connection that fails (peer gone, no ping answer) fails its streams at
+//! once and leaves the pool; the next stream opens a new one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rustls::sign::CertifiedKey;
+use signet_identity::peer_standing::PeerStanding;
 use signet_identity::tls::BundleHandle;
 
 use crate::h2_stream::H2Stream;
@@ -37,6 +40,8 @@ struct TunnelConn {
     key: Arc<CertifiedKey>,
     /// The upstream's verified SPIFFE ID.
     peer: String,
+    /// The upstream's chain, checked again before each new stream.
+    standing: PeerStanding,
     /// Set once the connection has ended.
     closed: Arc<AtomicBool>,
 }
@@ -140,14 +145,33 @@ impl TunnelPool {
         }
     }
 
-    /// A pooled connection to `tunnel_addr` made with `key`, with room for
-    /// one more stream, now counted on it.
-    fn reserve(&self, tunnel_addr: &str, key: &Arc<CertifiedKey>) -> Option<StreamSlot> {
+    /// A pooled connection to `tunnel_addr` made with `key`, whose server is
+    /// still in standing under `bundle`, with room for one more stream, now
+    /// counted on it.
+    fn reserve(
+        &self,
+        tunnel_addr: &str,
+        key: &Arc<CertifiedKey>,
+        bundle: &BundleHandle,
+    ) -> Option<StreamSlot> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(tunnel_addr)?;
-        // Closed connections, and those of an SVID no longer held, leave
-        // the pool (the latter keep their open streams).
-        list.retain(|c| !c.closed.load(Ordering::Relaxed) && Arc::ptr_eq(&c.key, key));
+        // Closed connections, those of an SVID no longer held and those
+        // whose server lost its standing leave the pool (the latter two
+        // keep their open streams).
+        let now = std::time::SystemTime::now();
+        list.retain(|c| {
+            if c.closed.load(Ordering::Relaxed) || !Arc::ptr_eq(&c.key, key) {
+                return false;
+            }
+            match c.standing.check(bundle, now) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(direction = "outbound", endpoint = %tunnel_addr, peer = %c.peer, error = %e, "tunnel connection carries no new stream");
+                    false
+                }
+            }
+        });
         // A connection's room: our cap, or the peer's
         // SETTINGS_MAX_CONCURRENT_STREAMS if lower (beyond it h2 would
         // queue the stream until another ends, rather than open a new
@@ -191,11 +215,11 @@ impl TunnelPool {
             ));
         }
         let key = identity.key.clone();
-        if let Some(slot) = self.reserve(tunnel_addr, &key) {
+        if let Some(slot) = self.reserve(tunnel_addr, &key, bundle) {
             return Ok(slot);
         }
         let _turn = self.connecting.turn(tunnel_addr).await;
-        if let Some(slot) = self.reserve(tunnel_addr, &key) {
+        if let Some(slot) = self.reserve(tunnel_addr, &key, bundle) {
             return Ok(slot);
         }
         let conn = self.open(outbound, tunnel_addr, bundle, key).await?;
@@ -229,6 +253,9 @@ impl TunnelPool {
                 format!("{tunnel_addr} did not agree to HTTP/2 (ALPN h2): not a tunnel listener"),
             ));
         }
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        let standing = PeerStanding::new(chain, bundle, std::time::SystemTime::now())
+            .map_err(|e| StreamError::Endpoint("peer_untrusted", e.to_string()))?;
         let handshake = h2::client::Builder::new()
             .initial_window_size(tunnel::STREAM_WINDOW)
             .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
@@ -288,6 +315,7 @@ impl TunnelPool {
             streams,
             key,
             peer,
+            standing,
             closed,
         }))
     }
@@ -380,6 +408,67 @@ mod tests {
         streams.store(1, Ordering::Relaxed);
         assert!(!idle_past(&streams, &mut idle_for, tick, tick));
         assert_eq!(streams.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_server_left_the_bundle_carries_no_new_stream() {
+        use rustls::pki_types::PrivateKeyDer;
+        use signet_identity::testing::{LeafSpec, TestCa};
+        use signet_identity::TrustBundle;
+        let ca = TestCa::new("example.org");
+        let other = TestCa::new("example.org");
+        let bundle = BundleHandle::new(ca.bundle());
+        // HTTP/2 over an in-memory pipe stands in for the TLS connection.
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            if let Ok(mut server) = h2::server::handshake(server_io).await {
+                while server.accept().await.is_some() {}
+            }
+        });
+        let (send, driver) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(driver);
+        // The server's chain, and our SVID (only its identity matters here).
+        let (server_chain, _) = ca.leaf(&LeafSpec::valid("spiffe://example.org/server"));
+        let (our_chain, our_key) = ca.leaf(&LeafSpec::valid("spiffe://example.org/client"));
+        let signing = signet_identity::tls::provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(our_key.serialize_der().into()))
+            .unwrap();
+        let key = Arc::new(CertifiedKey::new(our_chain, signing));
+        let conn = Arc::new(TunnelConn {
+            send,
+            streams: Arc::new(AtomicUsize::new(0)),
+            key: key.clone(),
+            peer: "spiffe://example.org/server".into(),
+            standing: PeerStanding::new(&server_chain, &bundle, std::time::SystemTime::now())
+                .unwrap(),
+            closed: Arc::new(AtomicBool::new(false)),
+        });
+        let (_keep, identity) = tokio::sync::watch::channel(None);
+        let tls = OutboundTls::new(identity, Arc::new(|_| true), vec![b"h2".to_vec()]);
+        let pool = TunnelPool::new(tls, 100, Metrics::new());
+        let addr = "10.0.0.2:15008";
+        pool.conns.lock().unwrap().insert(addr.into(), vec![conn]);
+
+        drop(pool.reserve(addr, &key, &bundle).expect("a stream on it"));
+        // A new bundle that still holds the server's authority (a CA key
+        // being added): the connection stays in use.
+        bundle.set(
+            TrustBundle::new(
+                ca.trust_domain.clone(),
+                vec![ca.root.der.clone(), other.root.der.clone()],
+            )
+            .unwrap(),
+        );
+        drop(
+            pool.reserve(addr, &key, &bundle)
+                .expect("still in standing"),
+        );
+        // The server's authority revoked: the connection leaves the pool
+        // and the next stream would open a new one (a new handshake).
+        bundle.set(other.bundle());
+        assert!(pool.reserve(addr, &key, &bundle).is_none());
+        assert!(pool.conns.lock().unwrap()[addr].is_empty());
     }
 
     #[test]

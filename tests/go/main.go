@@ -16,9 +16,14 @@
 //	                  one CONNECT, then another on the same connection
 //	                  SECONDS later (after the SVID fetched first may have
 //	                  expired); prints both statuses
+//	hbone-wait SOCKET TUNNEL AUTHORITY SERVER_ID
+//	                  one CONNECT, its outcome printed; then another on
+//	                  the same connection once a line arrives on stdin
+//	                  (the test changes something in between)
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/x509"
@@ -40,7 +45,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: spiffeclient fetch|jwt|error SOCKET [AUD]")
 		os.Exit(2)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	timeout := 20 * time.Second
+	if os.Args[1] == "hbone-wait" {
+		// The test rotates CA keys in between.
+		timeout = 120 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(os.Args[2]))
 	if err != nil {
@@ -105,6 +115,13 @@ func main() {
 		time.Sleep(wait)
 		second := hbone(ctx, transport, os.Args[3], os.Args[4])
 		fmt.Printf("first: %s; later: %s\n", first, second)
+	case "hbone-wait":
+		transport := hboneTransport(ctx, client, os.Args[5])
+		fmt.Printf("first: %s\n", hbone(ctx, transport, os.Args[3], os.Args[4]))
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			fail(err)
+		}
+		fmt.Printf("later: %s\n", hbone(ctx, transport, os.Args[3], os.Args[4]))
 	case "error":
 		_, err := client.FetchX509SVID(ctx)
 		fmt.Printf("error=%v\n", err)
