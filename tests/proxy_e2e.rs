@@ -787,3 +787,41 @@ fn an_expired_svid_that_is_not_renewed_makes_new_connections_fail_closed() {
     assert_eq!(app.connections(), before);
     server.wait_for("our SVID has expired", Duration::from_secs(5));
 }
+
+#[test]
+fn an_http_connection_serves_no_request_once_its_callers_ca_key_is_revoked() {
+    let Some(go) = support::go::go_client() else {
+        return;
+    };
+    // HTTP mode decides each request, and one HTTP/2 connection carries
+    // requests for as long as the caller keeps it: once the key that
+    // signed the caller's SVID is revoked, the connection it made before
+    // must serve nothing more. The Go client keeps its connection (and its
+    // first SVID, signed by the old key) across the incident.
+    let mesh = Mesh::start_with(ALLOW_CHECKOUT, PAYMENTS, "1h", "http");
+    let (go, first) = support::go::GoTwoStep::start(
+        &go,
+        &[
+            "get-wait",
+            &mesh.agent_a.endpoint(),
+            &format!("https://127.0.0.1:{}/hello", mesh.server_port),
+            PAYMENTS,
+        ],
+    );
+    assert!(first.starts_with("first: status=200 error= "), "{first}");
+    let served = mesh.app.connections();
+    mesh.revoke_the_signing_key();
+    let later = go.again();
+    assert!(
+        later.starts_with("later: status=403 error=peer-svid-untrusted "),
+        "{later}"
+    );
+    assert_eq!(
+        mesh.app.connections(),
+        served,
+        "nothing more reached the app"
+    );
+    // The mesh itself carries on, on SVIDs of the new key.
+    let (code, body) = http_request(&mesh, "GET", "/after", "");
+    assert_eq!(code, 200, "{body}");
+}

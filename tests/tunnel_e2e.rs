@@ -43,15 +43,6 @@ fn open_connection(mesh: &Mesh, byte: u8) -> std::net::TcpStream {
     s
 }
 
-/// The value of the metric line starting with `prefix`, or 0.
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 const OUT_OPENED: &str = "signet_proxy_tunnel_connections_opened_total{direction=\"outbound\"}";
 const IN_STREAMS_OPENED: &str =
     "signet_proxy_tunnel_streams_total{direction=\"inbound\",result=\"opened\"}";
@@ -346,23 +337,8 @@ fn a_tunnel_connection_carries_no_new_stream_once_the_peers_svid_has_expired() {
     );
 }
 
-/// The ID of the CA's active X.509 signing key (`signet ca show`).
-fn active_x509_key(ca: &TestCa) -> String {
-    let keys: serde_json::Value =
-        serde_json::from_str(&ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
-    keys.as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["kind"] == "x509" && k["state"] == "ACTIVE")
-        .unwrap_or_else(|| panic!("no active X.509 key: {keys}"))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn a_tunnel_connection_carries_no_new_stream_once_its_peers_ca_key_is_revoked() {
-    use std::io::BufRead;
     let Some(go) = support::go::go_client() else {
         return;
     };
@@ -373,51 +349,19 @@ fn a_tunnel_connection_carries_no_new_stream_once_its_peers_ca_key_is_revoked() 
     // it made with its first SVID (signed by the old key) across the
     // incident.
     let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
-    let old_key = active_x509_key(&mesh.ca);
-    let mut child = std::process::Command::new(&go)
-        .args([
+    let (go, first) = support::go::GoTwoStep::start(
+        &go,
+        &[
             "hbone-wait",
             &mesh.agent_a.endpoint(),
             &format!("127.0.0.1:{tunnel_port}"),
             &format!("127.0.0.1:{}", mesh.app.port),
             PAYMENTS,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("the first outcome").unwrap();
+        ],
+    );
     assert_eq!(first, "first: status=200 echo_intact=true bytes=140000");
-
-    // The incident: a new key, every SVID of the old one replaced, and the
-    // old key revoked (forced: the Go client's SVID is still valid).
-    mesh.ca.run_ok(&["ca", "prepare"]);
-    eventually(
-        Duration::from_secs(30),
-        "the new key activated after the grace period",
-        || {
-            run(&["ca", "activate"], &mesh.ca.admin_socket)
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-    mesh.ca.run_ok(&["ca", "taint", &old_key]);
-    mesh.ca.run_ok(&["ca", "revoke", &old_key, "--force"]);
-    eventually(
-        Duration::from_secs(30),
-        "the inbound proxy holding the bundle without the revoked key",
-        || {
-            let text = mesh.server_metrics();
-            (metric(&text, "signet_proxy_trust_bundle_authorities ") == 1).then_some(())
-        },
-    );
-
-    child.stdin.take().unwrap().write_all(b"go on\n").unwrap();
-    let later = lines.next().expect("the later outcome").unwrap();
-    let _ = child.wait();
-    assert_eq!(later, "later: status=403 error=peer-svid-untrusted");
+    mesh.revoke_the_signing_key();
+    assert_eq!(go.again(), "later: status=403 error=peer-svid-untrusted");
     assert_eq!(
         mesh.app.connections(),
         1,

@@ -7,11 +7,13 @@
 //! without a fresh look, a peer whose SVID has expired, or whose signing
 //! key the operator has since removed from the bundle (`signet ca revoke`
 //! after a compromise), would open new streams as if it had just
-//! handshaken. [`PeerStanding`] answers for each new stream: the chain's
-//! earliest notAfter against the clock, and, whenever the bundle in force
-//! is not the one the chain was last verified against, the whole chain
-//! verified again against the new one (once per bundle change, not per
-//! stream).
+//! handshaken. [`PeerStanding`] answers for each new stream or request: the
+//! chain's earliest notAfter against the clock, and, whenever the bundle in
+//! force is not the one the chain was last verified against, the whole
+//! chain verified again against the new one (once per bundle change, not
+//! per stream). It costs no verification of its own while the bundle stays
+//! the same: the handshake's counts, as long as the bundle it records is
+//! the one in force when the handshake began.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -51,28 +53,33 @@ pub struct PeerStanding {
     chain: Vec<CertificateDer<'static>>,
     /// The earliest notAfter of the chain, Unix seconds.
     not_after: i64,
-    /// The bundle the chain was last verified against.
+    /// The bundle the chain was last verified against (or an older one).
     verified_with: Mutex<Arc<TrustBundle>>,
 }
 
+impl std::fmt::Debug for PeerStanding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerStanding")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PeerStanding {
-    /// The standing of a peer that presented `chain`, verified now against
-    /// the bundle in force.
-    pub fn new(
-        chain: &[CertificateDer<'_>],
-        bundle: &BundleHandle,
-        now: SystemTime,
-    ) -> Result<Self, StandingLost> {
+    /// The standing of a peer that presented `chain` in a handshake that
+    /// verified it; `bundle_before` is the bundle in force when the
+    /// handshake began, taken before it. (Taken after, it could be a newer
+    /// bundle the chain was never checked against; taken before, a change
+    /// during the handshake only means one more verification later.)
+    pub fn after_handshake(chain: &[CertificateDer<'_>], bundle_before: Arc<TrustBundle>) -> Self {
         let chain: Vec<CertificateDer<'static>> =
             chain.iter().map(|c| c.clone().into_owned()).collect();
-        let current = bundle.get();
-        verify_x509_svid(&chain, &current, now).map_err(|e| lost(e, now, &chain))?;
-        Ok(Self {
-            // Verified, so every certificate parsed.
+        Self {
+            // An empty or unparsable chain has no standing.
             not_after: earliest_not_after(&chain).unwrap_or(i64::MIN),
             chain,
-            verified_with: Mutex::new(current),
-        })
+            verified_with: Mutex::new(bundle_before),
+        }
     }
 
     /// Whether the peer is still in good standing at `now` under the bundle
@@ -132,7 +139,7 @@ mod tests {
         let chain = peer(&ca);
         let bundle = BundleHandle::new(ca.bundle());
         let now = SystemTime::now();
-        let standing = PeerStanding::new(&chain, &bundle, now).unwrap();
+        let standing = PeerStanding::after_handshake(&chain, bundle.get());
         standing.check(&bundle, now).unwrap();
         let expiry = SystemTime::UNIX_EPOCH
             + Duration::from_secs(earliest_not_after(&chain).unwrap().try_into().unwrap());
@@ -152,7 +159,7 @@ mod tests {
         let chain = peer(&ca);
         let bundle = BundleHandle::new(ca.bundle());
         let now = SystemTime::now();
-        let standing = PeerStanding::new(&chain, &bundle, now).unwrap();
+        let standing = PeerStanding::after_handshake(&chain, bundle.get());
         // A new bundle that still holds the peer's authority (a key being
         // added): still in standing.
         bundle.set(
@@ -172,30 +179,43 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_that_does_not_verify_has_no_standing() {
+    fn a_bundle_changed_during_the_handshake_is_checked_at_the_first_use() {
         let ca = TestCa::new("example.org");
         let other = TestCa::new("example.org");
-        let bundle = BundleHandle::new(other.bundle());
-        let now = SystemTime::now();
+        let bundle = BundleHandle::new(ca.bundle());
+        let before = bundle.get();
+        // The bundle changed while the peer was handshaking.
+        bundle.set(other.bundle());
+        let standing = PeerStanding::after_handshake(&peer(&ca), before);
         assert!(matches!(
-            PeerStanding::new(&peer(&ca), &bundle, now),
+            standing.check(&bundle, SystemTime::now()),
             Err(StandingLost::Untrusted(_))
         ));
-        assert!(matches!(
-            PeerStanding::new(&[], &bundle, now),
-            Err(StandingLost::Untrusted(SvidError::EmptyChain))
-        ));
+    }
+
+    #[test]
+    fn a_chain_that_does_not_parse_has_no_standing() {
+        let ca = TestCa::new("example.org");
+        let bundle = BundleHandle::new(ca.bundle());
+        let now = SystemTime::now();
+        assert!(PeerStanding::after_handshake(&[], bundle.get())
+            .check(&bundle, now)
+            .is_err());
         let garbage = [peer(&ca)[0].clone(), CertificateDer::from(vec![1u8, 2, 3])];
         assert_eq!(earliest_not_after(&garbage), None);
-        assert!(matches!(
-            PeerStanding::new(&garbage, &BundleHandle::new(ca.bundle()), now),
-            Err(StandingLost::Untrusted(_))
-        ));
-        // An expired chain is named as such.
+        assert!(PeerStanding::after_handshake(&garbage, bundle.get())
+            .check(&bundle, now)
+            .is_err());
+        // Verification failing past the notAfter is named expiry.
+        let other = BundleHandle::new(TestCa::new("example.org").bundle());
         let late = now + Duration::from_secs(86400 * 365);
         assert!(matches!(
-            PeerStanding::new(&peer(&ca), &BundleHandle::new(ca.bundle()), late),
-            Err(StandingLost::Expired)
+            lost(SvidError::EmptyChain, late, &peer(&ca)),
+            StandingLost::Expired
+        ));
+        assert!(matches!(
+            PeerStanding::after_handshake(&peer(&ca), bundle.get()).check(&other, now),
+            Err(StandingLost::Untrusted(_))
         ));
     }
 }

@@ -109,6 +109,12 @@ pub struct HttpContext {
     pub forwarder: Arc<HttpForwarder>,
     /// Whether the app answers.
     pub app_health: Arc<crate::app_health::AppHealth>,
+    /// The peer's chain, checked before each request: a long-lived
+    /// connection serves nothing once the peer's SVID has expired or lost
+    /// its authority.
+    pub standing: Arc<signet_identity::peer_standing::PeerStanding>,
+    /// The bundle in force.
+    pub bundle: signet_identity::tls::BundleHandle,
 }
 
 /// Log fields for an audit (dry-run) difference: label and rule, or empty.
@@ -152,6 +158,26 @@ async fn handle(
             return Ok(text(StatusCode::BAD_REQUEST, "request path or method not accepted: ambiguous spelling (see the Signet README, HTTP mode)\n"));
         }
     };
+    if let Err(lost) = ctx
+        .standing
+        .check(&ctx.bundle, std::time::SystemTime::now())
+    {
+        tracing::info!(direction = "inbound", peer = %ctx.peer, method, path, error = %lost, status = 403, "request refused; the caller must reconnect");
+        let mut r = text(
+            StatusCode::FORBIDDEN,
+            "the caller's SVID has expired or lost its authority: reconnect with a current one\n",
+        );
+        r.headers_mut().insert(
+            crate::http_outbound::ERROR_HEADER,
+            http::HeaderValue::from_static(lost.reason()),
+        );
+        // HTTP/1.1: the connection closes after this answer.
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return Ok(r);
+    }
     let decision = ctx.policy.get().evaluate(&policy::Request {
         from: &ctx.peer,
         to: &ctx.own,

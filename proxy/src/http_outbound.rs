@@ -16,6 +16,12 @@
 //! - per-route timeouts answer 504;
 //! - past `max_pending_requests` in flight the proxy answers 503 at once.
 //!
+//! A pooled connection carries requests only while it is made with the SVID
+//! held now (after a rotation, requests go to a new connection; the old one
+//! finishes what it carries) and its server stays in standing (its SVID
+//! unexpired and still verifying against the bundle in force:
+//! [`PeerStanding`]); our own SVID expired, nothing is sent.
+//!
 //! Every answer the proxy makes itself carries [`ERROR_HEADER`] saying why.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +32,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::sign::CertifiedKey;
+use signet_identity::peer_standing::PeerStanding;
+use signet_identity::tls::BundleHandle;
 use tokio::net::TcpStream;
 
 use crate::http::strip_hop_by_hop;
@@ -37,18 +46,25 @@ use crate::retry_budget::{BudgetLimits, RetryBudget};
 pub const NOT_FORWARDED_HEADER: &str = "x-signet-not-forwarded";
 /// Set on every answer a Signet proxy makes itself, with the reason
 /// (`no-endpoint`, `upstream-unreachable`, `upstream-failed`, `timeout`,
-/// `max-pending-requests`, `app-unreachable`).
+/// `max-pending-requests`, `app-unreachable`; inbound, `peer-svid-expired`
+/// and `peer-svid-untrusted` for a caller whose connection outlived its
+/// SVID or its authority).
 pub const ERROR_HEADER: &str = "x-signet-error";
 /// Largest request body kept to be replayed on a retry.
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-/// A pooled connection to one endpoint.
-#[derive(Clone)]
-enum Sender {
-    /// Shared by every request to the endpoint.
-    Http2(hyper::client::conn::http2::SendRequest<Body>),
+/// The HTTP/2 connection to one endpoint, shared by its requests.
+type Sender = hyper::client::conn::http2::SendRequest<Body>;
+
+/// A pooled connection and what it was made with.
+struct Pooled {
+    sender: Sender,
+    /// The SVID it was made with.
+    key: Arc<CertifiedKey>,
+    /// The server's chain, checked before each request.
+    standing: PeerStanding,
 }
 
 /// One route's timeout: requests whose path starts with `prefix`.
@@ -62,7 +78,7 @@ pub struct RouteTimeout {
 
 /// The HTTP state of an outbound listener.
 pub struct HttpState {
-    pool: Mutex<std::collections::HashMap<String, Sender>>,
+    pool: Mutex<std::collections::HashMap<String, Pooled>>,
     /// One connection attempt per endpoint at a time: requests that find
     /// no pooled connection wait for the one being made, rather than each
     /// making its own.
@@ -108,16 +124,28 @@ impl HttpState {
         self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn pooled(&self, address: &str) -> Option<Sender> {
+    /// The pooled connection to `address`, if it is open, made with `key`
+    /// and its server still in standing under `bundle`; otherwise it
+    /// leaves the pool (finishing the requests it carries).
+    fn pooled(
+        &self,
+        address: &str,
+        key: &Arc<CertifiedKey>,
+        bundle: &BundleHandle,
+    ) -> Option<Sender> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.get(address) {
-            Some(Sender::Http2(s)) if !s.is_closed() => Some(Sender::Http2(s.clone())),
-            Some(_) => {
-                pool.remove(address);
-                None
+        let pooled = pool.get(address)?;
+        let usable = !pooled.sender.is_closed() && Arc::ptr_eq(&pooled.key, key);
+        if usable {
+            match pooled.standing.check(bundle, std::time::SystemTime::now()) {
+                Ok(()) => return Some(pooled.sender.clone()),
+                Err(e) => {
+                    tracing::warn!(direction = "outbound", endpoint = %address, error = %e, "pooled HTTP/2 connection carries no new request");
+                }
             }
-            None => None,
         }
+        pool.remove(address);
+        None
     }
 
     fn forget(&self, address: &str) {
@@ -180,21 +208,35 @@ impl Outbound {
         http: &HttpState,
         address: &str,
     ) -> Result<Sender, (&'static str, String)> {
-        if let Some(s) = http.pooled(address) {
+        let identity = self
+            .identity
+            .borrow()
+            .clone()
+            .ok_or(("no_identity", "no SVID yet".to_string()))?;
+        // Neither a pooled connection nor a new one on an SVID that has
+        // expired (the agent has not renewed it).
+        if !identity.is_valid() {
+            return Err((
+                "svid_expired",
+                "our SVID has expired and the agent has not renewed it".into(),
+            ));
+        }
+        let (key, bundle) = (&identity.key, &identity.bundle);
+        if let Some(s) = http.pooled(address, key, bundle) {
             return Ok(s);
         }
         let _turn = http.connecting.turn(address).await;
         // Made by the request that went first?
-        if let Some(s) = http.pooled(address) {
+        if let Some(s) = http.pooled(address, key, bundle) {
             return Ok(s);
         }
-        let bundle = self
-            .identity
-            .borrow()
-            .as_ref()
-            .map(|i| i.bundle.clone())
-            .ok_or(("no_identity", "no SVID yet".to_string()))?;
-        let (tls, peer) = self.connect(address, &bundle).await?;
+        // Before the handshake: see PeerStanding::after_handshake.
+        let bundle_before = bundle.get();
+        let (tls, peer) = self.connect(address, bundle).await?;
+        let standing = PeerStanding::after_handshake(
+            tls.get_ref().1.peer_certificates().unwrap_or_default(),
+            bundle_before,
+        );
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         if !h2 {
             return Err((
@@ -219,11 +261,14 @@ impl Outbound {
                 tracing::debug!(direction = "outbound", endpoint = %endpoint, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        let sender = Sender::Http2(sender);
-        http.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(address.to_owned(), sender.clone());
+        http.pool.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            address.to_owned(),
+            Pooled {
+                sender: sender.clone(),
+                key: key.clone(),
+                standing,
+            },
+        );
         Ok(sender)
     }
 
@@ -383,7 +428,7 @@ impl Outbound {
             out.headers_mut().remove(hyper::header::HOST);
             *out.version_mut() = hyper::Version::HTTP_2;
             let sent = Instant::now();
-            let Sender::Http2(mut s) = sender;
+            let mut s = sender;
             let result = s.send_request(out).await;
             let attempts = tried.len() + 1;
             match result {
@@ -451,6 +496,45 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pooled_connection_carries_requests_only_on_its_svid_and_while_its_server_stands() {
+        use crate::test_pools::{certified_key, h2_pipe};
+        use signet_identity::testing::{LeafSpec, TestCa};
+        let ca = TestCa::new("example.org");
+        let other = TestCa::new("example.org");
+        let bundle = BundleHandle::new(ca.bundle());
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Body>(TokioIo::new(h2_pipe()))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let (server_chain, _) = ca.leaf(&LeafSpec::valid("spiffe://example.org/server"));
+        let key = certified_key(&ca, "spiffe://example.org/client");
+        let http = HttpState::new(Vec::new(), None, 10);
+        let addr = "10.0.0.2:15006";
+        let pool_it = || {
+            http.pool.lock().unwrap().insert(
+                addr.into(),
+                Pooled {
+                    sender: sender.clone(),
+                    key: key.clone(),
+                    standing: PeerStanding::after_handshake(&server_chain, bundle.get()),
+                },
+            );
+        };
+        pool_it();
+        assert!(http.pooled(addr, &key, &bundle).is_some());
+        // After a rotation: our new SVID needs a new connection.
+        let rotated = certified_key(&ca, "spiffe://example.org/client");
+        assert!(http.pooled(addr, &rotated, &bundle).is_none());
+        assert!(http.pool.lock().unwrap().is_empty());
+        // The server's authority revoked: the connection leaves the pool.
+        pool_it();
+        bundle.set(other.bundle());
+        assert!(http.pooled(addr, &key, &bundle).is_none());
+        assert!(http.pool.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn the_longest_matching_route_sets_the_timeout() {

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use signet_identity::peer_standing::PeerStanding;
 use signet_identity::tls::{established_peer, Authorizer};
+use signet_identity::TrustBundle;
 
 use crate::refusal::{failure_reason, refusal_reason};
 
@@ -30,6 +32,31 @@ pub(crate) enum PeerStream<'a> {
     Tls(&'a mut tokio_rustls::server::TlsStream<TcpStream>),
     /// A stream of a tunnel connection.
     Tunnel(&'a mut crate::h2_stream::H2Stream),
+}
+
+/// A connection whose peer passed the handshake (and, resumed, the check
+/// of its stored chain).
+pub(crate) struct Authenticated {
+    /// The connection.
+    pub tls: tokio_rustls::server::TlsStream<TcpStream>,
+    /// Its peer.
+    pub peer: SpiffeId,
+    /// Our identity.
+    pub own: SpiffeId,
+    /// The bundle in force when the handshake began.
+    bundle_before: Arc<TrustBundle>,
+}
+
+impl Authenticated {
+    /// The peer's standing, for a connection that carries new work (HTTP
+    /// requests, tunnel streams) long after its handshake.
+    pub fn standing(&self) -> Arc<PeerStanding> {
+        let chain = self.tls.get_ref().1.peer_certificates().unwrap_or_default();
+        Arc::new(PeerStanding::after_handshake(
+            chain,
+            self.bundle_before.clone(),
+        ))
+    }
 }
 
 /// What every inbound connection needs.
@@ -84,14 +111,18 @@ impl Inbound {
 
     async fn handle(&self, tcp: TcpStream, addr: std::net::SocketAddr, ticket: ConnTicket) {
         let start = Instant::now();
-        let Some((mut tls, peer, own)) = self.authenticate(&self.tls, tcp, addr, ticket).await
-        else {
+        let Some(authenticated) = self.authenticate(&self.tls, tcp, addr, ticket).await else {
             return;
         };
         if self.http.is_some() {
-            self.serve_http(tls, peer, own).await;
+            let standing = authenticated.standing();
+            let Authenticated { tls, peer, own, .. } = authenticated;
+            self.serve_http(tls, peer, own, standing).await;
             return;
         }
+        let Authenticated {
+            mut tls, peer, own, ..
+        } = authenticated;
         let Some(admitted) = self.decide_tcp(&peer, &own, start) else {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             return;
@@ -119,12 +150,9 @@ impl Inbound {
         tcp: TcpStream,
         addr: std::net::SocketAddr,
         mut ticket: ConnTicket,
-    ) -> Option<(
-        tokio_rustls::server::TlsStream<TcpStream>,
-        SpiffeId,
-        SpiffeId,
-    )> {
+    ) -> Option<Authenticated> {
         let _ = tcp.set_nodelay(true);
+        let bundle_before = self.identity.borrow().as_ref()?.bundle.get();
         let handshake = tokio::time::timeout(self.limits.handshake_timeout(), acceptor.accept(tcp));
         let tls = match handshake.await {
             Ok(Ok(tls)) => tls,
@@ -150,7 +178,12 @@ impl Inbound {
         // A resumed session is checked again: the ticket's chain may have
         // expired or lost its authority since it was verified.
         match established_peer(tls.get_ref().1, &bundle, &any_id(), SystemTime::now()) {
-            Ok(peer) => Some((tls, peer, own)),
+            Ok(peer) => Some(Authenticated {
+                tls,
+                peer,
+                own,
+                bundle_before,
+            }),
             Err(e) => {
                 let reason = refusal_reason(&e);
                 self.metrics.handshake_failed("inbound", reason);
@@ -161,12 +194,21 @@ impl Inbound {
     }
 
     /// HTTP mode: serves the requests arriving on `stream` from `peer`,
-    /// each decided by policy, until it closes or policy revokes the peer.
-    pub(crate) async fn serve_http<S>(&self, stream: S, peer: SpiffeId, own: SpiffeId)
-    where
+    /// each decided by policy (and refused once the peer has lost its
+    /// `standing`), until it closes or policy revokes the peer.
+    pub(crate) async fn serve_http<S>(
+        &self,
+        stream: S,
+        peer: SpiffeId,
+        own: SpiffeId,
+        standing: Arc<PeerStanding>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let Some(forwarder) = &self.http else {
+            return;
+        };
+        let Some(bundle) = self.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
             return;
         };
         self.metrics
@@ -185,6 +227,8 @@ impl Inbound {
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
             forwarder: forwarder.clone(),
+            standing,
+            bundle,
         });
         tokio::select! {
             _ = crate::http::serve(stream, ctx, &self.limits) => {}

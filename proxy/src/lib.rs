@@ -55,6 +55,8 @@ pub mod refusal;
 pub mod registration;
 pub mod retry_budget;
 mod run;
+#[cfg(test)]
+mod test_pools;
 pub mod tls;
 pub mod tunnel;
 pub mod tunnel_inbound;

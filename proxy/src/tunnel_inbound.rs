@@ -101,8 +101,7 @@ impl TunnelInbound {
         ticket: ConnTicket,
     ) {
         let inbound = &self.inbound;
-        let Some((tls, peer, own)) = inbound.authenticate(&self.tls, tcp, addr, ticket).await
-        else {
+        let Some(authenticated) = inbound.authenticate(&self.tls, tcp, addr, ticket).await else {
             return;
         };
         // A TLS connection is authenticated once; a tunnel connection
@@ -111,15 +110,8 @@ impl TunnelInbound {
         let Some(bundle) = inbound.identity.borrow().as_ref().map(|i| i.bundle.clone()) else {
             return;
         };
-        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        let standing = match PeerStanding::new(chain, &bundle, SystemTime::now()) {
-            Ok(s) => s,
-            Err(e) => {
-                // The bundle changed since the handshake.
-                tracing::info!(direction = "inbound", client = %addr, peer = %peer, error = %e, "tunnel connection refused");
-                return;
-            }
-        };
+        let standing = authenticated.standing();
+        let crate::inbound::Authenticated { tls, peer, own, .. } = authenticated;
         let handshake = h2::server::Builder::new()
             .initial_window_size(tunnel::STREAM_WINDOW)
             .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
@@ -154,7 +146,7 @@ impl TunnelInbound {
                 r = conn.accept() => match r {
                     Some(Ok((req, mut respond))) => match standing.check(&bundle, SystemTime::now()) {
                         Ok(()) => {
-                            tokio::spawn(self.clone().stream(req, respond, peer.clone(), own.clone()));
+                            tokio::spawn(self.clone().stream(req, respond, peer.clone(), own.clone(), standing.clone()));
                         }
                         Err(lost) => {
                             inbound.metrics.tunnel_stream("inbound", lost_label(&lost));
@@ -196,6 +188,7 @@ impl TunnelInbound {
         mut respond: h2::server::SendResponse<Bytes>,
         peer: SpiffeId,
         own: SpiffeId,
+        standing: Arc<PeerStanding>,
     ) {
         let start = Instant::now();
         let inbound = &self.inbound;
@@ -225,7 +218,7 @@ impl TunnelInbound {
             };
             inbound.metrics.tunnel_stream("inbound", "opened");
             inbound
-                .serve_http(H2Stream::new(send, req.into_body()), peer, own)
+                .serve_http(H2Stream::new(send, req.into_body()), peer, own, standing)
                 .await;
             return;
         }

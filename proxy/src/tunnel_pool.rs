@@ -243,6 +243,8 @@ impl TunnelPool {
         bundle: &BundleHandle,
         key: Arc<CertifiedKey>,
     ) -> Result<Arc<TunnelConn>, StreamError> {
+        // Before the handshake: see PeerStanding::after_handshake.
+        let bundle_before = bundle.get();
         let (tls, peer) = outbound
             .connect_via(&self.tls, tunnel_addr, bundle)
             .await
@@ -254,8 +256,7 @@ impl TunnelPool {
             ));
         }
         let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        let standing = PeerStanding::new(chain, bundle, std::time::SystemTime::now())
-            .map_err(|e| StreamError::Endpoint("peer_untrusted", e.to_string()))?;
+        let standing = PeerStanding::after_handshake(chain, bundle_before);
         let handshake = h2::client::Builder::new()
             .initial_window_size(tunnel::STREAM_WINDOW)
             .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
@@ -412,36 +413,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_whose_server_left_the_bundle_carries_no_new_stream() {
-        use rustls::pki_types::PrivateKeyDer;
+        use crate::test_pools::{certified_key, h2_pipe};
         use signet_identity::testing::{LeafSpec, TestCa};
         use signet_identity::TrustBundle;
         let ca = TestCa::new("example.org");
         let other = TestCa::new("example.org");
         let bundle = BundleHandle::new(ca.bundle());
-        // HTTP/2 over an in-memory pipe stands in for the TLS connection.
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(async move {
-            if let Ok(mut server) = h2::server::handshake(server_io).await {
-                while server.accept().await.is_some() {}
-            }
-        });
-        let (send, driver) = h2::client::handshake(client_io).await.unwrap();
+        let (send, driver) = h2::client::handshake(h2_pipe()).await.unwrap();
         tokio::spawn(driver);
-        // The server's chain, and our SVID (only its identity matters here).
         let (server_chain, _) = ca.leaf(&LeafSpec::valid("spiffe://example.org/server"));
-        let (our_chain, our_key) = ca.leaf(&LeafSpec::valid("spiffe://example.org/client"));
-        let signing = signet_identity::tls::provider()
-            .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(our_key.serialize_der().into()))
-            .unwrap();
-        let key = Arc::new(CertifiedKey::new(our_chain, signing));
+        let key = certified_key(&ca, "spiffe://example.org/client");
         let conn = Arc::new(TunnelConn {
             send,
             streams: Arc::new(AtomicUsize::new(0)),
             key: key.clone(),
             peer: "spiffe://example.org/server".into(),
-            standing: PeerStanding::new(&server_chain, &bundle, std::time::SystemTime::now())
-                .unwrap(),
+            standing: PeerStanding::after_handshake(&server_chain, bundle.get()),
             closed: Arc::new(AtomicBool::new(false)),
         });
         let (_keep, identity) = tokio::sync::watch::channel(None);

@@ -20,6 +20,9 @@
 //	                  one CONNECT, its outcome printed; then another on
 //	                  the same connection once a line arrives on stdin
 //	                  (the test changes something in between)
+//	get-wait SOCKET URL SERVER_ID
+//	                  the same with two GETs on one HTTP/2 mTLS connection
+//	                  to an inbound proxy in HTTP mode
 package main
 
 import (
@@ -46,7 +49,7 @@ func main() {
 		os.Exit(2)
 	}
 	timeout := 20 * time.Second
-	if os.Args[1] == "hbone-wait" {
+	if os.Args[1] == "hbone-wait" || os.Args[1] == "get-wait" {
 		// The test rotates CA keys in between.
 		timeout = 120 * time.Second
 	}
@@ -122,6 +125,13 @@ func main() {
 			fail(err)
 		}
 		fmt.Printf("later: %s\n", hbone(ctx, transport, os.Args[3], os.Args[4]))
+	case "get-wait":
+		transport := hboneTransport(ctx, client, os.Args[4])
+		fmt.Printf("first: %s\n", get(ctx, transport, os.Args[3]))
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+			fail(err)
+		}
+		fmt.Printf("later: %s\n", get(ctx, transport, os.Args[3]))
 	case "error":
 		_, err := client.FetchX509SVID(ctx)
 		fmt.Printf("error=%v\n", err)
@@ -181,4 +191,22 @@ func hbone(ctx context.Context, transport *http2.Transport, tunnel, authority st
 		fail(err)
 	}
 	return fmt.Sprintf("status=%d echo_intact=%t bytes=%d", resp.StatusCode, bytes.Equal(echo, payload), len(echo))
+}
+
+// get sends one GET to url and describes the answer.
+func get(ctx context.Context, transport *http2.Transport, url string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		fail(err)
+	}
+	resp, err := transport.RoundTrip(req)
+	if err != nil {
+		fail(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		fail(err)
+	}
+	return fmt.Sprintf("status=%d error=%s bytes=%d", resp.StatusCode, resp.Header.Get("x-signet-error"), len(body))
 }

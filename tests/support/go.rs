@@ -76,3 +76,49 @@ fn sources_digest(src: &std::path::Path) -> u64 {
     }
     hasher.finish()
 }
+
+/// A Go client command that does something once, waits for a line on its
+/// stdin, and does it again on the same connection (`hbone-wait`,
+/// `get-wait`): the test changes the world in between.
+pub struct GoTwoStep {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl GoTwoStep {
+    /// Runs `go` with `args`; returns it and the first outcome line.
+    pub fn start(go: &std::path::Path, args: &[&str]) -> (Self, String) {
+        use std::io::BufRead;
+        let mut child = Command::new(go)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the Go client");
+        let stdout = child.stdout.take().expect("the Go client's stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines
+            .next()
+            .expect("the Go client's first outcome")
+            .expect("read the Go client's output");
+        (Self { child, lines }, first)
+    }
+
+    /// Lets it go on; the second outcome line.
+    pub fn again(mut self) -> String {
+        use std::io::Write;
+        self.child
+            .stdin
+            .take()
+            .expect("the Go client's stdin")
+            .write_all(b"go on\n")
+            .expect("signal the Go client");
+        let later = self
+            .lines
+            .next()
+            .expect("the Go client's later outcome")
+            .expect("read the Go client's output");
+        let _ = self.child.wait();
+        later
+    }
+}

@@ -889,6 +889,45 @@ impl Mesh {
         out
     }
 
+    /// A CA key incident: a new key prepared and activated, every SVID of
+    /// the old one replaced (`taint`), the old key revoked (forced: SVIDs
+    /// it signed may be held still) — returns once the inbound proxy holds
+    /// the bundle without it.
+    pub fn revoke_the_signing_key(&self) {
+        let keys: serde_json::Value =
+            serde_json::from_str(&self.ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
+        let old = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == "x509" && k["state"] == "ACTIVE")
+            .unwrap_or_else(|| panic!("no active X.509 key: {keys}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.ca.run_ok(&["ca", "prepare"]);
+        eventually(
+            Duration::from_secs(30),
+            "the new key activated after the grace period",
+            || {
+                run(&["ca", "activate"], &self.ca.admin_socket)
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+        self.ca.run_ok(&["ca", "taint", &old]);
+        self.ca.run_ok(&["ca", "revoke", &old, "--force"]);
+        eventually(
+            Duration::from_secs(30),
+            "the inbound proxy holding the bundle without the revoked key",
+            || {
+                let text = self.server_metrics();
+                (metric(&text, "signet_proxy_trust_bundle_authorities ") == 1).then_some(())
+            },
+        );
+    }
+
     /// The inbound proxy's metrics text.
     pub fn server_metrics(&self) -> String {
         http_get(self.server_admin, "/metrics").1
@@ -1089,4 +1128,13 @@ pub async fn svid_stream(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The value of the Prometheus line starting with `prefix`, or 0.
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
