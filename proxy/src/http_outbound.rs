@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::pooled_credentials::{PooledCredentials, Retired};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -61,10 +62,8 @@ type Sender = hyper::client::conn::http2::SendRequest<Body>;
 /// A pooled connection and what it was made with.
 struct Pooled {
     sender: Sender,
-    /// The SVID it was made with.
-    key: Arc<CertifiedKey>,
-    /// The server's chain, checked before each request.
-    standing: PeerStanding,
+    /// Our SVID and the server's chain, checked before each request.
+    credentials: PooledCredentials,
 }
 
 /// One route's timeout: requests whose path starts with `prefix`.
@@ -135,11 +134,14 @@ impl HttpState {
     ) -> Option<Sender> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let pooled = pool.get(address)?;
-        let usable = !pooled.sender.is_closed() && Arc::ptr_eq(&pooled.key, key);
-        if usable {
-            match pooled.standing.check(bundle, std::time::SystemTime::now()) {
+        if !pooled.sender.is_closed() {
+            match pooled
+                .credentials
+                .usable(key, bundle, std::time::SystemTime::now())
+            {
                 Ok(()) => return Some(pooled.sender.clone()),
-                Err(e) => {
+                Err(Retired::Rotated) => {}
+                Err(Retired::ServerLost(e)) => {
                     tracing::warn!(direction = "outbound", endpoint = %address, error = %e, "pooled HTTP/2 connection carries no new request");
                 }
             }
@@ -265,8 +267,7 @@ impl Outbound {
             address.to_owned(),
             Pooled {
                 sender: sender.clone(),
-                key: key.clone(),
-                standing,
+                credentials: PooledCredentials::new(key.clone(), standing),
             },
         );
         Ok(sender)
@@ -518,8 +519,10 @@ mod tests {
                 addr.into(),
                 Pooled {
                     sender: sender.clone(),
-                    key: key.clone(),
-                    standing: PeerStanding::after_handshake(&server_chain, bundle.get()),
+                    credentials: PooledCredentials::new(
+                        key.clone(),
+                        PeerStanding::after_handshake(&server_chain, bundle.get()),
+                    ),
                 },
             );
         };

@@ -32,6 +32,11 @@
 //!                                                         └── inbound (policy per stream, relay to the app)
 //!   tunnel: window sizes, keepalive pings, the CONNECT request
 //! ```
+//!
+//! Long-lived connections carry new work only while their identities hold:
+//! `pooled_credentials` (our SVID unchanged, the server in standing) for
+//! both pools; inbound, the caller's `PeerStanding` before each tunnel
+//! stream and each HTTP request.
 
 pub mod app_health;
 pub mod balancer;
@@ -51,6 +56,7 @@ pub mod outlier;
 pub mod peak_ewma;
 pub mod policy;
 pub mod policy_watch;
+pub mod pooled_credentials;
 pub mod refusal;
 pub mod registration;
 pub mod retry_budget;

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::pooled_credentials::{PooledCredentials, Retired};
 use bytes::Bytes;
 use rustls::sign::CertifiedKey;
 use signet_identity::peer_standing::PeerStanding;
@@ -36,12 +37,10 @@ struct TunnelConn {
     /// Streams open on it (and being opened); [`CLOSING`] once it is
     /// closed for being idle.
     streams: Arc<AtomicUsize>,
-    /// The SVID it was made with.
-    key: Arc<CertifiedKey>,
     /// The upstream's verified SPIFFE ID.
     peer: String,
-    /// The upstream's chain, checked again before each new stream.
-    standing: PeerStanding,
+    /// Our SVID and the upstream's chain, checked before each new stream.
+    credentials: PooledCredentials,
     /// Set once the connection has ended.
     closed: Arc<AtomicBool>,
 }
@@ -161,12 +160,13 @@ impl TunnelPool {
         // keep their open streams).
         let now = std::time::SystemTime::now();
         list.retain(|c| {
-            if c.closed.load(Ordering::Relaxed) || !Arc::ptr_eq(&c.key, key) {
+            if c.closed.load(Ordering::Relaxed) {
                 return false;
             }
-            match c.standing.check(bundle, now) {
+            match c.credentials.usable(key, bundle, now) {
                 Ok(()) => true,
-                Err(e) => {
+                Err(Retired::Rotated) => false,
+                Err(Retired::ServerLost(e)) => {
                     tracing::warn!(direction = "outbound", endpoint = %tunnel_addr, peer = %c.peer, error = %e, "tunnel connection carries no new stream");
                     false
                 }
@@ -256,7 +256,8 @@ impl TunnelPool {
             ));
         }
         let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        let standing = PeerStanding::after_handshake(chain, bundle_before);
+        let credentials =
+            PooledCredentials::new(key, PeerStanding::after_handshake(chain, bundle_before));
         let handshake = h2::client::Builder::new()
             .initial_window_size(tunnel::STREAM_WINDOW)
             .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
@@ -314,9 +315,8 @@ impl TunnelPool {
         Ok(Arc::new(TunnelConn {
             send,
             streams,
-            key,
             peer,
-            standing,
+            credentials,
             closed,
         }))
     }
@@ -426,9 +426,11 @@ mod tests {
         let conn = Arc::new(TunnelConn {
             send,
             streams: Arc::new(AtomicUsize::new(0)),
-            key: key.clone(),
             peer: "spiffe://example.org/server".into(),
-            standing: PeerStanding::after_handshake(&server_chain, bundle.get()),
+            credentials: PooledCredentials::new(
+                key.clone(),
+                PeerStanding::after_handshake(&server_chain, bundle.get()),
+            ),
             closed: Arc::new(AtomicBool::new(false)),
         });
         let (_keep, identity) = tokio::sync::watch::channel(None);
