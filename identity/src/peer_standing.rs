@@ -53,8 +53,10 @@ pub struct PeerStanding {
     chain: Vec<CertificateDer<'static>>,
     /// The earliest notAfter of the chain, Unix seconds.
     not_after: i64,
-    /// The bundle the chain was last verified against (or an older one).
-    verified_with: Mutex<Arc<TrustBundle>>,
+    /// The bundle the chain was last verified against (or an older one),
+    /// and the verdict: kept, so that a refused peer sending on costs one
+    /// verification per bundle, not one per request.
+    verified_with: Mutex<(Arc<TrustBundle>, Result<(), SvidError>)>,
 }
 
 impl std::fmt::Debug for PeerStanding {
@@ -78,7 +80,7 @@ impl PeerStanding {
             // An empty or unparsable chain has no standing.
             not_after: earliest_not_after(&chain).unwrap_or(i64::MIN),
             chain,
-            verified_with: Mutex::new(bundle_before),
+            verified_with: Mutex::new((bundle_before, Ok(()))),
         }
     }
 
@@ -89,21 +91,13 @@ impl PeerStanding {
             return Err(StandingLost::Expired);
         }
         let current = bundle.get();
-        let mut verified_with = self.verified_with.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::ptr_eq(&current, &verified_with) {
-            return Ok(());
+        let mut verified = self.verified_with.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&current, &verified.0) {
+            // Not expired (above): a failure is the bundle's verdict.
+            let verdict = verify_x509_svid(&self.chain, &current, now).map(|_| ());
+            *verified = (current, verdict);
         }
-        verify_x509_svid(&self.chain, &current, now).map_err(|e| lost(e, now, &self.chain))?;
-        *verified_with = current;
-        Ok(())
-    }
-}
-
-/// A failed verification as a lost standing: expiry is named as such.
-fn lost(e: SvidError, now: SystemTime, chain: &[CertificateDer<'_>]) -> StandingLost {
-    match earliest_not_after(chain) {
-        Some(t) if unix_seconds(now) >= t => StandingLost::Expired,
-        _ => StandingLost::Untrusted(e),
+        verified.1.clone().map_err(StandingLost::Untrusted)
     }
 }
 
@@ -176,6 +170,10 @@ mod tests {
         assert!(matches!(e, StandingLost::Untrusted(_)), "{e:?}");
         assert_eq!(e.reason(), "peer-svid-untrusted");
         assert!(standing.check(&bundle, now).is_err());
+        // The verdict belongs to that bundle: one holding the authority
+        // again (the revocation undone) restores the standing.
+        bundle.set(ca.bundle());
+        standing.check(&bundle, now).unwrap();
     }
 
     #[test]
@@ -206,13 +204,7 @@ mod tests {
         assert!(PeerStanding::after_handshake(&garbage, bundle.get())
             .check(&bundle, now)
             .is_err());
-        // Verification failing past the notAfter is named expiry.
         let other = BundleHandle::new(TestCa::new("example.org").bundle());
-        let late = now + Duration::from_secs(86400 * 365);
-        assert!(matches!(
-            lost(SvidError::EmptyChain, late, &peer(&ca)),
-            StandingLost::Expired
-        ));
         assert!(matches!(
             PeerStanding::after_handshake(&peer(&ca), bundle.get()).check(&other, now),
             Err(StandingLost::Untrusted(_))

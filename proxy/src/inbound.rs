@@ -152,6 +152,8 @@ impl Inbound {
         mut ticket: ConnTicket,
     ) -> Option<Authenticated> {
         let _ = tcp.set_nodelay(true);
+        // Without an SVID yet there is nothing to present; with one, the
+        // bundle in force before the handshake (see PeerStanding).
         let bundle_before = self.identity.borrow().as_ref()?.bundle.get();
         let handshake = tokio::time::timeout(self.limits.handshake_timeout(), acceptor.accept(tcp));
         let tls = match handshake.await {
