@@ -811,11 +811,15 @@ fn an_http_connection_serves_no_request_once_its_callers_ca_key_is_revoked() {
     assert!(first.starts_with("first: status=200 error= "), "{first}");
     let served = mesh.app.connections();
     mesh.revoke_the_signing_key();
-    let later = go.again();
+    let after = go.again();
+    assert_eq!(after.len(), 2, "{after:?}");
     assert!(
-        later.starts_with("later: status=403 error=peer-svid-untrusted "),
-        "{later}"
+        after[0].starts_with("later: status=403 error=peer-svid-untrusted "),
+        "{after:?}"
     );
+    // The refusal came with a GOAWAY: the next GET needs a new connection,
+    // whose handshake refuses the revoked key's SVID.
+    assert!(after[1].starts_with("then: transport-error="), "{after:?}");
     assert_eq!(
         mesh.app.connections(),
         served,

@@ -361,7 +361,7 @@ fn a_tunnel_connection_carries_no_new_stream_once_its_peers_ca_key_is_revoked() 
     );
     assert_eq!(first, "first: status=200 echo_intact=true bytes=140000");
     mesh.revoke_the_signing_key();
-    assert_eq!(go.again(), "later: status=403 error=peer-svid-untrusted");
+    assert_eq!(go.again(), ["later: status=403 error=peer-svid-untrusted"]);
     assert_eq!(
         mesh.app.connections(),
         1,

@@ -115,6 +115,10 @@ pub struct HttpContext {
     pub standing: Arc<signet_identity::peer_standing::PeerStanding>,
     /// The bundle in force.
     pub bundle: signet_identity::tls::BundleHandle,
+    /// Signalled when a request found the peer's standing lost: the
+    /// connection is shut down gracefully (HTTP/2: GOAWAY; requests in
+    /// flight and the refusal itself are still answered).
+    pub standing_lost: tokio::sync::Notify,
 }
 
 /// Log fields for an audit (dry-run) difference: label and rule, or empty.
@@ -171,11 +175,13 @@ async fn handle(
             crate::http_outbound::ERROR_HEADER,
             http::HeaderValue::from_static(lost.reason()),
         );
-        // HTTP/1.1: the connection closes after this answer.
+        // HTTP/1.1: the connection closes after this answer; HTTP/2: a
+        // GOAWAY, so the caller reconnects (and must pass a handshake).
         r.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
         );
+        ctx.standing_lost.notify_one();
         return Ok(r);
     }
     let decision = ctx.policy.get().evaluate(&policy::Request {
@@ -312,6 +318,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
+    let watched = ctx.clone();
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
@@ -351,6 +358,11 @@ where
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
                 return;
+            }
+            _ = watched.standing_lost.notified(), if !shutting_down => {
+                tracing::info!(direction = "inbound", peer = %watched.peer, "closing the HTTP connection of a caller whose SVID has expired or lost its authority");
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
             }
             _ = check.tick(), if !shutting_down => {
                 if activity.idle_for(idle, opened) {

@@ -231,6 +231,7 @@ impl Inbound {
             forwarder: forwarder.clone(),
             standing,
             bundle,
+            standing_lost: tokio::sync::Notify::new(),
         });
         tokio::select! {
             _ = crate::http::serve(stream, ctx, &self.limits) => {}

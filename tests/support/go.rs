@@ -104,8 +104,8 @@ impl GoTwoStep {
         (Self { child, lines }, first)
     }
 
-    /// Lets it go on; the second outcome line.
-    pub fn again(mut self) -> String {
+    /// Lets it go on; the outcome lines it prints until it exits.
+    pub fn again(mut self) -> Vec<String> {
         use std::io::Write;
         self.child
             .stdin
@@ -115,9 +115,8 @@ impl GoTwoStep {
             .expect("signal the Go client");
         let later = self
             .lines
-            .next()
-            .expect("the Go client's later outcome")
-            .expect("read the Go client's output");
+            .map(|l| l.expect("read the Go client's output"))
+            .collect();
         let _ = self.child.wait();
         later
     }
