@@ -797,7 +797,9 @@ fn an_http_connection_serves_no_request_once_its_callers_ca_key_is_revoked() {
     // requests for as long as the caller keeps it: once the key that
     // signed the caller's SVID is revoked, the connection it made before
     // must serve nothing more. The Go client keeps its connection (and its
-    // first SVID, signed by the old key) across the incident.
+    // first SVID, signed by the old key) across the incident. (An idle
+    // HTTP/1.1 connection does not live that long: the proxy's header
+    // timeout closes it.)
     let mesh = Mesh::start_with(ALLOW_CHECKOUT, PAYMENTS, "1h", "http");
     let (go, first) = support::go::GoTwoStep::start(
         &go,

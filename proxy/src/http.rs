@@ -175,12 +175,15 @@ async fn handle(
             crate::http_outbound::ERROR_HEADER,
             http::HeaderValue::from_static(lost.reason()),
         );
-        // HTTP/1.1: the connection closes after this answer; HTTP/2: a
-        // GOAWAY, so the caller reconnects (and must pass a handshake).
-        r.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+        // The connection is shut down (HTTP/2: a GOAWAY), so the caller
+        // reconnects and must pass a handshake; HTTP/1 says so in the
+        // answer (HTTP/2 forbids the header).
+        if req.version() < http::Version::HTTP_2 {
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         ctx.standing_lost.notify_one();
         return Ok(r);
     }

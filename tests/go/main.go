@@ -22,9 +22,10 @@
 //	                  (the test changes something in between)
 //	get-wait SOCKET URL SERVER_ID
 //	                  the same with GETs on an HTTP/2 mTLS connection to an
-//	                  inbound proxy in HTTP mode, and then a third GET at
-//	                  once (on the same connection unless the proxy sent a
-//	                  GOAWAY; a failed dial is printed, not fatal)
+//	                  inbound proxy in HTTP mode, and a third GET half a
+//	                  second later (on the same connection unless the proxy
+//	                  sent a GOAWAY meanwhile; a failed dial is printed,
+//	                  not fatal)
 package main
 
 import (
@@ -134,6 +135,8 @@ func main() {
 			fail(err)
 		}
 		fmt.Printf("later: %s\n", get(ctx, transport, os.Args[3]))
+		// Time for a GOAWAY sent after the answer to arrive.
+		time.Sleep(500 * time.Millisecond)
 		fmt.Printf("then: %s\n", get(ctx, transport, os.Args[3]))
 	case "error":
 		_, err := client.FetchX509SVID(ctx)
