@@ -13,6 +13,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::go::run as go;
 use support::python::{py, python, python_spiffe_available};
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -71,21 +72,6 @@ fn the_python_spiffe_library_sees_a_refused_caller_as_permission_denied() {
     );
     let line = python(&mut py(&["error", &agent.endpoint()]));
     assert!(line.contains("PERMISSION_DENIED"), "{line}");
-}
-
-/// Runs the Go client; returns its last stdout line.
-fn go(client: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(client)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "go client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout.lines().last().unwrap_or_default().to_owned()
 }
 
 #[test]

@@ -15,13 +15,24 @@ use support::*;
 /// sends every connection through it (`client_extra`: more
 /// `[[outbound]]` keys). Returns the mesh and the tunnel port.
 fn tunnel_mesh(policy: &str, ttl: &str, client_extra: &str) -> (Mesh, u16) {
+    tunnel_mesh_with(policy, ttl, "", client_extra)
+}
+
+/// Like [`tunnel_mesh`], with `server_extra` (TOML tables such as
+/// `[limits]`) in the inbound proxy's configuration.
+fn tunnel_mesh_with(
+    policy: &str,
+    ttl: &str,
+    server_extra: &str,
+    client_extra: &str,
+) -> (Mesh, u16) {
     let tunnel_port = signet_test_support::free_port();
     let mut mesh = Mesh::start_limited(
         policy,
         PAYMENTS,
         ttl,
         "tcp",
-        &format!("tunnel_listen = \"127.0.0.1:{tunnel_port}\"\n"),
+        &format!("tunnel_listen = \"127.0.0.1:{tunnel_port}\"\n{server_extra}"),
     );
     mesh.start_client_with(
         PAYMENTS,
@@ -127,18 +138,12 @@ fn past_the_stream_cap_another_tunnel_connection_is_opened() {
 
 #[test]
 fn the_inbound_stream_limit_makes_the_caller_open_another_connection() {
-    let tunnel_port = signet_test_support::free_port();
-    let mut mesh = Mesh::start_limited(
-        ALLOW_CHECKOUT,
-        PAYMENTS,
-        "1h",
-        "tcp",
-        &format!("tunnel_listen = \"127.0.0.1:{tunnel_port}\"\n[limits]\ntunnel_max_streams = 2\n"),
-    );
     // The caller's own cap (100) is above the inbound side's (2).
-    mesh.start_client_with(
-        PAYMENTS,
-        &format!("tunnel = true\ntunnel_port = {tunnel_port}\n"),
+    let (mesh, _) = tunnel_mesh_with(
+        ALLOW_CHECKOUT,
+        "1h",
+        "[limits]\ntunnel_max_streams = 2\n",
+        "",
     );
     let mut held = Vec::new();
     for i in 0..3 {
@@ -268,19 +273,8 @@ fn an_hbone_client_on_gos_http2_stack_reaches_the_app_and_nothing_else() {
     // The Go client runs as this user on host a: it gets checkout's SVID.
     let socket = mesh.agent_a.endpoint();
     let tunnel = format!("127.0.0.1:{tunnel_port}");
-    let run = |authority: &str| {
-        let out = std::process::Command::new(&go)
-            .args(["hbone", &socket, &tunnel, authority, PAYMENTS])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "go hbone failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout.trim().to_owned()
-    };
+    let run =
+        |authority: &str| support::go::run(&go, &["hbone", &socket, &tunnel, authority, PAYMENTS]);
     let app = format!("127.0.0.1:{}", mesh.app.port);
     assert_eq!(run(&app), "status=200 echo_intact=true bytes=140000");
     // The address a caller dials without the tunnel names the app too.
@@ -309,25 +303,19 @@ fn a_tunnel_connection_carries_no_new_stream_once_the_peers_svid_has_expired() {
     // 3-second SVIDs: the Go client keeps the connection it made with the
     // first SVID it fetched and opens a second stream on it 5 s later.
     let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "3", "");
-    let out = std::process::Command::new(&go)
-        .args([
+    let outcome = support::go::run(
+        &go,
+        &[
             "hbone-later",
             &mesh.agent_a.endpoint(),
             &format!("127.0.0.1:{tunnel_port}"),
             &format!("127.0.0.1:{}", mesh.app.port),
             PAYMENTS,
             "5",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "go hbone-later failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert_eq!(
-        stdout.trim(),
+        outcome,
         "first: status=200 echo_intact=true bytes=140000; later: status=403 error=peer-svid-expired"
     );
     assert_eq!(

@@ -215,14 +215,7 @@ impl Outbound {
             .borrow()
             .clone()
             .ok_or(("no_identity", "no SVID yet".to_string()))?;
-        // Neither a pooled connection nor a new one on an SVID that has
-        // expired (the agent has not renewed it).
-        if !identity.is_valid() {
-            return Err((
-                "svid_expired",
-                "our SVID has expired and the agent has not renewed it".into(),
-            ));
-        }
+        crate::pooled_credentials::not_expired(&identity)?;
         let (key, bundle) = (&identity.key, &identity.bundle);
         if let Some(s) = http.pooled(address, key, bundle) {
             return Ok(s);

@@ -4,7 +4,8 @@
 //! (after a rotation new work goes to new connections, which present the
 //! new SVID), and its server must still be in standing (its SVID unexpired
 //! and verifying against the bundle in force: [`PeerStanding`]). Otherwise
-//! it leaves the pool, finishing what it carries.
+//! it leaves the pool, finishing what it carries. And nothing new goes out
+//! on an SVID of ours that has expired ([`not_expired`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,10 +14,27 @@ use rustls::sign::CertifiedKey;
 use signet_identity::peer_standing::{PeerStanding, StandingLost};
 use signet_identity::tls::BundleHandle;
 
+use crate::workload_identity::Identity;
+
 /// The SVID a pooled connection was made with and its server's chain.
 pub struct PooledCredentials {
     key: Arc<CertifiedKey>,
     server: PeerStanding,
+}
+
+/// Whether `identity` may still make or use a pooled connection: not once
+/// it has expired and the agent has not renewed it (a new connection would
+/// fail its handshake; a pooled one must not stretch its life). On refusal,
+/// the metric reason and the error.
+pub fn not_expired(identity: &Identity) -> Result<(), (&'static str, String)> {
+    if identity.is_valid() {
+        Ok(())
+    } else {
+        Err((
+            "svid_expired",
+            "our SVID has expired and the agent has not renewed it".into(),
+        ))
+    }
 }
 
 /// Why a pooled connection may carry nothing new.
@@ -46,5 +64,51 @@ impl PooledCredentials {
             return Err(Retired::Rotated);
         }
         self.server.check(bundle, now).map_err(Retired::ServerLost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::test_pools::certified_key;
+    use signet_identity::testing::TestCa;
+    use signet_identity::x509_svid::unix_seconds;
+
+    #[test]
+    fn an_expired_svid_of_ours_makes_and_uses_no_pooled_connection() {
+        let ca = TestCa::new("example.org");
+        let id = "spiffe://example.org/client";
+        let identity = |not_after: i64| Identity {
+            spiffe_id: signet_identity::SpiffeId::parse(id).unwrap(),
+            key: certified_key(&ca, id),
+            not_after,
+            bundle: BundleHandle::new(ca.bundle()),
+        };
+        let now = unix_seconds(SystemTime::now());
+        assert!(not_expired(&identity(now + 60)).is_ok());
+        let (reason, _) = not_expired(&identity(now)).unwrap_err();
+        assert_eq!(reason, "svid_expired");
+    }
+
+    #[test]
+    fn a_rotated_svid_retires_the_connection_before_its_server_is_looked_at() {
+        let ca = TestCa::new("example.org");
+        let bundle = BundleHandle::new(ca.bundle());
+        let key = certified_key(&ca, "spiffe://example.org/client");
+        let (server, _) = ca.leaf(&signet_identity::testing::LeafSpec::valid(
+            "spiffe://example.org/server",
+        ));
+        let made = PooledCredentials::new(
+            key.clone(),
+            PeerStanding::after_handshake(&server, bundle.get()),
+        );
+        let now = SystemTime::now();
+        assert!(made.usable(&key, &bundle, now).is_ok());
+        let rotated = certified_key(&ca, "spiffe://example.org/client");
+        assert!(matches!(
+            made.usable(&rotated, &bundle, now),
+            Err(Retired::Rotated)
+        ));
     }
 }

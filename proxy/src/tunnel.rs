@@ -60,7 +60,7 @@ pub async fn dead_peer(ping: Option<h2::PingPong>) {
 
 /// A response with no body; a refusal says why in [`ERROR_HEADER`]
 /// (`denied`, `target-not-allowed`, `app-unreachable`, `not-connect`,
-/// `peer-svid-expired`).
+/// `peer-svid-expired`, `peer-svid-untrusted`).
 pub fn response(status: http::StatusCode, why: Option<&'static str>) -> http::Response<()> {
     let mut r = http::Response::new(());
     *r.status_mut() = status;

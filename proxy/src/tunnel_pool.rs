@@ -206,14 +206,8 @@ impl TunnelPool {
             .borrow()
             .clone()
             .ok_or_else(|| StreamError::Endpoint("tls_setup", "no identity yet".into()))?;
-        // A pooled connection must not carry new streams on an SVID that
-        // has expired (a new connection would fail its handshake).
-        if !identity.is_valid() {
-            return Err(StreamError::Endpoint(
-                "svid_expired",
-                "our SVID has expired and the agent has not renewed it".into(),
-            ));
-        }
+        crate::pooled_credentials::not_expired(&identity)
+            .map_err(|(reason, e)| StreamError::Endpoint(reason, e))?;
         let key = identity.key.clone();
         if let Some(slot) = self.reserve(tunnel_addr, &key, bundle) {
             return Ok(slot);

@@ -77,6 +77,22 @@ fn sources_digest(src: &std::path::Path) -> u64 {
     hasher.finish()
 }
 
+/// Runs the Go client with `args`, which must succeed; its last stdout
+/// line.
+pub fn run(client: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(client)
+        .args(args)
+        .output()
+        .expect("run the Go client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "go client {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().last().unwrap_or_default().trim().to_owned()
+}
+
 /// A Go client command that does something once, waits for a line on its
 /// stdin, and does it again on the same connection (`hbone-wait`,
 /// `get-wait`): the test changes the world in between.
