@@ -497,6 +497,70 @@ async fn a_proxy_listener_holds_max_connections_and_frees_a_place_when_one_close
     );
 }
 
+/// An authenticated connection keeps its place under `max_connections` for
+/// as long as it is open, not just through its handshake: peers holding
+/// established connections (relayed ones here; a tunnel connection or an
+/// idle HTTP/2 connection of a peer that policy denies alike) cannot open
+/// more than the cap.
+#[test]
+fn established_connections_hold_their_place_under_max_connections() {
+    let mesh = Mesh::start_limited(
+        ALLOW_CHECKOUT,
+        PAYMENTS,
+        "1h",
+        "tcp",
+        "[limits]\nmax_connections = 3\n",
+    );
+    let echo = |s: &mut std::net::TcpStream, msg: &str| {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    };
+    // At the cap: three connections through the pair, each authenticated
+    // and relayed, held open.
+    let mut held: Vec<std::net::TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", mesh.client_port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            echo(&mut s, &format!("held {i}"));
+            s
+        })
+        .collect();
+    // Past it: their handshakes are long over, and still a fourth
+    // connection is closed at accept.
+    let mut fourth = std::net::TcpStream::connect(("127.0.0.1", mesh.server_port)).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let r = fourth.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a fourth connection was admitted beside three established ones: {r:?}"
+    );
+    let m = mesh.server_metrics();
+    assert!(
+        m.contains(
+            "signet_proxy_connections_refused_total{direction=\"inbound\",reason=\"max_connections\"}"
+        ),
+        "{m}"
+    );
+    // The three held ones are served all along.
+    for (i, s) in held.iter_mut().enumerate() {
+        echo(s, &format!("still {i}"));
+    }
+    // They close: their places are free again.
+    drop(held);
+    eventually(
+        Duration::from_secs(5),
+        "a place for a new connection",
+        || (mesh.round_trip(b"after") == b"after").then_some(()),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_without_an_agent_svid_is_closed_after_unauthenticated_lifetime() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

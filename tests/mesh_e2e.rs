@@ -399,6 +399,93 @@ fn http_requests_are_balanced_retried_timed_out_and_capped() {
     assert_eq!(http_call(caller_port, "GET", "/after", "").0, 200);
 }
 
+/// An app cannot speak for its proxy. Its answer carrying Signet's control
+/// headers (`x-signet-not-forwarded`, `x-signet-error`, a guessed answer
+/// token), as a gateway relaying an answer from behind it would, is the
+/// app's answer: a POST it executed is not run again on another instance,
+/// a GET is not retried, no endpoint is counted failed, the headers do not
+/// reach the calling app as Signet's, and no metric label takes the app's
+/// value. The proxy's own "not forwarded" still moves a POST on.
+#[test]
+fn an_app_cannot_forge_the_control_headers_of_its_proxy() {
+    let ca = TestCa::start(&[]);
+    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
+    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+    let uid = format!("unix:uid:{}", my_uid());
+    ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
+    ca.entry(PAYMENTS, "node-b", &[&uid], &[]);
+    let policy_dir = ca.dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("payments.toml"), ALLOW_CHECKOUT).unwrap();
+    let apps = [SlowApp::start("one", 0), SlowApp::start("two", 0)];
+    let _one = http_instance(&ca, &agent_b, &policy_dir, apps[0].port);
+    let _two = http_instance(&ca, &agent_b, &policy_dir, apps[1].port);
+    let caller_port = signet_test_support::free_port();
+    let caller_admin = signet_test_support::free_port();
+    let _caller = start_caller(
+        ca.dir.path(),
+        &agent_a.socket,
+        caller_port,
+        caller_admin,
+        PAYMENTS,
+        "protocol = \"http\"",
+    );
+    eventually(Duration::from_secs(10), "both instances known", || {
+        (listed(&ca).len() == 2).then_some(())
+    });
+    let total = || apps.iter().map(SlowApp::served).sum::<usize>();
+    for (method, body) in [("POST", "pay 10"), ("GET", "")] {
+        for i in 0..10 {
+            let before = total();
+            let path = format!("/forge/zz-forged-{method}-{i}");
+            let (status, error, reply) = http_call(caller_port, method, &path, body);
+            let ran = total() - before;
+            println!("{method} {path}: {status}, run {ran} time(s)");
+            assert_eq!(ran, 1, "{method} {path} ran {ran} times");
+            assert_eq!(status, 502, "the app's own answer: {reply}");
+            assert!(reply.ends_with(&format!("{path} {body}")), "{reply}");
+            assert_eq!(
+                error, "",
+                "the app's x-signet-error reached the caller as Signet's"
+            );
+        }
+    }
+    let (_, metrics) = http_get(caller_admin, "/metrics");
+    let relevant: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("signet_proxy_http_requests_total")
+                || l.starts_with("signet_proxy_endpoint_attempts_total")
+                || l.starts_with("signet_proxy_retries_total")
+        })
+        .collect();
+    println!("{}", relevant.join("\n"));
+    assert!(!metrics.contains("zz"), "a label took the app's value");
+    for forged_verdict in ["app_unreachable", "proxy_error", "retries_total{"] {
+        assert!(
+            !relevant.iter().any(|l| l.contains(forged_verdict)),
+            "{forged_verdict}: {relevant:?}"
+        );
+    }
+    assert!(
+        relevant
+            .iter()
+            .any(|l| l.contains("outcome=\"response\"") && l.ends_with(" 20")),
+        "{relevant:?}"
+    );
+
+    // The proxy's own "not forwarded" (its app gone) still sends a POST to
+    // the other instance.
+    apps[1].stop();
+    for i in 0..10 {
+        let (status, _, reply) = http_call(caller_port, "POST", &format!("/p{i}"), "pay");
+        assert_eq!(
+            (status, reply.as_str()),
+            (200, format!("one /p{i} pay").as_str())
+        );
+    }
+}
+
 /// An agent that skips its own checks (a compromised node) still cannot
 /// publish an endpoint for an identity none of its entries has: the CA
 /// refuses it, says why, and nobody sees it. What it may publish, it may

@@ -2,8 +2,11 @@
 //! connection are parsed (HTTP/1.1 or HTTP/2, detected), each is authorized
 //! with its method and path, and allowed ones are forwarded to the local app
 //! over pooled HTTP/1.1 with the verified peer identity in
-//! `x-signet-peer-id` — any such header the peer sent (in any spelling a
-//! framework could map onto it) is removed first, so the app can trust it.
+//! `x-signet-peer-id` — every header of the `x-signet-` namespace the peer
+//! sent (in any spelling a framework could map onto it) is removed first,
+//! so the app can trust it — and every `x-signet-` header of the app's
+//! answer is removed, so the caller's proxy can trust the control headers
+//! of the answers this proxy makes itself ([`crate::control_headers`]).
 //! Denied requests get 403 and never reach the app. Method and path are put
 //! in canonical form first ([`policy::canonical_path`]): policy decides on
 //! that form and the app receives exactly it; ambiguous spellings get 400.
@@ -21,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use signet_identity::SpiffeId;
 
 use crate::config::{AppProtocol, LimitsConfig};
-use crate::http_outbound::{ERROR_HEADER, NOT_FORWARDED_HEADER};
+use crate::control_headers::{self, Reason, ANSWER_TOKEN, NOT_FORWARDED};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy;
 use crate::policy_watch::PolicyHandle;
@@ -129,22 +132,13 @@ pub(crate) fn audit_fields(d: &policy::Decision) -> (&'static str, String) {
         .unwrap_or(("", String::new()))
 }
 
-/// Whether `name` is, or could be read by an app framework as, the identity
-/// header: CGI/WSGI-style servers map `x_signet_peer_id` onto the same
-/// variable (`HTTP_X_SIGNET_PEER_ID`) as `x-signet-peer-id`.
-fn is_identity_header(name: &str) -> bool {
-    name.len() == PEER_ID_HEADER.len()
-        && name
-            .bytes()
-            .zip(PEER_ID_HEADER.bytes())
-            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
-}
-
 async fn handle(
     ctx: Arc<HttpContext>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
+    // Echoed on the answers this proxy makes itself, never on the app's.
+    let token = req.headers().get(ANSWER_TOKEN).cloned();
     // Policy decides on the canonical form, and the app receives exactly it.
     let canonical = policy::canonical_method(req.method().as_str())
         .and_then(|method| Ok((method, policy::canonical_path(req.uri().path())?)));
@@ -171,10 +165,7 @@ async fn handle(
             StatusCode::FORBIDDEN,
             "the caller's SVID has expired or lost its authority: reconnect with a current one\n",
         );
-        r.headers_mut().insert(
-            crate::http_outbound::ERROR_HEADER,
-            http::HeaderValue::from_static(lost.reason()),
-        );
+        control_headers::mark_own_answer(r.headers_mut(), Reason::of_lost(&lost), token.as_ref());
         // The connection is shut down (HTTP/2: a GOAWAY), so the caller
         // reconnects and must pass a handshake; HTTP/1 says so in the
         // answer (HTTP/2 forbids the header).
@@ -202,14 +193,9 @@ async fn handle(
     }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let spoofed: Vec<_> = headers
-        .keys()
-        .filter(|k| is_identity_header(k.as_str()))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
+    // The identity header in any spelling, the caller's answer token, and
+    // anything else of Signet's: the app gets only what the proxy sets.
+    control_headers::strip_namespace(headers);
     if let Ok(v) = ctx.peer.as_str().parse() {
         headers.insert(PEER_ID_HEADER, v);
     }
@@ -231,8 +217,12 @@ async fn handle(
     *req.method_mut() = forwarded_method;
     *req.version_mut() = ctx.forwarder.version;
     let (status, resp) = match ctx.forwarder.client.request(req).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
             ctx.app_health.reached();
+            // The app speaks for itself only: a control header it set
+            // would read as this proxy's verdict (a retried POST, an
+            // ejection, a metric label).
+            control_headers::strip_namespace(resp.headers_mut());
             (resp.status().as_u16(), resp.map(|b| b.boxed()))
         }
         Err(e) if e.is_connect() => {
@@ -242,12 +232,13 @@ async fn handle(
             tracing::warn!(peer = %ctx.peer, error = %e, "cannot reach the local app");
             let mut r = text(StatusCode::BAD_GATEWAY, "the local app is unreachable\n");
             r.headers_mut().insert(
-                NOT_FORWARDED_HEADER,
+                NOT_FORWARDED,
                 hyper::header::HeaderValue::from_static("app-unreachable"),
             );
-            r.headers_mut().insert(
-                ERROR_HEADER,
-                hyper::header::HeaderValue::from_static("app-unreachable"),
+            control_headers::mark_own_answer(
+                r.headers_mut(),
+                Reason::AppUnreachable,
+                token.as_ref(),
             );
             (502, r)
         }
@@ -257,10 +248,7 @@ async fn handle(
                 StatusCode::BAD_GATEWAY,
                 "the local app failed the request\n",
             );
-            r.headers_mut().insert(
-                ERROR_HEADER,
-                hyper::header::HeaderValue::from_static("app-failed"),
-            );
+            control_headers::mark_own_answer(r.headers_mut(), Reason::AppFailed, token.as_ref());
             (502, r)
         }
     };

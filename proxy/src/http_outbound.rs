@@ -7,9 +7,9 @@
 //! - a connection that cannot be made goes to another endpoint before any
 //!   of the request is sent;
 //! - a request the upstream proxy says never reached its app (it answers
-//!   with [`NOT_FORWARDED_HEADER`]) is retried on another endpoint, and so
+//!   with `x-signet-not-forwarded`) is retried on another endpoint, and so
 //!   is an idempotent request whose connection failed or that the upstream
-//!   proxy answered with a 5xx of its own ([`ERROR_HEADER`]), within the
+//!   proxy answered with a 5xx of its own (`x-signet-error`), within the
 //!   retry budget (20% of requests plus 10/s) and when its body was small
 //!   enough to keep (at most [`REPLAY_LIMIT`] bytes, with a
 //!   content-length); such answers also count toward ejection;
@@ -22,7 +22,12 @@
 //! unexpired and still verifying against the bundle in force:
 //! [`PeerStanding`]); our own SVID expired, nothing is sent.
 //!
-//! Every answer the proxy makes itself carries [`ERROR_HEADER`] saying why.
+//! Those two headers count only on an answer that carries the answer token
+//! sent with the attempt: an app's own answer can neither make a request
+//! run twice nor eject an endpoint ([`control_headers`]); its `x-signet-`
+//! headers are removed before the local app sees them.
+//!
+//! Every answer the proxy makes itself carries `x-signet-error` saying why.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,19 +43,11 @@ use signet_identity::peer_standing::PeerStanding;
 use signet_identity::tls::BundleHandle;
 use tokio::net::TcpStream;
 
+use crate::control_headers::{self, Reason};
 use crate::http::strip_hop_by_hop;
 use crate::outbound::{Outbound, MAX_ATTEMPTS};
 use crate::retry_budget::{BudgetLimits, RetryBudget};
 
-/// Set by an inbound proxy on an answer it made because it could not reach
-/// its app: the request never got there, so any method may be retried.
-pub const NOT_FORWARDED_HEADER: &str = "x-signet-not-forwarded";
-/// Set on every answer a Signet proxy makes itself, with the reason
-/// (`no-endpoint`, `upstream-unreachable`, `upstream-failed`, `timeout`,
-/// `max-pending-requests`, `app-unreachable`; inbound, `peer-svid-expired`
-/// and `peer-svid-untrusted` for a caller whose connection outlived its
-/// SVID or its authority).
-pub const ERROR_HEADER: &str = "x-signet-error";
 /// Largest request body kept to be replayed on a retry.
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
@@ -167,16 +164,36 @@ pub fn idempotent(method: &Method) -> bool {
 }
 
 /// An answer the proxy makes itself.
-fn answer(status: StatusCode, why: &'static str) -> Response<Body> {
+fn answer(status: StatusCode, why: Reason) -> Response<Body> {
     let mut r = Response::new(
-        Full::new(Bytes::from(format!("signet: {why}\n")))
+        Full::new(Bytes::from(format!("signet: {}\n", why.header_value())))
             .map_err(|n| match n {})
             .boxed(),
     );
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(ERROR_HEADER, hyper::header::HeaderValue::from_static(why));
+    control_headers::mark_own_answer(r.headers_mut(), why, None);
     r
+}
+
+/// What came of a request: the answer for the app, the endpoint that gave
+/// it, the attempts made, and the outcome's metric label (from a closed
+/// set: `response` for an app's answer, else a [`Reason`]'s).
+struct Attempted {
+    resp: Response<Body>,
+    endpoint: String,
+    attempts: usize,
+    outcome: &'static str,
+}
+
+impl Attempted {
+    fn ours(status: StatusCode, why: Reason, endpoint: String, attempts: usize) -> Self {
+        Attempted {
+            resp: answer(status, why),
+            endpoint,
+            attempts,
+            outcome: why.label(),
+        }
+    }
 }
 
 impl Outbound {
@@ -274,9 +291,9 @@ impl Outbound {
         if http.pending.fetch_add(1, Ordering::AcqRel) >= http.max_pending {
             http.pending.fetch_sub(1, Ordering::AcqRel);
             self.metrics
-                .http_outcome(&self.upstream.name, "max_pending_requests");
+                .http_outcome(&self.upstream.name, Reason::MaxPendingRequests.label());
             tracing::warn!(direction = "outbound", upstream = %self.upstream.name, method = %method, path, status = 503, "request refused: max_pending_requests in flight");
-            return answer(StatusCode::SERVICE_UNAVAILABLE, "max-pending-requests");
+            return answer(StatusCode::SERVICE_UNAVAILABLE, Reason::MaxPendingRequests);
         }
         struct Pending<'a>(&'a AtomicUsize);
         impl Drop for Pending<'_> {
@@ -287,11 +304,17 @@ impl Outbound {
         let _pending = Pending(&http.pending);
         let timeout = http.timeout_for(&path);
         let attempt = self.attempts(http, req);
-        let (resp, endpoint, attempts) = match timeout {
+        let Attempted {
+            resp,
+            endpoint,
+            attempts,
+            outcome,
+        } = match timeout {
             Some(t) => match tokio::time::timeout(t, attempt).await {
                 Ok(r) => r,
-                Err(_) => (
-                    answer(StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                Err(_) => Attempted::ours(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Reason::Timeout,
                     String::new(),
                     0,
                 ),
@@ -299,13 +322,7 @@ impl Outbound {
             None => attempt.await,
         };
         let status = resp.status().as_u16();
-        let outcome = resp
-            .headers()
-            .get(ERROR_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("response")
-            .replace('-', "_");
-        self.metrics.http_outcome(&self.upstream.name, &outcome);
+        self.metrics.http_outcome(&self.upstream.name, outcome);
         self.metrics
             .request_seconds(&self.upstream.name, start.elapsed());
         tracing::info!(direction = "outbound", upstream = %self.upstream.name, endpoint, method = %method, path, status, attempts, duration_ms = start.elapsed().as_millis() as u64, "request");
@@ -313,12 +330,8 @@ impl Outbound {
     }
 
     /// Sends `req` to one endpoint after another until an answer may be
-    /// returned; the answer, the endpoint that gave it, the attempts made.
-    async fn attempts(
-        &self,
-        http: &HttpState,
-        req: Request<Incoming>,
-    ) -> (Response<Body>, String, usize) {
+    /// returned.
+    async fn attempts(&self, http: &HttpState, req: Request<Incoming>) -> Attempted {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // A small body with a length is kept, so the request can be sent
@@ -335,8 +348,9 @@ impl Outbound {
             match body.collect().await {
                 Ok(b) => (Some(b.to_bytes()), None),
                 Err(_) => {
-                    return (
-                        answer(StatusCode::BAD_REQUEST, "request-body-unreadable"),
+                    return Attempted::ours(
+                        StatusCode::BAD_REQUEST,
+                        Reason::RequestBodyUnreadable,
                         String::new(),
                         0,
                     )
@@ -359,8 +373,9 @@ impl Outbound {
         let uri: hyper::Uri = match format!("http://{authority}{path_and_query}").parse() {
             Ok(u) => u,
             Err(_) => {
-                return (
-                    answer(StatusCode::BAD_REQUEST, "bad-request-target"),
+                return Attempted::ours(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequestTarget,
                     String::new(),
                     0,
                 )
@@ -375,12 +390,13 @@ impl Outbound {
                 .await
             else {
                 let why = if tried.is_empty() {
-                    "no-endpoint"
+                    Reason::NoEndpoint
                 } else {
-                    "upstream-unreachable"
+                    Reason::UpstreamUnreachable
                 };
-                return (
-                    answer(StatusCode::SERVICE_UNAVAILABLE, why),
+                return Attempted::ours(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    why,
                     String::new(),
                     tried.len(),
                 );
@@ -395,8 +411,9 @@ impl Outbound {
                     self.upstream.failure(&address, reason);
                     tried.push(address);
                     if tried.len() >= MAX_ATTEMPTS {
-                        return (
-                            answer(StatusCode::SERVICE_UNAVAILABLE, "upstream-unreachable"),
+                        return Attempted::ours(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Reason::UpstreamUnreachable,
                             String::new(),
                             tried.len(),
                         );
@@ -408,8 +425,9 @@ impl Outbound {
                 (Some(b), _) => Full::new(b.clone()).map_err(|n| match n {}).boxed(),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => {
-                    return (
-                        answer(StatusCode::BAD_GATEWAY, "upstream-failed"),
+                    return Attempted::ours(
+                        StatusCode::BAD_GATEWAY,
+                        Reason::UpstreamFailed,
                         address,
                         tried.len() + 1,
                     )
@@ -420,25 +438,39 @@ impl Outbound {
             *out.uri_mut() = uri.clone();
             *out.headers_mut() = parts.headers.clone();
             out.headers_mut().remove(hyper::header::HOST);
+            // Fresh for every attempt, and whatever the app sent replaced:
+            // only the peer proxy that received it can echo it.
+            let token = control_headers::new_answer_token();
+            out.headers_mut()
+                .insert(control_headers::ANSWER_TOKEN, token.clone());
             *out.version_mut() = hyper::Version::HTTP_2;
             let sent = Instant::now();
             let mut s = sender;
             let result = s.send_request(out).await;
             let attempts = tried.len() + 1;
             match result {
-                Ok(resp) => {
+                Ok(mut resp) => {
                     pick.observe(sent.elapsed(), Instant::now());
-                    // An answer the upstream proxy made itself (5xx from
-                    // the proxy, not from the app): a failure of the
-                    // endpoint; retried when the request never reached the
-                    // app, or may be sent twice.
-                    let not_forwarded = resp.headers().contains_key(NOT_FORWARDED_HEADER);
-                    let from_proxy = resp.status().is_server_error()
-                        && resp.headers().contains_key(ERROR_HEADER);
-                    if !from_proxy && !not_forwarded {
+                    // An answer the upstream proxy made itself (proved by
+                    // the token; a 5xx, or the request never reached the
+                    // app): a failure of the endpoint, retried when the
+                    // request never reached the app or may be sent twice.
+                    let peer_answer = control_headers::peer_proxy_answer(resp.headers(), &token)
+                        .filter(|a| a.not_forwarded || resp.status().is_server_error());
+                    let Some(peer_answer) = peer_answer else {
+                        // The app's answer: its own x-signet- headers are
+                        // no verdict of ours for the local app either.
+                        control_headers::strip_namespace(resp.headers_mut());
                         self.upstream.success(&address);
-                        return (resp.map(|b| b.boxed()), address, attempts);
-                    }
+                        return Attempted {
+                            resp: resp.map(|b| b.boxed()),
+                            endpoint: address,
+                            attempts,
+                            outcome: "response",
+                        };
+                    };
+                    resp.headers_mut().remove(control_headers::ANSWER_TOKEN);
+                    let not_forwarded = peer_answer.not_forwarded;
                     let reason = if not_forwarded {
                         "app_unreachable"
                     } else {
@@ -455,7 +487,12 @@ impl Outbound {
                         tried.push(address);
                         continue;
                     }
-                    return (resp.map(|b| b.boxed()), address, attempts);
+                    return Attempted {
+                        resp: resp.map(|b| b.boxed()),
+                        endpoint: address,
+                        attempts,
+                        outcome: peer_answer.reason.label(),
+                    };
                 }
                 Err(e) => {
                     http.forget(&address);
@@ -469,8 +506,9 @@ impl Outbound {
                         tried.push(address);
                         continue;
                     }
-                    return (
-                        answer(StatusCode::BAD_GATEWAY, "upstream-failed"),
+                    return Attempted::ours(
+                        StatusCode::BAD_GATEWAY,
+                        Reason::UpstreamFailed,
                         address,
                         attempts,
                     );

@@ -45,6 +45,10 @@ pub(crate) struct Authenticated {
     pub own: SpiffeId,
     /// The bundle in force when the handshake began.
     bundle_before: Arc<TrustBundle>,
+    /// The connection's place under the listener's `max_connections`: held
+    /// for as long as the connection is open, however long it lives (a
+    /// tunnel connection, a keep-alive HTTP/2 connection).
+    pub admission: ConnTicket,
 }
 
 impl Authenticated {
@@ -116,12 +120,22 @@ impl Inbound {
         };
         if self.http.is_some() {
             let standing = authenticated.standing();
-            let Authenticated { tls, peer, own, .. } = authenticated;
+            let Authenticated {
+                tls,
+                peer,
+                own,
+                admission: _held,
+                ..
+            } = authenticated;
             self.serve_http(tls, peer, own, standing).await;
             return;
         }
         let Authenticated {
-            mut tls, peer, own, ..
+            mut tls,
+            peer,
+            own,
+            admission: _held,
+            ..
         } = authenticated;
         let Some(admitted) = self.decide_tcp(&peer, &own, start) else {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
@@ -185,6 +199,7 @@ impl Inbound {
                 peer,
                 own,
                 bundle_before,
+                admission: ticket,
             }),
             Err(e) => {
                 let reason = refusal_reason(&e);

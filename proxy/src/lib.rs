@@ -33,6 +33,11 @@
 //!   tunnel: window sizes, keepalive pings, the CONNECT request
 //! ```
 //!
+//! Between proxies, `control_headers` (`x-signet-error`,
+//! `x-signet-not-forwarded`) are verdicts only on an answer the peer proxy
+//! made itself, proved by the answer token the caller sent; an app's
+//! `x-signet-` headers are removed on the way.
+//!
 //! Long-lived connections carry new work only while their identities hold:
 //! `pooled_credentials` (our SVID unchanged, the server in standing) for
 //! both pools; inbound, the caller's `PeerStanding` before each tunnel
@@ -42,6 +47,7 @@ pub mod app_health;
 pub mod balancer;
 pub mod config;
 pub mod connect_gate;
+pub mod control_headers;
 mod forward;
 pub mod h2_stream;
 pub mod http;

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::http_outbound::ERROR_HEADER;
+use crate::control_headers::ERROR;
 
 /// Receive window per stream: what one stream may have in flight unread.
 /// 1 MiB keeps a bulk stream at full speed over a few ms of RTT.
@@ -58,7 +58,7 @@ pub async fn dead_peer(ping: Option<h2::PingPong>) {
     }
 }
 
-/// A response with no body; a refusal says why in [`ERROR_HEADER`]
+/// A response with no body; a refusal says why in [`ERROR`]
 /// (`denied`, `target-not-allowed`, `app-unreachable`, `not-connect`,
 /// `peer-svid-expired`, `peer-svid-untrusted`).
 pub fn response(status: http::StatusCode, why: Option<&'static str>) -> http::Response<()> {
@@ -66,7 +66,7 @@ pub fn response(status: http::StatusCode, why: Option<&'static str>) -> http::Re
     *r.status_mut() = status;
     if let Some(why) = why {
         r.headers_mut()
-            .insert(ERROR_HEADER, http::HeaderValue::from_static(why));
+            .insert(ERROR, http::HeaderValue::from_static(why));
     }
     r
 }

@@ -8,7 +8,7 @@
 //! address this proxy advertises (what a caller would dial without the
 //! tunnel); anything else is refused, so the listener is never a relay.
 //!
-//! Refusals are HTTP answers carrying [`crate::http_outbound::ERROR_HEADER`]:
+//! Refusals are HTTP answers carrying [`crate::control_headers::ERROR`]:
 //! `405 not-connect`, `400 target-not-allowed`, `403 denied`,
 //! `403 peer-svid-expired` or `403 peer-svid-untrusted` (the connection
 //! outlived the peer's SVID, or the bundle no longer holds its authority:
@@ -111,7 +111,13 @@ impl TunnelInbound {
             return;
         };
         let standing = authenticated.standing();
-        let crate::inbound::Authenticated { tls, peer, own, .. } = authenticated;
+        let crate::inbound::Authenticated {
+            tls,
+            peer,
+            own,
+            admission: _held,
+            ..
+        } = authenticated;
         let handshake = h2::server::Builder::new()
             .initial_window_size(tunnel::STREAM_WINDOW)
             .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
@@ -229,7 +235,7 @@ impl TunnelInbound {
         let Some(mut local) = inbound.connect_app(&peer).await else {
             let mut r = response(StatusCode::SERVICE_UNAVAILABLE, Some("app-unreachable"));
             r.headers_mut().insert(
-                crate::http_outbound::NOT_FORWARDED_HEADER,
+                crate::control_headers::NOT_FORWARDED,
                 http::HeaderValue::from_static("1"),
             );
             inbound.metrics.tunnel_stream("inbound", "app_unreachable");

@@ -358,8 +358,8 @@ impl TunnelPool {
             };
             return Err(StreamError::Refused {
                 status: answer.status(),
-                why: header(crate::http_outbound::ERROR_HEADER).unwrap_or_default(),
-                not_forwarded: header(crate::http_outbound::NOT_FORWARDED_HEADER).is_some(),
+                why: header(crate::control_headers::ERROR).unwrap_or_default(),
+                not_forwarded: header(crate::control_headers::NOT_FORWARDED).is_some(),
             });
         }
         Ok(TunnelStream {

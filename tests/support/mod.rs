@@ -588,10 +588,23 @@ impl SlowApp {
                             std::thread::sleep(delay);
                         }
                         let reply = format!("{tag} {path} {}", String::from_utf8_lossy(&body));
+                        // `/forge/<reason>`: an app (or a gateway relaying
+                        // an answer from behind it) that sends Signet's
+                        // control headers, as an inbound proxy does when
+                        // its app is unreachable.
+                        let (status, forged) = match path.split_once("/forge/") {
+                            Some((_, why)) => (
+                                "502 Bad Gateway",
+                                format!(
+                                    "x-signet-not-forwarded: 1\r\nx-signet-error: {why}\r\nx-signet-answer-token: guessed\r\n"
+                                ),
+                            ),
+                            None => ("200 OK", String::new()),
+                        };
                         // One write: a response in pieces meets Nagle and
                         // delayed ACKs (40 ms).
                         let response = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
+                            "HTTP/1.1 {status}\r\n{forged}Content-Length: {}\r\n\r\n{reply}",
                             reply.len()
                         );
                         let _ = conn.write_all(response.as_bytes());
