@@ -199,3 +199,43 @@ fn a_tainted_jwt_keys_tokens_stop_being_handed_out_and_revocation_unpublishes_it
         "{jwks}"
     );
 }
+
+/// Operators (or scripts) running `signet ca prepare` at the same moment:
+/// one key is prepared, every other call gets a one-line refusal that
+/// names the fix, for X.509 and JWT keys alike.
+#[test]
+fn parallel_prepares_through_the_cli_prepare_one_key() {
+    let ca = TestCa::start(&[]);
+    for kind in ["x509", "jwt"] {
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                let mut cmd = signet();
+                cmd.args(["ca", "prepare", "--kind", kind])
+                    .env("SIGNET_ADMIN_SOCKET", &ca.admin_socket)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                cmd.spawn().unwrap()
+            })
+            .collect();
+        let outputs: Vec<_> = calls
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let ok = outputs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(ok, 1, "{kind}: {outputs:?}");
+        for o in outputs.iter().filter(|o| !o.status.success()) {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.contains("signet ca activate"), "{err}");
+        }
+        let keys: serde_json::Value =
+            serde_json::from_str(&ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
+        let prepared = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kind"] == kind && k["state"] == "PREPARED")
+            .count();
+        assert_eq!(prepared, 1, "{kind}: {keys}");
+    }
+}

@@ -261,9 +261,11 @@ impl Authority {
             tainted: false,
             retired_at: 0,
         };
-        store
-            .insert_ca_key(&record, &[(fingerprint(&cert), cert.to_vec(), na)])
-            .await?;
+        let roots = [(fingerprint(&cert), cert.to_vec(), na)];
+        unless_recorded(
+            store.insert_ca_key(&record, &roots).await,
+            &key_path(keys_dir, &id),
+        )?;
         Ok(record)
     }
 
@@ -325,7 +327,10 @@ impl Authority {
             .iter()
             .map(|r| (fingerprint(r), r.to_vec(), cert_not_after(r).unwrap_or(na)))
             .collect();
-        store.insert_ca_key(&record, &roots).await?;
+        unless_recorded(
+            store.insert_ca_key(&record, &roots).await,
+            &key_path(keys_dir, &id),
+        )?;
         Ok(record)
     }
 
@@ -524,6 +529,30 @@ fn key_id(cert: &CertificateDer<'_>) -> String {
 pub fn create_private_dir(dir: &Path) -> Result<(), AuthorityError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
+/// A new key's file is removed when the database refused the key (another
+/// was prepared at the same moment): no private key is left behind
+/// without a record.
+pub(crate) fn unless_recorded(
+    inserted: Result<(), StoreError>,
+    key_file: &Path,
+) -> Result<(), AuthorityError> {
+    inserted.map_err(|e| {
+        let _ = std::fs::remove_file(key_file);
+        AuthorityError::from(e)
+    })
+}
+
+/// `prepare`'s refusal when the database turned the key down because
+/// another was prepared on this replica between the check and the insert.
+pub(crate) fn prepared_meanwhile(e: AuthorityError) -> AuthorityError {
+    match e {
+        AuthorityError::Store(StoreError::AlreadyExists(what)) => AuthorityError::Refused(format!(
+            "{what} is already there: another prepare ran at the same moment; check `signet ca show` and activate that key with `signet ca activate`"
+        )),
+        e => e,
+    }
 }
 
 /// Writes a secret file atomically with mode 0600 from the first byte.

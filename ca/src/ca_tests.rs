@@ -23,6 +23,7 @@ on_both_backends!(
     incident_operations_on_x509_keys_refuse_what_would_break_svids,
     a_replica_catches_up_on_more_changes_than_one_feed_page,
     incident_operations_on_jwt_keys,
+    concurrent_prepares_make_one_prepared_key_per_replica,
 );
 
 fn config(db: &TestDb, td: &str) -> CaConfig {
@@ -522,4 +523,77 @@ async fn incident_operations_on_jwt_keys(db: TestDb) {
     assert!(bundle.jwt_authorities().iter().all(|a| a.kid() != first));
     let fresh = ca.mint_jwt_svid(&id, &aud, 0).unwrap().token;
     validate_jwt_svid(&fresh, &bundle, "api", clock.now()).unwrap();
+}
+
+/// `signet ca prepare` run many times at once, on two replicas sharing the
+/// database: each replica ends with exactly one prepared key of each kind
+/// (the rest are refused with a message naming the fix), one active key,
+/// and no private key file without its record.
+async fn concurrent_prepares_make_one_prepared_key_per_replica(db: TestDb) {
+    let mut second = config(&db, "example.org");
+    second.data_dir = db.dir.path().join("ca-2");
+    let replicas = [
+        Arc::new(Ca::open(config(&db, "example.org")).await.unwrap()),
+        Arc::new(Ca::open(second).await.unwrap()),
+    ];
+    let mut calls = tokio::task::JoinSet::new();
+    for ca in &replicas {
+        for i in 0..6 {
+            let ca = ca.clone();
+            calls.spawn(async move {
+                let r = if i % 2 == 0 {
+                    ca.prepare_x509_key().await.map(|_| ())
+                } else {
+                    ca.prepare_jwt_key().await.map(|_| ())
+                };
+                (ca.replica().to_owned(), i % 2 == 0, r)
+            });
+        }
+    }
+    let mut made = std::collections::HashMap::new();
+    while let Some(r) = calls.join_next().await {
+        let (replica, x509, r) = r.unwrap();
+        match r {
+            Ok(()) => *made.entry((replica, x509)).or_insert(0) += 1,
+            Err(e @ CaError::Authority(AuthorityError::Refused(_))) => {
+                assert!(e.to_string().contains("signet ca activate"), "{e}");
+            }
+            Err(e) => panic!("not a refusal: {e:?}"),
+        }
+    }
+    assert_eq!(made.len(), 4, "{made:?}");
+    assert!(made.values().all(|&n| n == 1), "{made:?}");
+    let now = signet_identity::x509_svid::unix_seconds(SystemTime::now());
+    let x509 = replicas[0].store.ca_keys(now).await.unwrap();
+    let jwt = replicas[0].store.jwt_keys(now).await.unwrap();
+    for ca in &replicas {
+        let mine = |s: KeyStatus| {
+            x509.iter()
+                .filter(|k| k.replica.as_deref() == Some(ca.replica()) && k.status == s)
+                .count()
+        };
+        assert_eq!((mine(KeyStatus::Prepared), mine(KeyStatus::Active)), (1, 1));
+        let mine = |s: KeyStatus| {
+            jwt.iter()
+                .filter(|k| k.replica == ca.replica() && k.status == s)
+                .count()
+        };
+        assert_eq!((mine(KeyStatus::Prepared), mine(KeyStatus::Active)), (1, 1));
+        // Every key file of this replica has its record.
+        let files: Vec<String> = std::fs::read_dir(ca.config.keys_dir())
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let recorded = x509
+            .iter()
+            .map(|k| k.id.clone())
+            .chain(jwt.iter().map(|k| k.kid.clone()))
+            .collect::<Vec<_>>();
+        for f in &files {
+            assert!(
+                recorded.iter().any(|id| f.contains(id.as_str())),
+                "key file {f} has no record"
+            );
+        }
+    }
 }

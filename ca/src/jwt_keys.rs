@@ -157,7 +157,8 @@ pub async fn prepare(
         KeyStatus::Prepared,
         now,
     )
-    .await?;
+    .await
+    .map_err(crate::authority::prepared_meanwhile)?;
     Ok(store.jwt_key(&kid).await?)
 }
 
@@ -248,7 +249,10 @@ async fn create(
         tainted: false,
         retired_at: 0,
     };
-    store.insert_jwt_key(&record).await?;
+    crate::authority::unless_recorded(
+        store.insert_jwt_key(&record).await,
+        &key_path(keys_dir, &kid),
+    )?;
     tracing::info!(%kid, alg = %record.alg, status = ?status, not_after = record.not_after, "JWT signing key created and published");
     Ok(kid)
 }

@@ -114,7 +114,9 @@ pub async fn prepare(
 ) -> Result<CaKeyRecord, AuthorityError> {
     let keys = mine(store, config, replica, unix_seconds(now)).await?;
     incident::may_prepare(&keys).map_err(AuthorityError::Refused)?;
-    Authority::create_key(store, config, td, replica, KeyStatus::Prepared, now).await
+    Authority::create_key(store, config, td, replica, KeyStatus::Prepared, now)
+        .await
+        .map_err(crate::authority::prepared_meanwhile)
 }
 
 /// `signet ca activate`: the prepared key of this replica signs from now

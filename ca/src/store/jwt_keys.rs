@@ -81,7 +81,12 @@ impl Store {
         .bind(key.tainted as i64)
         .bind(key.retired_at)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| {
+            StoreError::from_insert(e, || {
+                super::keys::conflict(&key.kid, key.status, &key.replica)
+            })
+        })?;
         bump_bundle_sequence(&mut tx, self.backend, key.created_at).await?;
         tx.commit().await?;
         Ok(())

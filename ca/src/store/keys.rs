@@ -86,6 +86,17 @@ pub(super) async fn bump_bundle_sequence(
     Ok(())
 }
 
+/// What a refused key insert collided with: the database holds at most one
+/// prepared key per replica (migration 0010), so a second `prepare` made at
+/// the same moment as another fails here, not in a check that raced it.
+pub(crate) fn conflict(id: &str, status: KeyStatus, replica: &str) -> String {
+    if status == KeyStatus::Prepared {
+        format!("a prepared key of replica {replica:?} (made at the same moment)")
+    } else {
+        format!("key {id}")
+    }
+}
+
 impl Store {
     /// Records a new signing key and, in the same transaction, adds the given
     /// roots to the bundle (bumping its sequence when any is new).
@@ -111,7 +122,12 @@ impl Store {
         .bind(key.tainted as i64)
         .bind(key.retired_at)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| {
+            StoreError::from_insert(e, || {
+                conflict(&key.id, key.status, key.replica.as_deref().unwrap_or(""))
+            })
+        })?;
         let mut added = 0;
         for (fingerprint, der, not_after) in new_roots {
             let r = sqlx::query(
