@@ -399,6 +399,143 @@ fn http_requests_are_balanced_retried_timed_out_and_capped() {
     assert_eq!(http_call(caller_port, "GET", "/after", "").0, 200);
 }
 
+/// `signet endpoints list` of payments through `ca`, as addresses.
+fn addresses(ca: &TestCa) -> Vec<String> {
+    listed(ca).into_iter().map(|(a, _)| a).collect()
+}
+
+/// Incident response moves a service off a node: `entry update --parent-id`
+/// to another node, or `entry delete`. A compromised node that keeps its
+/// publishing stream open and sends nothing more still loses the endpoints
+/// of that identity at once, on every replica (callers watching it are
+/// told), and its stream is told they are refused; the entry given back
+/// publishes them again. Two replicas on one PostgreSQL: the node publishes
+/// through A, the operator acts through B, a caller's node watches on B.
+#[test]
+fn an_entitlement_change_withdraws_the_endpoints_of_a_silent_node() {
+    let Some(pg) = signet_test_support::postgres::TestPostgres::get() else {
+        return;
+    };
+    let url = pg.fresh_database();
+    let a = TestCa::start(&["--database-url", &url]);
+    let b = TestCa::start(&["--database-url", &url]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut rogue = rt.block_on(attested_node_client(&a, "rogue"));
+    let mut watcher = rt.block_on(attested_node_client(&b, "watcher"));
+    let payments = b.entry(PAYMENTS, "rogue", &["unix:uid:1"], &[]);
+    // The node publishes payments once, then holds its stream silent.
+    let (updates, mut acks) = rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(signet_proto::node::EndpointsUpdate {
+            sequence: 1,
+            endpoints: vec![signet_proto::mesh::Endpoint {
+                spiffe_id: PAYMENTS.into(),
+                address: ":7".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+        let acks = rogue
+            .publish_endpoints(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, acks)
+    });
+    let mut next_ack = || {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), acks.message())
+                .await
+                .expect("an answer on the publishing stream within 10 s")
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let ack = next_ack();
+    assert_eq!((ack.sequence, ack.published.len()), (1, 1), "{ack:?}");
+    let mut watch = rt.block_on(async {
+        watcher
+            .watch_endpoints(signet_proto::mesh::WatchRequest {
+                spiffe_id: PAYMENTS.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let mut watched = || {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), watch.message())
+                .await
+                .expect("a watch message within 10 s")
+                .unwrap()
+                .unwrap()
+                .endpoints
+                .len()
+        })
+    };
+    assert_eq!(watched(), 1);
+    for ca in [&a, &b] {
+        assert_eq!(addresses(ca), ["127.0.0.1:7"]);
+    }
+
+    let withdrawn_everywhere = |what: &str| {
+        let start = Instant::now();
+        for ca in [&a, &b] {
+            eventually(Duration::from_secs(5), what, || {
+                addresses(ca).is_empty().then_some(())
+            });
+        }
+        println!(
+            "{what}: withdrawn on both replicas after {:?}",
+            start.elapsed()
+        );
+    };
+
+    // The service moves to another node.
+    b.run_ok(&[
+        "entry",
+        "update",
+        &payments,
+        "--parent-id",
+        "spiffe://example.org/signet/agent/node-c",
+    ]);
+    withdrawn_everywhere("entry update --parent-id");
+    assert_eq!(watched(), 0, "the caller's node is told");
+    let ack = next_ack();
+    assert_eq!(ack.sequence, 1, "the last update, checked again: {ack:?}");
+    assert!(ack.published.is_empty(), "{ack:?}");
+    assert!(
+        ack.refused[0]
+            .reason
+            .contains("not the SPIFFE ID of an entry"),
+        "{ack:?}"
+    );
+
+    // Given back: published again, the node sending nothing.
+    b.run_ok(&[
+        "entry",
+        "update",
+        &payments,
+        "--parent-id",
+        "spiffe://example.org/signet/agent/rogue",
+    ]);
+    let ack = next_ack();
+    assert_eq!((ack.sequence, ack.published.len()), (1, 1), "{ack:?}");
+    assert_eq!(watched(), 1);
+    for ca in [&a, &b] {
+        eventually(Duration::from_secs(5), "published again", || {
+            (addresses(ca) == ["127.0.0.1:7"]).then_some(())
+        });
+    }
+
+    // The entry is deleted.
+    b.run_ok(&["entry", "delete", &payments]);
+    withdrawn_everywhere("entry delete");
+    assert_eq!(watched(), 0);
+    drop(updates);
+}
+
 /// An app cannot speak for its proxy. Its answer carrying Signet's control
 /// headers (`x-signet-not-forwarded`, `x-signet-error`, a guessed answer
 /// token), as a gateway relaying an answer from behind it would, is the

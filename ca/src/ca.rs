@@ -565,11 +565,7 @@ impl Ca {
         session: &PublishSession,
         endpoints: Vec<signet_proto::mesh::Endpoint>,
     ) -> Result<Checked, CaError> {
-        let mut checked = self.read_cache(|cache| {
-            check_update(endpoints, agent_id, peer_ip, &self.trust_domain, |id| {
-                cache.agent_holds(agent_id, id)
-            })
-        });
+        let mut checked = self.check_endpoints(agent_id, peer_ip, endpoints);
         self.store
             .replace_endpoints(agent_id, &checked.accepted, session, self.now_secs())
             .await?;
@@ -578,6 +574,21 @@ impl Ca {
         let stored = self.store.endpoints_of_agent(agent_id).await?;
         checked.accepted = stored;
         Ok(checked)
+    }
+
+    /// What of `endpoints` agent `agent_id` (connected from `peer_ip`) may
+    /// publish under its entries now, and what not and why; nothing stored.
+    pub fn check_endpoints(
+        &self,
+        agent_id: &str,
+        peer_ip: Option<std::net::IpAddr>,
+        endpoints: Vec<signet_proto::mesh::Endpoint>,
+    ) -> Checked {
+        self.read_cache(|cache| {
+            check_update(endpoints, agent_id, peer_ip, &self.trust_domain, |id| {
+                cache.agent_holds(agent_id, id)
+            })
+        })
     }
 
     /// Agent `agent_id`'s publishing stream `session` ended: its endpoints

@@ -19,6 +19,13 @@ use crate::Ca;
 
 /// Serves one publishing stream of agent `agent_id` until it ends, then
 /// starts the grace period of what it published.
+///
+/// The stream also follows the node's entries: when an entry change alters
+/// what the node may advertise (an entry deleted or moved to another node:
+/// the store has already withdrawn those endpoints in the change's own
+/// transaction), the last update is checked again and acknowledged again
+/// under its sequence, so the agent learns which of its registrations are
+/// refused now, and an entitlement given back publishes them again.
 pub async fn serve_publish(
     ca: Arc<Ca>,
     agent_id: String,
@@ -30,30 +37,58 @@ pub async fn serve_publish(
         id: uuid::Uuid::new_v4().to_string(),
         replica: ca.replica().to_owned(),
     };
-    let mut published = false;
+    let mut agent = ca.subscribe_agent(&agent_id);
+    let mut seen = *agent.borrow_and_update();
+    // The last update, and what of it is published.
+    let mut last: Option<(pb::EndpointsUpdate, Vec<(String, String)>)> = None;
     loop {
         let update = tokio::select! {
-            m = updates.message() => m,
+            m = updates.message() => match m {
+                Ok(Some(u)) => u,
+                Ok(None) | Err(_) => break,
+            },
             // The agent went away without closing its half.
             _ = tx.closed() => break,
+            r = agent.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                let now = *agent.borrow_and_update();
+                let (standing, entries) = (now.standing != seen.standing, now.entries != seen.entries);
+                seen = now;
+                // A ban or eviction ends the stream: what it withdrew must
+                // not come back through it.
+                if standing {
+                    if let Err(refused) = crate::node_api::agent_in_good_standing(&ca, &agent_id).await {
+                        let _ = tx.send(Err(refused)).await;
+                        break;
+                    }
+                }
+                match &last {
+                    Some((update, published))
+                        if entries
+                            && published_keys(&ca.check_endpoints(&agent_id, peer_ip, update.endpoints.clone()).accepted)
+                                != *published =>
+                    {
+                        tracing::info!(agent_id = %agent_id, "the node's entries changed what it may advertise; its endpoints are checked again");
+                        update.clone()
+                    }
+                    _ => continue,
+                }
+            }
         };
-        let update = match update {
-            Ok(Some(u)) => u,
-            Ok(None) | Err(_) => break,
-        };
-        // A ban or eviction since the stream opened ends it: what the ban
-        // withdrew must not come back through it.
+        // A ban or eviction since the stream opened ends it.
         if let Err(refused) = crate::node_api::agent_in_good_standing(&ca, &agent_id).await {
             let _ = tx.send(Err(refused)).await;
             break;
         }
         let count = update.endpoints.len();
+        let sequence = update.sequence;
         match ca
-            .publish_endpoints(&agent_id, peer_ip, &session, update.endpoints)
+            .publish_endpoints(&agent_id, peer_ip, &session, update.endpoints.clone())
             .await
         {
             Ok(checked) => {
-                published = true;
                 ca.metrics
                     .endpoints_refused
                     .inc_by(checked.refused.len() as u64);
@@ -61,8 +96,9 @@ pub async fn serve_publish(
                     tracing::warn!(agent_id = %agent_id, spiffe_id = %e.spiffe_id, address = %e.address, reason = %reason, "endpoint refused");
                 }
                 tracing::debug!(agent_id = %agent_id, sent = count, published = checked.accepted.len(), "endpoints published");
+                last = Some((update, published_keys(&checked.accepted)));
                 let ack = pb::EndpointsAck {
-                    sequence: update.sequence,
+                    sequence,
                     published: checked.accepted.iter().map(endpoint_to_pb).collect(),
                     refused: checked
                         .refused
@@ -83,9 +119,19 @@ pub async fn serve_publish(
             }
         }
     }
-    if published {
+    if last.is_some() {
         ca.endpoints_lost(&agent_id, &session.id).await;
     }
+}
+
+/// What identifies a published endpoint: its SPIFFE ID and address.
+fn published_keys(accepted: &[crate::store::EndpointRecord]) -> Vec<(String, String)> {
+    let mut keys: Vec<_> = accepted
+        .iter()
+        .map(|e| (e.spiffe_id.clone(), e.address.clone()))
+        .collect();
+    keys.sort_unstable();
+    keys
 }
 
 /// Serves agent `agent_id`'s watch of `spiffe_id`'s endpoints until the

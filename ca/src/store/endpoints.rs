@@ -58,6 +58,39 @@ fn endpoint_from_row(row: &AnyRow) -> Result<EndpointRecord, StoreError> {
     })
 }
 
+/// Inside the transaction of an entry change that took SPIFFE ID
+/// `spiffe_id` from agent `agent_id` (deleted, moved to another parent,
+/// given another ID): withdraws the agent's endpoints of that identity
+/// unless another of its entries still names it. In the same transaction,
+/// so no replica ever serves an endpoint its node can no longer prove.
+pub(super) async fn withdraw_unentitled(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: super::Backend,
+    agent_id: &str,
+    spiffe_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let withdrawn = sqlx::query(
+        "DELETE FROM endpoints WHERE agent_id = $1 AND spiffe_id = $2 \
+         AND NOT EXISTS (SELECT 1 FROM entries WHERE parent_id = $1 AND spiffe_id = $2)",
+    )
+    .bind(agent_id)
+    .bind(spiffe_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if withdrawn > 0 {
+        record_change(tx, backend, ChangeKind::Endpoints, agent_id, agent_id, now).await?;
+        tracing::info!(
+            agent_id,
+            spiffe_id,
+            withdrawn,
+            "endpoints withdrawn: no entry of the node names the identity any more"
+        );
+    }
+    Ok(())
+}
+
 impl Store {
     /// Replaces `agent_id`'s endpoints with `endpoints` (published through
     /// `session`); an endpoint published before keeps its registration

@@ -4,6 +4,7 @@ use signet_identity::SpiffeId;
 use sqlx::any::AnyRow;
 
 use super::changes::{record_change, ChangeKind};
+use super::endpoints::withdraw_unentitled;
 use super::{get, Store, StoreError};
 use crate::entry::{Entry, EntrySpec, Selector};
 
@@ -153,12 +154,13 @@ impl Store {
         now: i64,
     ) -> Result<Entry, StoreError> {
         let mut tx = self.begin_write().await?;
-        let old_parent: String = sqlx::query("SELECT parent_id FROM entries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("entry {id}")))
-            .and_then(|row| get(&row, "parent_id"))?;
+        let (old_parent, old_id): (String, String) =
+            sqlx::query("SELECT parent_id, spiffe_id FROM entries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("entry {id}")))
+                .and_then(|row| Ok((get(&row, "parent_id")?, get(&row, "spiffe_id")?)))?;
         if old_parent != spec.parent_id.as_str() {
             record_change(
                 &mut tx,
@@ -198,6 +200,11 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, || duplicate(spec)))?;
+        if (old_parent.as_str(), old_id.as_str())
+            != (spec.parent_id.as_str(), spec.spiffe_id.as_str())
+        {
+            withdraw_unentitled(&mut tx, self.backend, &old_parent, &old_id, now).await?;
+        }
         tx.commit().await?;
         self.get_entry(id).await
     }
@@ -205,13 +212,15 @@ impl Store {
     /// Deletes an entry.
     pub async fn delete_entry(&self, id: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let parent: String = sqlx::query("DELETE FROM entries WHERE id = $1 RETURNING parent_id")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("entry {id}")))
-            .and_then(|row| get(&row, "parent_id"))?;
+        let (parent, spiffe_id): (String, String) =
+            sqlx::query("DELETE FROM entries WHERE id = $1 RETURNING parent_id, spiffe_id")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("entry {id}")))
+                .and_then(|row| Ok((get(&row, "parent_id")?, get(&row, "spiffe_id")?)))?;
         record_change(&mut tx, self.backend, ChangeKind::Entry, id, &parent, now).await?;
+        withdraw_unentitled(&mut tx, self.backend, &parent, &spiffe_id, now).await?;
         tx.commit().await?;
         Ok(())
     }

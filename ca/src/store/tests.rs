@@ -18,6 +18,7 @@ on_both_backends!(
     the_change_feed_holds_every_change_in_commit_order,
     the_change_feed_is_pruned_up_to_a_horizon,
     endpoints_are_replaced_whole_and_withdrawn_only_with_their_session,
+    an_entry_change_withdraws_the_endpoints_it_no_longer_covers,
 );
 
 fn spec(id: &str, parent: &str, selectors: &[&str]) -> crate::entry::EntrySpec {
@@ -510,4 +511,99 @@ async fn endpoints_are_replaced_whole_and_withdrawn_only_with_their_session(db: 
         .map(|c| c.kind)
         .collect();
     assert!(kinds.contains(&ChangeKind::Endpoints));
+}
+
+/// In the entry change's own transaction: an agent's endpoints of an
+/// identity go when no entry parented to it names the identity any more
+/// (moved, renamed, deleted), and stay while another entry still does.
+async fn an_entry_change_withdraws_the_endpoints_it_no_longer_covers(db: TestDb) {
+    let store = Store::connect(&db.url).await.unwrap();
+    const WEB: &str = "spiffe://example.org/web";
+    let session = PublishSession {
+        id: "s1".into(),
+        replica: "r1".into(),
+    };
+    let publish = |at: i64| {
+        let store = &store;
+        let session = &session;
+        async move {
+            let ep = EndpointRecord {
+                agent_id: A1.into(),
+                spiffe_id: WEB.into(),
+                address: "10.0.0.1:1".into(),
+                protocol: "tcp".into(),
+                zone: String::new(),
+                weight: 100,
+                tunnel_port: 0,
+                registered_at: 0,
+                lost_at: 0,
+            };
+            store
+                .replace_endpoints(A1, &[ep], session, at)
+                .await
+                .unwrap();
+            assert_eq!(store.endpoints_of_agent(A1).await.unwrap().len(), 1);
+        }
+    };
+    let changes = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .changes_since(0, 1000)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|c| c.kind == ChangeKind::Endpoints)
+                .count()
+        }
+    };
+    let first = store
+        .create_entry(&spec(WEB, A1, &["unix:uid:1"]), 1)
+        .await
+        .unwrap();
+    let second = store
+        .create_entry(&spec(WEB, A1, &["unix:uid:2"]), 2)
+        .await
+        .unwrap();
+    publish(10).await;
+    // Another entry of the agent still names the identity: kept.
+    store.delete_entry(&first.id, 20).await.unwrap();
+    assert_eq!(store.endpoints_of_agent(A1).await.unwrap().len(), 1);
+    // Its last entry moves to another agent: withdrawn, with a change row.
+    let before = changes(&store).await;
+    store
+        .update_entry(&second.id, &spec(WEB, A2, &["unix:uid:2"]), 30)
+        .await
+        .unwrap();
+    assert!(store.endpoints_of_agent(A1).await.unwrap().is_empty());
+    assert_eq!(changes(&store).await, before + 1);
+    // Renamed under the same agent: the old identity's endpoints go.
+    store
+        .update_entry(&second.id, &spec(WEB, A1, &["unix:uid:2"]), 40)
+        .await
+        .unwrap();
+    publish(50).await;
+    store
+        .update_entry(
+            &second.id,
+            &spec("spiffe://example.org/other", A1, &["unix:uid:2"]),
+            60,
+        )
+        .await
+        .unwrap();
+    assert!(store.endpoints_of_agent(A1).await.unwrap().is_empty());
+    // Back under the agent and published again: a change that keeps the
+    // identity on the agent keeps them; deleted, they are withdrawn.
+    store
+        .update_entry(&second.id, &spec(WEB, A1, &["unix:uid:2"]), 70)
+        .await
+        .unwrap();
+    publish(80).await;
+    store
+        .update_entry(&second.id, &spec(WEB, A1, &["unix:uid:3"]), 85)
+        .await
+        .unwrap();
+    assert_eq!(store.endpoints_of_agent(A1).await.unwrap().len(), 1);
+    store.delete_entry(&second.id, 90).await.unwrap();
+    assert!(store.endpoints_of_agent(A1).await.unwrap().is_empty());
 }
