@@ -502,3 +502,70 @@ fn oidc_discovery_over_tls_serves_rs256_keys_that_pyjwt_verifies() {
         );
     }
 }
+
+/// An issuer with a path (`https://host:port/tenant-a`, as AWS and GCP
+/// accept) is served under its path: PyJWT follows discovery from the
+/// issuer to the JWKS it names and verifies a JWT-SVID; the root serves
+/// nothing.
+#[test]
+fn an_issuer_with_a_path_is_served_under_it_and_pyjwt_follows_discovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, cert, key) = oidc_tls_files(dir.path());
+    let oidc_port = signet_test_support::free_port();
+    let issuer = format!("https://127.0.0.1:{oidc_port}/tenant-a");
+    let config = dir.path().join("ca.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nissuer = \"{issuer}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let ca = TestCa::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/tenant",
+        "node-1",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    let token = fetch_jwt(&agent, "svc");
+    assert_eq!(claims_of(&token)["iss"], issuer.as_str());
+    // The root and paths outside the issuer's serve nothing.
+    let status_of = |path: &str| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ssl,sys,urllib.request,urllib.error\n\
+                 ctx=ssl.create_default_context(cafile=sys.argv[2])\n\
+                 try:\n    print(urllib.request.urlopen(sys.argv[1],context=ctx,timeout=10).status)\n\
+                 except urllib.error.HTTPError as e:\n    print(e.code)",
+                &format!("https://127.0.0.1:{oidc_port}{path}"),
+                ca_pem.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        status_of("/tenant-a/.well-known/openid-configuration"),
+        "200"
+    );
+    assert_eq!(status_of("/tenant-a/keys"), "200");
+    assert_eq!(status_of("/.well-known/openid-configuration"), "404");
+    assert_eq!(status_of("/keys"), "404");
+    if python_spiffe_available() {
+        assert_eq!(
+            python(&mut py(&[
+                "discover",
+                &issuer,
+                "svc",
+                &token,
+                ca_pem.to_str().unwrap()
+            ])),
+            format!("discovered sub=spiffe://example.org/tenant jwks_uri={issuer}/keys")
+        );
+    }
+}

@@ -650,3 +650,120 @@ fn http_header_count_and_size_limits_hold_on_both_sides() {
     // Under the size with the same few fields: served.
     assert_eq!(status_with_headers(&mesh, &headers(2, 3000)), 200);
 }
+
+/// A TCP connection to `to` from `from` that sends nothing.
+async fn idle_from(from: std::net::Ipv4Addr, to: SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((from, 0))).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Of `conns`, how many the server still holds open (no EOF or reset
+/// within a moment).
+async fn still_open(conns: &mut [tokio::net::TcpStream]) -> usize {
+    let mut open = 0;
+    for c in conns.iter_mut() {
+        if !closed_within(c, Duration::from_millis(30)).await {
+            open += 1;
+        }
+    }
+    open
+}
+
+/// The OIDC discovery listener has limits of its own: a flood of idle
+/// connections, from one address or from many, gets at most its per-source
+/// and listener caps, is closed after the header timeout, and takes no
+/// descriptor from the admin socket, the node API or the metrics listener
+/// (the CA runs under an open-file limit the flood alone would exceed).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oidc_flood_takes_no_descriptors_from_the_other_listeners() {
+    signet_identity::admission::raise_fd_limit();
+    let oidc_port = signet_test_support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ca.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[limits]\nmax_connections = 200\n[oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nissuer = \"https://oidc.example.org\"\nmax_connections = 100\nmax_connections_per_source = 8\nheader_timeout = 3\n"
+        ),
+    )
+    .unwrap();
+    // 100 (OIDC) + 64 (metrics) + 64 (admin) + 256 reserved + 200 (node).
+    let ca = TestCa::start_with_nofile(700, &["--config", cfg.to_str().unwrap()]);
+    let oidc: SocketAddr = format!("127.0.0.1:{oidc_port}").parse().unwrap();
+    let discovery = move || http_get(oidc_port, "/.well-known/openid-configuration").0;
+    assert_eq!(discovery(), 200);
+
+    // One address: its share and no more; others are still served.
+    let mut one = Vec::new();
+    for _ in 0..50 {
+        one.push(idle_from("127.0.0.2".parse().unwrap(), oidc).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = still_open(&mut one).await;
+    println!("one address, 50 idle connections: {held} held open");
+    assert_eq!(held, 8, "max_connections_per_source");
+    assert_eq!(tokio::task::spawn_blocking(discovery).await.unwrap(), 200);
+
+    // Many addresses, 800 connections in all, more than the CA's whole
+    // open-file limit: the listener holds its cap, nothing more.
+    let mut many = Vec::new();
+    for i in 0..800u32 {
+        let from = std::net::Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
+        many.push(idle_from(from, oidc).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = still_open(&mut many).await;
+    println!("800 idle connections from 800 addresses: {held} held open");
+    assert!(held <= 100 - 8, "max_connections: {held}");
+    // Meanwhile the admin socket, the node API (a new agent attests and
+    // gets its SVID) and the metrics listener all work.
+    let ca = tokio::task::spawn_blocking(move || {
+        let token = ca.token("node-during-flood");
+        let agent = TestAgent::start(&ca, &token, &[]);
+        ca.entry(
+            "spiffe://example.org/during-flood",
+            "node-during-flood",
+            &[&format!("unix:uid:{}", my_uid())],
+            &[],
+        );
+        let (code, metrics) = ca.http_get("/metrics");
+        assert_eq!(code, 200);
+        for reason in ["max_connections", "max_per_source"] {
+            assert!(
+                metrics.contains(&format!(
+                    "signet_ca_listener_refusals_total{{listener=\"oidc\",reason=\"{reason}\"}}"
+                )),
+                "{metrics}"
+            );
+        }
+        drop(agent);
+        ca
+    })
+    .await
+    .unwrap();
+    // After the header timeout the idle connections are gone, and the
+    // listener serves again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(still_open(&mut one).await, 0);
+    assert_eq!(still_open(&mut many).await, 0);
+    assert_eq!(tokio::task::spawn_blocking(discovery).await.unwrap(), 200);
+    let mut ca = ca;
+    ca.daemon.stop_and_read_log();
+    let refusals: Vec<&String> = ca
+        .daemon
+        .log
+        .iter()
+        .filter(|l| l.contains("connection refused") && l.contains("oidc"))
+        .collect();
+    println!(
+        "{} refusal log lines, e.g. {:?}",
+        refusals.len(),
+        refusals.first()
+    );
+    let from_one: Vec<_> = refusals
+        .iter()
+        .filter(|l| l.contains("127.0.0.2") && l.contains("max_per_source"))
+        .collect();
+    assert_eq!(from_one.len(), 1, "once per client and limit: {from_one:?}");
+}

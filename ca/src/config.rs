@@ -121,6 +121,55 @@ pub struct OidcConfig {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM, PKCS#8).
     pub tls_key: Option<PathBuf>,
+    /// Open connections to the listener; more are closed at accept (and
+    /// counted in `signet_ca_listener_refusals_total`). Default 1,000.
+    #[serde(default = "OidcConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections per client address; more are closed at accept.
+    /// Default 32.
+    #[serde(default = "OidcConfig::default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Seconds a client gets for its TLS handshake and for each request's
+    /// headers; also the longest a keep-alive connection may stay idle.
+    /// Default 10.
+    #[serde(default = "OidcConfig::default_header_timeout")]
+    pub header_timeout: u64,
+    /// Seconds a connection may stay open at all. Default 60.
+    #[serde(default = "OidcConfig::default_connection_lifetime")]
+    pub connection_lifetime: u64,
+}
+
+impl OidcConfig {
+    fn default_max_connections() -> usize {
+        1000
+    }
+    fn default_max_connections_per_source() -> usize {
+        32
+    }
+    fn default_header_timeout() -> u64 {
+        10
+    }
+    fn default_connection_lifetime() -> u64 {
+        60
+    }
+
+    /// The listener's limits.
+    pub fn http_limits(&self) -> signet_identity::http_serve::HttpLimits {
+        signet_identity::http_serve::HttpLimits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout),
+            max_lifetime: std::time::Duration::from_secs(self.connection_lifetime),
+        }
+    }
+
+    /// The path the issuer URL names (`""` for none, else `/tenant-a`):
+    /// discovery is served under it, as relying parties look for it at
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub fn issuer_path(&self) -> &str {
+        let rest = self.issuer.strip_prefix("https://").unwrap_or(&self.issuer);
+        rest.find('/').map_or("", |i| &rest[i..])
+    }
 }
 
 /// What one client may hold of the node API, and for how long. Hitting a
@@ -247,15 +296,31 @@ impl CaConfig {
             )));
         }
         if let Some(oidc) = &self.oidc {
-            let rest = oidc
-                .issuer
-                .strip_prefix("https://")
-                .or_else(|| oidc.issuer.strip_prefix("http://"));
-            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#']) || r.ends_with('/')) {
+            // Relying parties (cloud IAM, Vault, go-oidc, PyJWT) require an
+            // https issuer; behind a TLS-terminating load balancer the
+            // listener speaks plain HTTP but the issuer is still https.
+            let rest = oidc.issuer.strip_prefix("https://");
+            let host = rest.map(|r| r.split('/').next().unwrap_or(""));
+            if rest.is_none_or(|r| {
+                r.contains(['?', '#', ' ', '\\'])
+                    || r.ends_with('/')
+                    || r.contains("//")
+                    || r.split('/').any(|seg| seg == "." || seg == "..")
+            }) || host.is_none_or(str::is_empty)
+            {
                 return Err(ConfigError::Invalid(format!(
-                    "[oidc] issuer {:?} must be an https:// URL without query, fragment or trailing slash",
+                    "[oidc] issuer {:?} must be an https:// URL with a host, and no query, fragment, empty or dot segment or trailing slash (e.g. https://oidc.example.org or https://oidc.example.org/tenant-a)",
                     oidc.issuer
                 )));
+            }
+            if oidc.max_connections == 0
+                || oidc.max_connections_per_source == 0
+                || oidc.header_timeout == 0
+                || oidc.connection_lifetime == 0
+            {
+                return Err(ConfigError::Invalid(
+                    "[oidc] max_connections, max_connections_per_source, header_timeout and connection_lifetime must be positive".into(),
+                ));
             }
             if oidc.tls_cert.is_some() != oidc.tls_key.is_some() {
                 return Err(ConfigError::Invalid(
@@ -396,5 +461,57 @@ mod tests {
         // Long-lived keys hand over with 7 days left.
         assert!(with(365 * 86400, 7 * 86400).validate().is_ok());
         assert!(with(365 * 86400, 7 * 86400 + 1).validate().is_err());
+    }
+
+    #[test]
+    fn an_oidc_issuer_must_be_https_with_a_host_and_a_clean_path() {
+        let with = |extra: &str| {
+            toml::from_str::<CaConfig>(&format!("[oidc]\nlisten = \"127.0.0.1:0\"\n{extra}"))
+                .unwrap()
+                .validate()
+        };
+        for good in [
+            "issuer = \"https://oidc.example.org\"",
+            "issuer = \"https://oidc.example.org:8443\"",
+            "issuer = \"https://oidc.example.org/tenant-a\"",
+            "issuer = \"https://oidc.example.org/a/b\"",
+        ] {
+            assert!(with(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "issuer = \"http://oidc.example.org\"",
+            "issuer = \"https://\"",
+            "issuer = \"https:///tenant\"",
+            "issuer = \"https://oidc.example.org/\"",
+            "issuer = \"https://oidc.example.org/a//b\"",
+            "issuer = \"https://oidc.example.org/a/../b\"",
+            "issuer = \"https://oidc.example.org/?x=1\"",
+            "issuer = \"https://oidc.example.org#f\"",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("https://"), "{bad}: {e}");
+        }
+        let ok = "issuer = \"https://oidc.example.org\"\n";
+        for zero in [
+            "max_connections = 0",
+            "max_connections_per_source = 0",
+            "header_timeout = 0",
+            "connection_lifetime = 0",
+        ] {
+            assert!(with(&format!("{ok}{zero}")).is_err(), "{zero}");
+        }
+        let defaults = toml::from_str::<CaConfig>(&format!("[oidc]\nlisten = \"x\"\n{ok}"))
+            .unwrap()
+            .oidc
+            .unwrap();
+        assert_eq!(
+            (
+                defaults.max_connections,
+                defaults.max_connections_per_source,
+                defaults.header_timeout,
+                defaults.connection_lifetime
+            ),
+            (1000, 32, 10, 60)
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP endpoints for operators: `/metrics` (Prometheus), `/ready` (can
-//! issue: database up, signing key valid), `/live` (process responsive).
+//! issue: database up, signing key valid), `/live` (process responsive),
+//! under their own connection limits (a scraper holds one connection).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,20 +12,39 @@ use axum::Router;
 
 use crate::Ca;
 
+/// Open connections to the metrics listener.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The metrics listener's limits.
+pub const LIMITS: signet_identity::http_serve::HttpLimits =
+    signet_identity::http_serve::HttpLimits {
+        max_connections: MAX_CONNECTIONS,
+        max_per_source: 16,
+        header_timeout: std::time::Duration::from_secs(10),
+        max_lifetime: std::time::Duration::from_secs(300),
+    };
+
 /// Serves the endpoints on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ca: Arc<Ca>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/ready", get(ready))
         .route("/live", get(|| async { "live\n" }))
-        .with_state(ca);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(ca.clone());
+    signet_identity::http_serve::serve(
+        listener,
+        None,
+        app,
+        LIMITS,
+        "metrics",
+        move |reason| ca.metrics.listener_refused("metrics", reason),
+        shutdown,
+    )
+    .await
 }
 
 async fn metrics(

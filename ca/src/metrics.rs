@@ -24,6 +24,15 @@ pub struct AdminCallLabels {
     pub code: String,
 }
 
+/// Labels for connections a listener refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerRefusalLabels {
+    /// `oidc`, `metrics` or `admin`.
+    pub listener: String,
+    /// The limit's name.
+    pub reason: String,
+}
+
 /// The CA's metrics, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +66,9 @@ pub struct Metrics {
     pub endpoint_watches: Gauge,
     /// Endpoints refused from agents' updates.
     pub endpoints_refused: Counter,
+    /// Connections refused by the limits of the OIDC, metrics and admin
+    /// listeners (the node API's are in `node_refusals`).
+    pub listener_refusals: Family<ListenerRefusalLabels, Counter>,
 }
 
 /// A `kind` label.
@@ -166,7 +178,14 @@ impl Metrics {
             "Endpoints refused from agents' updates (identity not held, bad address, cap)",
             endpoints_refused.clone(),
         );
+        let listener_refusals = Family::<ListenerRefusalLabels, Counter>::default();
+        registry.register(
+            "listener_refusals",
+            "Connections refused by the limits of the OIDC, metrics and admin listeners",
+            listener_refusals.clone(),
+        );
         Self {
+            listener_refusals,
             endpoints,
             endpoint_watches,
             endpoints_refused,
@@ -206,6 +225,16 @@ impl Metrics {
     pub fn attestation_failed(&self, reason: &str) {
         self.node_refusals
             .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection `listener` refused for `reason`.
+    pub fn listener_refused(&self, listener: &str, reason: &str) {
+        self.listener_refusals
+            .get_or_create(&ListenerRefusalLabels {
+                listener: listener.into(),
                 reason: reason.into(),
             })
             .inc();

@@ -181,6 +181,7 @@ pub fn accept_tls(
         limits.max_unauthenticated_per_source,
     );
     let handshake_timeout = Duration::from_secs(limits.handshake_timeout);
+    let refusals = signet_identity::admission::RefusalLog::new(Duration::from_secs(60));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -198,6 +199,13 @@ pub fn accept_tls(
                 Ok(t) => t,
                 Err(refused) => {
                     ca.metrics.attestation_failed(refused.reason());
+                    if refusals.first_in_interval(
+                        peer.ip(),
+                        refused.reason(),
+                        std::time::Instant::now(),
+                    ) {
+                        tracing::info!(listener = "node_api", client = %peer.ip(), limit = refused.reason(), "connection refused by a limit (logged once a minute per client and limit); an agent refused here retries with backoff");
+                    }
                     continue;
                 }
             };

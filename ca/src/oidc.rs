@@ -4,12 +4,14 @@
 //! the prepared next key included, so rotation leaves no gap.
 //!
 //! Its own listener, off by default: TLS with the configured certificate,
-//! or plain HTTP behind a TLS-terminating load balancer. The documents are
-//! rebuilt at most once per [`REFRESH`], so a flood of requests costs no
-//! database work.
+//! or plain HTTP behind a TLS-terminating load balancer, under its own
+//! connection limits ([`signet_identity::http_serve`]), so that a flood of
+//! idle connections takes nothing from the node API or the admin socket.
+//! An issuer with a path (`https://host/tenant-a`) is served under it. The
+//! documents are rebuilt at most once per [`REFRESH`], so a flood of
+//! requests costs no database work.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,20 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use signet_identity::jwt_svid::jwks_of;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 
 use crate::config::OidcConfig;
 use crate::{Ca, CaError};
 
 /// How long a served JWKS may be reused (and what `Cache-Control` says).
 pub const REFRESH: Duration = Duration::from_secs(5);
-
-/// Seconds a client gets to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Handshakes in progress at once; more connections wait in the backlog.
-const MAX_HANDSHAKES: usize = 256;
 
 /// The two documents, serialized once per refresh.
 struct Served {
@@ -110,16 +105,20 @@ fn unavailable(e: CaError) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, "bundle unavailable\n").into_response()
 }
 
-/// The discovery endpoints' routes.
-fn router(ca: Arc<Ca>, issuer: &str) -> Router {
+/// The discovery endpoints' routes, under the issuer's path.
+fn router(ca: Arc<Ca>, config: &OidcConfig) -> Router {
     let docs = Arc::new(Documents {
         ca,
-        issuer: issuer.to_owned(),
+        issuer: config.issuer.clone(),
         cached: Mutex::new(None),
     });
+    let base = config.issuer_path();
     Router::new()
-        .route("/.well-known/openid-configuration", get(discovery))
-        .route("/keys", get(keys))
+        .route(
+            &format!("{base}/.well-known/openid-configuration"),
+            get(discovery),
+        )
+        .route(&format!("{base}/keys"), get(keys))
         .with_state(docs)
 }
 
@@ -154,85 +153,46 @@ pub fn tls_config(config: &OidcConfig) -> Result<Option<rustls::ServerConfig>, C
     Ok(Some(tls))
 }
 
-/// Handshakes run in their own tasks; the server only sees finished ones.
-struct TlsListener {
-    done: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.done.recv().await {
-            Some(conn) => conn,
-            // The accept task is gone (shutdown): wait for the server to stop.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-fn tls_listener(listener: TcpListener, tls: rustls::ServerConfig) -> std::io::Result<TlsListener> {
-    let local = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let (tx, done) = tokio::sync::mpsc::channel(64);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    tokio::spawn(async move {
-        loop {
-            let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, addr) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(error = %e, "OIDC accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let (acceptor, done_tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = done_tx.send((tls, addr)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "OIDC TLS handshake failed"),
-                    Err(_) => tracing::debug!(%addr, "OIDC TLS handshake timed out"),
-                }
-            });
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    Ok(TlsListener { done, local })
-}
-
-/// Serves discovery on `listener` (TLS when `tls` is given) until `shutdown`.
+/// Serves discovery on `listener` (TLS when `tls` is given) under the
+/// `[oidc]` limits until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
     ca: Arc<Ca>,
-    issuer: String,
+    config: OidcConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = router(ca, &issuer);
-    match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => {
-            axum::serve(tls_listener(listener, tls)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+) {
+    let app = router(ca.clone(), &config);
+    let tls = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
+    signet_identity::http_serve::serve(
+        listener,
+        tls,
+        app,
+        config.http_limits(),
+        "oidc",
+        move |reason| ca.metrics.listener_refused("oidc", reason),
+        shutdown,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn oidc(issuer: &str) -> OidcConfig {
+        toml::from_str(&format!("listen = \"127.0.0.1:0\"\nissuer = \"{issuer}\"")).unwrap()
+    }
+
+    #[test]
+    fn discovery_is_served_under_the_issuers_path() {
+        assert_eq!(oidc("https://oidc.example.org").issuer_path(), "");
+        assert_eq!(oidc("https://oidc.example.org:8443").issuer_path(), "");
+        assert_eq!(
+            oidc("https://host:8443/tenant-a").issuer_path(),
+            "/tenant-a"
+        );
+        assert_eq!(oidc("https://host/a/b").issuer_path(), "/a/b");
     }
 }

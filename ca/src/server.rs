@@ -24,6 +24,48 @@ const UNAUTHENTICATED_MAX_REQUEST: usize = 16 * 1024;
 /// Largest admin API request (an entry is well under 64 KiB).
 const ADMIN_MAX_REQUEST: usize = 1024 * 1024;
 
+/// Open admin socket connections (each CLI call is one).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Descriptors kept out of every listener's reach: the database pool, key
+/// files, the listeners themselves, logs.
+const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// The node API's limits once every listener's cap fits in the open-file
+/// limit with [`DESCRIPTOR_RESERVE`] to spare: one listener's flood then
+/// never takes the descriptors another needs (the admin socket, the node
+/// API). The node API's cap gives way first (with a warning); a limit too
+/// low for even that stops the CA with the fix in the message.
+fn descriptor_budget(
+    config: &CaConfig,
+    fd_limit: u64,
+) -> Result<crate::config::NodeApiLimits, CaError> {
+    let mut limits = config.limits.clone();
+    let others = config.oidc.as_ref().map_or(0, |o| o.max_connections) as u64
+        + crate::health::MAX_CONNECTIONS as u64
+        + ADMIN_MAX_CONNECTIONS as u64
+        + DESCRIPTOR_RESERVE;
+    let node_room = fd_limit.saturating_sub(others);
+    if (limits.max_connections as u64) <= node_room {
+        return Ok(limits);
+    }
+    const MIN_NODE_CONNECTIONS: u64 = 64;
+    if node_room < MIN_NODE_CONNECTIONS {
+        return Err(CaError::InvalidArgument(format!(
+            "the open-file limit ({fd_limit}) leaves no room for the node API beside the other listeners' caps and {DESCRIPTOR_RESERVE} reserved descriptors: raise it (ulimit -n, LimitNOFILE=) to at least {}, or lower [oidc] max_connections",
+            others + limits.max_connections.min(10_000) as u64
+        )));
+    }
+    tracing::warn!(
+        fd_limit,
+        configured = limits.max_connections,
+        max_connections = node_room,
+        "[limits] max_connections lowered to fit the open-file limit beside the other listeners; raise the limit (LimitNOFILE=) to serve more agents"
+    );
+    limits.max_connections = node_room as usize;
+    Ok(limits)
+}
+
 /// Runs the CA until `shutdown` completes. Errors before the ready line mean
 /// the CA did not start (bad config, database, key, port in use).
 pub async fn run(
@@ -40,6 +82,7 @@ pub async fn run(
     ca.withdraw_orphaned_endpoints().await?;
     let fd_limit = signet_identity::admission::raise_fd_limit();
     tracing::debug!(fd_limit, "open-file limit");
+    let limits = descriptor_budget(&ca.config, fd_limit)?;
 
     let io = |what: &str, e: std::io::Error| CaError::InvalidArgument(format!("{what}: {e}"));
     let admin_listener = bind_socket(&admin_path)
@@ -67,7 +110,7 @@ pub async fn run(
                 .await
                 .map_err(|e| io(&format!("[oidc] listen {}", oidc.listen), e))?;
             let addr = listener.local_addr().map_err(|e| io("[oidc] listen", e))?;
-            Some((listener, tls, addr, oidc.issuer.clone()))
+            Some((listener, tls, addr, oidc.clone()))
         }
     };
     let bundle = signet_identity::tls::BundleHandle::new(ca.bundle().await?);
@@ -79,18 +122,36 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let incoming = UnixListenerStream::new(admin_listener).filter(move |conn| match conn {
-        Ok(stream) if !peer_allowed(stream, own_uid) => {
+    let admin_admission = signet_identity::admission::Admission::<()>::new(
+        ADMIN_MAX_CONNECTIONS,
+        ADMIN_MAX_CONNECTIONS,
+    );
+    let admin_ca = ca.clone();
+    let incoming = UnixListenerStream::new(admin_listener).filter_map(move |conn| match conn {
+        Ok(stream) if !peer_allowed(&stream, own_uid) => {
             tracing::warn!("admin connection refused: peer is neither root nor the CA's user");
-            false
+            None
         }
-        _ => true,
+        Ok(stream) => match admin_admission.admit(()) {
+            Ok(ticket) => Some(Ok(signet_identity::admission::Admitted::new(
+                stream, ticket,
+            ))),
+            Err(refused) => {
+                admin_ca.metrics.listener_refused("admin", refused.reason());
+                tracing::warn!(
+                    limit = refused.reason(),
+                    max = ADMIN_MAX_CONNECTIONS,
+                    "admin connection refused: too many open"
+                );
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
     });
     let admin = tonic::transport::Server::builder()
         .add_service(AdminService::server(ca.clone()).max_decoding_message_size(ADMIN_MAX_REQUEST))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let health = crate::health::serve(metrics_listener, ca.clone(), stopped(stop_rx.clone()));
-    let limits = ca.config.limits.clone();
     let throttle = Arc::new(crate::attest_throttle::AttestThrottle::new(
         limits.attestation_failures_per_minute,
     ));
@@ -149,12 +210,12 @@ pub async fn run(
     let feed = tokio::spawn(crate::change_feed::run(ca.clone(), stop_rx.clone()));
     let client_trust = tokio::spawn(follow_bundle(ca.clone(), bundle, stop_rx.clone()));
     let oidc_addr = oidc.as_ref().map(|o| o.2.to_string()).unwrap_or_default();
-    let oidc = oidc.map(|(listener, tls, _, issuer)| {
+    let oidc = oidc.map(|(listener, tls, _, config)| {
         tokio::spawn(crate::oidc::serve(
             listener,
             tls,
             ca.clone(),
-            issuer,
+            config,
             stopped(stop_rx.clone()),
         ))
     });
@@ -284,5 +345,54 @@ async fn prune_tokens(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_listeners_cap_fits_in_the_open_file_limit_with_a_reserve() {
+        let mut config = CaConfig::default();
+        let others =
+            (crate::health::MAX_CONNECTIONS + ADMIN_MAX_CONNECTIONS) as u64 + DESCRIPTOR_RESERVE;
+        // Room for all: unchanged, at the limit and far below it.
+        config.limits.max_connections = 1000;
+        assert_eq!(
+            descriptor_budget(&config, others + 1000)
+                .unwrap()
+                .max_connections,
+            1000
+        );
+        assert_eq!(
+            descriptor_budget(&config, 1 << 20).unwrap().max_connections,
+            1000
+        );
+        // One descriptor short: the node API gives way, the others keep theirs.
+        assert_eq!(
+            descriptor_budget(&config, others + 999)
+                .unwrap()
+                .max_connections,
+            999
+        );
+        // The OIDC listener's cap counts too.
+        config.oidc = Some(
+            toml::from_str("listen = \"x\"\nissuer = \"https://o.example\"\nmax_connections = 500")
+                .unwrap(),
+        );
+        assert_eq!(
+            descriptor_budget(&config, others + 1000)
+                .unwrap()
+                .max_connections,
+            500
+        );
+        // No room worth having: refused, with the fix.
+        let e = descriptor_budget(&config, others + 500 + 63)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LimitNOFILE"), "{e}");
+        assert!(descriptor_budget(&config, others + 500 + 64).is_ok());
     }
 }

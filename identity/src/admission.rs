@@ -214,6 +214,56 @@ where
     }
 }
 
+/// Says when a refusal is worth a log line: the first time in `interval`
+/// for its source and reason. A flood is then visible (one line per source
+/// and limit a minute, with the limit's name) without writing a line per
+/// refused connection.
+#[derive(Debug)]
+pub struct RefusalLog<K> {
+    interval: std::time::Duration,
+    seen: Mutex<HashMap<(K, &'static str), std::time::Instant>>,
+}
+
+/// Sources remembered at most; past it, those outside the interval are
+/// forgotten (and if none is, all are).
+const REFUSAL_LOG_SOURCES: usize = 4096;
+
+impl<K: Hash + Eq + Clone> RefusalLog<K> {
+    /// One line per source and reason per `interval`.
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a refusal of `source` for `reason` at `now` is the first in
+    /// its interval (and so should be logged).
+    pub fn first_in_interval(
+        &self,
+        source: K,
+        reason: &'static str,
+        now: std::time::Instant,
+    ) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (source, reason);
+        if let Some(last) = seen.get(&key) {
+            if now.saturating_duration_since(*last) < self.interval {
+                return false;
+            }
+        }
+        if seen.len() >= REFUSAL_LOG_SOURCES {
+            let interval = self.interval;
+            seen.retain(|_, at| now.saturating_duration_since(*at) < interval);
+            if seen.len() >= REFUSAL_LOG_SOURCES {
+                seen.clear();
+            }
+        }
+        seen.insert(key, now);
+        true
+    }
+}
+
 /// Raises this process's soft limit on open files to its hard limit, and
 /// returns the limit now in force.
 pub fn raise_fd_limit() -> u64 {
@@ -273,6 +323,37 @@ mod tests {
         drop(tickets);
         assert_eq!(a.open(), 0);
         assert!(a.admit(99).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_is_logged_once_per_source_and_reason_per_interval() {
+        let log = RefusalLog::new(std::time::Duration::from_secs(60));
+        let t0 = std::time::Instant::now();
+        assert!(log.first_in_interval("a", "max_connections", t0));
+        assert!(!log.first_in_interval(
+            "a",
+            "max_connections",
+            t0 + std::time::Duration::from_secs(59)
+        ));
+        assert!(
+            log.first_in_interval("a", "max_per_source", t0),
+            "another limit"
+        );
+        assert!(
+            log.first_in_interval("b", "max_connections", t0),
+            "another source"
+        );
+        assert!(log.first_in_interval(
+            "a",
+            "max_connections",
+            t0 + std::time::Duration::from_secs(60)
+        ));
+        // Bounded: a flood from many sources forgets the old ones.
+        let many = RefusalLog::new(std::time::Duration::from_secs(60));
+        for i in 0..(REFUSAL_LOG_SOURCES + 10) {
+            assert!(many.first_in_interval(i, "r", t0));
+        }
+        assert!(many.seen.lock().unwrap().len() <= REFUSAL_LOG_SOURCES);
     }
 
     #[test]

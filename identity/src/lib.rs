@@ -22,6 +22,7 @@
 //!   tls                         rustls verifiers; established_peer (safe against resumption)
 //!   peer_standing               a long-lived connection's peer checked again per new stream
 //!   admission                   connection caps every listener applies before parsing a byte
+//!   http_serve                  the small HTTP listeners (metrics, health, discovery) under those caps
 //!   workload_api                the Workload API's header, socket address and client channel
 //!   unix_grpc                   a gRPC client channel on a Unix socket (Workload API, admin API)
 //!   daemon                      log setup and the shutdown signal, the same in every daemon
@@ -40,6 +41,7 @@ pub mod clock;
 pub mod daemon;
 pub mod endpoint;
 pub mod files;
+pub mod http_serve;
 mod inspect;
 pub mod jwt_svid;
 pub mod peer_standing;

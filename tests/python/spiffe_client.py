@@ -10,6 +10,7 @@ tests/clients_e2e.rs; prints one result line per command.
                            locally against the fetched JWT bundle
   validate SOCKET AUD TOK  the agent's verdict on a token
   oidc KEYS_URL ISS AUD TOK [CAFILE]
+  discover ISS AUD TOK CAFILE   (OIDC discovery from the issuer, as relying parties do)
                            PyJWT verifying a token with the OIDC JWKS
                            (https with CAFILE as the only trusted root)
 """
@@ -120,6 +121,24 @@ def oidc(keys_url, issuer, audience, token, cafile=None):
     print(f"oidc sub={claims['sub']} alg={key.algorithm_name}")
 
 
+def discover(issuer, audience, token, cafile):
+    # What a relying party does: the discovery document under the issuer,
+    # then the JWKS it names, with PyJWT's own client.
+    context = ssl.create_default_context(cafile=cafile)
+    doc = json.load(
+        urllib.request.urlopen(
+            issuer + "/.well-known/openid-configuration", timeout=10, context=context
+        )
+    )
+    assert doc["issuer"] == issuer, doc
+    client = pyjwt.PyJWKClient(doc["jwks_uri"], ssl_context=context)
+    key = client.get_signing_key_from_jwt(token)
+    claims = pyjwt.decode(
+        token, key.key, algorithms=[key.algorithm_name], audience=audience, issuer=issuer
+    )
+    print(f"discovered sub={claims['sub']} jwks_uri={doc['jwks_uri']}")
+
+
 if __name__ == "__main__":
     cmd, socket = sys.argv[1], sys.argv[2]
     if cmd == "fetch":
@@ -136,3 +155,5 @@ if __name__ == "__main__":
         validate(socket, sys.argv[3], sys.argv[4])
     elif cmd == "oidc":
         oidc(*sys.argv[2:7])
+    elif cmd == "discover":
+        discover(*sys.argv[2:6])

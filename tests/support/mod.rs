@@ -167,9 +167,32 @@ impl TestCa {
 
     /// Starts (or restarts) the CA in `dir` with its node API on `node_port`.
     pub fn start_with_port(dir: tempfile::TempDir, node_port: u16, extra: &[&str]) -> TestCa {
+        Self::start_full(dir, node_port, None, extra)
+    }
+
+    /// Starts the CA under an open-file limit of `nofile` (soft and hard,
+    /// through util-linux's `prlimit`), as a host with a low `LimitNOFILE`.
+    pub fn start_with_nofile(nofile: u64, extra: &[&str]) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_full(dir, signet_test_support::free_port(), Some(nofile), extra)
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        node_port: u16,
+        nofile: Option<u64>,
+        extra: &[&str],
+    ) -> TestCa {
         let admin_socket = dir.path().join("admin.sock");
         let metrics_port = signet_test_support::free_port();
-        let daemon = Self::spawn(dir.path(), &admin_socket, metrics_port, node_port, extra);
+        let daemon = Self::spawn(
+            dir.path(),
+            &admin_socket,
+            metrics_port,
+            node_port,
+            nofile,
+            extra,
+        );
         TestCa {
             dir,
             daemon,
@@ -185,9 +208,21 @@ impl TestCa {
         admin_socket: &Path,
         metrics_port: u16,
         node_port: u16,
+        nofile: Option<u64>,
         extra: &[&str],
     ) -> Daemon {
-        let mut cmd = signet();
+        let mut cmd = match nofile {
+            None => signet(),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(signet_bin())
+                    .env_remove("SIGNET_ADMIN_SOCKET")
+                    .env_remove("SPIFFE_ENDPOINT_SOCKET");
+                c
+            }
+        };
         cmd.args(["ca", "serve", "--trust-domain", "example.org", "--data-dir"])
             .arg(dir.join("data"))
             .arg("--admin-socket")
@@ -214,6 +249,7 @@ impl TestCa {
             &self.admin_socket,
             self.metrics_port,
             self.node_port,
+            None,
             extra,
         );
     }
