@@ -40,6 +40,8 @@ pub struct Metrics {
     pub workload_calls: Family<CallLabels, Counter>,
     /// Workload API connections and streams refused by a limit.
     pub workload_refusals: Family<ReasonLabel, Counter>,
+    /// Connections the metrics listener refused, by limit.
+    pub metrics_refusals: Family<ReasonLabel, Counter>,
     /// Whether the agent has its entries from the CA and a current SVID
     /// for each (what `/ready` reports).
     pub ready: std::sync::atomic::AtomicBool,
@@ -100,9 +102,16 @@ impl Metrics {
             "Workload API connections and streams refused by a limit (max_connections, max_per_source = per uid, max_streams_per_uid)",
             workload_refusals.clone(),
         );
+        let metrics_refusals = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "metrics_listener_refusals",
+            "Connections the metrics listener refused by a limit (max_connections, max_per_source)",
+            metrics_refusals.clone(),
+        );
         Arc::new(Self {
             registry,
             workload_refusals,
+            metrics_refusals,
             ready: std::sync::atomic::AtomicBool::new(false),
             svids_issued,
             svid_rotations,
@@ -120,6 +129,15 @@ impl Metrics {
             .get_or_create(&CallLabels {
                 method: method.into(),
                 code: format!("{:?}", code.unwrap_or(tonic::Code::Ok)),
+            })
+            .inc();
+    }
+
+    /// Counts a connection the metrics listener refused for `reason`.
+    pub fn metrics_refused(&self, reason: &str) {
+        self.metrics_refusals
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
             })
             .inc();
     }
@@ -146,7 +164,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let app = Router::new()
         .route(
             "/metrics",
@@ -174,8 +192,15 @@ pub async fn serve(
             }),
         )
         .route("/live", get(|| async { "live\n" }))
-        .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(metrics.clone());
+    signet_identity::http_serve::serve(
+        listener,
+        None,
+        app,
+        signet_identity::http_serve::OPERATOR_LIMITS,
+        "metrics",
+        move |reason| metrics.metrics_refused(reason),
+        shutdown,
+    )
+    .await
 }

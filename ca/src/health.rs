@@ -39,7 +39,7 @@ pub async fn serve(
         listener,
         None,
         app,
-        LIMITS,
+        signet_identity::http_serve::OPERATOR_LIMITS,
         "metrics",
         move |reason| ca.metrics.listener_refused("metrics", reason),
         shutdown,

@@ -36,6 +36,15 @@ pub struct HttpLimits {
     pub max_lifetime: Duration,
 }
 
+/// The limits of a daemon's operator listener (metrics, health; the
+/// proxy's admin port): a scraper holds one connection.
+pub const OPERATOR_LIMITS: HttpLimits = HttpLimits {
+    max_connections: 64,
+    max_per_source: 16,
+    header_timeout: Duration::from_secs(10),
+    max_lifetime: Duration::from_secs(300),
+};
+
 /// Largest request head accepted (hyper's minimum buffer): the documents
 /// served here take no large requests.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -197,5 +206,88 @@ impl<S> Conn<S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        s.connect(to).await.unwrap()
+    }
+
+    /// Whether the server closed `s` within `wait`.
+    async fn closed(s: &mut TcpStream, wait: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(wait, s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    async fn get(s: &mut TcpStream) -> String {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn each_cap_holds_at_its_limit_and_idle_connections_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let counted = refused.clone();
+        let service = tower::service_fn(|_req: http::Request<Incoming>| async {
+            Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+        });
+        let limits = HttpLimits {
+            max_connections: 3,
+            max_per_source: 2,
+            header_timeout: Duration::from_millis(800),
+            max_lifetime: Duration::from_secs(60),
+        };
+        tokio::spawn(serve(
+            listener,
+            None,
+            service,
+            limits,
+            "test",
+            move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+            std::future::pending(),
+        ));
+        // Per source: two from 127.0.0.2 are served, a third is closed.
+        let mut a1 = connect_from("127.0.0.2", addr).await;
+        let mut a2 = connect_from("127.0.0.2", addr).await;
+        assert!(get(&mut a1).await.ends_with("ok"));
+        assert!(get(&mut a2).await.ends_with("ok"));
+        let mut a3 = connect_from("127.0.0.2", addr).await;
+        assert!(closed(&mut a3, Duration::from_millis(500)).await);
+        // The listener: a third source fits, a fourth connection does not.
+        let mut b1 = connect_from("127.0.0.3", addr).await;
+        assert!(get(&mut b1).await.ends_with("ok"));
+        let mut c1 = connect_from("127.0.0.4", addr).await;
+        assert!(closed(&mut c1, Duration::from_millis(500)).await);
+        assert_eq!(refused.load(Ordering::SeqCst), 2);
+        // Idle past the header timeout (after a request, too): closed,
+        // and the places are free again.
+        for s in [&mut a1, &mut a2, &mut b1] {
+            assert!(closed(s, Duration::from_secs(3)).await);
+        }
+        let mut again = connect_from("127.0.0.4", addr).await;
+        assert!(get(&mut again).await.ends_with("ok"));
     }
 }

@@ -424,7 +424,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     identity: IdentityWatch,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     let app = Router::new()
         .route(
             "/metrics",
@@ -468,8 +468,18 @@ pub async fn serve(
             }),
         )
         .route("/live", get(|| async { "live\n" }))
-        .with_state(AdminState { metrics, identity });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(AdminState {
+            metrics: metrics.clone(),
+            identity,
+        });
+    signet_identity::http_serve::serve(
+        listener,
+        None,
+        app,
+        signet_identity::http_serve::OPERATOR_LIMITS,
+        "admin",
+        move |reason| metrics.refused("admin", reason),
+        shutdown,
+    )
+    .await
 }
