@@ -767,3 +767,49 @@ async fn an_oidc_flood_takes_no_descriptors_from_the_other_listeners() {
         .collect();
     assert_eq!(from_one.len(), 1, "once per client and limit: {from_one:?}");
 }
+
+/// An agent whose first attestation meets a limit (here: its address holds
+/// its share of unauthenticated node API connections, as a rack behind one
+/// NAT starting at once does) waits and tries again with backoff instead of
+/// exiting; the join token is still unused, so it attests once the CA has
+/// room. The CA logs the refusal once per client and limit, and counts it.
+#[test]
+fn an_agent_refused_at_a_limit_on_its_first_start_tries_again_and_attests() {
+    let mut ca = ca_with_limits("max_unauthenticated_per_source = 2\nhandshake_timeout = 4\n");
+    // Two connections that never handshake: 127.0.0.1's whole share.
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(ca.node_addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let token = ca.token("patient");
+    let (_dir, cmd, _socket) = TestAgent::command(&ca, &token, &[]);
+    let mut agent = Daemon::spawn(cmd);
+    let line = agent.wait_for("attestation failed", Duration::from_secs(15));
+    println!("{line}");
+    assert!(line.contains("still unused"), "{line}");
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent gave up"
+    );
+    // The CA makes room (the held connections end): the agent attests.
+    drop(held);
+    agent.wait_for("signet agent ready", Duration::from_secs(60));
+    let (_, metrics) = ca.http_get("/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "signet_ca_node_refusals_total{reason=\"max_per_source\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    ca.daemon.stop_and_read_log();
+    let logged: Vec<&String> = ca
+        .daemon
+        .log
+        .iter()
+        .filter(|l| l.contains("connection refused by a limit") && l.contains("max_per_source"))
+        .collect();
+    println!("{logged:?}");
+    assert_eq!(logged.len(), 1, "once per client and limit a minute");
+    assert!(logged[0].contains("node_api") && logged[0].contains("127.0.0.1"));
+}

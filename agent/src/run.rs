@@ -5,7 +5,7 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use signet_identity::admission::{Admission, Admitted};
 use signet_identity::tls::BundleHandle;
@@ -47,11 +47,79 @@ pub enum AgentError {
     Io(String),
 }
 
-/// Attests with the join token (first start, or the stored SVID expired).
+/// First wait after a failed attestation; doubled per failure up to
+/// [`ATTEST_MAX_BACKOFF`], each wait drawn between half and one and a half
+/// times it, so a rack of agents refused together does not come back
+/// together.
+const ATTEST_MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between attestation attempts.
+const ATTEST_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait before attestation attempt `failures + 1`, with `jitter` in
+/// [0, 1).
+fn attest_backoff(failures: u32, jitter: f64) -> Duration {
+    let base = ATTEST_MIN_BACKOFF
+        .saturating_mul(1u32 << failures.min(16))
+        .min(ATTEST_MAX_BACKOFF);
+    base.mul_f64(0.5 + jitter)
+}
+
+/// Whether a refused attestation may succeed later unchanged: the CA was
+/// unreachable, busy or shed the connection at a limit (the join token is
+/// then still unused). A refusal of the token or the request is final.
+fn attestation_retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unavailable | ResourceExhausted | DeadlineExceeded | Aborted | Cancelled | Unknown
+    )
+}
+
+/// One attestation attempt's failure: worth another try, or final.
+enum AttestFailure {
+    /// The CA was unreachable or refused for now; the reason.
+    Retry(String),
+    /// The token, the request or the local setup is wrong.
+    Final(AgentError),
+}
+
+impl From<AgentError> for AttestFailure {
+    fn from(e: AgentError) -> Self {
+        AttestFailure::Final(e)
+    }
+}
+
+/// Attests with the join token (first start, or the stored SVID expired),
+/// trying again with backoff and jitter while the CA is unreachable or
+/// sheds the attempt at a limit, as every later call does. `None`: `stop`
+/// came first.
+async fn attest_until_done(
+    config: &AgentConfig,
+    td: &TrustDomain,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<(AgentSvid, TrustBundle)>, AgentError> {
+    let mut failures = 0u32;
+    loop {
+        let reason = match attest(config, td).await {
+            Ok(done) => return Ok(Some(done)),
+            Err(AttestFailure::Final(e)) => return Err(e),
+            Err(AttestFailure::Retry(reason)) => reason,
+        };
+        let wait = attest_backoff(failures, crate::rotator::jitter());
+        failures = failures.saturating_add(1);
+        tracing::warn!(ca = ?config.ca, attempt = failures, reason = %reason, retry_in_ms = wait.as_millis() as u64, "attestation failed; the join token is still unused, trying again");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut *stop => return Ok(None),
+        }
+    }
+}
+
+/// One attestation attempt with the join token.
 async fn attest(
     config: &AgentConfig,
     td: &TrustDomain,
-) -> Result<(AgentSvid, TrustBundle), AgentError> {
+) -> Result<(AgentSvid, TrustBundle), AttestFailure> {
     let token = config.join_token.as_deref().ok_or_else(|| {
         AgentError::Missing(
             "this agent has no identity yet: pass --join-token (create one with `signet token create` on the CA)".into(),
@@ -70,24 +138,38 @@ async fn attest(
             .map_err(|e| AgentError::Io(format!("trust bundle {}: {e}", path.display())))?;
         ServerTrust::Bundle(BundleHandle::new(bundle))
     };
-    let mut client = node_client::connect(&config.ca, td, &trust, None).await?;
-    let (key, csr) = agent_identity::new_key_and_csr()?;
-    let resp = client
+    let mut client = match node_client::connect(&config.ca, td, &trust, None).await {
+        Ok(c) => c,
+        Err(e @ ConnectError::Connect { .. }) => return Err(AttestFailure::Retry(e.to_string())),
+        Err(e) => return Err(AgentError::Connect(e).into()),
+    };
+    let (key, csr) = agent_identity::new_key_and_csr().map_err(AgentError::from)?;
+    let resp = match client
         .attest_agent(pb::AttestAgentRequest {
             join_token: token.to_owned(),
             csr,
         })
         .await
-        .map_err(|s| AgentError::Attestation(s.message().to_owned()))?
-        .into_inner();
-    let (svid, bundle) = agent_identity::from_response(&resp, &key)?;
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if attestation_retryable(s.code()) => {
+            return Err(AttestFailure::Retry(format!(
+                "{:?}: {}",
+                s.code(),
+                s.message()
+            )))
+        }
+        Err(s) => return Err(AgentError::Attestation(s.message().to_owned()).into()),
+    };
+    let (svid, bundle) = agent_identity::from_response(&resp, &key).map_err(AgentError::from)?;
     if svid.id.trust_domain_name() != td.as_str() {
         return Err(AgentError::Attestation(format!(
             "the CA issued {} outside trust domain {td}",
             svid.id
-        )));
+        ))
+        .into());
     }
-    agent_identity::save(&config.data_dir, &svid, &bundle)?;
+    agent_identity::save(&config.data_dir, &svid, &bundle).map_err(AgentError::from)?;
     tracing::info!(agent_id = %svid.id, "attested with join token");
     Ok((svid, bundle))
 }
@@ -155,6 +237,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
     let td = config.validate()?;
+    let shutdown = shutdown;
+    tokio::pin!(shutdown);
     // gRPC clients built on grpc-core (Python, C++, Java, ...) send the
     // socket path as :authority on a Unix socket; this process's only
     // HTTP/2 server is the Workload API on one (vendor/h2/PATCH.md).
@@ -167,11 +251,18 @@ pub async fn run(
             tracing::info!(agent_id = %svid.id, not_after = svid.not_after, "using the stored agent SVID");
             (svid, bundle)
         }
-        Some((svid, _)) => {
-            tracing::warn!(agent_id = %svid.id, "the stored agent SVID has expired; re-attesting with the join token");
-            attest(&config, &td).await?
+        stored => {
+            if let Some((svid, _)) = stored {
+                tracing::warn!(agent_id = %svid.id, "the stored agent SVID has expired; re-attesting with the join token");
+            }
+            match attest_until_done(&config, &td, &mut shutdown).await? {
+                Some(attested) => attested,
+                None => {
+                    tracing::info!("stopped before attesting");
+                    return Ok(());
+                }
+            }
         }
-        None => attest(&config, &td).await?,
     };
     let agent_id = svid.id.clone();
     let metrics = crate::metrics::Metrics::new();
@@ -246,4 +337,44 @@ pub async fn run(
     let _ = std::fs::remove_file(&config.socket);
     tracing::info!("signet agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod attestation_tests {
+    use super::*;
+
+    #[test]
+    fn attestation_backs_off_exponentially_with_jitter_up_to_a_cap() {
+        assert_eq!(attest_backoff(0, 0.5), ATTEST_MIN_BACKOFF);
+        assert_eq!(attest_backoff(1, 0.5), ATTEST_MIN_BACKOFF * 2);
+        assert_eq!(attest_backoff(0, 0.0), ATTEST_MIN_BACKOFF / 2);
+        assert!(attest_backoff(0, 0.999) < ATTEST_MIN_BACKOFF * 3 / 2);
+        // Capped, however many failures.
+        assert_eq!(attest_backoff(6, 0.5), ATTEST_MAX_BACKOFF);
+        assert_eq!(attest_backoff(u32::MAX, 0.5), ATTEST_MAX_BACKOFF);
+        assert!(attest_backoff(u32::MAX, 0.999) < ATTEST_MAX_BACKOFF * 3 / 2);
+    }
+
+    #[test]
+    fn only_a_ca_that_is_unreachable_or_busy_is_tried_again() {
+        use tonic::Code;
+        for c in [
+            Code::Unavailable,
+            Code::ResourceExhausted,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+        ] {
+            assert!(attestation_retryable(c), "{c:?}");
+        }
+        for c in [
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+            Code::AlreadyExists,
+        ] {
+            assert!(!attestation_retryable(c), "{c:?}");
+        }
+    }
 }
