@@ -1024,3 +1024,108 @@ async fn hints_travel_from_the_entry_to_the_workload_and_name_one_svid_each() {
     assert!(got.contains(&("spiffe://example.org/out".into(), "external".into())));
     assert!(got.contains(&("spiffe://example.org/plain".into(), String::new())));
 }
+
+/// Sidecars' discovery watches cannot starve the agent's own link to the
+/// CA. One user opens 60 watches of distinct identities (within its
+/// Workload API stream cap, past the CA's 32 streams per connection) and 40
+/// more of one identity: the node watches each identity at the CA once,
+/// at most 16 for this user (RESOURCE_EXHAUSTED past it), on a connection
+/// of its own; meanwhile JWT-SVIDs the CA must sign (new audiences) are
+/// served and short-lived SVIDs keep rotating.
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_watches_cannot_starve_svid_renewal_or_jwt_minting() {
+    use signet_proto::mesh::{mesh_client::MeshClient, WatchRequest};
+    use signet_proto::workload::JwtsvidRequest;
+    let ca = TestCa::start(&[]);
+    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    ca.entry(
+        "spiffe://example.org/web",
+        "node-1",
+        &[&format!("unix:uid:{}", my_uid())],
+        &["--x509-ttl", "4s"],
+    );
+    let (mut svids, first) = svid_stream(&agent, 1).await;
+    // Ten watches per connection to the agent, as sidecars each with
+    // their own connection would hold them.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(MeshClient::new(
+            signet_identity::workload_api::connect(&agent.socket)
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..100 {
+        // 60 distinct identities, then 40 watches more of the first.
+        let id = if i < 60 { i } else { 0 };
+        let req = with_security_header(WatchRequest {
+            spiffe_id: format!("spiffe://example.org/svc-{id}"),
+        });
+        match clients[i / 10].watch(req).await {
+            Ok(stream) => held.push(stream.into_inner()),
+            Err(s) => refused.push(s),
+        }
+    }
+    println!(
+        "{} watches held, {} refused: {:?}",
+        held.len(),
+        refused.len(),
+        refused.first()
+    );
+    assert_eq!((held.len(), refused.len()), (16 + 40, 44));
+    assert!(refused
+        .iter()
+        .all(|s| s.code() == tonic::Code::ResourceExhausted
+            && s.message().contains("max_watched_identities_per_uid")));
+    // Each held watch has its first answer from the CA (an empty set).
+    for w in held.iter_mut() {
+        let set = tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("a watch answer within 10 s")
+            .unwrap()
+            .unwrap();
+        assert!(set.endpoints.is_empty());
+    }
+    let (_, metrics) = ca.http_get("/metrics");
+    assert_eq!(
+        metric(&metrics, "signet_ca_endpoint_watches "),
+        16,
+        "one CA watch per identity: {metrics}"
+    );
+    // JWT-SVIDs the CA must sign, one new audience after another.
+    let mut client = workload_api_client(&agent.socket).await;
+    for i in 0..20 {
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.fetch_jwtsvid(with_security_header(JwtsvidRequest {
+                audience: vec![format!("aud-{i}")],
+                spiffe_id: String::new(),
+            })),
+        )
+        .await
+        .expect("a JWT-SVID within 10 s")
+        .unwrap();
+        assert_eq!(r.into_inner().svids.len(), 1);
+        if i == 0 {
+            println!(
+                "first JWT-SVID minted beside the watches in {:?}",
+                t.elapsed()
+            );
+        }
+    }
+    // And the 4 s SVID rotates (twice) while the watches stay open.
+    let mut serial = first.svids[0].x509_svid.clone();
+    for _ in 0..2 {
+        let next = tokio::time::timeout(Duration::from_secs(10), svids.message())
+            .await
+            .expect("a rotated SVID within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_ne!(next.svids[0].x509_svid, serial);
+        serial = next.svids[0].x509_svid.clone();
+    }
+    drop(held);
+}

@@ -731,16 +731,18 @@ fn the_ca_refuses_endpoints_for_identities_the_agent_does_not_hold() {
             }
         };
         assert_eq!(ended.unwrap_err().code(), tonic::Code::PermissionDenied);
-        tx.send(signet_proto::node::EndpointsUpdate {
-            sequence: 2,
-            endpoints: vec![ep(CHECKOUT, ":7")],
-        })
-        .await
-        .unwrap();
+        // The publishing stream ends at the ban, refused, without waiting
+        // for the node's next update; one sent now goes nowhere.
         let refused = tokio::time::timeout(Duration::from_secs(5), acks.message())
             .await
             .unwrap();
         assert_eq!(refused.unwrap_err().code(), tonic::Code::PermissionDenied);
+        let _ = tx
+            .send(signet_proto::node::EndpointsUpdate {
+                sequence: 2,
+                endpoints: vec![ep(CHECKOUT, ":7")],
+            })
+            .await;
     });
     assert_eq!(
         ca.run_ok(&["endpoints", "list", "--output", "json"]).trim(),

@@ -77,6 +77,15 @@ pub struct WorkloadApiLimits {
     pub max_binary_hash_bytes: u64,
     /// Binaries hashed at once, on the blocking pool. Default 2.
     pub concurrent_binary_hashes: usize,
+    /// Identities this node watches at the CA at once for its sidecars'
+    /// discovery (one CA stream each, however many local watchers share
+    /// it, on a connection of their own beside the publisher's stream, so
+    /// at most the CA's streams per connection less one); a watch of one
+    /// more gets RESOURCE_EXHAUSTED. Default 31.
+    pub max_watched_identities: usize,
+    /// Of those, identities one caller uid may have watched at once, so no
+    /// user can take every one. Default 16.
+    pub max_watched_identities_per_uid: usize,
 }
 
 impl Default for WorkloadApiLimits {
@@ -87,6 +96,8 @@ impl Default for WorkloadApiLimits {
             max_streams_per_uid: 64,
             max_binary_hash_bytes: 1 << 30,
             concurrent_binary_hashes: 2,
+            max_watched_identities: 31,
+            max_watched_identities_per_uid: 16,
         }
     }
 }
@@ -164,6 +175,19 @@ impl AgentConfig {
         if self.insecure_bootstrap && self.trust_bundle.is_some() {
             return Err(ConfigError::Invalid(
                 "give either trust_bundle or insecure_bootstrap, not both".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_connections_per_uid == 0
+            || l.max_streams_per_uid == 0
+            || l.concurrent_binary_hashes == 0
+            || l.max_watched_identities == 0
+            || l.max_watched_identities_per_uid == 0
+            || l.max_watched_identities_per_uid > l.max_watched_identities
+        {
+            return Err(ConfigError::Invalid(
+                "[limits]: every limit must be positive, and max_watched_identities_per_uid at most max_watched_identities".into(),
             ));
         }
         Ok(td)

@@ -12,8 +12,12 @@
 //!                                  │ FetchJWTSVID: jwt_svids::JwtSvidCache, miss ─▶ CA MintJwtSvid
 //!   sidecar ──same socket──▶ mesh_api::MeshApi (same attestation)
 //!                                  │ Register ─▶ local_endpoints ─▶ endpoint_publisher ─▶ CA PublishEndpoints
-//!                                  │ Watch ─────────────────────────────────────────────▶ CA WatchEndpoints
+//!                                  │ Watch ──▶ endpoint_watches (one per identity, shared) ─▶ CA WatchEndpoints
 //! ```
+//!
+//! The mesh's streams ride a connection of their own to the CA (made on
+//! first use, `rotator::CaLinks::mesh`), so SVID renewal and JWT-SVID
+//! minting never wait behind them for the CA's per-connection stream cap.
 //!
 //! The rotator is the only owner of certificate state; the Workload API
 //! only reads published snapshots, so a fetch never waits on the CA.
@@ -22,6 +26,7 @@ pub mod agent_identity;
 pub mod attestor;
 pub mod config;
 pub mod endpoint_publisher;
+pub mod endpoint_watches;
 pub mod jwt_svids;
 pub mod local_endpoints;
 pub mod mesh_api;

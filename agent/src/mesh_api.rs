@@ -2,11 +2,12 @@
 //! endpoints of identities they hold and watch the endpoints of identities
 //! they call. Callers are attested exactly as for SVIDs: a workload may
 //! advertise only a SPIFFE ID it could get an SVID for, and only while it
-//! could; discovery is open to any workload with an identity on this node.
+//! could; discovery is open to any workload with an identity on this node,
+//! one CA watch per identity shared by every local watcher
+//! ([`crate::endpoint_watches`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use signet_identity::endpoint::{
     check_tunnel_port, check_weight, check_zone, EndpointAddress, EndpointProtocol,
@@ -14,14 +15,12 @@ use signet_identity::endpoint::{
 use signet_identity::SpiffeId;
 use signet_proto::mesh::mesh_server::{Mesh, MeshServer};
 use signet_proto::mesh::{self as pb, MAX_ENDPOINTS_PER_AGENT};
-use signet_proto::node::node_client::NodeClient;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::Stream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::endpoint_watches::{EndpointWatches, Watched};
 use crate::local_endpoints::{LocalEndpoints, RegState};
-use crate::rotator::jitter;
 use crate::workload_api::WorkloadApi;
 use crate::workload_svids::Snapshot;
 
@@ -29,7 +28,7 @@ use crate::workload_svids::Snapshot;
 pub struct MeshApi {
     api: Arc<WorkloadApi>,
     local: Arc<LocalEndpoints>,
-    ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
+    watches: Arc<EndpointWatches>,
 }
 
 impl MeshApi {
@@ -37,12 +36,12 @@ impl MeshApi {
     pub fn server(
         api: Arc<WorkloadApi>,
         local: Arc<LocalEndpoints>,
-        ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
+        watches: Arc<EndpointWatches>,
     ) -> MeshServer<Self> {
         MeshServer::new(Self {
             api,
             local,
-            ca_link,
+            watches,
         })
     }
 }
@@ -86,9 +85,6 @@ fn state_to_pb(s: &RegState) -> pb::RegistrationState {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[tonic::async_trait]
 impl Mesh for MeshApi {
@@ -198,74 +194,44 @@ impl Mesh for MeshApi {
         let id = SpiffeId::parse(&req.get_ref().spiffe_id)
             .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
         let slot = self.api.stream_slot(caller.uid)?;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(relay_watch(self.ca_link.clone(), id.to_string(), tx, slot));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-    }
-}
-
-/// Relays the CA's watch of `id` to a local caller until it goes away;
-/// re-opens it (with backoff) after a failure, so the caller keeps its last
-/// set meanwhile and gets the current one after.
-async fn relay_watch(
-    mut ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
-    id: String,
-    tx: mpsc::Sender<Result<pb::EndpointSet, Status>>,
-    _slot: signet_identity::admission::Ticket<u32>,
-) {
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let client = ca_link.borrow_and_update().clone();
-        if let Some(mut client) = client {
-            let request = pb::WatchRequest {
-                spiffe_id: id.clone(),
-            };
-            let opened = tokio::select! {
-                r = client.watch_endpoints(request) => r,
-                _ = tx.closed() => return,
-            };
-            match opened {
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    loop {
-                        let msg = tokio::select! {
-                            m = stream.message() => m,
-                            _ = tx.closed() => return,
-                        };
-                        match msg {
-                            Ok(Some(set)) => {
-                                backoff = MIN_BACKOFF;
-                                if tx.send(Ok(set)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(None) | Err(_) => break,
-                        }
+        let subscription = self.watches.subscribe(id.as_str(), caller.uid)?;
+        struct Held {
+            subscription: crate::endpoint_watches::Subscription,
+            last: Option<pb::EndpointSet>,
+            ended: bool,
+            _slot: signet_identity::admission::Ticket<u32>,
+        }
+        let start = Held {
+            subscription,
+            last: None,
+            ended: false,
+            _slot: slot,
+        };
+        // The current set at once (when the node watches the identity
+        // already), then each change; ends with the caller's call.
+        let stream = futures_util::stream::unfold(start, |mut h| async move {
+            if h.ended {
+                return None;
+            }
+            loop {
+                let now = h.subscription.set.borrow_and_update().clone();
+                match now {
+                    Watched::Set(set) if h.last.as_ref() != Some(&set) => {
+                        h.last = Some(set.clone());
+                        return Some((Ok(set), h));
                     }
+                    Watched::Refused(code, message) => {
+                        h.ended = true;
+                        return Some((Err(Status::new(code, message)), h));
+                    }
+                    Watched::Set(_) | Watched::Pending => {}
                 }
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    let _ = tx.send(Err(s)).await;
-                    return;
-                }
-                Err(s) => {
-                    tracing::debug!(spiffe_id = %id, code = ?s.code(), message = %s.message(), "endpoint watch at the CA failed; retrying");
+                if h.subscription.set.changed().await.is_err() {
+                    return None;
                 }
             }
-        } else {
-            tokio::select! {
-                r = ca_link.changed() => if r.is_err() { return },
-                _ = tx.closed() => return,
-            }
-            continue;
-        }
-        let wait = backoff.mul_f64(0.5 + jitter());
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = tx.closed() => return,
-        }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

@@ -148,6 +148,54 @@ pub async fn connect(
     trust: &ServerTrust,
     cert: Option<&ClientCert>,
 ) -> Result<NodeClient<Channel>, ConnectError> {
+    let (endpoint, dialer) = endpoint_and_dialer(addrs, td, trust, cert)?;
+    let channel =
+        endpoint
+            .connect_with_connector(dialer)
+            .await
+            .map_err(|e| ConnectError::Connect {
+                addr: addrs.join(", "),
+                reason: innermost(&e),
+            })?;
+    Ok(NodeClient::new(channel))
+}
+
+/// Like [`connect`], but the connection is made on first use (and again
+/// after it fails): a connection of its own for long-lived streams that
+/// must not take the stream budget of the connection SVID renewal uses,
+/// costing the CA nothing while unused.
+pub fn connect_lazy(
+    addrs: &[String],
+    td: &TrustDomain,
+    trust: &ServerTrust,
+    cert: Option<&ClientCert>,
+) -> Result<NodeClient<Channel>, ConnectError> {
+    let (endpoint, dialer) = endpoint_and_dialer(addrs, td, trust, cert)?;
+    Ok(NodeClient::new(
+        endpoint.connect_with_connector_lazy(dialer),
+    ))
+}
+
+/// The channel settings and the dialer of a connection to the CA.
+fn endpoint_and_dialer(
+    addrs: &[String],
+    td: &TrustDomain,
+    trust: &ServerTrust,
+    cert: Option<&ClientCert>,
+) -> Result<
+    (
+        Endpoint,
+        impl tower::Service<
+                Uri,
+                Response = TokioIo<TlsStream>,
+                Error = std::io::Error,
+                Future = impl Send,
+            > + Clone
+            + Send
+            + 'static,
+    ),
+    ConnectError,
+> {
     if addrs.is_empty() {
         return Err(ConnectError::Connect {
             addr: String::new(),
@@ -158,25 +206,19 @@ pub async fn connect(
     let addrs: Arc<[String]> = addrs.into();
     let start = (crate::rotator::jitter() * addrs.len() as f64) as usize % addrs.len();
     let preferred = Arc::new(AtomicUsize::new(start));
-    let targets = addrs.clone();
-    let channel = Endpoint::from_static("http://signet-ca")
+    let endpoint = Endpoint::from_static("http://signet-ca")
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            let targets = targets.clone();
-            let preferred = preferred.clone();
-            async move {
-                let tls = dial(&targets, &preferred, &connector).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|e| ConnectError::Connect {
-            addr: addrs.join(", "),
-            reason: innermost(&e),
-        })?;
-    Ok(NodeClient::new(channel))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let dialer = tower::service_fn(move |_: Uri| {
+        let connector = connector.clone();
+        let targets = addrs.clone();
+        let preferred = preferred.clone();
+        async move {
+            let tls = dial(&targets, &preferred, &connector).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok((endpoint, dialer))
 }
 
 type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;

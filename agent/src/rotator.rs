@@ -61,6 +61,15 @@ struct PendingUpdate {
     removed: Vec<String>,
 }
 
+/// Where the rest of the agent finds the CA: the rotator's own connection
+/// (JWT-SVID minting shares it: short unary calls), and the mesh's.
+pub struct CaLinks {
+    /// The rotator's connection.
+    pub ca: watch::Sender<Option<NodeClient<Channel>>>,
+    /// The mesh's connection (publisher, watches).
+    pub mesh: watch::Sender<Option<NodeClient<Channel>>>,
+}
+
 /// Owns the agent SVID and every workload SVID.
 pub struct SvidRotator {
     config: AgentConfig,
@@ -72,6 +81,12 @@ pub struct SvidRotator {
     /// Where the Workload API finds the connection to the CA (to have
     /// JWT-SVIDs signed): the same as `client`, `None` while disconnected.
     ca_link: watch::Sender<Option<NodeClient<Channel>>>,
+    /// The connection the mesh's long-lived streams use (the endpoint
+    /// publisher, the discovery watches): another HTTP/2 connection with
+    /// the same agent SVID, made on first use, so that however many
+    /// streams the mesh holds, SVID renewal and JWT-SVID minting never wait
+    /// behind them for the CA's per-connection stream budget.
+    mesh_link: watch::Sender<Option<NodeClient<Channel>>>,
     sync: Option<mpsc::Receiver<SyncEvent>>,
     /// Entries by ID, as of `revision`.
     entries: Vec<pb::WorkloadEntry>,
@@ -106,7 +121,7 @@ impl SvidRotator {
         agent: AgentSvid,
         bundle: TrustBundle,
         published: watch::Sender<Arc<Snapshot>>,
-        ca_link: watch::Sender<Option<NodeClient<Channel>>>,
+        links: CaLinks,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -116,7 +131,8 @@ impl SvidRotator {
             agent,
             bundle: BundleHandle::new(bundle),
             client: None,
-            ca_link,
+            ca_link: links.ca,
+            mesh_link: links.mesh,
             sync: None,
             entries: Vec::new(),
             revision: None,
@@ -157,9 +173,12 @@ impl SvidRotator {
         self.ca_state = state;
     }
 
-    /// Sets (or drops) the CA connection, for the rotator and the Workload API.
-    fn set_client(&mut self, client: Option<NodeClient<Channel>>) {
+    /// Sets (or drops) the CA connection, for the rotator and the Workload
+    /// API, and the mesh's connection beside it.
+    fn set_client(&mut self, client: Option<(NodeClient<Channel>, NodeClient<Channel>)>) {
+        let (client, mesh) = client.unzip();
         self.ca_link.send_replace(client.clone());
+        self.mesh_link.send_replace(mesh);
         self.client = client;
     }
 
@@ -218,7 +237,10 @@ impl SvidRotator {
         .await?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(forward_sync(stream, tx));
-        self.set_client(Some(client));
+        let mesh =
+            node_client::connect_lazy(&self.config.ca, &self.td, &trust, Some(&self.agent.cert))
+                .map_err(|e| e.to_string())?;
+        self.set_client(Some((client, mesh)));
         self.sync = Some(rx);
         Ok(())
     }

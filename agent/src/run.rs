@@ -268,6 +268,7 @@ pub async fn run(
     let metrics = crate::metrics::Metrics::new();
     let (state_tx, state_rx) = watch::channel(Arc::new(Snapshot::empty()));
     let (ca_link_tx, ca_link_rx) = watch::channel(None);
+    let (mesh_link_tx, mesh_link_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let listener = bind_socket(&config.socket)?;
@@ -284,7 +285,10 @@ pub async fn run(
         svid,
         bundle,
         state_tx,
-        ca_link_tx,
+        crate::rotator::CaLinks {
+            ca: ca_link_tx,
+            mesh: mesh_link_tx,
+        },
         metrics.clone(),
     );
     let rotator = tokio::spawn(rotator.run(stop_rx.clone()));
@@ -297,15 +301,20 @@ pub async fn run(
     let local_endpoints = crate::local_endpoints::LocalEndpoints::new();
     let publisher = tokio::spawn(crate::endpoint_publisher::run(
         local_endpoints.clone(),
-        ca_link_rx.clone(),
+        mesh_link_rx.clone(),
         stop_rx.clone(),
     ));
+    let watches = crate::endpoint_watches::EndpointWatches::new(
+        mesh_link_rx,
+        limits.max_watched_identities,
+        limits.max_watched_identities_per_uid,
+    );
     let api = tonic::transport::Server::builder()
         .max_concurrent_streams(32)
         .http2_max_header_list_size(16 * 1024)
         .add_service(WorkloadApi::server(workload_api.clone()).max_decoding_message_size(64 * 1024))
         .add_service(
-            crate::mesh_api::MeshApi::server(workload_api, local_endpoints, ca_link_rx)
+            crate::mesh_api::MeshApi::server(workload_api, local_endpoints, watches)
                 .max_decoding_message_size(64 * 1024),
         )
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
