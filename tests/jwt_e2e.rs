@@ -569,3 +569,62 @@ fn an_issuer_with_a_path_is_served_under_it_and_pyjwt_follows_discovery() {
         );
     }
 }
+
+/// `signet id jwt` for identity `id` (one of this process's).
+fn fetch_jwt_as(agent: &TestAgent, id: &str, audience: &str) -> Result<String, String> {
+    let out = signet()
+        .args([
+            "id",
+            "jwt",
+            "--audience",
+            audience,
+            "--spiffe-id",
+            id,
+            "--socket",
+        ])
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// One workload cannot empty the node's JWT-SVID cache for the others: an
+/// identity that asks for many audiences first holds its quota and no
+/// more, so another's token is cached and served while the CA is down.
+#[test]
+fn one_identity_cannot_crowd_the_others_out_of_the_jwt_svid_cache() {
+    let mut ca = TestCa::start(&[]);
+    let cfg = ca.dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\njwt_cache_entries = 50\njwt_cache_entries_per_identity = 20\n",
+    )
+    .unwrap();
+    let agent = TestAgent::start(
+        &ca,
+        &ca.token("node-1"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let uid = format!("unix:uid:{}", my_uid());
+    let (victim, abuser) = ("spiffe://example.org/victim", "spiffe://example.org/abuser");
+    ca.entry(victim, "node-1", &[&uid], &[]);
+    ca.entry(abuser, "node-1", &[&uid], &[]);
+    for i in 0..80 {
+        fetch_jwt_as(&agent, abuser, &format!("aud-{i}")).unwrap();
+    }
+    let token = fetch_jwt_as(&agent, victim, "payments").unwrap();
+    ca.kill();
+    assert_eq!(
+        fetch_jwt_as(&agent, victim, "payments"),
+        Ok(token),
+        "the victim's token, from the cache, with the CA down"
+    );
+    // The abuser's recent tokens are cached too; past its quota, not.
+    assert!(fetch_jwt_as(&agent, abuser, "aud-79").is_ok());
+    let evicted = fetch_jwt_as(&agent, abuser, "aud-0").unwrap_err();
+    assert!(evicted.contains("the CA is unreachable"), "{evicted}");
+}

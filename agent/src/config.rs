@@ -86,6 +86,13 @@ pub struct WorkloadApiLimits {
     /// Of those, identities one caller uid may have watched at once, so no
     /// user can take every one. Default 16.
     pub max_watched_identities_per_uid: usize,
+    /// JWT-SVIDs cached at once, one per (SPIFFE ID, audience set), for
+    /// every workload of the node. Default 10,000.
+    pub jwt_cache_entries: usize,
+    /// Of those, tokens one SPIFFE ID may hold: a workload asking for many
+    /// audiences cycles its own tokens, and a full cache never gives up an
+    /// identity's last token for another's. Default 1,000.
+    pub jwt_cache_entries_per_identity: usize,
 }
 
 impl Default for WorkloadApiLimits {
@@ -98,6 +105,8 @@ impl Default for WorkloadApiLimits {
             concurrent_binary_hashes: 2,
             max_watched_identities: 31,
             max_watched_identities_per_uid: 16,
+            jwt_cache_entries: 10_000,
+            jwt_cache_entries_per_identity: 1_000,
         }
     }
 }
@@ -185,9 +194,12 @@ impl AgentConfig {
             || l.max_watched_identities == 0
             || l.max_watched_identities_per_uid == 0
             || l.max_watched_identities_per_uid > l.max_watched_identities
+            || l.jwt_cache_entries == 0
+            || l.jwt_cache_entries_per_identity == 0
+            || l.jwt_cache_entries_per_identity > l.jwt_cache_entries
         {
             return Err(ConfigError::Invalid(
-                "[limits]: every limit must be positive, and max_watched_identities_per_uid at most max_watched_identities".into(),
+                "[limits]: every limit must be positive, max_watched_identities_per_uid at most max_watched_identities, jwt_cache_entries_per_identity at most jwt_cache_entries".into(),
             ));
         }
         Ok(td)

@@ -3,12 +3,19 @@
 //! costs one signature. The agent never holds a JWT signing key.
 //!
 //! Concurrent fetches of the same key wait for the one signature in flight
-//! instead of each asking the CA. The cache holds at most `max_entries`
-//! keys: past that, stale tokens are dropped, and a token that still finds
-//! no room is served uncached.
+//! instead of each asking the CA. The cache is shared by every workload of
+//! the node, so no identity may crowd the others out of it:
+//!
+//! - an identity holds at most `per_identity` tokens: past that, its own
+//!   least recently used token makes room for its new one;
+//! - the whole cache holds at most `max_entries`: past that, stale tokens
+//!   go first, then the least recently used token of the identity that
+//!   holds the most, but never an identity's last token;
+//! - a token that still finds no room is served uncached.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -36,29 +43,104 @@ impl CachedJwt {
     }
 }
 
-/// (SPIFFE ID, audiences sorted and deduplicated).
-type Key = (String, Vec<String>);
+/// Audiences, sorted and deduplicated.
+type Audiences = Vec<String>;
 
-type Slot = Arc<tokio::sync::Mutex<Option<CachedJwt>>>;
+/// One cached token, filled by one signature at a time.
+#[derive(Default)]
+struct SlotInner {
+    token: tokio::sync::Mutex<Option<CachedJwt>>,
+    /// When last handed out (Unix seconds), for eviction.
+    last_used: AtomicI64,
+}
+
+type Slot = Arc<SlotInner>;
+
+impl SlotInner {
+    /// Whether the slot may go: nobody is filling it and its token is
+    /// stale (or absent) at `now`.
+    fn stale(&self, now: i64) -> bool {
+        match self.token.try_lock() {
+            Ok(guard) => guard.as_ref().is_none_or(|t| !t.is_fresh(now)),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether nobody is filling it now.
+    fn idle(&self) -> bool {
+        self.token.try_lock().is_ok()
+    }
+}
+
+#[derive(Default)]
+struct Slots {
+    by_id: HashMap<String, HashMap<Audiences, Slot>>,
+    total: usize,
+}
+
+impl Slots {
+    /// Removes `id`'s least recently used idle slot (keeping at least
+    /// `keep` of its slots); whether one went.
+    fn evict_lru_of(&mut self, id: &str, keep: usize) -> bool {
+        let Some(slots) = self.by_id.get_mut(id) else {
+            return false;
+        };
+        if slots.len() <= keep {
+            return false;
+        }
+        let victim = slots
+            .iter()
+            .filter(|(_, s)| s.idle())
+            .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
+            .map(|(aud, _)| aud.clone());
+        match victim {
+            Some(aud) => {
+                slots.remove(&aud);
+                self.total -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every stale slot.
+    fn drop_stale(&mut self, now: i64) {
+        let mut total = 0;
+        self.by_id.retain(|_, slots| {
+            slots.retain(|_, s| !s.stale(now));
+            total += slots.len();
+            !slots.is_empty()
+        });
+        self.total = total;
+    }
+}
 
 /// The cache.
 pub struct JwtSvidCache {
-    slots: Mutex<HashMap<Key, Slot>>,
+    slots: Mutex<Slots>,
     max_entries: usize,
+    per_identity: usize,
 }
 
 impl JwtSvidCache {
-    /// An empty cache of at most `max_entries` (SPIFFE ID, audience) keys.
-    pub fn new(max_entries: usize) -> Self {
+    /// An empty cache of at most `max_entries` (SPIFFE ID, audience) keys,
+    /// at most `per_identity` of them for one SPIFFE ID.
+    pub fn new(max_entries: usize, per_identity: usize) -> Self {
         Self {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots::default()),
             max_entries,
+            per_identity: per_identity.clamp(1, max_entries.max(1)),
         }
     }
 
     /// Keys held now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().total
+    }
+
+    /// Keys held now for `spiffe_id`.
+    pub fn len_of(&self, spiffe_id: &str) -> usize {
+        self.lock().by_id.get(spiffe_id).map_or(0, HashMap::len)
     }
 
     /// Whether the cache is empty.
@@ -66,32 +148,61 @@ impl JwtSvidCache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         match self.slots.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// The slot for `key`, made if there is room (after dropping stale
-    /// tokens); `None` when the cache is full of fresh ones.
-    fn slot(&self, key: &Key, now: i64) -> Option<Slot> {
+    /// The slot for (`id`, `aud`), made if there is room within the quotas
+    /// (see the module docs); `None` when there is none.
+    fn slot(&self, id: &str, aud: &Audiences, now: i64) -> Option<Slot> {
         let mut slots = self.lock();
-        if let Some(slot) = slots.get(key) {
+        if let Some(slot) = slots.by_id.get(id).and_then(|m| m.get(aud)) {
+            slot.last_used.store(now, Ordering::Relaxed);
             return Some(slot.clone());
         }
-        if slots.len() >= self.max_entries {
-            // Drop slots whose token is stale and that nobody is filling.
-            slots.retain(|_, slot| match slot.try_lock() {
-                Ok(guard) => guard.as_ref().is_some_and(|t| t.is_fresh(now)),
-                Err(_) => true,
-            });
-            if slots.len() >= self.max_entries {
+        let held = slots.by_id.get(id).map_or(0, HashMap::len);
+        if held >= self.per_identity {
+            // Its own least recently used token makes room.
+            slots.drop_stale(now);
+            let held = slots.by_id.get(id).map_or(0, HashMap::len);
+            if held >= self.per_identity && !slots.evict_lru_of(id, 0) {
+                return None;
+            }
+        }
+        if slots.total >= self.max_entries {
+            slots.drop_stale(now);
+        }
+        if slots.total >= self.max_entries {
+            // The identity holding the most gives up its least recently
+            // used token, never its last.
+            let biggest = slots
+                .by_id
+                .iter()
+                .filter(|(other, _)| other.as_str() != id)
+                .max_by_key(|(_, m)| m.len())
+                .map(|(other, m)| (other.clone(), m.len()));
+            let own = slots.by_id.get(id).map_or(0, HashMap::len);
+            let from = match biggest {
+                Some((other, n)) if n > own.max(1) => other,
+                // Nobody holds more than this identity: it cycles its own.
+                _ if own >= 1 => id.to_owned(),
+                _ => return None,
+            };
+            if !slots.evict_lru_of(&from, 1) {
                 return None;
             }
         }
         let slot = Slot::default();
-        slots.insert(key.clone(), slot.clone());
+        slot.last_used.store(now, Ordering::Relaxed);
+        slots
+            .by_id
+            .entry(id.to_owned())
+            .or_default()
+            .insert(aud.clone(), slot.clone());
+        slots.total += 1;
         Some(slot)
     }
 
@@ -114,12 +225,11 @@ impl JwtSvidCache {
         let mut aud = audience.to_vec();
         aud.sort();
         aud.dedup();
-        let key = (spiffe_id.to_owned(), aud);
         let now = unix_seconds(now);
-        let Some(slot) = self.slot(&key, now) else {
+        let Some(slot) = self.slot(spiffe_id, &aud, now) else {
             return mint().await;
         };
-        let mut cached = slot.lock().await;
+        let mut cached = slot.token.lock().await;
         if let Some(token) = cached.as_ref().filter(|t| t.is_fresh(now) && usable(t)) {
             return Ok(token.clone());
         }
@@ -151,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_whose_signing_key_is_no_longer_trusted_is_not_served_again() {
-        let cache = JwtSvidCache::new(10);
+        let cache = JwtSvidCache::new(10, 10);
         let minted = AtomicUsize::new(0);
         let mint = || async {
             let n = minted.fetch_add(1, Ordering::SeqCst);
@@ -180,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_is_served_from_the_cache_until_half_its_life_is_gone() {
-        let cache = JwtSvidCache::new(10);
+        let cache = JwtSvidCache::new(10, 10);
         let minted = AtomicUsize::new(0);
         let mint = || async {
             let n = minted.fetch_add(1, Ordering::SeqCst);
@@ -219,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_fetches_costs_one_signature() {
-        let cache = Arc::new(JwtSvidCache::new(10));
+        let cache = Arc::new(JwtSvidCache::new(10, 10));
         let minted = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..50 {
@@ -248,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_signature_is_not_cached() {
-        let cache = JwtSvidCache::new(10);
+        let cache = JwtSvidCache::new(10, 10);
         let r = cache
             .get_or_mint(
                 "id",
@@ -273,7 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_holds_at_most_its_limit_and_still_serves_past_it() {
-        let cache = JwtSvidCache::new(3);
+        let cache = JwtSvidCache::new(3, 3);
         let minted = AtomicUsize::new(0);
         let mint = || async { Ok::<_, ()>(token(minted.fetch_add(1, Ordering::SeqCst), 1000)) };
         for id in ["a", "b", "c"] {
@@ -301,5 +411,94 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_identity_asking_for_many_audiences_cycles_its_own_tokens() {
+        let cache = JwtSvidCache::new(10, 4);
+        let minted = AtomicUsize::new(0);
+        let mint = || async { Ok::<_, ()>(token(minted.fetch_add(1, Ordering::SeqCst), 1000)) };
+        let victim = cache
+            .get_or_mint("victim", &["payments".to_owned()], at(1000), |_| true, mint)
+            .await
+            .unwrap();
+        for i in 0..100 {
+            cache
+                .get_or_mint(
+                    "abuser",
+                    &[format!("aud-{i}")],
+                    at(1000 + i / 10),
+                    |_| true,
+                    mint,
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.len_of("abuser"), 4, "at its quota, no more");
+        assert_eq!(cache.len_of("victim"), 1);
+        // The CA is down: the victim's token is still served.
+        let served = cache
+            .get_or_mint(
+                "victim",
+                &["payments".to_owned()],
+                at(1020),
+                |_| true,
+                || async { Err("CA unavailable") },
+            )
+            .await;
+        assert_eq!(served, Ok(victim));
+        // The abuser's most recent audiences are the ones it kept.
+        let kept = cache
+            .get_or_mint(
+                "abuser",
+                &["aud-99".to_owned()],
+                at(1020),
+                |_| true,
+                || async { Err("CA unavailable") },
+            )
+            .await;
+        assert!(kept.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_takes_from_the_biggest_holder_and_never_anyones_last_token() {
+        let cache = JwtSvidCache::new(6, 4);
+        let minted = AtomicUsize::new(0);
+        let mint = || async { Ok::<_, ()>(token(minted.fetch_add(1, Ordering::SeqCst), 1000)) };
+        let get = |id: &'static str, aud: &'static str, t: u64| {
+            let cache = &cache;
+            let mint = &mint;
+            async move {
+                cache
+                    .get_or_mint(id, &[aud.to_owned()], at(t), |_| true, mint)
+                    .await
+                    .unwrap()
+            }
+        };
+        for (i, aud) in ["a1", "a2", "a3", "a4"].into_iter().enumerate() {
+            get("big", aud, 1000 + i as u64).await;
+        }
+        get("small", "s1", 1000).await;
+        get("other", "o1", 1000).await;
+        assert_eq!(cache.len(), 6);
+        // A newcomer: the biggest holder's least recently used ("a1") goes.
+        get("new", "n1", 1010).await;
+        assert_eq!(
+            (cache.len(), cache.len_of("big"), cache.len_of("new")),
+            (6, 3, 1)
+        );
+        // Down to one token each, nobody's last token is taken: a new key
+        // is served, not kept.
+        get("new2", "x", 1011).await;
+        get("new3", "x", 1012).await;
+        get("new4", "x", 1013).await;
+        assert_eq!(cache.len_of("big"), 1);
+        let before = minted.load(Ordering::SeqCst);
+        get("new5", "x", 1014).await;
+        get("new5", "x", 1014).await;
+        assert_eq!(minted.load(Ordering::SeqCst), before + 2, "served uncached");
+        for id in ["big", "small", "other", "new", "new2", "new3"] {
+            assert_eq!(cache.len_of(id), 1, "{id} keeps its last token");
+        }
     }
 }

@@ -48,9 +48,6 @@ pub struct WorkloadApi {
     metrics: Arc<Metrics>,
 }
 
-/// Most (SPIFFE ID, audience set) keys the JWT-SVID cache holds.
-const JWT_CACHE_ENTRIES: usize = 10_000;
-
 /// A caller attested: its uid and selectors.
 pub(crate) struct Caller {
     pub(crate) uid: u32,
@@ -74,7 +71,10 @@ impl WorkloadApi {
             )),
             streams: Admission::new(usize::MAX, limits.max_streams_per_uid),
             ca_link,
-            jwt_cache: Arc::new(JwtSvidCache::new(JWT_CACHE_ENTRIES)),
+            jwt_cache: Arc::new(JwtSvidCache::new(
+                limits.jwt_cache_entries,
+                limits.jwt_cache_entries_per_identity,
+            )),
             metrics,
         })
     }
