@@ -498,3 +498,61 @@ fn ca_show_lists_the_x509_and_jwt_signing_keys_with_their_states() {
     assert!(table.starts_with("KIND"), "{table}");
     assert!(table.contains("x509") && table.contains("jwt") && table.contains("ES256"));
 }
+
+/// Nonsense an operator can type is refused in one line that names the
+/// bound: a join token living for centuries (30 days is the most; both
+/// sides of it), a device or an oversized file as a configuration, for
+/// every daemon.
+#[test]
+fn absurd_lifetimes_and_configuration_files_are_refused_in_one_line() {
+    let ca = TestCa::start(&[]);
+    let e = ca.run_err(&["token", "create", "--ttl", "99999999999d"]);
+    assert!(e.contains("at most 30 days"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let e = ca.run_err(&["token", "create", "--ttl", "2592001"]);
+    assert!(e.contains("at most 30 days"), "{e}");
+    assert!(!ca
+        .run_ok(&["token", "create", "--ttl", "30d"])
+        .trim()
+        .is_empty());
+    // A 100 KB ID is refused as such (it used to come back as an error
+    // message too large for the client to receive: 'h2 protocol error').
+    let huge = "a".repeat(100_000);
+    for cmd in [&["ca", "taint"][..], &["entry", "show"], &["agent", "ban"]] {
+        let mut args = cmd.to_vec();
+        args.push(&huge);
+        let e = ca.run_err(&args);
+        assert!(
+            e.contains("at most 4096 bytes"),
+            "{cmd:?}: {}",
+            &e[..e.len().min(300)]
+        );
+        assert!(
+            e.len() < 400,
+            "{cmd:?}: the message does not echo the input"
+        );
+    }
+    // At the bound, an ID is looked up (and not found).
+    let at = "a".repeat(4096);
+    assert!(ca.run_err(&["entry", "show", &at]).contains("not found"));
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 5 << 20]).unwrap();
+    for daemon in [&["ca", "serve"][..], &["agent", "run"], &["proxy", "run"]] {
+        for cfg in [std::path::Path::new("/dev/zero"), big.as_path()] {
+            let out = signet()
+                .args(daemon)
+                .arg("--config")
+                .arg(cfg)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{daemon:?} {cfg:?}");
+            assert!(
+                err.contains("not a regular file") || err.contains("larger than 4 MiB"),
+                "{daemon:?} {cfg:?}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{daemon:?} {cfg:?}: {err}");
+        }
+    }
+}

@@ -132,7 +132,7 @@ async fn attest(
         let path = config.trust_bundle.as_deref().ok_or_else(|| {
             AgentError::Missing("pass --trust-bundle (the CA's bundle, `signet bundle show`) or --insecure-bootstrap for development".into())
         })?;
-        let text = std::fs::read_to_string(path)
+        let text = signet_identity::files::read_input_file(path)
             .map_err(|e| AgentError::Io(format!("trust bundle {}: {e}", path.display())))?;
         let bundle = TrustBundle::from_pem(td.clone(), &text)
             .map_err(|e| AgentError::Io(format!("trust bundle {}: {e}", path.display())))?;

@@ -14,9 +14,51 @@ use crate::entry::{Entry, EntryInput};
 use crate::store::{AgentRecord, EntryFilter, StoreError};
 use crate::{Ca, CaError, KeyKind};
 
+/// Longest ID or name an admin call takes (a SPIFFE ID is at most 2,048
+/// bytes): a longer one is refused as such, not looked up and echoed back
+/// in an error a client cannot even receive (gRPC carries the message in a
+/// header).
+pub const MAX_ADMIN_OBJECT: usize = 4096;
+
+/// Longest status message sent: what the CA says about an input never
+/// grows with the input.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `text` cut to about `max` bytes: its start and its end, with how long it
+/// was in the middle (an echoed input is elided, what is said about it
+/// stays).
+fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let floor = |mut i: usize| {
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let head = floor(max * 3 / 4);
+    let tail = floor(text.len() - max / 4);
+    format!(
+        "{}… ({} bytes) …{}",
+        &text[..head],
+        text.len(),
+        &text[tail..]
+    )
+    .into()
+}
+
 /// Maps a CA error to the gRPC status a client can act on. Internal details
-/// (database errors) are logged, not sent.
+/// (database errors) are logged, not sent. Messages are bounded.
 pub fn status(e: &CaError) -> Status {
+    let s = unbounded_status(e);
+    match bounded(s.message(), MAX_STATUS_MESSAGE) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(m) => Status::new(s.code(), m),
+    }
+}
+
+fn unbounded_status(e: &CaError) -> Status {
     match e {
         CaError::Entry(_) | CaError::InvalidArgument(_) | CaError::JoinToken(_) => {
             Status::invalid_argument(e.to_string())
@@ -131,7 +173,15 @@ impl AdminService {
         object: &str,
         r: Result<T, CaError>,
     ) -> Result<Response<T>, Status> {
-        let r = r.map(Response::new).map_err(|e| status(&e));
+        let r = if object.len() > MAX_ADMIN_OBJECT {
+            Err(Status::invalid_argument(format!(
+                "the ID or name given is {} bytes long; IDs and names are at most {MAX_ADMIN_OBJECT} bytes",
+                object.len()
+            )))
+        } else {
+            r.map(Response::new).map_err(|e| status(&e))
+        };
+        let object = bounded(object, 256);
         let code = match &r {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
@@ -141,7 +191,7 @@ impl AdminService {
             target: AUDIT_TARGET,
             uid = caller.map_or(-1, i64::from),
             method,
-            object,
+            object = %object,
             result = ?code,
             error = r.as_ref().err().map(|s| s.message()).unwrap_or(""),
             "audit: admin call"

@@ -685,10 +685,11 @@ impl Ca {
         ttl: i64,
         node_name: Option<&str>,
     ) -> Result<NewJoinToken, CaError> {
-        if ttl < 0 {
-            return Err(CaError::InvalidArgument(
-                "token TTL must not be negative".into(),
-            ));
+        if !(0..=crate::join_token::MAX_TTL).contains(&ttl) {
+            return Err(CaError::InvalidArgument(format!(
+                "token TTL {ttl} s is out of range: give at most {} days (a join token is a bearer secret; mint it when the node is about to start)",
+                crate::join_token::MAX_TTL / 86400
+            )));
         }
         let ttl = if ttl == 0 {
             self.config.join_token_ttl as i64

@@ -246,10 +246,11 @@ impl Default for CaConfig {
 impl CaConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            signet_identity::files::read_input_file(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
@@ -327,6 +328,13 @@ impl CaConfig {
                     "[oidc] tls_cert and tls_key go together: set both or neither".into(),
                 ));
             }
+        }
+        if self.join_token_ttl == 0 || self.join_token_ttl as i64 > crate::join_token::MAX_TTL {
+            return Err(ConfigError::Invalid(format!(
+                "join_token_ttl ({}) must be between 1 s and {} days",
+                self.join_token_ttl,
+                crate::join_token::MAX_TTL / 86400
+            )));
         }
         let l = &self.limits;
         if l.handshake_timeout == 0

@@ -7,6 +7,9 @@ use signet_identity::{SpiffeId, TrustDomain};
 
 use crate::entry::AGENT_PATH_PREFIX;
 
+/// Longest a join token may live, seconds (30 days).
+pub const MAX_TTL: i64 = 30 * 86400;
+
 /// Number of random bytes in a token.
 const TOKEN_BYTES: usize = 32;
 

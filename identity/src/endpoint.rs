@@ -62,6 +62,40 @@ pub struct AddressError {
     pub reason: &'static str,
 }
 
+/// Whether `ip` can never be a mesh endpoint: link-local addresses (the
+/// cloud metadata services live there: 169.254.169.254, fd00:ec2::254
+/// aside, which is unique-local but AWS's), the Alibaba metadata address,
+/// unspecified, broadcast and multicast. A node advertising one would point
+/// callers at whatever answers there on *their* host.
+pub fn never_an_endpoint(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
+        }
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| never_an_endpoint(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Host names of cloud metadata services, refused like their addresses.
+const METADATA_NAMES: &[&str] = &[
+    "metadata",
+    "metadata.google.internal",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
 impl EndpointAddress {
     /// Parses `host:port`, `[v6]:port` or `:port`.
     pub fn parse(s: &str) -> Result<Self, AddressError> {
@@ -92,6 +126,15 @@ impl EndpointAddress {
         } else {
             return Err(err("the host is neither an IP address nor a DNS name"));
         };
+        match &host {
+            Some(Host::Ip(ip)) if never_an_endpoint(*ip) => {
+                return Err(err("a link-local, metadata-service, unspecified, broadcast or multicast address is never an endpoint"))
+            }
+            Some(Host::Name(n)) if METADATA_NAMES.contains(&n.trim_end_matches('.')) => {
+                return Err(err("a cloud metadata service is never an endpoint"))
+            }
+            _ => {}
+        }
         Ok(Self { host, port })
     }
 
@@ -213,6 +256,18 @@ mod tests {
             ("[nope]:443", "IPv6"),
             ("bad_name:80", "neither"),
             ("-a.b:80", "neither"),
+            ("169.254.169.254:80", "metadata-service"),
+            ("169.254.1.7:8443", "link-local"),
+            ("[fe80::1]:8443", "link-local"),
+            ("[fd00:ec2::254]:80", "metadata-service"),
+            ("[::ffff:169.254.169.254]:80", "link-local"),
+            ("100.100.100.200:80", "metadata-service"),
+            ("0.0.0.0:8443", "unspecified"),
+            ("[::]:8443", "unspecified"),
+            ("255.255.255.255:80", "broadcast"),
+            ("224.0.0.1:80", "multicast"),
+            ("metadata.google.internal:80", "metadata service"),
+            ("Metadata:80", "metadata service"),
         ] {
             let e = EndpointAddress::parse(s).unwrap_err().to_string();
             assert!(e.contains(why), "{s}: {e}");
@@ -221,6 +276,15 @@ mod tests {
         assert!(EndpointAddress::parse(&long).is_err(), "254-character name");
         let ok = format!("{}:80", "a.".repeat(126) + "b");
         assert!(EndpointAddress::parse(&ok).is_ok(), "253-character name");
+        // Next to the refused ranges: fine.
+        for s in [
+            "169.253.255.255:80",
+            "169.255.0.1:80",
+            "[fec0::1]:80",
+            "10.0.0.1:80",
+        ] {
+            assert!(EndpointAddress::parse(s).is_ok(), "{s}");
+        }
     }
 
     #[test]

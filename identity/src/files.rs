@@ -7,6 +7,34 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Largest configuration, bundle or policy file read: anything larger is
+/// refused rather than read into memory.
+pub const MAX_INPUT_FILE: u64 = 4 * 1024 * 1024;
+
+/// Reads a text file an operator named (a configuration, a bundle, a
+/// token): a regular file of at most [`MAX_INPUT_FILE`] bytes. A device
+/// (`/dev/zero`), a FIFO or a directory is refused instead of read forever.
+pub fn read_input_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_INPUT_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_INPUT_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {} MiB", MAX_INPUT_FILE >> 20),
+        ));
+    }
+    Ok(text)
+}
+
 /// Mode of files holding private keys.
 pub const SECRET_MODE: u32 = 0o600;
 /// Mode of certificates and bundles.
@@ -55,6 +83,31 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn an_input_file_is_a_bounded_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, "a = 1\n").unwrap();
+        assert_eq!(read_input_file(&ok).unwrap(), "a = 1\n");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_INPUT_FILE as usize + 1]).unwrap();
+        assert!(read_input_file(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than"));
+        let at = dir.path().join("at.toml");
+        std::fs::write(&at, vec![b'#'; MAX_INPUT_FILE as usize]).unwrap();
+        assert!(read_input_file(&at).is_ok(), "at the limit");
+        for not_a_file in [std::path::Path::new("/dev/zero"), dir.path()] {
+            let e = read_input_file(not_a_file).unwrap_err();
+            assert!(
+                e.to_string().contains("not a regular file")
+                    || e.kind() == std::io::ErrorKind::IsADirectory,
+                "{not_a_file:?}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn secrets_are_0600_and_replace_the_old_file_whole() {

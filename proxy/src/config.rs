@@ -404,10 +404,11 @@ fn default_drain() -> u64 {
 impl ProxyConfig {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            signet_identity::files::read_input_file(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         let config: ProxyConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
@@ -427,6 +428,18 @@ impl ProxyConfig {
             return Err(ConfigError::Invalid(
                 "an [inbound] listener needs policy_dir (default deny: without policy nothing gets in)".into(),
             ));
+        }
+        let alpns = self
+            .inbound
+            .iter()
+            .map(|i| &i.alpn)
+            .chain(self.outbound.iter().map(|o| &o.alpn));
+        for list in alpns.flatten() {
+            if list.is_empty() || list.iter().any(|p| p.is_empty() || p.len() > 255) {
+                return Err(ConfigError::Invalid(format!(
+                    "alpn {list:?}: give one or more protocol names of 1 to 255 bytes (e.g. [\"h2\", \"http/1.1\"]), or leave alpn out for the default"
+                )));
+            }
         }
         let statics = [&self.svid_file, &self.svid_key_file, &self.bundle_file];
         let set = statics.iter().filter(|f| f.is_some()).count();
@@ -621,5 +634,28 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("[limits]"), "{e}");
+    }
+
+    #[test]
+    fn an_alpn_list_needs_real_protocol_names() {
+        let with = |alpn: &str| {
+            let cfg: ProxyConfig = toml::from_str(&format!(
+                "workload_api_socket = \"unix:///run/a.sock\"\n[[outbound]]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\nserver_id = \"spiffe://example.org/a\"\n{alpn}"
+            ))
+            .unwrap();
+            cfg.validate()
+        };
+        assert!(with("").is_ok());
+        assert!(with("alpn = [\"h2\"]").is_ok());
+        assert!(with(&format!("alpn = [\"{}\"]", "x".repeat(255))).is_ok());
+        for bad in [
+            "alpn = []".to_owned(),
+            "alpn = [\"\"]".to_owned(),
+            "alpn = [\"h2\", \"\"]".to_owned(),
+            format!("alpn = [\"{}\"]", "x".repeat(256)),
+        ] {
+            let e = with(&bad).unwrap_err().to_string();
+            assert!(e.contains("1 to 255 bytes"), "{bad}: {e}");
+        }
     }
 }
