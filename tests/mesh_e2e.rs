@@ -750,3 +750,75 @@ fn the_ca_refuses_endpoints_for_identities_the_agent_does_not_hold() {
         "a banned agent's open stream cannot publish again"
     );
 }
+
+/// A node flooding endpoint updates (here: 500 back to back) costs the CA
+/// at most one write per 200 ms: the updates are coalesced, the newest is
+/// the one published and acknowledged, and an entry created meanwhile
+/// still reaches its agent's workload promptly.
+#[test]
+fn a_node_flooding_endpoint_updates_is_coalesced() {
+    let ca = TestCa::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut rogue = rt.block_on(attested_node_client(&ca, "rogue"));
+    ca.entry(CHECKOUT, "rogue", &["unix:uid:1"], &[]);
+    let honest = TestAgent::start(&ca, &ca.token("honest"), &[]);
+    const UPDATES: u64 = 500;
+    let (acks, last) = rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(UPDATES as usize);
+        for sequence in 1..=UPDATES {
+            tx.send(signet_proto::node::EndpointsUpdate {
+                sequence,
+                endpoints: vec![signet_proto::mesh::Endpoint {
+                    spiffe_id: CHECKOUT.into(),
+                    address: format!(":{}", 1000 + sequence),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .unwrap();
+        }
+        let mut acks = rogue
+            .publish_endpoints(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        loop {
+            let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+                .await
+                .expect("an ack within 10 s")
+                .unwrap()
+                .unwrap();
+            n += 1;
+            if ack.sequence == UPDATES {
+                drop(tx);
+                return (n, ack);
+            }
+        }
+    });
+    println!("{UPDATES} updates back to back: {acks} written and acknowledged");
+    assert!(acks < 20, "{acks} writes for {UPDATES} updates");
+    assert_eq!(last.published.len(), 1);
+    assert_eq!(
+        last.published[0].address,
+        format!("127.0.0.1:{}", 1000 + UPDATES)
+    );
+    let listed = ca.run_ok(&["endpoints", "list", "--output", "json"]);
+    assert!(
+        listed.contains(&format!("127.0.0.1:{}", 1000 + UPDATES)),
+        "{listed}"
+    );
+    let (_, metrics) = ca.http_get("/metrics");
+    assert!(
+        metric(&metrics, "signet_ca_endpoint_updates_coalesced_total") >= UPDATES - 20,
+        "{metrics}"
+    );
+    // The honest node's workload still gets a new entry's SVID.
+    ca.entry(
+        "spiffe://example.org/after-flood",
+        "honest",
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    rt.block_on(svid_stream(&honest, 1));
+}

@@ -538,7 +538,7 @@ paths = ["/v1/*"]
         &mesh,
         "GET",
         "/v1/pay?x=1",
-        "x-signet-peer-id: spiffe://example.org/admin\r\nX-Signet-Peer-Id: forged\r\n",
+        "x-signet-peer-id: spiffe://example.org/admin\r\nX-Signet-Peer-Id: forged\r\nx.signet.peer.id: forged\r\nx_signet_peer_id: forged\r\nx-signet-answer-token: guessed\r\nx-signet-not-forwarded: 1\r\n",
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(

@@ -8,8 +8,11 @@
 //! agent pins the process with a pidfd before reading `/proc/<pid>`, and
 //! after reading checks through the pidfd that this same process is still
 //! alive; if it exited, the facts may belong to another process and the
-//! attestation is refused. The uid in `/proc/<pid>/status` must also still
-//! match the peer credentials.
+//! attestation is refused. The effective uid and gid in `/proc/<pid>/status`
+//! must also still match the peer credentials, read on every call: a caller
+//! that changed user or group after connecting is refused on that
+//! connection (the kernel's credentials are those of `connect`), and gets
+//! what its new credentials allow only on a new one.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -27,8 +30,9 @@ pub enum AttestError {
     /// No peer credentials on the connection.
     #[error("the caller's credentials are unavailable")]
     NoCredentials,
-    /// The process is gone (or was replaced) during attestation.
-    #[error("the calling process exited during attestation")]
+    /// The process is gone (or was replaced) during attestation, or its
+    /// uid or gid is no longer the one it connected with.
+    #[error("the calling process exited during attestation or changed its uid or gid since it connected (reconnect)")]
     CallerExited,
     /// `/proc` could not be read.
     #[error("cannot inspect the calling process: {0}")]
@@ -136,7 +140,9 @@ impl WorkloadAttestor {
         }
         let status = std::fs::read_to_string(proc_dir.join("status"))
             .map_err(|e| AttestError::Proc(e.to_string()))?;
-        if !status_uid_matches(&status, cred.uid) {
+        if !status_id_matches(&status, "Uid:", cred.uid)
+            || !status_id_matches(&status, "Gid:", cred.gid)
+        {
             return Err(AttestError::CallerExited);
         }
         match std::fs::read_link(proc_dir.join("exe")) {
@@ -228,14 +234,15 @@ fn parse_names(text: &str) -> HashMap<u32, String> {
     names
 }
 
-/// Whether `/proc/<pid>/status` shows `uid` as the effective uid.
-fn status_uid_matches(status: &str, uid: u32) -> bool {
+/// Whether `/proc/<pid>/status` shows `id` as the effective ID of the
+/// `field` line (`Uid:` or `Gid:`: real, effective, saved, file system).
+fn status_id_matches(status: &str, field: &str, id: u32) -> bool {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|euid| euid.parse::<u32>().ok())
-        == Some(uid)
+        .and_then(|effective| effective.parse::<u32>().ok())
+        == Some(id)
 }
 
 #[cfg(test)]
@@ -338,6 +345,18 @@ mod tests {
         let a = WorkloadAttestor::default();
         let mut cred = me();
         cred.uid = cred.uid.wrapping_add(4242);
+        assert!(matches!(
+            a.attest(cred, false),
+            Err(AttestError::CallerExited)
+        ));
+    }
+
+    #[test]
+    fn a_caller_whose_gid_changed_is_refused() {
+        let a = WorkloadAttestor::default();
+        assert!(a.attest(me(), false).is_ok(), "unchanged: attested");
+        let mut cred = me();
+        cred.gid = cred.gid.wrapping_add(4242);
         assert!(matches!(
             a.attest(cred, false),
             Err(AttestError::CallerExited)

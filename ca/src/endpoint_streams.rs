@@ -17,6 +17,11 @@ use crate::endpoint_publish::endpoint_to_pb;
 use crate::store::PublishSession;
 use crate::Ca;
 
+/// Shortest time between two writes of one node's endpoints: a node that
+/// floods updates costs the CA (and its database and every replica's feed)
+/// at most one write per interval, always of its newest update.
+pub const MIN_UPDATE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Serves one publishing stream of agent `agent_id` until it ends, then
 /// starts the grace period of what it published.
 ///
@@ -26,6 +31,10 @@ use crate::Ca;
 /// transaction), the last update is checked again and acknowledged again
 /// under its sequence, so the agent learns which of its registrations are
 /// refused now, and an entitlement given back publishes them again.
+///
+/// Updates faster than [`MIN_UPDATE_INTERVAL`] are coalesced: the newest
+/// is written and acknowledged (under its own sequence, the only one an
+/// agent waits for), the ones it replaced are counted.
 pub async fn serve_publish(
     ca: Arc<Ca>,
     agent_id: String,
@@ -41,12 +50,34 @@ pub async fn serve_publish(
     let mut seen = *agent.borrow_and_update();
     // The last update, and what of it is published.
     let mut last: Option<(pb::EndpointsUpdate, Vec<(String, String)>)> = None;
+    // A node sending updates faster than one per MIN_UPDATE_INTERVAL has
+    // them coalesced: only the newest is written, when the interval is over.
+    let mut waiting: Option<pb::EndpointsUpdate> = None;
+    let mut next_write = tokio::time::Instant::now();
     loop {
         let update = tokio::select! {
             m = updates.message() => match m {
-                Ok(Some(u)) => u,
+                Ok(Some(u)) => {
+                    // The newest always replaces one still waiting.
+                    if waiting.replace(u).is_some() {
+                        ca.metrics.endpoint_updates_coalesced.inc();
+                    }
+                    if tokio::time::Instant::now() < next_write {
+                        continue;
+                    }
+                    match waiting.take() {
+                        Some(u) => u,
+                        None => continue,
+                    }
+                }
                 Ok(None) | Err(_) => break,
             },
+            _ = tokio::time::sleep_until(next_write), if waiting.is_some() => {
+                match waiting.take() {
+                    Some(u) => u,
+                    None => continue,
+                }
+            }
             // The agent went away without closing its half.
             _ = tx.closed() => break,
             r = agent.changed() => {
@@ -82,6 +113,7 @@ pub async fn serve_publish(
             let _ = tx.send(Err(refused)).await;
             break;
         }
+        next_write = tokio::time::Instant::now() + MIN_UPDATE_INTERVAL;
         let count = update.endpoints.len();
         let sequence = update.sequence;
         match ca

@@ -66,6 +66,9 @@ pub struct Metrics {
     pub endpoint_watches: Gauge,
     /// Endpoints refused from agents' updates.
     pub endpoints_refused: Counter,
+    /// Endpoint updates replaced by a newer one from the same node before
+    /// they were written (a node updating faster than the CA writes).
+    pub endpoint_updates_coalesced: Counter,
     /// Connections refused by the limits of the OIDC, metrics and admin
     /// listeners (the node API's are in `node_refusals`).
     pub listener_refusals: Family<ListenerRefusalLabels, Counter>,
@@ -178,6 +181,12 @@ impl Metrics {
             "Endpoints refused from agents' updates (identity not held, bad address, cap)",
             endpoints_refused.clone(),
         );
+        let endpoint_updates_coalesced = Counter::default();
+        registry.register(
+            "endpoint_updates_coalesced",
+            "Endpoint updates replaced by a newer one from the same node before they were written",
+            endpoint_updates_coalesced.clone(),
+        );
         let listener_refusals = Family::<ListenerRefusalLabels, Counter>::default();
         registry.register(
             "listener_refusals",
@@ -185,6 +194,7 @@ impl Metrics {
             listener_refusals.clone(),
         );
         Self {
+            endpoint_updates_coalesced,
             listener_refusals,
             endpoints,
             endpoint_watches,

@@ -64,20 +64,37 @@ pub fn load_checked(
     Ok(CompiledPolicy::for_destination(&policy, None))
 }
 
-/// What identifies a directory's contents cheaply: names, sizes, mtimes.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
+/// One file's identity in a [`Fingerprint`]: path, size, mtime, and
+/// device and inode (a file replaced with its size and mtime kept, as
+/// `cp -p` or `rsync -t` do, is still another file).
+type FileStamp = (PathBuf, u64, Option<std::time::SystemTime>, u64, u64);
+
+/// What identifies a directory's contents cheaply: where it resolves to
+/// (a deploy that swaps a symlink to a new directory changes it), and each
+/// file's stamp.
+type Fingerprint = (Option<PathBuf>, Vec<FileStamp>);
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let resolved = std::fs::canonicalize(dir).ok();
+    let mut v: Vec<_> = std::fs::read_dir(resolved.as_deref().unwrap_or(dir))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let m = e.metadata().ok()?;
-                    Some((e.path(), m.len(), m.modified().ok()))
+                    Some((
+                        e.file_name().into(),
+                        m.len(),
+                        m.modified().ok(),
+                        m.dev(),
+                        m.ino(),
+                    ))
                 })
                 .collect()
         })
         .unwrap_or_default();
     v.sort();
-    v
+    (resolved, v)
 }
 
 /// Loads the initial policy into a new handle.
@@ -157,6 +174,43 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deploy that swaps a symlink to a fully written new directory is
+    /// seen, even when its files keep the old names, sizes and mtimes.
+    #[test]
+    fn a_symlink_swap_to_a_new_directory_is_a_change() {
+        let root = tempfile::tempdir().unwrap();
+        let (v1, v2) = (root.path().join("v1"), root.path().join("v2"));
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::create_dir(&v2).unwrap();
+        let allow = |who: &str| {
+            format!("[[allow]]\nto = \"spiffe://example.org/api\"\nfrom = [\"spiffe://example.org/{who}\"]\n")
+        };
+        std::fs::write(v1.join("p.toml"), allow("aaa")).unwrap();
+        std::fs::write(v2.join("p.toml"), allow("bbb")).unwrap();
+        let mtime = std::fs::metadata(v1.join("p.toml"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(v2.join("p.toml"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let link = root.path().join("policies");
+        std::os::unix::fs::symlink(&v1, &link).unwrap();
+        let before = fingerprint(&link);
+        assert_eq!(before, fingerprint(&link), "stable while nothing changes");
+        // The atomic deploy: a new symlink renamed over the old one.
+        let next = root.path().join(".policies.new");
+        std::os::unix::fs::symlink(&v2, &next).unwrap();
+        std::fs::rename(&next, &link).unwrap();
+        assert_ne!(before, fingerprint(&link));
+        let loaded = load_dir(&link).unwrap();
+        assert_eq!(loaded.rules.len(), 1);
+        assert!(format!("{:?}", loaded.rules[0].from).contains("bbb"));
+    }
 
     #[test]
     fn a_tcp_listener_refuses_method_and_path_rules_for_its_own_id() {

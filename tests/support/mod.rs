@@ -498,6 +498,7 @@ impl EchoApp {
                         }
                         count.fetch_add(1, Ordering::SeqCst);
                         let mut peer_ids = Vec::new();
+                        let mut others = Vec::new();
                         let mut content_length = 0usize;
                         loop {
                             let mut line = String::new();
@@ -509,10 +510,24 @@ impl EchoApp {
                                 break;
                             }
                             if let Some((k, v)) = line.split_once(':') {
-                                // Any spelling a framework could map onto the
-                                // identity header (`x_signet_peer_id` too).
-                                if k.replace('_', "-").eq_ignore_ascii_case("x-signet-peer-id") {
+                                // As a CGI-style server reads a name: every
+                                // character not a letter or digit becomes
+                                // one separator (`x_signet_peer_id` and
+                                // `x.signet.peer.id` are the identity header).
+                                let folded: String = k
+                                    .chars()
+                                    .map(|c| {
+                                        if c.is_ascii_alphanumeric() {
+                                            c.to_ascii_lowercase()
+                                        } else {
+                                            '-'
+                                        }
+                                    })
+                                    .collect();
+                                if folded == "x-signet-peer-id" {
                                     peer_ids.push(v.trim().to_owned());
+                                } else if folded.starts_with("x-signet-") {
+                                    others.push(k.to_owned());
                                 }
                                 if k.eq_ignore_ascii_case("content-length") {
                                     content_length = v.trim().parse().unwrap_or(0);
@@ -522,12 +537,15 @@ impl EchoApp {
                         let mut body = vec![0u8; content_length];
                         let _ = reader.read_exact(&mut body);
                         let mut parts = request_line.split_whitespace();
-                        let reply = format!(
+                        let mut reply = format!(
                             "{}|{} {}",
                             peer_ids.join(","),
                             parts.next().unwrap_or(""),
                             parts.next().unwrap_or("")
                         );
+                        if !others.is_empty() {
+                            reply.push_str(&format!("|also {}", others.join(",")));
+                        }
                         let _ = write!(
                             conn,
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",

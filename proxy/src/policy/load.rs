@@ -240,6 +240,11 @@ pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
         line: 0,
         reason,
     };
+    // Resolved once: a deploy that swaps a symlink to a new directory while
+    // this runs is read wholly before or wholly after the swap, never half
+    // of each.
+    let dir = &std::fs::canonicalize(dir)
+        .map_err(|e| dir_err(format!("cannot read policy directory: {e}")))?;
     let entries = std::fs::read_dir(dir)
         .map_err(|e| dir_err(format!("cannot read policy directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
