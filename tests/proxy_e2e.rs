@@ -831,3 +831,170 @@ fn an_http_connection_serves_no_request_once_its_callers_ca_key_is_revoked() {
     let (code, body) = http_request(&mesh, "GET", "/after", "");
     assert_eq!(code, 200, "{body}");
 }
+
+/// One HTTP/2 frame, by hand: what a hostile peer can send that no client
+/// library would.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK header block of literal fields (never indexed, no Huffman).
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x10);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// Floods the HTTP/2 listener at `port` over mTLS for `for_how_long`, from
+/// connections that never read: each opens with a zero initial window and
+/// one stream (`request`: its pseudo-headers) it cannot be sent a byte on,
+/// then sends SETTINGS and PING frames, 128 a millisecond (paced, so that
+/// the tests running beside this one keep their share of the cores); a
+/// connection the proxy closes is opened again. Returns frames sent.
+async fn h2_flood(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    request: Vec<(&'static str, String)>,
+    for_how_long: Duration,
+) -> usize {
+    use tokio::io::AsyncWriteExt;
+    let deadline = Instant::now() + for_how_long;
+    let mut frames = 0;
+    while Instant::now() < deadline {
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            continue;
+        };
+        let name = rustls::pki_types::ServerName::try_from("x").unwrap();
+        let Ok(mut tls) = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+        else {
+            continue;
+        };
+        let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS_INITIAL_WINDOW_SIZE = 0: nothing may be sent on streams.
+        opening.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+        let fields: Vec<(&str, &str)> = request.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        opening.extend(h2_frame(0x1, 0x4, 1, &hpack_literals(&fields)));
+        if tls.write_all(&opening).await.is_err() {
+            continue;
+        }
+        let mut burst = Vec::new();
+        for i in 0u64..64 {
+            burst.extend(h2_frame(0x4, 0, 0, &[]));
+            burst.extend(h2_frame(0x6, 0, 0, &i.to_be_bytes()));
+        }
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), tls.write_all(&burst)).await {
+                Ok(Ok(())) => {
+                    frames += 128;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                // Closed by the proxy: open another.
+                Ok(Err(_)) => break,
+                // The proxy stopped reading (its answers are not read):
+                // the connection holds, the flood goes on beside it.
+                Err(_) => break,
+            }
+        }
+    }
+    frames
+}
+
+/// SETTINGS and PING floods and zero-window stalls (connections that
+/// never read), on an HTTP-mode listener and on the tunnel listener, from
+/// a peer with a valid SVID: the legitimate traffic beside them sees no
+/// error.
+#[test]
+fn h2_floods_and_zero_window_stalls_do_not_hurt_legitimate_traffic() {
+    use signet_identity::testing::LeafSpec;
+    let tunnel_port = signet_test_support::free_port();
+    for (protocol, extra) in [
+        ("http", String::new()),
+        (
+            "tcp",
+            format!("tunnel_listen = \"127.0.0.1:{tunnel_port}\"\n"),
+        ),
+    ] {
+        let mesh = Mesh::start_limited(ALLOW_CHECKOUT, PAYMENTS, "1h", protocol, &extra);
+        let (chain, key) =
+            real_issuer(&mesh).leaf(&LeafSpec::valid("spiffe://example.org/ns/prod/sa/flooder"));
+        let mut config = (*direct_client_config(&mesh, chain, &key)).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = Arc::new(config);
+        let (port, request) = if protocol == "http" {
+            (
+                mesh.server_port,
+                vec![
+                    (":method", "GET".to_owned()),
+                    (":scheme", "https".to_owned()),
+                    (":path", "/v1/pay".to_owned()),
+                    (":authority", "payments".to_owned()),
+                ],
+            )
+        } else {
+            (
+                tunnel_port,
+                vec![
+                    (":method", "CONNECT".to_owned()),
+                    (":authority", format!("127.0.0.1:{}", mesh.app.port)),
+                ],
+            )
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let floods: Vec<_> = (0..2)
+            .map(|_| {
+                rt.spawn(h2_flood(
+                    port,
+                    config.clone(),
+                    request.clone(),
+                    Duration::from_secs(4),
+                ))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let mut failed = Vec::new();
+        let mut served = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let ok = if protocol == "http" {
+                let (code, body) = http_request(&mesh, "GET", "/v1/pay", "");
+                code == 200 && body.starts_with(CHECKOUT)
+            } else {
+                mesh.round_trip(b"legit") == b"legit"
+            };
+            if ok {
+                served += 1;
+            } else {
+                failed.push(served);
+            }
+        }
+        let sent: usize = floods.into_iter().map(|f| rt.block_on(f).unwrap()).sum();
+        println!(
+            "{protocol}: {sent} flood frames; {served} legitimate requests served, {} failed",
+            failed.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "{protocol}: legitimate requests failed: {failed:?}"
+        );
+        assert!(
+            served >= 3,
+            "{protocol}: the legitimate loop ran only {served} times"
+        );
+        assert!(
+            sent > 10_000,
+            "{protocol}: the flood sent only {sent} frames"
+        );
+    }
+}
