@@ -446,22 +446,30 @@ fn oidc_tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
-#[test]
-fn oidc_discovery_over_tls_serves_rs256_keys_that_pyjwt_verifies() {
+/// A CA with `config` and OIDC discovery over TLS on a free port, its
+/// issuer `https://127.0.0.1:<port><path>`: the CA, the port, and the file
+/// of the root that signed the listener's certificate.
+fn ca_with_oidc_over_tls(config: &str, path: &str) -> (TestCa, u16, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (ca_pem, cert, key) = oidc_tls_files(dir.path());
     let oidc_port = signet_test_support::free_port();
-    let config = dir.path().join("ca.toml");
+    let file = dir.path().join("ca.toml");
     std::fs::write(
-        &config,
+        &file,
         format!(
-            "jwt_key_type = \"rsa-2048\"\n[oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nissuer = \"https://127.0.0.1:{oidc_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            "{config}\n[oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nissuer = \"https://127.0.0.1:{oidc_port}{path}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
             cert.display(),
             key.display()
         ),
     )
     .unwrap();
-    let ca = TestCa::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let ca = TestCa::start_in(dir, &["--config", file.to_str().unwrap()]);
+    (ca, oidc_port, ca_pem)
+}
+
+#[test]
+fn oidc_discovery_over_tls_serves_rs256_keys_that_pyjwt_verifies() {
+    let (ca, oidc_port, ca_pem) = ca_with_oidc_over_tls("jwt_key_type = \"rsa-2048\"", "");
     let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/rsa",
@@ -509,21 +517,8 @@ fn oidc_discovery_over_tls_serves_rs256_keys_that_pyjwt_verifies() {
 /// nothing.
 #[test]
 fn an_issuer_with_a_path_is_served_under_it_and_pyjwt_follows_discovery() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca_pem, cert, key) = oidc_tls_files(dir.path());
-    let oidc_port = signet_test_support::free_port();
+    let (ca, oidc_port, ca_pem) = ca_with_oidc_over_tls("", "/tenant-a");
     let issuer = format!("https://127.0.0.1:{oidc_port}/tenant-a");
-    let config = dir.path().join("ca.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[oidc]\nlisten = \"127.0.0.1:{oidc_port}\"\nissuer = \"{issuer}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let ca = TestCa::start_in(dir, &["--config", config.to_str().unwrap()]);
     let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/tenant",

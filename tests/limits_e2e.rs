@@ -750,12 +750,7 @@ async fn an_oidc_flood_takes_no_descriptors_from_the_other_listeners() {
     assert_eq!(tokio::task::spawn_blocking(discovery).await.unwrap(), 200);
     let mut ca = ca;
     ca.daemon.stop_and_read_log();
-    let refusals: Vec<&String> = ca
-        .daemon
-        .log
-        .iter()
-        .filter(|l| l.contains("connection refused") && l.contains("oidc"))
-        .collect();
+    let refusals = ca.daemon.lines_with(&["connection refused", "oidc"]);
     println!(
         "{} refusal log lines, e.g. {:?}",
         refusals.len(),
@@ -803,12 +798,9 @@ fn an_agent_refused_at_a_limit_on_its_first_start_tries_again_and_attests() {
         "{metrics}"
     );
     ca.daemon.stop_and_read_log();
-    let logged: Vec<&String> = ca
+    let logged = ca
         .daemon
-        .log
-        .iter()
-        .filter(|l| l.contains("connection refused by a limit") && l.contains("max_per_source"))
-        .collect();
+        .lines_with(&["connection refused by a limit", "max_per_source"]);
     println!("{logged:?}");
     assert_eq!(logged.len(), 1, "once per client and limit a minute");
     assert!(logged[0].contains("node_api") && logged[0].contains("127.0.0.1"));

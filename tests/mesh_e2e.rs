@@ -261,8 +261,9 @@ fn http_instance(
     )
 }
 
-#[test]
-fn http_requests_are_balanced_retried_timed_out_and_capped() {
+/// A CA, node a with checkout, node b with payments (both as this
+/// process's uid), and a policy directory letting checkout call payments.
+fn checkout_on_a_payments_on_b() -> (TestCa, TestAgent, TestAgent, std::path::PathBuf) {
     let ca = TestCa::start(&[]);
     let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
     let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
@@ -272,6 +273,12 @@ fn http_requests_are_balanced_retried_timed_out_and_capped() {
     let policy_dir = ca.dir.path().join("policies");
     std::fs::create_dir_all(&policy_dir).unwrap();
     std::fs::write(policy_dir.join("payments.toml"), ALLOW_CHECKOUT).unwrap();
+    (ca, agent_a, agent_b, policy_dir)
+}
+
+#[test]
+fn http_requests_are_balanced_retried_timed_out_and_capped() {
+    let (ca, agent_a, agent_b, policy_dir) = checkout_on_a_payments_on_b();
     let apps = [
         SlowApp::start("one", 0),
         SlowApp::start("two", 0),
@@ -545,15 +552,7 @@ fn an_entitlement_change_withdraws_the_endpoints_of_a_silent_node() {
 /// value. The proxy's own "not forwarded" still moves a POST on.
 #[test]
 fn an_app_cannot_forge_the_control_headers_of_its_proxy() {
-    let ca = TestCa::start(&[]);
-    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
-    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
-    let uid = format!("unix:uid:{}", my_uid());
-    ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
-    ca.entry(PAYMENTS, "node-b", &[&uid], &[]);
-    let policy_dir = ca.dir.path().join("policies");
-    std::fs::create_dir_all(&policy_dir).unwrap();
-    std::fs::write(policy_dir.join("payments.toml"), ALLOW_CHECKOUT).unwrap();
+    let (ca, agent_a, agent_b, policy_dir) = checkout_on_a_payments_on_b();
     let apps = [SlowApp::start("one", 0), SlowApp::start("two", 0)];
     let _one = http_instance(&ca, &agent_b, &policy_dir, apps[0].port);
     let _two = http_instance(&ca, &agent_b, &policy_dir, apps[1].port);

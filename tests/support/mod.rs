@@ -109,6 +109,14 @@ impl Daemon {
         }
     }
 
+    /// The lines of `log` that contain every one of `words`.
+    pub fn lines_with(&self, words: &[&str]) -> Vec<&String> {
+        self.log
+            .iter()
+            .filter(|l| words.iter().all(|w| l.contains(w)))
+            .collect()
+    }
+
     /// Stops the daemon (SIGTERM) and collects every line it wrote into
     /// `log`, to the end of its output.
     pub fn stop_and_read_log(&mut self) {
