@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -50,8 +50,9 @@ type Audiences = Vec<String>;
 #[derive(Default)]
 struct SlotInner {
     token: tokio::sync::Mutex<Option<CachedJwt>>,
-    /// When last handed out (Unix seconds), for eviction.
-    last_used: AtomicI64,
+    /// When last handed out, as the cache's use counter (not the clock:
+    /// many uses fall in one second, and eviction must tell them apart).
+    last_used: AtomicU64,
 }
 
 type Slot = Arc<SlotInner>;
@@ -120,6 +121,8 @@ pub struct JwtSvidCache {
     slots: Mutex<Slots>,
     max_entries: usize,
     per_identity: usize,
+    /// Counts uses, to order slots by their last one.
+    uses: AtomicU64,
 }
 
 impl JwtSvidCache {
@@ -130,6 +133,7 @@ impl JwtSvidCache {
             slots: Mutex::new(Slots::default()),
             max_entries,
             per_identity: per_identity.clamp(1, max_entries.max(1)),
+            uses: AtomicU64::new(0),
         }
     }
 
@@ -158,9 +162,10 @@ impl JwtSvidCache {
     /// The slot for (`id`, `aud`), made if there is room within the quotas
     /// (see the module docs); `None` when there is none.
     fn slot(&self, id: &str, aud: &Audiences, now: i64) -> Option<Slot> {
+        let use_count = self.uses.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.lock();
         if let Some(slot) = slots.by_id.get(id).and_then(|m| m.get(aud)) {
-            slot.last_used.store(now, Ordering::Relaxed);
+            slot.last_used.store(use_count, Ordering::Relaxed);
             return Some(slot.clone());
         }
         let held = slots.by_id.get(id).map_or(0, HashMap::len);
@@ -196,7 +201,7 @@ impl JwtSvidCache {
             }
         }
         let slot = Slot::default();
-        slot.last_used.store(now, Ordering::Relaxed);
+        slot.last_used.store(use_count, Ordering::Relaxed);
         slots
             .by_id
             .entry(id.to_owned())
@@ -422,19 +427,29 @@ mod tests {
             .get_or_mint("victim", &["payments".to_owned()], at(1000), |_| true, mint)
             .await
             .unwrap();
+        // All within one second: eviction tells uses apart by their order.
         for i in 0..100 {
             cache
-                .get_or_mint(
-                    "abuser",
-                    &[format!("aud-{i}")],
-                    at(1000 + i / 10),
-                    |_| true,
-                    mint,
-                )
+                .get_or_mint("abuser", &[format!("aud-{i}")], at(1000), |_| true, mint)
                 .await
                 .unwrap();
         }
         assert_eq!(cache.len_of("abuser"), 4, "at its quota, no more");
+        for i in 0..96 {
+            let evicted = cache
+                .get_or_mint(
+                    "abuser",
+                    &[format!("aud-{i}")],
+                    at(1001),
+                    |_| true,
+                    || async { Err("CA unavailable") },
+                )
+                .await;
+            assert!(
+                evicted.is_err(),
+                "aud-{i} was kept; aud-96..99 are the latest"
+            );
+        }
         assert_eq!(cache.len_of("victim"), 1);
         // The CA is down: the victim's token is still served.
         let served = cache
