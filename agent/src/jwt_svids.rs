@@ -104,6 +104,15 @@ impl Slots {
         }
     }
 
+    /// Drops `id`'s stale slots.
+    fn drop_stale_of(&mut self, id: &str, now: i64) {
+        if let Some(slots) = self.by_id.get_mut(id) {
+            let before = slots.len();
+            slots.retain(|_, s| !s.stale(now));
+            self.total -= before - slots.len();
+        }
+    }
+
     /// Drops every stale slot.
     fn drop_stale(&mut self, now: i64) {
         let mut total = 0;
@@ -170,8 +179,9 @@ impl JwtSvidCache {
         }
         let held = slots.by_id.get(id).map_or(0, HashMap::len);
         if held >= self.per_identity {
-            // Its own least recently used token makes room.
-            slots.drop_stale(now);
+            // Its own stale tokens go first, then its least recently used:
+            // only this identity's tokens are looked at.
+            slots.drop_stale_of(id, now);
             let held = slots.by_id.get(id).map_or(0, HashMap::len);
             if held >= self.per_identity && !slots.evict_lru_of(id, 0) {
                 return None;
