@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::h2_stream::H2Stream;
 use crate::metrics::{Metrics, PeerLabels};
+use crate::tunnel::stream::H2Stream;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 

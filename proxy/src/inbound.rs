@@ -3,25 +3,31 @@
 //! without a valid SVID fails the handshake; a valid peer that policy does
 //! not allow is closed before a single byte reaches the app.
 
+pub mod app_health;
+pub mod http;
+pub mod open_connections;
+pub mod registration;
+pub mod tunnel;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use signet_identity::peer_standing::PeerStanding;
-use signet_identity::tls::{established_peer, Authorizer};
+use signet_identity::tls::established_peer;
 use signet_identity::TrustBundle;
 
-use crate::refusal::{failure_reason, refusal_reason};
+use crate::tls::refusal::{failure_reason, refusal_reason};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::LimitsConfig;
 use crate::forward::{ms_since, relay, relay_stream};
+use crate::inbound::open_connections::OpenConnections;
 use crate::listener::{accept_loop, ConnTicket};
 use crate::metrics::Metrics;
-use crate::open_connections::OpenConnections;
+use crate::policy::watch::PolicyHandle;
 use crate::policy::{Decision, Request};
-use crate::policy_watch::PolicyHandle;
 use crate::workload_identity::IdentityWatch;
 use signet_identity::admission::Admission;
 use signet_identity::SpiffeId;
@@ -31,7 +37,7 @@ pub(crate) enum PeerStream<'a> {
     /// A TLS connection of its own.
     Tls(&'a mut tokio_rustls::server::TlsStream<TcpStream>),
     /// A stream of a tunnel connection.
-    Tunnel(&'a mut crate::h2_stream::H2Stream),
+    Tunnel(&'a mut crate::tunnel::stream::H2Stream),
 }
 
 /// A connection whose peer passed the handshake (and, resumed, the check
@@ -76,19 +82,13 @@ pub struct Inbound {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Set for `protocol = "http"`: requests are parsed and decided one by one.
-    pub http: Option<Arc<crate::http::HttpForwarder>>,
+    pub http: Option<Arc<crate::inbound::http::HttpForwarder>>,
     /// Open connections, closed when a policy reload revokes their peer.
     pub open: Arc<OpenConnections>,
     /// Timeouts and caps.
     pub limits: LimitsConfig,
     /// Whether the app answers (the endpoint is registered only then).
-    pub app_health: Arc<crate::app_health::AppHealth>,
-}
-
-/// Authentication on inbound accepts any SPIFFE ID of the bundle; policy
-/// decides afterwards.
-pub(crate) fn any_id() -> Authorizer {
-    Arc::new(|_| true)
+    pub app_health: Arc<crate::inbound::app_health::AppHealth>,
 }
 
 impl Inbound {
@@ -193,7 +193,12 @@ impl Inbound {
             .map(|i| (i.spiffe_id.clone(), i.bundle.clone()))?;
         // A resumed session is checked again: the ticket's chain may have
         // expired or lost its authority since it was verified.
-        match established_peer(tls.get_ref().1, &bundle, &any_id(), SystemTime::now()) {
+        match established_peer(
+            tls.get_ref().1,
+            &bundle,
+            &crate::tls::any_id(),
+            SystemTime::now(),
+        ) {
             Ok(peer) => Some(Authenticated {
                 tls,
                 peer,
@@ -237,7 +242,7 @@ impl Inbound {
             .inc();
         self.metrics.active.inc();
         let registration = self.open.register(&peer, &own);
-        let ctx = Arc::new(crate::http::HttpContext {
+        let ctx = Arc::new(crate::inbound::http::HttpContext {
             app_health: self.app_health.clone(),
             peer: peer.clone(),
             own,
@@ -249,7 +254,7 @@ impl Inbound {
             standing_lost: tokio::sync::Notify::new(),
         });
         tokio::select! {
-            _ = crate::http::serve(stream, ctx, &self.limits) => {}
+            _ = crate::inbound::http::serve(stream, ctx, &self.limits) => {}
             _ = registration.revoked() => {
                 tracing::info!(direction = "inbound", peer = %peer, "HTTP connection closed with its streams: policy no longer allows this peer");
             }
@@ -273,7 +278,7 @@ impl Inbound {
         });
         self.metrics.decided(&decision);
         if !decision.allowed {
-            let (audit, audit_rule) = crate::http::audit_fields(&decision);
+            let (audit, audit_rule) = crate::inbound::http::audit_fields(&decision);
             tracing::info!(direction = "inbound", peer = %peer, decision = "deny", rule = %decision.rule_name(), audit, audit_rule, bytes_in = 0, bytes_out = 0, duration_ms = ms_since(start), "connection");
             return None;
         }
@@ -320,7 +325,7 @@ impl Inbound {
                 relay_stream(&self.metrics, "inbound", &peer_name, h2, local, revoked).await
             }
         };
-        let (audit, audit_rule) = crate::http::audit_fields(&decision);
+        let (audit, audit_rule) = crate::inbound::http::audit_fields(&decision);
         tracing::info!(
             direction = "inbound",
             peer = %peer,

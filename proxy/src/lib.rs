@@ -1,80 +1,57 @@
 //! # signet-proxy
 //!
-//! The sidecar: zero trust enforced on every hop.
+//! The sidecar: zero trust enforced on every hop. Each room is a module
+//! with its folder (`inbound.rs` beside `inbound/`):
 //!
 //! ```text
 //!   peer sidecar ──mTLS──▶ inbound ──policy(from = peer ID, to = our ID)──▶ local app
 //!   local app ──plain──▶ outbound ──mTLS (server must be server_id)──▶ peer sidecar
 //!                  ▲                          ▲
-//!          tls (rustls configs reading the current SVID per handshake)
+//!          tls (rustls configs reading the current SVID per handshake; refusal reasons)
 //!                  ▲
 //!          workload_identity (Workload API stream from the agent)
-//!   policy_watch (file changes, SIGHUP) ──▶ policy (pure evaluation: deny > allow > default deny)
-//!          └──▶ open_connections (close what a new policy revokes)
+//!   policy::watch (file changes, SIGHUP) ──▶ policy (pure evaluation: deny > allow > default deny)
+//!          └──▶ inbound::open_connections (close what a new policy revokes)
 //! ```
 //!
-//! Finding, balancing and surviving (outbound):
+//! | room | what lives there |
+//! | --- | --- |
+//! | `inbound` | the TCP listener; `http` (HTTP mode), `tunnel` (the tunnel listener, port 15008), `app_health`, `registration` (the endpoint, registered while the app answers), `open_connections` |
+//! | `outbound` | the listener and its allowed local users; `tcp` (failover per connection), `http` (per request: pooled HTTP/2, `retry_budget`, route timeouts, pending cap) |
+//! | `tunnel` | the client side of the tunnel: `pool`, `stream` (one CONNECT stream as bytes), `connect_gate`, `pooled_credentials` |
+//! | `upstream` | an outbound listener's endpoints (static, DNS, discovery via the agent's mesh API); `balancer` (P2C: active connections or `peak_ewma`), `outlier` (ejection), `connector` (TCP + TLS + server ID, shared by every mode) |
+//! | `wire` | what proxies say to each other: `hbone` (HTTP/2 settings, CONNECT), `control_headers` |
+//! | `policy` | rules, evaluation, loading, `watch` |
+//! | `tls` | rustls configurations, `refusal` (metric reasons for TLS failures) |
 //!
-//! ```text
-//!   upstream::Source (static list | DNS | discovery via the agent's mesh API)
-//!        ──▶ upstream::Upstream ── balancer::Balancer (P2C: active connections, or peak_ewma)
-//!                                        └── outlier::Outliers (ejection)
-//!   outbound (TCP: per connection, failover before the first app byte)
-//!   http_outbound (HTTP: per request, pooled HTTP/2, retry_budget, route timeouts, pending cap)
-//!   inbound ── app_health ──▶ registration (the endpoint, registered while the app answers)
-//! ```
+//! Beside them: `config`, `run` (start, ready line, drain), `listener`
+//! (accept loops under admission), `forward` (byte relays), `metrics` and
+//! `admin` (`/metrics`, `/ready`, `/live`).
 //!
-//! The tunnel (HBONE-compatible HTTP/2 CONNECT over pooled mTLS):
-//!
-//! ```text
-//!   outbound (TCP) ── tunnel_pool (connections per endpoint tunnel port, streams capped per connection)
-//!        ══ h2_stream (one CONNECT stream as bytes) ══▶ tunnel_inbound (port 15008; target = the app only)
-//!                                                         └── inbound (policy per stream, relay to the app)
-//!   tunnel: window sizes, keepalive pings, the CONNECT request
-//! ```
-//!
-//! Between proxies, `control_headers` (`x-signet-error`,
+//! Between proxies, `wire::control_headers` (`x-signet-error`,
 //! `x-signet-not-forwarded`) are verdicts only on an answer the peer proxy
 //! made itself, proved by the answer token the caller sent; an app's
 //! `x-signet-` headers are removed on the way.
 //!
 //! Long-lived connections carry new work only while their identities hold:
-//! `pooled_credentials` (our SVID unchanged, the server in standing) for
-//! both pools; inbound, the caller's `PeerStanding` before each tunnel
-//! stream and each HTTP request.
+//! `tunnel::pooled_credentials` (our SVID unchanged, the server in
+//! standing) for both pools; inbound, the caller's `PeerStanding` before
+//! each tunnel stream and each HTTP request.
 
-pub mod app_health;
-pub mod balancer;
+mod admin;
 pub mod config;
-pub mod connect_gate;
-pub mod control_headers;
 mod forward;
-pub mod h2_stream;
-pub mod http;
-pub mod http_outbound;
-pub mod inbound;
+mod inbound;
 mod listener;
-pub mod local_peer;
-pub mod metrics;
-pub mod open_connections;
-pub mod outbound;
-pub mod outlier;
-pub mod peak_ewma;
+mod metrics;
+mod outbound;
 pub mod policy;
-pub mod policy_watch;
-pub mod pooled_credentials;
-pub mod refusal;
-pub mod registration;
-pub mod retry_budget;
 mod run;
-#[cfg(test)]
-mod test_pools;
-pub mod tls;
-pub mod tunnel;
-pub mod tunnel_inbound;
-pub mod tunnel_pool;
-pub mod upstream;
-pub mod workload_identity;
+mod tls;
+mod tunnel;
+mod upstream;
+mod wire;
+mod workload_identity;
 
 // Public interface.
 pub use config::ProxyConfig;

@@ -13,6 +13,7 @@
 pub mod cases;
 mod http_target;
 mod load;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -11,15 +11,17 @@ use signet_identity::SpiffeId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::balancer::LoadMetric;
 use crate::config::{ConfigError, ProxyConfig};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
-use crate::outlier::EjectionPolicy;
+use crate::outbound::{Outbound, Target};
+use crate::policy::watch as policy_watch;
 use crate::policy::{IdPattern, PolicyError};
+use crate::upstream::balancer::LoadMetric;
+use crate::upstream::connector::Connector;
+use crate::upstream::outlier::EjectionPolicy;
 use crate::upstream::{Source, Upstream};
-use crate::{policy_watch, tls, workload_identity};
+use crate::{tls, workload_identity};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,7 @@ pub async fn run(
     let admin_addr = admin
         .local_addr()
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
-    tokio::spawn(crate::metrics::serve(
+    tokio::spawn(crate::admin::serve(
         admin,
         metrics.clone(),
         identity.clone(),
@@ -117,8 +119,8 @@ pub async fn run(
             crate::config::alpn(&inbound.alpn, inbound.protocol, false),
         )
         .map_err(ProxyError::Tls)?;
-        let open = Arc::new(crate::open_connections::OpenConnections::default());
-        let app_health = crate::app_health::AppHealth::start(&inbound.forward_to);
+        let open = Arc::new(crate::inbound::open_connections::OpenConnections::default());
+        let app_health = crate::inbound::app_health::AppHealth::start(&inbound.forward_to);
         let tunnel_listener = match inbound.tunnel_listen() {
             crate::config::TunnelListen::Off => None,
             crate::config::TunnelListen::Explicit(addr) => Some(bind(&addr).await?),
@@ -142,7 +144,7 @@ pub async fn run(
             identity: identity.clone(),
             metrics: metrics.clone(),
             http: (inbound.protocol == crate::config::Protocol::Http).then(|| {
-                Arc::new(crate::http::HttpForwarder::new(
+                Arc::new(crate::inbound::http::HttpForwarder::new(
                     &inbound.forward_to,
                     inbound.app_protocol,
                 ))
@@ -154,7 +156,7 @@ pub async fn run(
                 .map_err(ProxyError::Tls)?;
             // What a caller may name in its CONNECT: the app, or the
             // address it would dial without the tunnel.
-            let mut targets = crate::tunnel_inbound::Targets {
+            let mut targets = crate::inbound::tunnel::Targets {
                 exact: vec![inbound.forward_to.clone()],
                 any_host_port: None,
             };
@@ -162,7 +164,7 @@ pub async fn run(
                 Some(_) => targets.exact.push(advertised.to_string()),
                 None => targets.any_host_port = Some(advertised.port),
             }
-            let tunnel = Arc::new(crate::tunnel_inbound::TunnelInbound {
+            let tunnel = Arc::new(crate::inbound::tunnel::TunnelInbound {
                 inbound: handler.clone(),
                 tls: tokio_rustls::TlsAcceptor::from(server),
                 targets,
@@ -173,9 +175,9 @@ pub async fn run(
         listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
         if config.svid_file.is_none() {
             let address = advertised.to_string();
-            tokio::spawn(crate::registration::keep_registered(
+            tokio::spawn(crate::inbound::registration::keep_registered(
                 socket.clone(),
-                crate::registration::Advertised {
+                crate::inbound::registration::Advertised {
                     address,
                     protocol: match inbound.protocol {
                         crate::config::Protocol::Tcp => "tcp".into(),
@@ -225,7 +227,7 @@ pub async fn run(
         let tunnel = (o.protocol == crate::config::Protocol::Tcp
             && tunnel_mode != crate::outbound::TunnelMode::Never)
             .then(|| {
-                Arc::new(crate::tunnel_pool::TunnelPool::new(
+                Arc::new(crate::tunnel::pool::TunnelPool::new(
                     tls::OutboundTls::new(
                         identity.clone(),
                         authorize.clone(),
@@ -247,21 +249,36 @@ pub async fn run(
             }
         }
         let listener = bind(&o.listen).await?;
-        let handler = Arc::new(Outbound {
+        let target = Arc::new(Target {
             tls: Arc::new(tls::OutboundTls::new(
                 identity.clone(),
                 authorize.clone(),
                 crate::config::alpn(&o.alpn, o.protocol, true),
             )),
-            sni: rustls::pki_types::ServerName::try_from(
-                o.sni.clone().unwrap_or_else(|| "signet-peer".into()),
-            )
-            .map_err(|e| ConfigError::Invalid(format!("[[outbound]] sni: {e}")))?,
+            connector: Arc::new(Connector {
+                connect_timeout: o.connect_timeout(),
+                handshake_timeout: o.handshake_timeout(),
+                sni: rustls::pki_types::ServerName::try_from(
+                    o.sni.clone().unwrap_or_else(|| "signet-peer".into()),
+                )
+                .map_err(|e| ConfigError::Invalid(format!("[[outbound]] sni: {e}")))?,
+                authorize,
+                identity: identity.clone(),
+            }),
+            upstream: upstream.clone(),
+            server_id: o.server_id.clone(),
+            limits: config.limits.clone(),
+            metrics: metrics.clone(),
+            tunnel_mode,
+            tunnel,
+        });
+        let handler = Arc::new(Outbound {
+            target,
             http: (o.protocol == crate::config::Protocol::Http).then(|| {
-                Arc::new(crate::http_outbound::HttpState::new(
+                Arc::new(crate::outbound::http::HttpState::new(
                     o.routes
                         .iter()
-                        .map(|r| crate::http_outbound::RouteTimeout {
+                        .map(|r| crate::outbound::http::RouteTimeout {
                             prefix: r.path_prefix.clone(),
                             timeout: Duration::from_millis(r.timeout_ms),
                         })
@@ -270,21 +287,11 @@ pub async fn run(
                     o.max_pending_requests,
                 ))
             }),
-            upstream: upstream.clone(),
-            connect_timeout: o.connect_timeout(),
-            handshake_timeout: o.handshake_timeout(),
-            server_id: o.server_id.clone(),
-            authorize,
-            identity: identity.clone(),
-            limits: config.limits.clone(),
             // Default: only the user the proxy runs as.
             allowed_uids: o
                 .allowed_uids
                 .clone()
                 .unwrap_or_else(|| vec![rustix::process::geteuid().as_raw()]),
-            metrics: metrics.clone(),
-            tunnel_mode,
-            tunnel,
         });
         listeners.push(tokio::spawn(handler.serve(listener, stop_rx.clone())));
     }

@@ -13,6 +13,14 @@ use signet_identity::tls::{provider, Authorizer, SpiffeClientVerifier, SpiffeSer
 
 use crate::workload_identity::{Identity, IdentityWatch};
 
+pub mod refusal;
+
+/// Authentication on inbound accepts any SPIFFE ID of the bundle; policy
+/// decides afterwards.
+pub(crate) fn any_id() -> Authorizer {
+    Arc::new(|_| true)
+}
+
 /// `identity`'s key, or `None` once it has expired (logged once per SVID:
 /// `warned` holds the notAfter last reported, so an outage logs once, not
 /// once per refused handshake).
@@ -77,7 +85,7 @@ pub fn server_config(
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(SpiffeClientVerifier::new(
             bundle,
-            crate::inbound::any_id(),
+            crate::tls::any_id(),
             true,
         ))
         .with_cert_resolver(Arc::new(CurrentSvid::new(identity)));
@@ -195,5 +203,4 @@ impl ResolvesClientCert for PinnedSvid {
 }
 
 #[cfg(test)]
-#[path = "tls_tests.rs"]
 mod tests;

@@ -2,6 +2,15 @@
 //! list, a DNS name re-resolved, or the mesh registry through the agent —
 //! and the balancer that chooses among them for each new connection.
 
+pub mod balancer;
+pub mod connector;
+pub mod outlier;
+pub mod peak_ewma;
+
+/// Most endpoints one connection (TCP mode) or request (HTTP mode) tries
+/// before it fails.
+pub const MAX_ATTEMPTS: usize = 3;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,10 +20,10 @@ use signet_proto::mesh as pb;
 use signet_proto::mesh::mesh_client::MeshClient;
 use tokio::sync::watch;
 
-use crate::balancer::{random_pair, Balancer, Endpoint, LoadMetric, Pick};
 use crate::config::UpstreamConfig;
 use crate::metrics::{EndpointLabels, Metrics, UpstreamLabels};
-use crate::outlier::{EjectionPolicy, Verdict};
+use crate::upstream::balancer::{random_pair, Balancer, Endpoint, LoadMetric, Pick};
+use crate::upstream::outlier::{EjectionPolicy, Verdict};
 
 /// How often a DNS upstream is resolved again (the system resolver does not
 /// say the TTL; this bounds how stale the addresses get).
@@ -127,11 +136,6 @@ impl Upstream {
             .upstream_ejected
             .get_or_create(&self.labels())
             .set(ejected as i64);
-    }
-
-    /// The endpoints known and whether each is available now.
-    pub fn endpoints(&self) -> Vec<(Endpoint, bool)> {
-        self.lock().endpoints(Instant::now())
     }
 
     /// An endpoint for a new connection, not one of `tried`.

@@ -71,7 +71,7 @@ impl PooledCredentials {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::test_pools::certified_key;
+    use crate::tunnel::test_pools::certified_key;
     use signet_identity::testing::TestCa;
     use signet_identity::x509_svid::unix_seconds;
 

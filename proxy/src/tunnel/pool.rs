@@ -19,17 +19,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::pooled_credentials::{PooledCredentials, Retired};
+use crate::tunnel::pooled_credentials::{PooledCredentials, Retired};
 use bytes::Bytes;
 use rustls::sign::CertifiedKey;
 use signet_identity::peer_standing::PeerStanding;
 use signet_identity::tls::BundleHandle;
 
-use crate::h2_stream::H2Stream;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
 use crate::tls::OutboundTls;
-use crate::tunnel;
+use crate::tunnel::stream::H2Stream;
+use crate::upstream::connector::Connector;
+use crate::wire::hbone;
 
 /// One pooled tunnel connection.
 struct TunnelConn {
@@ -92,8 +92,8 @@ pub struct TunnelStream {
     pub io: H2Stream,
     /// The upstream's verified SPIFFE ID.
     pub peer: String,
-    /// Held while the stream is open.
-    pub slot: StreamSlot,
+    /// Held while the stream is open (its drop frees the place).
+    _slot: StreamSlot,
 }
 
 /// Why no stream was opened.
@@ -121,7 +121,7 @@ pub struct TunnelPool {
     tls: OutboundTls,
     conns: Mutex<HashMap<String, Vec<Arc<TunnelConn>>>>,
     /// One connection attempt per tunnel address at a time.
-    connecting: crate::connect_gate::ConnectGates,
+    connecting: crate::tunnel::connect_gate::ConnectGates,
     streams_per_connection: usize,
     metrics: Arc<Metrics>,
 }
@@ -197,16 +197,16 @@ impl TunnelPool {
     /// connection is full.
     async fn slot(
         &self,
-        outbound: &Outbound,
+        connector: &Connector,
         tunnel_addr: &str,
         bundle: &BundleHandle,
     ) -> Result<StreamSlot, StreamError> {
-        let identity = outbound
+        let identity = connector
             .identity
             .borrow()
             .clone()
             .ok_or_else(|| StreamError::Endpoint("tls_setup", "no identity yet".into()))?;
-        crate::pooled_credentials::not_expired(&identity)
+        crate::tunnel::pooled_credentials::not_expired(&identity)
             .map_err(|(reason, e)| StreamError::Endpoint(reason, e))?;
         let key = identity.key.clone();
         if let Some(slot) = self.reserve(tunnel_addr, &key, bundle) {
@@ -216,7 +216,7 @@ impl TunnelPool {
         if let Some(slot) = self.reserve(tunnel_addr, &key, bundle) {
             return Ok(slot);
         }
-        let conn = self.open(outbound, tunnel_addr, bundle, key).await?;
+        let conn = self.open(connector, tunnel_addr, bundle, key).await?;
         // Not shared yet: the first stream is ours.
         conn.streams.fetch_add(1, Ordering::AcqRel);
         self.conns
@@ -232,15 +232,15 @@ impl TunnelPool {
     /// and a task driving it until it ends.
     async fn open(
         &self,
-        outbound: &Outbound,
+        connector: &Connector,
         tunnel_addr: &str,
         bundle: &BundleHandle,
         key: Arc<CertifiedKey>,
     ) -> Result<Arc<TunnelConn>, StreamError> {
         // Before the handshake: see PeerStanding::after_handshake.
         let bundle_before = bundle.get();
-        let (tls, peer) = outbound
-            .connect_via(&self.tls, tunnel_addr, bundle)
+        let (tls, peer) = connector
+            .connect(&self.tls, tunnel_addr, bundle)
             .await
             .map_err(|(reason, e)| StreamError::Endpoint(reason, e))?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
@@ -252,17 +252,11 @@ impl TunnelPool {
         let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
         let credentials =
             PooledCredentials::new(key, PeerStanding::after_handshake(chain, bundle_before));
-        let handshake = h2::client::Builder::new()
-            .initial_window_size(tunnel::STREAM_WINDOW)
-            .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
-            .max_frame_size(tunnel::MAX_FRAME)
-            .max_header_list_size(tunnel::MAX_HEADER_LIST)
-            .max_send_buffer_size(tunnel::MAX_SEND_BUFFER)
+        let handshake = hbone::client_builder()
             .initial_max_send_streams(self.streams_per_connection)
-            .enable_push(false)
             .handshake::<_, Bytes>(tls);
         let (send, mut conn) =
-            match tokio::time::timeout(outbound.handshake_timeout, handshake).await {
+            match tokio::time::timeout(connector.handshake_timeout, handshake).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(StreamError::Endpoint("h2_handshake", e.to_string())),
                 Err(_) => {
@@ -273,7 +267,7 @@ impl TunnelPool {
                 }
             };
         let closed = Arc::new(AtomicBool::new(false));
-        let dead = tunnel::dead_peer(conn.ping_pong());
+        let dead = hbone::dead_peer(conn.ping_pong());
         let metrics = self.metrics.clone();
         metrics.tunnel_connection("outbound", 1);
         let (done, address, who) = (closed.clone(), tunnel_addr.to_owned(), peer.clone());
@@ -283,8 +277,8 @@ impl TunnelPool {
             let idle = async {
                 let mut idle_for = std::time::Duration::ZERO;
                 loop {
-                    tokio::time::sleep(tunnel::PING_INTERVAL).await;
-                    if idle_past(&counted, &mut idle_for, tunnel::PING_INTERVAL, IDLE_TIMEOUT) {
+                    tokio::time::sleep(hbone::PING_INTERVAL).await;
+                    if idle_past(&counted, &mut idle_for, hbone::PING_INTERVAL, IDLE_TIMEOUT) {
                         return;
                     }
                 }
@@ -319,12 +313,12 @@ impl TunnelPool {
     /// `tunnel_addr`.
     pub async fn open_stream(
         &self,
-        outbound: &Outbound,
+        connector: &Connector,
         tunnel_addr: &str,
         authority: &str,
         bundle: &BundleHandle,
     ) -> Result<TunnelStream, StreamError> {
-        let slot = self.slot(outbound, tunnel_addr, bundle).await?;
+        let slot = self.slot(connector, tunnel_addr, bundle).await?;
         let failed = |e: h2::Error| {
             // The connection may be gone: the next stream checks.
             if e.is_io() || e.is_go_away() {
@@ -332,18 +326,18 @@ impl TunnelPool {
             }
             StreamError::Endpoint("tunnel_failed", e.to_string())
         };
-        let req = tunnel::connect_request(authority)
+        let req = hbone::connect_request(authority)
             .map_err(|e| StreamError::Endpoint("bad_address", e.to_string()))?;
         let mut send = slot.conn.send.clone().ready().await.map_err(failed)?;
         let (answer, body) = send.send_request(req, false).map_err(failed)?;
-        let answer = match tokio::time::timeout(outbound.handshake_timeout, answer).await {
+        let answer = match tokio::time::timeout(connector.handshake_timeout, answer).await {
             Ok(r) => r.map_err(failed)?,
             Err(_) => {
                 return Err(StreamError::Endpoint(
                     "timeout",
                     format!(
                         "no answer to CONNECT within {:?}",
-                        outbound.handshake_timeout
+                        connector.handshake_timeout
                     ),
                 ))
             }
@@ -358,14 +352,14 @@ impl TunnelPool {
             };
             return Err(StreamError::Refused {
                 status: answer.status(),
-                why: header(crate::control_headers::ERROR).unwrap_or_default(),
-                not_forwarded: header(crate::control_headers::NOT_FORWARDED).is_some(),
+                why: header(crate::wire::control_headers::ERROR).unwrap_or_default(),
+                not_forwarded: header(crate::wire::control_headers::NOT_FORWARDED).is_some(),
             });
         }
         Ok(TunnelStream {
             io: H2Stream::new(body, answer.into_body()),
             peer: slot.conn.peer.clone(),
-            slot,
+            _slot: slot,
         })
     }
 }
@@ -407,7 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_whose_server_left_the_bundle_carries_no_new_stream() {
-        use crate::test_pools::{certified_key, h2_pipe};
+        use crate::tunnel::test_pools::{certified_key, h2_pipe};
         use signet_identity::testing::{LeafSpec, TestCa};
         use signet_identity::TrustBundle;
         let ca = TestCa::new("example.org");

@@ -6,7 +6,7 @@
 //! sent (in any spelling a framework could map onto it) is removed first,
 //! so the app can trust it — and every `x-signet-` header of the app's
 //! answer is removed, so the caller's proxy can trust the control headers
-//! of the answers this proxy makes itself ([`crate::control_headers`]).
+//! of the answers this proxy makes itself ([`crate::wire::control_headers`]).
 //! Denied requests get 403 and never reach the app. Method and path are put
 //! in canonical form first ([`policy::canonical_path`]): policy decides on
 //! that form and the app receives exactly it; ambiguous spellings get 400.
@@ -24,10 +24,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use signet_identity::SpiffeId;
 
 use crate::config::{AppProtocol, LimitsConfig};
-use crate::control_headers::{self, Reason, ANSWER_TOKEN, NOT_FORWARDED};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy;
-use crate::policy_watch::PolicyHandle;
+use crate::policy::watch::PolicyHandle;
+use crate::wire::control_headers::{self, Reason, ANSWER_TOKEN, NOT_FORWARDED};
 
 /// The header that carries the verified caller identity to the app.
 pub const PEER_ID_HEADER: &str = "x-signet-peer-id";
@@ -111,7 +111,7 @@ pub struct HttpContext {
     /// The app.
     pub forwarder: Arc<HttpForwarder>,
     /// Whether the app answers.
-    pub app_health: Arc<crate::app_health::AppHealth>,
+    pub app_health: Arc<crate::inbound::app_health::AppHealth>,
     /// The peer's chain, checked before each request: a long-lived
     /// connection serves nothing once the peer's SVID has expired or lost
     /// its authority.

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::pooled_credentials::{PooledCredentials, Retired};
+use crate::tunnel::pooled_credentials::{PooledCredentials, Retired};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -43,10 +43,11 @@ use signet_identity::peer_standing::PeerStanding;
 use signet_identity::tls::BundleHandle;
 use tokio::net::TcpStream;
 
-use crate::control_headers::{self, Reason};
-use crate::http::strip_hop_by_hop;
-use crate::outbound::{Outbound, MAX_ATTEMPTS};
-use crate::retry_budget::{BudgetLimits, RetryBudget};
+use crate::inbound::http::strip_hop_by_hop;
+use crate::outbound::retry_budget::{BudgetLimits, RetryBudget};
+use crate::outbound::target::Target;
+use crate::upstream::MAX_ATTEMPTS;
+use crate::wire::control_headers::{self, Reason};
 
 /// Largest request body kept to be replayed on a retry.
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
@@ -78,7 +79,7 @@ pub struct HttpState {
     /// One connection attempt per endpoint at a time: requests that find
     /// no pooled connection wait for the one being made, rather than each
     /// making its own.
-    connecting: crate::connect_gate::ConnectGates,
+    connecting: crate::tunnel::connect_gate::ConnectGates,
     budget: Mutex<RetryBudget>,
     /// Longest-prefix-first route timeouts.
     routes: Vec<RouteTimeout>,
@@ -196,7 +197,7 @@ impl Attempted {
     }
 }
 
-impl Outbound {
+impl Target {
     /// Serves the local app's HTTP on `local` until it closes.
     pub(crate) async fn serve_http(self: Arc<Self>, local: TcpStream, http: Arc<HttpState>) {
         let this = self.clone();
@@ -228,11 +229,12 @@ impl Outbound {
         address: &str,
     ) -> Result<Sender, (&'static str, String)> {
         let identity = self
+            .connector
             .identity
             .borrow()
             .clone()
             .ok_or(("no_identity", "no SVID yet".to_string()))?;
-        crate::pooled_credentials::not_expired(&identity)?;
+        crate::tunnel::pooled_credentials::not_expired(&identity)?;
         let (key, bundle) = (&identity.key, &identity.bundle);
         if let Some(s) = http.pooled(address, key, bundle) {
             return Ok(s);
@@ -386,7 +388,7 @@ impl Outbound {
         loop {
             let Some(pick) = self
                 .upstream
-                .pick_or_wait(&tried, self.connect_timeout)
+                .pick_or_wait(&tried, self.connector.connect_timeout)
                 .await
             else {
                 let why = if tried.is_empty() {
@@ -531,7 +533,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pooled_connection_carries_requests_only_on_its_svid_and_while_its_server_stands() {
-        use crate::test_pools::{certified_key, h2_pipe};
+        use crate::tunnel::test_pools::{certified_key, h2_pipe};
         use signet_identity::testing::{LeafSpec, TestCa};
         let ca = TestCa::new("example.org");
         let other = TestCa::new("example.org");

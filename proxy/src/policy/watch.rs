@@ -11,8 +11,8 @@ use signet_identity::SpiffeId;
 use tokio::sync::watch;
 
 use crate::config::Protocol;
+use crate::inbound::open_connections::OpenConnections;
 use crate::metrics::Metrics;
-use crate::open_connections::OpenConnections;
 use crate::policy::{load_dir, CompiledPolicy, PolicyError};
 use crate::workload_identity::IdentityWatch;
 

@@ -24,6 +24,7 @@ impl PeakEwma {
     /// at once (its first answer, a peak, sets the estimate). Starting at a
     /// default such as 30 ms would keep a new instance idle for tens of
     /// seconds beside endpoints answering in 1 ms.
+    #[cfg(test)]
     pub fn new(now: Instant) -> Self {
         Self::starting_at(now, 0.0)
     }

@@ -14,8 +14,8 @@ use std::time::Instant;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::outlier::{EjectionPolicy, Outliers, Verdict};
-use crate::peak_ewma::PeakEwma;
+use crate::upstream::outlier::{EjectionPolicy, Outliers, Verdict};
+use crate::upstream::peak_ewma::PeakEwma;
 
 /// What "least loaded" means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +139,7 @@ impl Balancer {
     }
 
     /// The endpoints known, with whether each is available at `now`.
+    #[cfg(test)]
     pub fn endpoints(&self, now: Instant) -> Vec<(Endpoint, bool)> {
         self.slots
             .iter()

@@ -8,7 +8,7 @@
 //! address this proxy advertises (what a caller would dial without the
 //! tunnel); anything else is refused, so the listener is never a relay.
 //!
-//! Refusals are HTTP answers carrying [`crate::control_headers::ERROR`]:
+//! Refusals are HTTP answers carrying [`crate::wire::control_headers::ERROR`]:
 //! `405 not-connect`, `400 target-not-allowed`, `403 denied`,
 //! `403 peer-svid-expired` or `403 peer-svid-untrusted` (the connection
 //! outlived the peer's SVID, or the bundle no longer holds its authority:
@@ -27,10 +27,10 @@ use signet_identity::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::h2_stream::H2Stream;
 use crate::inbound::Inbound;
 use crate::listener::{accept_loop, ConnTicket};
-use crate::tunnel::{self, response};
+use crate::tunnel::stream::H2Stream;
+use crate::wire::hbone::{self, response};
 
 /// The `CONNECT` authorities that name this proxy's app: `forward_to`
 /// itself, or the address the proxy advertises — exactly when it names a
@@ -118,12 +118,7 @@ impl TunnelInbound {
             admission: _held,
             ..
         } = authenticated;
-        let handshake = h2::server::Builder::new()
-            .initial_window_size(tunnel::STREAM_WINDOW)
-            .initial_connection_window_size(tunnel::CONNECTION_WINDOW)
-            .max_frame_size(tunnel::MAX_FRAME)
-            .max_header_list_size(tunnel::MAX_HEADER_LIST)
-            .max_send_buffer_size(tunnel::MAX_SEND_BUFFER)
+        let handshake = hbone::server_builder()
             .max_concurrent_streams(inbound.limits.tunnel_max_streams)
             .handshake::<_, Bytes>(tls);
         let mut conn = match tokio::time::timeout(inbound.limits.handshake_timeout(), handshake)
@@ -141,7 +136,7 @@ impl TunnelInbound {
         };
         inbound.metrics.tunnel_connection("inbound", 1);
         tracing::debug!(direction = "inbound", client = %addr, peer = %peer, "tunnel connection open");
-        let dead = tunnel::dead_peer(conn.ping_pong());
+        let dead = hbone::dead_peer(conn.ping_pong());
         tokio::pin!(dead);
         let mut stop = self.stop.clone();
         let mut draining = false;
@@ -235,7 +230,7 @@ impl TunnelInbound {
         let Some(mut local) = inbound.connect_app(&peer).await else {
             let mut r = response(StatusCode::SERVICE_UNAVAILABLE, Some("app-unreachable"));
             r.headers_mut().insert(
-                crate::control_headers::NOT_FORWARDED,
+                crate::wire::control_headers::NOT_FORWARDED,
                 http::HeaderValue::from_static("1"),
             );
             inbound.metrics.tunnel_stream("inbound", "app_unreachable");
