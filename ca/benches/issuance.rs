@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use rcgen::{CertificateParams, KeyPair};
-use signet_ca::entry::EntryInput;
+use signet_ca::registry::entry::EntryInput;
 use signet_ca::{Ca, CaConfig};
 
 fn main() {

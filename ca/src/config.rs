@@ -271,7 +271,7 @@ impl CaConfig {
                 self.default_x509_svid_ttl, self.max_x509_svid_ttl
             )));
         }
-        let activate_at = crate::rotation::Schedule::for_lifetime(self.ca_ttl).activate_at;
+        let activate_at = crate::keys::rotation::Schedule::for_lifetime(self.ca_ttl).activate_at;
         if (activate_at as u64) < self.max_x509_svid_ttl {
             return Err(ConfigError::Invalid(format!(
                 "max_x509_svid_ttl ({}) must be at most min(ca_ttl / 6, 7 days) = {activate_at}s: a CA key hands over to the next when it has that much left, and no SVID may outlive its key; raise ca_ttl or lower max_x509_svid_ttl",
@@ -329,11 +329,13 @@ impl CaConfig {
                 ));
             }
         }
-        if self.join_token_ttl == 0 || self.join_token_ttl as i64 > crate::join_token::MAX_TTL {
+        if self.join_token_ttl == 0
+            || self.join_token_ttl as i64 > crate::registry::join_token::MAX_TTL
+        {
             return Err(ConfigError::Invalid(format!(
                 "join_token_ttl ({}) must be between 1 s and {} days",
                 self.join_token_ttl,
-                crate::join_token::MAX_TTL / 86400
+                crate::registry::join_token::MAX_TTL / 86400
             )));
         }
         let l = &self.limits;

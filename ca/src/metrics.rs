@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::issuance::IssueError;
+use crate::keys::issuance::IssueError;
 
 /// Label for issuance failures.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

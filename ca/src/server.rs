@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::admin::{bind_socket, peer_allowed, AdminService};
+use crate::api::admin::{bind_socket, peer_allowed, AdminService};
 use crate::config::{redact_url, CaConfig};
 use crate::{Ca, CaError};
 
@@ -42,7 +42,7 @@ fn descriptor_budget(
 ) -> Result<crate::config::NodeApiLimits, CaError> {
     let mut limits = config.limits.clone();
     let others = config.oidc.as_ref().map_or(0, |o| o.max_connections) as u64
-        + crate::health::MAX_CONNECTIONS as u64
+        + crate::api::health::MAX_CONNECTIONS as u64
         + ADMIN_MAX_CONNECTIONS as u64
         + DESCRIPTOR_RESERVE;
     let node_room = fd_limit.saturating_sub(others);
@@ -105,7 +105,7 @@ pub async fn run(
     let oidc = match &ca.config.oidc {
         None => None,
         Some(oidc) => {
-            let tls = crate::oidc::tls_config(oidc)?;
+            let tls = crate::api::oidc::tls_config(oidc)?;
             let listener = tokio::net::TcpListener::bind(&oidc.listen)
                 .await
                 .map_err(|e| io(&format!("[oidc] listen {}", oidc.listen), e))?;
@@ -115,7 +115,7 @@ pub async fn run(
     };
     let bundle = signet_identity::tls::BundleHandle::new(ca.bundle().await?);
     let (tls_config, resolver, server_svid_lifetime) =
-        crate::node_tls::server_config(&ca, bundle.clone())?;
+        crate::api::node_tls::server_config(&ca, bundle.clone())?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -151,11 +151,11 @@ pub async fn run(
     let admin = tonic::transport::Server::builder()
         .add_service(AdminService::server(ca.clone()).max_decoding_message_size(ADMIN_MAX_REQUEST))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-    let health = crate::health::serve(metrics_listener, ca.clone(), stopped(stop_rx.clone()));
-    let throttle = Arc::new(crate::attest_throttle::AttestThrottle::new(
+    let health = crate::api::health::serve(metrics_listener, ca.clone(), stopped(stop_rx.clone()));
+    let throttle = Arc::new(crate::api::attest_throttle::AttestThrottle::new(
         limits.attestation_failures_per_minute,
     ));
-    let incoming = crate::node_tls::accept_tls(
+    let incoming = crate::api::node_tls::accept_tls(
         node_listener,
         tls_config,
         &limits,
@@ -170,7 +170,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .http2_max_pending_accept_reset_streams(Some(32))
         .add_service(
-            crate::node_api::NodeService::server(ca.clone(), throttle.clone())
+            crate::api::node::NodeService::server(ca.clone(), throttle.clone())
                 .max_decoding_message_size(limits.max_request_bytes),
         )
         .serve_with_incoming_shutdown(
@@ -186,7 +186,7 @@ pub async fn run(
         .max_connection_age_grace(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .add_service(
-            crate::node_api::NodeService::server(ca.clone(), throttle)
+            crate::api::node::NodeService::server(ca.clone(), throttle)
                 .max_decoding_message_size(UNAUTHENTICATED_MAX_REQUEST),
         )
         .serve_with_incoming_shutdown(
@@ -196,7 +196,7 @@ pub async fn run(
     let node = tokio::spawn(async move {
         let _ = tokio::join!(node, attest);
     });
-    let rotator = tokio::spawn(crate::node_tls::rotate_server_svid(
+    let rotator = tokio::spawn(crate::api::node_tls::rotate_server_svid(
         ca.clone(),
         resolver,
         server_svid_lifetime,
@@ -207,11 +207,14 @@ pub async fn run(
     let pruner = tokio::spawn(prune_tokens(ca.clone(), stop_rx.clone()));
     let jwt_rotation = tokio::spawn(rotate_jwt_keys(ca.clone(), stop_rx.clone()));
     let x509_rotation = tokio::spawn(rotate_x509_keys(ca.clone(), stop_rx.clone()));
-    let feed = tokio::spawn(crate::change_feed::run(ca.clone(), stop_rx.clone()));
+    let feed = tokio::spawn(crate::registry::change_feed::run(
+        ca.clone(),
+        stop_rx.clone(),
+    ));
     let client_trust = tokio::spawn(follow_bundle(ca.clone(), bundle, stop_rx.clone()));
     let oidc_addr = oidc.as_ref().map(|o| o.2.to_string()).unwrap_or_default();
     let oidc = oidc.map(|(listener, tls, _, config)| {
-        tokio::spawn(crate::oidc::serve(
+        tokio::spawn(crate::api::oidc::serve(
             listener,
             tls,
             ca.clone(),
@@ -254,14 +257,14 @@ pub async fn run(
         tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
     }
     let _ = std::fs::remove_file(&admin_path);
-    ca.store.close().await;
+    ca.close().await;
     tracing::info!("signet CA stopped");
     Ok(())
 }
 
 /// Moves JWT key rotation forward on its schedule.
 async fn rotate_jwt_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
-    let schedule = crate::rotation::Schedule::for_lifetime(ca.config.jwt_key_ttl);
+    let schedule = crate::keys::rotation::Schedule::for_lifetime(ca.config.jwt_key_ttl);
     let mut tick = tokio::time::interval(schedule.check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -307,7 +310,7 @@ async fn follow_bundle(
 
 /// Moves X.509 key rotation forward on its schedule.
 async fn rotate_x509_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
-    let schedule = crate::rotation::Schedule::for_lifetime(ca.config.ca_ttl);
+    let schedule = crate::keys::rotation::Schedule::for_lifetime(ca.config.ca_ttl);
     let mut tick = tokio::time::interval(schedule.check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -333,7 +336,7 @@ async fn prune_tokens(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tick.tick() => {
                 let now = signet_identity::x509_svid::unix_seconds(std::time::SystemTime::now());
-                match ca.store.prune_join_tokens(now).await {
+                match ca.prune_join_tokens(now).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(count = n, "pruned expired join tokens"),
                     Err(e) => tracing::warn!(error = %e, "pruning join tokens failed"),
@@ -356,8 +359,8 @@ mod tests {
     #[test]
     fn every_listeners_cap_fits_in_the_open_file_limit_with_a_reserve() {
         let mut config = CaConfig::default();
-        let others =
-            (crate::health::MAX_CONNECTIONS + ADMIN_MAX_CONNECTIONS) as u64 + DESCRIPTOR_RESERVE;
+        let others = (crate::api::health::MAX_CONNECTIONS + ADMIN_MAX_CONNECTIONS) as u64
+            + DESCRIPTOR_RESERVE;
         // Room for all: unchanged, at the limit and far below it.
         config.limits.max_connections = 1000;
         assert_eq!(

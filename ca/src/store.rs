@@ -9,6 +9,7 @@ mod agents;
 mod changes;
 mod endpoints;
 mod entries;
+mod entry_rows;
 mod jwt_keys;
 mod keys;
 mod tokens;

@@ -12,9 +12,9 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::entries::{entry_from_row, COLUMNS as ENTRY_COLUMNS};
+use super::entry_rows::{entry_from_row, COLUMNS as ENTRY_COLUMNS};
 use super::{get, Backend, Store, StoreError};
-use crate::entry::Entry;
+use crate::registry::entry::Entry;
 
 /// The PostgreSQL channel each committed change is announced on.
 pub const NOTIFY_CHANNEL: &str = "signet_changes";

@@ -1,12 +1,10 @@
 //! Registration entries in the database.
 
-use signet_identity::SpiffeId;
-use sqlx::any::AnyRow;
-
 use super::changes::{record_change, ChangeKind};
 use super::endpoints::withdraw_unentitled;
+use super::entry_rows::{entry_from_row, join_selectors, COLUMNS};
 use super::{get, Store, StoreError};
-use crate::entry::{Entry, EntrySpec, Selector};
+use crate::registry::entry::{Entry, EntrySpec};
 
 /// Optional filters for listing entries.
 #[derive(Debug, Clone, Default)]
@@ -16,53 +14,6 @@ pub struct EntryFilter {
     /// Only entries with this SPIFFE ID.
     pub spiffe_id: Option<String>,
 }
-
-fn join_selectors(spec: &EntrySpec) -> String {
-    spec.selectors
-        .iter()
-        .map(Selector::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-pub(super) fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
-    let corrupt =
-        |what: &str, e: &dyn std::fmt::Display| StoreError::Corrupt(format!("entry {what}: {e}"));
-    let id: String = get(row, "id")?;
-    let spiffe_id =
-        SpiffeId::parse(&get::<String>(row, "spiffe_id")?).map_err(|e| corrupt("spiffe_id", &e))?;
-    let parent_id =
-        SpiffeId::parse(&get::<String>(row, "parent_id")?).map_err(|e| corrupt("parent_id", &e))?;
-    let selectors = get::<String>(row, "selectors")?
-        .lines()
-        .map(Selector::parse)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| corrupt("selectors", &e))?;
-    let dns_names = get::<String>(row, "dns_names")?
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    Ok(Entry {
-        id,
-        spec: EntrySpec {
-            spiffe_id,
-            parent_id,
-            selectors,
-            x509_svid_ttl: get::<i64>(row, "x509_svid_ttl")? as u64,
-            dns_names,
-            admin: get::<i64>(row, "admin")? != 0,
-            hint: get(row, "hint")?,
-            jwt_svid_ttl: get::<i64>(row, "jwt_svid_ttl")? as u64,
-        },
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
-        revision: get(row, "revision")?,
-    })
-}
-
-pub(super) const COLUMNS: &str =
-    "id, spiffe_id, parent_id, selectors, x509_svid_ttl, dns_names, admin, \
-     created_at, updated_at, revision, hint, jwt_svid_ttl";
 
 impl Store {
     /// Stores a new entry; its revision is the change's. `AlreadyExists`

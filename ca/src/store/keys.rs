@@ -150,6 +150,7 @@ impl Store {
     }
 
     /// Signing keys with status `active`, newest expiry first.
+    #[cfg(test)]
     pub async fn active_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} \

@@ -5,7 +5,7 @@ use std::time::Duration;
 use signet_identity::TrustDomain;
 
 use super::*;
-use crate::entry::EntryInput;
+use crate::registry::entry::EntryInput;
 use crate::test_db::{on_both_backends, TestDb};
 
 on_both_backends!(
@@ -21,7 +21,7 @@ on_both_backends!(
     an_entry_change_withdraws_the_endpoints_it_no_longer_covers,
 );
 
-fn spec(id: &str, parent: &str, selectors: &[&str]) -> crate::entry::EntrySpec {
+fn spec(id: &str, parent: &str, selectors: &[&str]) -> crate::registry::entry::EntrySpec {
     EntryInput {
         spiffe_id: id.into(),
         parent_id: parent.into(),

@@ -5,7 +5,7 @@
 use ring::rand::{SecureRandom, SystemRandom};
 use signet_identity::{SpiffeId, TrustDomain};
 
-use crate::entry::AGENT_PATH_PREFIX;
+use crate::registry::entry::AGENT_PATH_PREFIX;
 
 /// Longest a join token may live, seconds (30 days).
 pub const MAX_TTL: i64 = 30 * 86400;

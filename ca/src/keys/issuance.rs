@@ -12,9 +12,9 @@ use signet_identity::x509_svid::{leaf_params, unix_seconds};
 use signet_identity::SpiffeId;
 use x509_parser::prelude::FromDer;
 
-use crate::authority::Authority;
-use crate::entry::EntrySpec;
-use crate::join_token::hex;
+use crate::keys::authority::Authority;
+use crate::registry::entry::EntrySpec;
+use crate::registry::join_token::hex;
 
 /// How far back notBefore is set, to tolerate clock skew between nodes.
 const BACKDATE: Duration = Duration::from_secs(10);
@@ -141,5 +141,4 @@ pub fn sign_for_entry(
 }
 
 #[cfg(test)]
-#[path = "issuance_tests.rs"]
 pub(crate) mod tests;

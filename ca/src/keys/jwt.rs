@@ -1,7 +1,7 @@
 //! The CA's JWT signing keys and their rotation, apart from the X.509 keys.
 //!
 //! Each replica signs with its own key; every replica's keys are in the
-//! bundle. Keys rotate on the journal of [`crate::rotation`] with `L` =
+//! bundle. Keys rotate on the journal of [`crate::keys::rotation`] with `L` =
 //! `jwt_key_ttl`: a relying party never sees a token before its key, and no
 //! token fails validation because of a rotation.
 
@@ -11,10 +11,10 @@ use std::time::SystemTime;
 use signet_identity::jwt_svid::{JwtAlgorithm, JwtSigningKey};
 use signet_identity::x509_svid::{from_unix_seconds, unix_seconds};
 
-use crate::authority::{write_private_file, AuthorityError};
 use crate::config::{CaConfig, JwtKeyType};
-use crate::join_token::hex;
-use crate::rotation::{incident, next_step, Schedule, Step};
+use crate::keys::authority::{write_private_file, AuthorityError};
+use crate::keys::rotation::{incident, next_step, Schedule, Step};
+use crate::registry::join_token::hex;
 use crate::store::{JwtKeyRecord, KeyStatus, Store};
 
 /// The key this replica signs JWT-SVIDs with now.
@@ -158,7 +158,7 @@ pub async fn prepare(
         now,
     )
     .await
-    .map_err(crate::authority::prepared_meanwhile)?;
+    .map_err(crate::keys::authority::prepared_meanwhile)?;
     Ok(store.jwt_key(&kid).await?)
 }
 
@@ -249,7 +249,7 @@ async fn create(
         tainted: false,
         retired_at: 0,
     };
-    crate::authority::unless_recorded(
+    crate::keys::authority::unless_recorded(
         store.insert_jwt_key(&record).await,
         &key_path(keys_dir, &kid),
     )?;

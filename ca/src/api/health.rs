@@ -12,17 +12,9 @@ use axum::Router;
 
 use crate::Ca;
 
-/// Open connections to the metrics listener.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// The metrics listener's limits.
-pub const LIMITS: signet_identity::http_serve::HttpLimits =
-    signet_identity::http_serve::HttpLimits {
-        max_connections: MAX_CONNECTIONS,
-        max_per_source: 16,
-        header_timeout: std::time::Duration::from_secs(10),
-        max_lifetime: std::time::Duration::from_secs(300),
-    };
+/// Open connections to the metrics listener (counted in the CA's
+/// descriptor budget).
+pub const MAX_CONNECTIONS: usize = signet_identity::http_serve::OPERATOR_LIMITS.max_connections;
 
 /// Serves the endpoints on `listener` until `shutdown` completes.
 pub async fn serve(

@@ -23,7 +23,7 @@ use signet_identity::{
 };
 
 use crate::config::CaConfig;
-use crate::join_token::hex;
+use crate::registry::join_token::hex;
 use crate::store::{CaKeyRecord, KeyStatus, Store, StoreError};
 
 /// Why the signing authority could not be loaded or created.
@@ -118,26 +118,6 @@ impl Authority {
     /// What follows the leaf in an SVID chain.
     pub fn chain_tail(&self) -> &[CertificateDer<'static>] {
         &self.chain_tail
-    }
-
-    /// Loads this replica's active key, after letting rotation make one
-    /// (first start) or move the journal on (see [`crate::x509_keys`]).
-    /// `replica` is this replica's ID ([`replica_id`]).
-    pub async fn load_or_create(
-        store: &Store,
-        config: &CaConfig,
-        td: &TrustDomain,
-        replica: &str,
-        now: SystemTime,
-    ) -> Result<Authority, AuthorityError> {
-        check_trust_domain(store, td).await?;
-        let keys_dir = config.keys_dir();
-        create_private_dir(&keys_dir)?;
-        reconcile(store, config, replica, now).await?;
-        let (active, _) = crate::x509_keys::rotate(store, config, td, replica, now).await?;
-        let authority = Self::load(&active, &keys_dir)?;
-        tracing::info!(key_id = %active.id, not_after = active.not_after, self_signed = active.self_signed, "CA signing key loaded");
-        Ok(authority)
     }
 
     /// The authority of key `record`, from its file in `keys_dir`.
@@ -446,7 +426,7 @@ pub fn key_path(keys_dir: &Path, id: &str) -> PathBuf {
 /// replicas were recorded whose file is here; stops on a missing file of
 /// an active or prepared key of ours (or, with `--replace-lost-key`, marks
 /// it lost); retires keys of the other mode (self-signed vs upstream).
-async fn reconcile(
+pub(crate) async fn reconcile(
     store: &Store,
     config: &CaConfig,
     replica: &str,
@@ -491,7 +471,10 @@ async fn reconcile(
 }
 
 /// Refuses to serve a database that belongs to another trust domain.
-async fn check_trust_domain(store: &Store, td: &TrustDomain) -> Result<(), AuthorityError> {
+pub(crate) async fn check_trust_domain(
+    store: &Store,
+    td: &TrustDomain,
+) -> Result<(), AuthorityError> {
     match store.setting("trust_domain").await? {
         Some(existing) if existing != td.as_str() => Err(AuthorityError::Inconsistent(format!(
             "the database belongs to trust domain {existing:?}, not {:?}; use its own data dir/database or the same --trust-domain",

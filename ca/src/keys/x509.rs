@@ -1,5 +1,5 @@
 //! This replica's X.509 signing keys: rotation on the journal of
-//! [`crate::rotation`] with `L` = `ca_ttl`, and the operator's incident
+//! [`crate::keys::rotation`] with `L` = `ca_ttl`, and the operator's incident
 //! commands (`signet ca prepare|activate|taint|revoke`).
 //!
 //! In self-signed mode each key is its own root, so a prepared key's
@@ -12,10 +12,30 @@ use std::time::SystemTime;
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::TrustDomain;
 
-use crate::authority::{fingerprint, key_path, Authority, AuthorityError};
 use crate::config::CaConfig;
-use crate::rotation::{incident, next_step, Schedule, Step};
+use crate::keys::authority::{self, fingerprint, key_path, Authority, AuthorityError};
+use crate::keys::rotation::{incident, next_step, Schedule, Step};
 use crate::store::{CaKeyRecord, KeyStatus, Store};
+
+/// Loads this replica's active key, after letting rotation make one
+/// (first start) or move the journal on ([`rotate`]). `replica` is this
+/// replica's ID ([`crate::keys::authority::replica_id`]).
+pub async fn load_or_create(
+    store: &Store,
+    config: &CaConfig,
+    td: &TrustDomain,
+    replica: &str,
+    now: SystemTime,
+) -> Result<Authority, AuthorityError> {
+    authority::check_trust_domain(store, td).await?;
+    let keys_dir = config.keys_dir();
+    authority::create_private_dir(&keys_dir)?;
+    authority::reconcile(store, config, replica, now).await?;
+    let (active, _) = rotate(store, config, td, replica, now).await?;
+    let authority = Authority::load(&active, &keys_dir)?;
+    tracing::info!(key_id = %active.id, not_after = active.not_after, self_signed = active.self_signed, "CA signing key loaded");
+    Ok(authority)
+}
 
 /// This replica's unexpired keys of the configured mode.
 async fn mine(
@@ -116,7 +136,7 @@ pub async fn prepare(
     incident::may_prepare(&keys).map_err(AuthorityError::Refused)?;
     Authority::create_key(store, config, td, replica, KeyStatus::Prepared, now)
         .await
-        .map_err(crate::authority::prepared_meanwhile)
+        .map_err(crate::keys::authority::prepared_meanwhile)
 }
 
 /// `signet ca activate`: the prepared key of this replica signs from now

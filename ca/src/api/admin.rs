@@ -1,6 +1,6 @@
 //! The admin API: gRPC on a local Unix socket (mode 0600). Handlers convert
 //! protobuf to domain types and call [`Ca`]; every [`CaError`] becomes a gRPC
-//! status in one place, [`status`].
+//! status in one place, [`crate::api::status`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,8 +10,10 @@ use signet_proto::admin::admin_server::{Admin, AdminServer};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::{Request, Response, Status};
 
-use crate::entry::{Entry, EntryInput};
-use crate::store::{AgentRecord, EntryFilter, StoreError};
+use crate::api::convert;
+use crate::api::status::{bounded, status};
+use crate::registry::entry::EntryInput;
+use crate::store::EntryFilter;
 use crate::{Ca, CaError, KeyKind};
 
 /// Longest ID or name an admin call takes (a SPIFFE ID is at most 2,048
@@ -19,71 +21,6 @@ use crate::{Ca, CaError, KeyKind};
 /// in an error a client cannot even receive (gRPC carries the message in a
 /// header).
 pub const MAX_ADMIN_OBJECT: usize = 4096;
-
-/// Longest status message sent: what the CA says about an input never
-/// grows with the input.
-const MAX_STATUS_MESSAGE: usize = 1024;
-
-/// `text` cut to about `max` bytes: its start and its end, with how long it
-/// was in the middle (an echoed input is elided, what is said about it
-/// stays).
-fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let floor = |mut i: usize| {
-        while !text.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    };
-    let head = floor(max * 3 / 4);
-    let tail = floor(text.len() - max / 4);
-    format!(
-        "{}… ({} bytes) …{}",
-        &text[..head],
-        text.len(),
-        &text[tail..]
-    )
-    .into()
-}
-
-/// Maps a CA error to the gRPC status a client can act on. Internal details
-/// (database errors) are logged, not sent. Messages are bounded.
-pub fn status(e: &CaError) -> Status {
-    let s = unbounded_status(e);
-    match bounded(s.message(), MAX_STATUS_MESSAGE) {
-        std::borrow::Cow::Borrowed(_) => s,
-        std::borrow::Cow::Owned(m) => Status::new(s.code(), m),
-    }
-}
-
-fn unbounded_status(e: &CaError) -> Status {
-    match e {
-        CaError::Entry(_) | CaError::InvalidArgument(_) | CaError::JoinToken(_) => {
-            Status::invalid_argument(e.to_string())
-        }
-        CaError::Store(StoreError::NotFound(_))
-        | CaError::Authority(crate::authority::AuthorityError::Store(StoreError::NotFound(_))) => {
-            Status::not_found(e.to_string())
-        }
-        CaError::Authority(crate::authority::AuthorityError::Refused(_)) => {
-            Status::failed_precondition(e.to_string())
-        }
-        CaError::Store(StoreError::AlreadyExists(_)) => Status::already_exists(e.to_string()),
-        CaError::Issue(i) => match i {
-            crate::issuance::IssueError::CaExpired | crate::issuance::IssueError::Sign(_) => {
-                tracing::error!(error = %e, "issuance failed");
-                Status::unavailable(e.to_string())
-            }
-            _ => Status::invalid_argument(e.to_string()),
-        },
-        _ => {
-            tracing::error!(error = %e, "admin request failed");
-            Status::internal("internal error in the CA; see its log")
-        }
-    }
-}
 
 /// `PrepareKey`/`ActivateKey`'s `kind`.
 fn parse_kind(kind: &str) -> Result<KeyKind, CaError> {
@@ -214,38 +151,6 @@ fn entry_input(spec: Option<pb::EntrySpec>) -> Result<EntryInput, CaError> {
     })
 }
 
-/// Protobuf form of an entry.
-pub fn entry_to_pb(e: &Entry) -> pb::Entry {
-    pb::Entry {
-        id: e.id.clone(),
-        spec: Some(pb::EntrySpec {
-            spiffe_id: e.spec.spiffe_id.to_string(),
-            parent_id: e.spec.parent_id.to_string(),
-            selectors: e.spec.selectors.iter().map(|s| s.to_string()).collect(),
-            x509_svid_ttl_seconds: e.spec.x509_svid_ttl as i64,
-            dns_names: e.spec.dns_names.clone(),
-            admin: e.spec.admin,
-            hint: e.spec.hint.clone(),
-            jwt_svid_ttl_seconds: e.spec.jwt_svid_ttl as i64,
-        }),
-        created_at: e.created_at,
-        updated_at: e.updated_at,
-        revision: e.revision,
-    }
-}
-
-fn agent_to_pb(a: &AgentRecord) -> pb::Agent {
-    pb::Agent {
-        spiffe_id: a.spiffe_id.clone(),
-        attestation_type: a.attestation_type.clone(),
-        svid_serial: a.svid_serial.clone(),
-        svid_expires_at: a.svid_expires_at,
-        banned: a.banned,
-        created_at: a.created_at,
-        updated_at: a.updated_at,
-    }
-}
-
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -266,7 +171,7 @@ impl Admin for AdminService {
             let input = entry_input(spec)?;
             let entry = self.ca.create_entry(&input).await?;
             tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spec.spiffe_id, parent_id = %entry.spec.parent_id, "entry created");
-            Ok(entry_to_pb(&entry))
+            Ok(convert::entry_to_admin_pb(&entry))
         }
         .await;
         self.finish("CreateEntry", caller, &object, r)
@@ -287,7 +192,7 @@ impl Admin for AdminService {
             .list_entries(&filter)
             .await
             .map(|entries| pb::ListEntriesResponse {
-                entries: entries.iter().map(entry_to_pb).collect(),
+                entries: entries.iter().map(convert::entry_to_admin_pb).collect(),
             });
         self.finish("ListEntries", caller, "", r)
     }
@@ -300,11 +205,9 @@ impl Admin for AdminService {
         let id = req.into_inner().id;
         let r = self
             .ca
-            .store
-            .get_entry(&id)
+            .stored_entry(&id)
             .await
-            .map(|e| entry_to_pb(&e))
-            .map_err(CaError::from);
+            .map(|e| convert::entry_to_admin_pb(&e));
         self.finish("GetEntry", caller, &id, r)
     }
 
@@ -319,7 +222,7 @@ impl Admin for AdminService {
             let input = entry_input(req.spec)?;
             let entry = self.ca.update_entry(&req.id, &input).await?;
             tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
-            Ok(entry_to_pb(&entry))
+            Ok(convert::entry_to_admin_pb(&entry))
         }
         .await;
         self.finish("UpdateEntry", caller, &id, r)
@@ -374,7 +277,7 @@ impl Admin for AdminService {
             .list_agents()
             .await
             .map(|agents| pb::ListAgentsResponse {
-                agents: agents.iter().map(agent_to_pb).collect(),
+                agents: agents.iter().map(convert::agent_to_pb).collect(),
             });
         self.finish("ListAgents", caller, "", r)
     }
@@ -390,7 +293,7 @@ impl Admin for AdminService {
             .ca
             .endpoints(filter)
             .iter()
-            .map(crate::endpoint_publish::endpoint_to_pb)
+            .map(crate::registry::endpoint_publish::endpoint_to_pb)
             .collect();
         self.finish(
             "ListEndpoints",
@@ -406,7 +309,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Agent>, Status> {
         let caller = caller_uid(&req);
         let id = req.into_inner().spiffe_id;
-        let r = self.ca.ban_agent(&id).await.map(|a| agent_to_pb(&a));
+        let r = self
+            .ca
+            .ban_agent(&id)
+            .await
+            .map(|a| convert::agent_to_pb(&a));
         self.finish("BanAgent", caller, &id, r)
     }
 
@@ -433,18 +340,15 @@ impl Admin for AdminService {
             let now = signet_identity::x509_svid::unix_seconds(self.ca.clock.now());
             let x509_in_use = self.ca.authority().id.clone();
             let jwt_in_use = self.ca.jwt_signer().kid.clone();
-            let mut keys: Vec<pb::SigningKey> = self
-                .ca
-                .store
-                .ca_keys(now)
-                .await?
+            let (x509, jwt) = self.ca.signing_keys(now).await?;
+            let mut keys: Vec<pb::SigningKey> = x509
                 .into_iter()
                 .map(|k| {
                     let in_use = k.id == x509_in_use;
                     x509_key_to_pb(k, in_use)
                 })
                 .collect();
-            keys.extend(self.ca.store.jwt_keys(now).await?.into_iter().map(|k| {
+            keys.extend(jwt.into_iter().map(|k| {
                 let in_use = k.kid == jwt_in_use;
                 jwt_key_to_pb(k, in_use)
             }));

@@ -12,8 +12,8 @@ use signet_proto::node as pb;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::admin::status;
-use crate::endpoint_publish::endpoint_to_pb;
+use crate::api::status::status;
+use crate::registry::endpoint_publish::endpoint_to_pb;
 use crate::store::PublishSession;
 use crate::Ca;
 
@@ -90,7 +90,7 @@ pub async fn serve_publish(
                 // A ban or eviction ends the stream: what it withdrew must
                 // not come back through it.
                 if standing {
-                    if let Err(refused) = crate::node_api::agent_in_good_standing(&ca, &agent_id).await {
+                    if let Err(refused) = ca.agent_in_good_standing(&agent_id).await.map_err(|e| status(&e)) {
                         let _ = tx.send(Err(refused)).await;
                         break;
                     }
@@ -109,7 +109,11 @@ pub async fn serve_publish(
             }
         };
         // A ban or eviction since the stream opened ends it.
-        if let Err(refused) = crate::node_api::agent_in_good_standing(&ca, &agent_id).await {
+        if let Err(refused) = ca
+            .agent_in_good_standing(&agent_id)
+            .await
+            .map_err(|e| status(&e))
+        {
             let _ = tx.send(Err(refused)).await;
             break;
         }
@@ -202,7 +206,7 @@ pub async fn serve_watch(
                 if r.is_err() {
                     break;
                 }
-                if let Err(refused) = crate::node_api::agent_in_good_standing(&ca, &agent_id).await {
+                if let Err(refused) = ca.agent_in_good_standing(&agent_id).await.map_err(|e| status(&e)) {
                     let _ = tx.send(Err(refused)).await;
                     break;
                 }

@@ -11,9 +11,10 @@ use signet_proto::node as pb;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::entry::Entry;
-use crate::entry_cache::Catchup;
-use crate::node_api::{agent_in_good_standing, entry_to_pb, published_to_pb};
+use crate::api::convert::{entry_to_node_pb, published_to_pb};
+use crate::api::status::status;
+use crate::registry::entry::Entry;
+use crate::registry::entry_cache::Catchup;
 use crate::Ca;
 
 /// Largest encoded size of the entries of one page, bytes: pages end at
@@ -39,7 +40,7 @@ pub fn pages(
         Catchup::Delta { changed, removed } => (true, changed, removed),
     };
     let mut out = Vec::new();
-    let mut entries = entries.iter().map(|e| entry_to_pb(e)).peekable();
+    let mut entries = entries.iter().map(|e| entry_to_node_pb(e)).peekable();
     let mut removed = removed.chunks(pb::SYNC_PAGE_SIZE);
     let mut bundle = bundle;
     loop {
@@ -92,7 +93,11 @@ pub async fn serve(
         if standing != Some(v.standing) {
             // Checked on the first pass too: a ban may have come between
             // the call's authorization and the subscription.
-            if let Err(s) = agent_in_good_standing(&ca, &agent_id).await {
+            if let Err(s) = ca
+                .agent_in_good_standing(&agent_id)
+                .await
+                .map_err(|e| status(&e))
+            {
                 let _ = tx.send(Err(s)).await;
                 return;
             }
@@ -178,7 +183,7 @@ mod tests {
 
     /// An entry whose protobuf form is about `bytes` long.
     fn big_entry(i: usize, bytes: usize) -> Arc<Entry> {
-        let spec = crate::entry::EntryInput {
+        let spec = crate::registry::entry::EntryInput {
             spiffe_id: format!("spiffe://example.org/w{i}"),
             parent_id: "spiffe://example.org/signet/agent/a".into(),
             selectors: vec!["unix:uid:1".into()],
@@ -208,7 +213,7 @@ mod tests {
         let entries: Vec<_> = (0..pb::SYNC_PAGE_SIZE)
             .map(|i| big_entry(i, 4096))
             .collect();
-        let len = prost::Message::encoded_len(&entry_to_pb(&entries[0]));
+        let len = prost::Message::encoded_len(&entry_to_node_pb(&entries[0]));
         let per_page = PAGE_BYTES / len;
         assert!(per_page < pb::SYNC_PAGE_SIZE, "{len} bytes an entry");
         let out = pages(&Catchup::Snapshot(entries.clone()), 1, None);

@@ -7,9 +7,11 @@ use rcgen::KeyPair;
 use signet_identity::verify_x509_svid;
 
 use super::*;
-use crate::issuance::tests::csr_for;
-use crate::store::KeyStatus;
+use crate::keys::issuance::tests::csr_for;
+use crate::registry::entry::EntryInput;
+use crate::store::{EntryFilter, KeyStatus};
 use crate::test_db::{on_both_backends, TestDb};
+use signet_identity::SpiffeId;
 
 on_both_backends!(
     entries_ca_key_and_bundle_survive_a_restart,
@@ -50,7 +52,7 @@ async fn entries_ca_key_and_bundle_survive_a_restart(db: TestDb) {
         let entry = ca.create_entry(&web_entry()).await.unwrap();
         let b = ca.bundle().await.unwrap();
         let key_id = ca.authority().id.clone();
-        ca.store.close().await;
+        ca.close().await;
         (entry, b.to_pem(), key_id)
     };
     // The private key file is owner-only.
@@ -150,7 +152,7 @@ async fn upstream_mode_issues_svids_that_chain_to_the_upstream_root(db: TestDb) 
     assert_eq!(svid.chain.len(), 2, "leaf + Signet intermediate");
     verify_x509_svid(&svid.chain, &bundle, SystemTime::now()).unwrap();
     let id = ca.authority().id.clone();
-    ca.store.close().await;
+    ca.close().await;
     drop(ca);
     let again = Ca::open(cfg).await.unwrap();
     assert_eq!(
@@ -216,13 +218,13 @@ async fn svids_verify_with_openssl_against_the_exported_bundle(db: TestDb) {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        ca.store.close().await;
+        ca.close().await;
     }
 }
 
 async fn database_of_another_trust_domain_is_refused(db: TestDb) {
     let ca = Ca::open(config(&db, "example.org")).await.unwrap();
-    ca.store.close().await;
+    ca.close().await;
     drop(ca);
     let err = Ca::open(config(&db, "other.org")).await.err().unwrap();
     assert!(err.to_string().contains("belongs to trust domain"), "{err}");
@@ -241,7 +243,7 @@ async fn jwt_keys_rotate_with_no_token_failing_validation(db: TestDb) {
         .unwrap();
     let first = ca.jwt_signer().kid.clone();
     // The key survives a restart.
-    ca.store.close().await;
+    ca.close().await;
     let ca = Ca::open_with_clock(cfg, clock.clone()).await.unwrap();
     assert_eq!(ca.jwt_signer().kid, first);
 
@@ -370,7 +372,7 @@ async fn rotate_and_verify_every_svid(cfg: CaConfig) -> Arc<Ca> {
     assert!(signers.len() >= 5, "{signers:?}");
     // The active key survives a restart.
     let active = ca.authority().id.clone();
-    ca.store.close().await;
+    ca.close().await;
     let ca = Ca::open_with_clock(cfg, clock).await.unwrap();
     assert_eq!(ca.authority().id, active);
     ca
@@ -434,7 +436,7 @@ async fn incident_operations_on_x509_keys_refuse_what_would_break_svids(db: Test
     assert!(refused(ca.revoke_x509_key(&first, true).await).contains("already"));
     // Unknown keys are NOT_FOUND.
     match ca.taint_x509_key("nope").await {
-        Err(e) => assert_eq!(crate::admin::status(&e).code(), tonic::Code::NotFound),
+        Err(e) => assert_eq!(crate::api::status::status(&e).code(), tonic::Code::NotFound),
         Ok(k) => panic!("{k:?}"),
     }
 }
@@ -464,7 +466,7 @@ async fn a_replica_catches_up_on_more_changes_than_one_feed_page(db: TestDb) {
         .entry_catchup("spiffe://example.org/signet/agent/n1", None)
         .0
     {
-        crate::entry_cache::Catchup::Snapshot(all) => assert_eq!(all.len(), n),
+        crate::registry::entry_cache::Catchup::Snapshot(all) => assert_eq!(all.len(), n),
         other => panic!("{other:?}"),
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
-use crate::store::{Backend, NOTIFY_CHANNEL};
+use crate::store::NOTIFY_CHANNEL;
 use crate::Ca;
 
 /// How often the feed is read without a notification.
@@ -32,7 +32,7 @@ pub const CHANGES_RETENTION_SECS: i64 = 24 * 3600;
 
 /// Runs until `stop` turns true.
 pub async fn run(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
-    if ca.store.backend() == Backend::Postgres {
+    if ca.shares_database() {
         tokio::spawn(listen(ca.clone(), stop.clone()));
     }
     let mut safety_net = tokio::time::interval(SAFETY_NET);
@@ -86,7 +86,7 @@ async fn maintain(ca: &Ca) {
         tracing::warn!(error = %e, "cannot check the change feed horizon");
     }
     let now = signet_identity::x509_svid::unix_seconds(ca.clock.now());
-    match ca.store.prune_changes(now - CHANGES_RETENTION_SECS).await {
+    match ca.prune_changes(now - CHANGES_RETENTION_SECS).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(rows = n, "pruned old change feed rows"),
         Err(e) => tracing::warn!(error = %e, "pruning the change feed failed"),

@@ -1,6 +1,6 @@
 //! The CA's in-memory view of every entry, indexed by the agent it belongs
 //! to and ordered by revision, fed only by the change feed
-//! ([`crate::change_feed`]). Agent streams are served from it: an idle
+//! ([`crate::registry::change_feed`]). Agent streams are served from it: an idle
 //! fleet costs the database nothing, and a change wakes only the agent it
 //! concerns.
 //!
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::entry::Entry;
+use crate::registry::entry::Entry;
 use crate::store::{ChangeKind, ChangeRow};
 
 /// How long a deleted entry is remembered for deltas, seconds.
@@ -294,5 +294,4 @@ impl EntryCache {
 }
 
 #[cfg(test)]
-#[path = "entry_cache_tests.rs"]
 mod tests;

@@ -12,7 +12,7 @@
 //! only after everyone has had time to learn it; nothing outlives the key
 //! that signed it, and keys stay in the bundle until then. Which step comes
 //! next is [`next_step`], a pure function of the keys and the time, tested
-//! without waiting; [`crate::jwt_keys`] and [`crate::x509_keys`] carry the
+//! without waiting; [`crate::keys::jwt`] and [`crate::keys::x509`] carry the
 //! steps out.
 
 use std::time::Duration;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use signet_identity::TrustDomain;
 
 use super::*;
-use crate::entry::EntryInput;
+use crate::registry::entry::EntryInput;
 
 const A: &str = "spiffe://example.org/signet/agent/a";
 const B: &str = "spiffe://example.org/signet/agent/b";

@@ -7,7 +7,7 @@ use signet_identity::verify_x509_svid;
 
 use super::*;
 use crate::config::CaConfig;
-use crate::entry::EntryInput;
+use crate::registry::entry::EntryInput;
 use crate::test_db::TestDb;
 use crate::Ca;
 
@@ -29,7 +29,7 @@ async fn test_ca(db: &TestDb) -> std::sync::Arc<Ca> {
     Ca::open(config).await.unwrap()
 }
 
-fn entry(ca: &Ca, ttl: i64) -> crate::entry::EntrySpec {
+fn entry(ca: &Ca, ttl: i64) -> crate::registry::entry::EntrySpec {
     EntryInput {
         spiffe_id: "spiffe://example.org/ns/prod/sa/web".into(),
         parent_id: "spiffe://example.org/signet/agent/n1".into(),

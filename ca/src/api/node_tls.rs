@@ -21,8 +21,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::NodeApiLimits;
 
-use crate::entry::{AGENT_PATH_PREFIX, SERVER_PATH};
-use crate::issuance::sign_x509_svid;
+use crate::keys::issuance::sign_x509_svid;
+use crate::registry::entry::{AGENT_PATH_PREFIX, SERVER_PATH};
 use crate::{Ca, CaError};
 
 /// Serves the CA's current server SVID to every handshake.
@@ -57,10 +57,10 @@ fn issue_server_svid(ca: &Ca) -> Result<(Arc<CertifiedKey>, Duration), CaError> 
         .spiffe_id(SERVER_PATH)
         .map_err(|e| CaError::InvalidArgument(e.to_string()))?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(crate::issuance::IssueError::Sign)?;
+        .map_err(crate::keys::issuance::IssueError::Sign)?;
     let csr = CertificateParams::default()
         .serialize_request(&key)
-        .map_err(crate::issuance::IssueError::Sign)?;
+        .map_err(crate::keys::issuance::IssueError::Sign)?;
     let now = SystemTime::now();
     let svid = sign_x509_svid(
         &ca.authority(),

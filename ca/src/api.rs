@@ -1,0 +1,23 @@
+//! The CA's doors: every listener and the gRPC services behind them. What
+//! comes in is checked here and turned into calls on [`crate::Ca`]; what
+//! goes out is turned into protobuf here.
+//!
+//! ```text
+//!   agents ──TLS 1.3 / mTLS──▶ node_tls ─▶ node::NodeService (attest_throttle)
+//!                                              ├─ entry_stream (an agent's entries, pushed)
+//!                                              └─ endpoint_streams (publish / watch the mesh's endpoints)
+//!   signet CLI ──admin socket (0600)──▶ admin::AdminService
+//!   Prometheus ──▶ health (/metrics /ready /live)
+//!   OIDC relying parties ──▶ oidc (discovery + JWKS)
+//! ```
+
+pub mod admin;
+pub mod attest_throttle;
+pub mod convert;
+pub mod endpoint_streams;
+pub mod entry_stream;
+pub mod health;
+pub mod node;
+pub mod node_tls;
+pub mod oidc;
+pub mod status;

@@ -1,0 +1,230 @@
+//! Attested agents: how a node is admitted (attestation), renews its SVID
+//! and keeps its standing, and what the operator does to them (list, ban,
+//! evict). The node API calls these; it never reaches the store itself.
+
+use signet_identity::x509_svid::unix_seconds;
+use signet_identity::{SpiffeId, TrustBundle};
+
+use crate::keys::issuance::{check_csr, sign_x509_svid, IssuedSvid};
+use crate::registry::join_token;
+use crate::store::{AgentRecord, StoreError, TokenUse};
+
+use super::{Ca, CaError};
+
+/// Why a node was refused: it proved nothing, or what it proved does not
+/// make it an agent in good standing. The node API answers
+/// PERMISSION_DENIED (INVALID_ARGUMENT for a bad CSR) with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentRefused {
+    /// Not on record (never attested, or evicted).
+    #[error("agent {0} is not attested (evicted?); re-attest with a new join token")]
+    NotAttested(String),
+    /// Banned by the operator.
+    #[error("agent {0} is banned")]
+    Banned(String),
+    /// The join token's time is up.
+    #[error("join token has expired; create a new one")]
+    TokenExpired,
+    /// No such join token, or it was used already.
+    #[error("join token is unknown or already used")]
+    TokenUnknown,
+    /// The CSR is unusable; checked before the join token is spent.
+    #[error("{0}; the join token was not used")]
+    BadCsr(crate::keys::issuance::IssueError),
+    /// The SVID the connection was made with is neither the agent's current
+    /// one nor the one it last renewed from.
+    #[error("agent {id} presented SVID serial {serial}, neither its current nor its previous one; re-connect with the latest SVID")]
+    StaleSvid {
+        /// The agent.
+        id: String,
+        /// The serial it presented (hex).
+        serial: String,
+    },
+}
+
+impl AgentRefused {
+    /// The `reason` label of `signet_ca_attestation_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AgentRefused::NotAttested(_) => "not_attested",
+            AgentRefused::Banned(_) => "banned",
+            AgentRefused::TokenExpired => "expired_token",
+            AgentRefused::TokenUnknown => "unknown_token",
+            AgentRefused::BadCsr(_) => "bad_csr",
+            AgentRefused::StaleSvid { .. } => "stale_svid",
+        }
+    }
+}
+
+/// An agent's new SVID, with the bundle it chains to.
+pub struct AgentSvid {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The signed chain.
+    pub svid: IssuedSvid,
+    /// The trust bundle in force.
+    pub bundle: TrustBundle,
+}
+
+impl Ca {
+    /// Lists agents.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, CaError> {
+        Ok(self.store.list_agents().await?)
+    }
+
+    /// Bans an agent.
+    pub async fn ban_agent(&self, spiffe_id: &str) -> Result<AgentRecord, CaError> {
+        let agent = self.store.ban_agent(spiffe_id, self.now_secs()).await?;
+        self.applied().await;
+        tracing::warn!(agent_id = spiffe_id, "agent banned");
+        Ok(agent)
+    }
+
+    /// Evicts an agent.
+    pub async fn evict_agent(&self, spiffe_id: &str) -> Result<(), CaError> {
+        self.store.delete_agent(spiffe_id, self.now_secs()).await?;
+        self.applied().await;
+        tracing::warn!(agent_id = spiffe_id, "agent evicted");
+        Ok(())
+    }
+
+    /// Agent `id`'s record, if it is on record and not banned.
+    pub async fn agent_in_good_standing(&self, id: &str) -> Result<AgentRecord, CaError> {
+        let agent = match self.store.get_agent(id).await {
+            Ok(a) => a,
+            Err(StoreError::NotFound(_)) => {
+                return Err(AgentRefused::NotAttested(id.to_owned()).into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if agent.banned {
+            return Err(AgentRefused::Banned(id.to_owned()).into());
+        }
+        Ok(agent)
+    }
+
+    /// The record of the agent that made a connection with the SVID of
+    /// serial `serial` (hex), if that SVID may still be used: its current
+    /// one, or the one it last renewed from while the renewal's answer is
+    /// not known to have reached it.
+    pub async fn authorize_agent(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+    ) -> Result<AgentRecord, CaError> {
+        let mut agent = self.agent_in_good_standing(id.as_str()).await?;
+        if agent.svid_serial == serial {
+            if agent.previous_svid_serial.is_some() {
+                // The renewed SVID reached the agent: the old one is done.
+                self.store
+                    .forget_previous_serial(id.as_str(), serial)
+                    .await?;
+                agent.previous_svid_serial = None;
+            }
+            return Ok(agent);
+        }
+        if agent.previous_svid_serial.as_deref() == Some(serial) {
+            // The last renewal's answer never reached the agent (or was
+            // not stored): it may go on with the SVID it renewed from.
+            tracing::info!(agent_id = %id, serial = %serial, "agent presented the SVID it last renewed from; accepted until it uses the new one");
+            agent.svid_serial = serial.to_owned();
+            return Ok(agent);
+        }
+        Err(AgentRefused::StaleSvid {
+            id: id.to_string(),
+            serial: serial.to_owned(),
+        }
+        .into())
+    }
+
+    /// Admits a node that proves itself with `join_token` and signs its
+    /// first SVID from `csr`. The CSR is checked before the token is spent;
+    /// a refusal is counted by reason.
+    pub async fn attest_agent(&self, join_token: &str, csr: &[u8]) -> Result<AgentSvid, CaError> {
+        let refused = |r: AgentRefused| {
+            self.metrics.attestation_failed(r.reason());
+            CaError::from(r)
+        };
+        if let Err(e) = check_csr(csr) {
+            self.metrics.issuance_failed(&e);
+            return Err(refused(AgentRefused::BadCsr(e)));
+        }
+        let now = self.now_secs();
+        let agent_id = match self
+            .store
+            .use_join_token(&join_token::hash(join_token), now)
+            .await?
+        {
+            TokenUse::Accepted { agent_id } => agent_id,
+            TokenUse::Expired => return Err(refused(AgentRefused::TokenExpired)),
+            TokenUse::Unknown => return Err(refused(AgentRefused::TokenUnknown)),
+        };
+        let id = SpiffeId::parse(&agent_id)
+            .map_err(|e| CaError::InvalidArgument(format!("stored agent ID: {e}")))?;
+        if let Ok(existing) = self.store.get_agent(id.as_str()).await {
+            if existing.banned {
+                return Err(refused(AgentRefused::Banned(id.to_string())));
+            }
+        }
+        let (svid, record) = self.sign_agent_svid(&id, csr, None).await?;
+        self.store.upsert_agent(&record).await?;
+        tracing::info!(agent_id = %id, serial = %record.svid_serial, "agent attested");
+        Ok(svid)
+    }
+
+    /// Signs a new SVID from `csr` for `agent` (authorized with
+    /// [`Ca::authorize_agent`]) and makes it current; the one presented
+    /// stays usable until the agent uses the new one.
+    pub async fn renew_agent(&self, agent: &AgentRecord, csr: &[u8]) -> Result<AgentSvid, CaError> {
+        let id = SpiffeId::parse(&agent.spiffe_id)
+            .map_err(|e| CaError::InvalidArgument(format!("stored agent ID: {e}")))?;
+        let (svid, mut record) = self
+            .sign_agent_svid(&id, csr, Some(agent.svid_serial.clone()))
+            .await?;
+        record.created_at = agent.created_at;
+        self.store.upsert_agent(&record).await?;
+        tracing::info!(agent_id = %id, serial = %record.svid_serial, "agent SVID renewed");
+        Ok(svid)
+    }
+
+    /// Signs an agent SVID and the record that makes it current;
+    /// `renewed_from` is the serial presented on renewal (`None` on
+    /// attestation).
+    async fn sign_agent_svid(
+        &self,
+        id: &SpiffeId,
+        csr: &[u8],
+        renewed_from: Option<String>,
+    ) -> Result<(AgentSvid, AgentRecord), CaError> {
+        let bundle = self.bundle().await?;
+        let now = self.clock.now();
+        let svid = sign_x509_svid(
+            &self.authority(),
+            csr,
+            id,
+            &[],
+            self.config.default_ttl(),
+            now,
+        )
+        .inspect_err(|e| self.metrics.issuance_failed(e))?;
+        self.metrics.svids_issued.inc();
+        let record = AgentRecord {
+            spiffe_id: id.to_string(),
+            attestation_type: "join_token".into(),
+            svid_serial: svid.serial.clone(),
+            previous_svid_serial: renewed_from,
+            svid_expires_at: svid.not_after,
+            banned: false,
+            created_at: unix_seconds(now),
+            updated_at: unix_seconds(now),
+        };
+        Ok((
+            AgentSvid {
+                spiffe_id: id.clone(),
+                svid,
+                bundle,
+            },
+            record,
+        ))
+    }
+}

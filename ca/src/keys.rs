@@ -1,0 +1,15 @@
+//! The CA's keys and what they sign.
+//!
+//! ```text
+//!   rotation (pure: prepared → active → old, each published before it signs)
+//!        ├─ x509  (X.509 signing keys: journal, files, reconcile)
+//!        └─ jwt   (JWT-SVID signing keys)
+//!   authority::Authority (one X.509 signing key, its certificate and chain)
+//!   issuance (CSR → X.509-SVID chain; JWT-SVID claims)
+//! ```
+
+pub mod authority;
+pub mod issuance;
+pub mod jwt;
+pub mod rotation;
+pub mod x509;
