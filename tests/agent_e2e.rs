@@ -722,7 +722,7 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
         .await
         .unwrap()
         .into_inner();
-    let (s3_svid, bundle) = signet_agent::agent_identity::from_response(&resp, &key).unwrap();
+    let (s3_svid, bundle) = signet_agent::agent_identity::from_response(&resp, &key, std::time::SystemTime::now()).unwrap();
     let td = TrustDomain::new(TD).unwrap();
     let trust = signet_agent::node_client::ServerTrust::Bundle(
         signet_identity::tls::BundleHandle::new(bundle),

@@ -96,9 +96,11 @@ fn validity(chain: &[CertificateDer<'_>]) -> Result<(SpiffeId, i64, i64), Identi
 }
 
 /// Builds an [`AgentSvid`] from the CA's answer and the key we generated.
+/// `now` is when it arrived (renewal is timed from it).
 pub fn from_response(
     resp: &pb::AgentSvid,
     key: &KeyPair,
+    now: SystemTime,
 ) -> Result<(AgentSvid, TrustBundle), IdentityError> {
     let chain: Vec<CertificateDer<'static>> = resp
         .cert_chain
@@ -115,7 +117,7 @@ pub fn from_response(
                 chain,
                 key_pkcs8: key.serialize_der(),
             },
-            issued_at: unix_seconds(SystemTime::now()).max(not_before),
+            issued_at: unix_seconds(now).max(not_before),
             not_after,
         },
         bundle,

@@ -1,7 +1,6 @@
 //! Agent configuration: a TOML file, each field overridable by a CLI flag.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -204,14 +203,6 @@ impl AgentConfig {
             ));
         }
         Ok(td)
-    }
-
-    /// When an SVID issued at `issued` and expiring at `expires` is due for
-    /// renewal: `renewal_fraction` of its lifetime, minus up to 10% jitter so
-    /// a fleet does not renew in lockstep.
-    pub fn renew_after(&self, lifetime: Duration, jitter: f64) -> Duration {
-        let fraction = self.renewal_fraction * (1.0 - 0.1 * jitter.clamp(0.0, 1.0));
-        lifetime.mul_f64(fraction)
     }
 }
 

@@ -13,7 +13,6 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use crate::local_endpoints::LocalEndpoints;
-use crate::rotator::jitter;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -59,7 +58,7 @@ pub async fn run(
             tracing::warn!(error = %result, "endpoint publishing to the CA interrupted; registrations are held and sent again on reconnect");
             last_error = Some(result);
         }
-        let wait = backoff.mul_f64(0.5 + jitter());
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>());
         backoff = (backoff * 2).min(MAX_BACKOFF);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -15,8 +15,6 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::rotator::jitter;
-
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -210,7 +208,7 @@ async fn relay(
             }
             continue;
         }
-        let wait = backoff.mul_f64(0.5 + jitter());
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>());
         backoff = (backoff * 2).min(MAX_BACKOFF);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

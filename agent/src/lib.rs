@@ -5,7 +5,7 @@
 //! them to local processes over the standard SPIFFE Workload API.
 //!
 //! ```text
-//!   CA node API ◀──mTLS── node_client ◀── rotator::SvidRotator ──publishes──▶ watch<Snapshot>
+//!   CA node API ◀──mTLS── node_client ◀── rotator::node_api::GrpcNodeApi ◀── rotator::SvidRotator ──publishes──▶ watch<Snapshot>
 //!                          (agent SVID from agent_identity, data dir 0600)          │
 //!                                                                                   ▼
 //!   workload ──Unix socket──▶ workload_api::WorkloadApi ──attestor::WorkloadAttestor (SO_PEERCRED, /proc, pidfd)
@@ -16,11 +16,14 @@
 //! ```
 //!
 //! The mesh's streams ride a connection of their own to the CA (made on
-//! first use, `rotator::CaLinks::mesh`), so SVID renewal and JWT-SVID
+//! first use, `rotator::node_api::CaLinks::mesh`), so SVID renewal and JWT-SVID
 //! minting never wait behind them for the CA's per-connection stream cap.
 //!
 //! The rotator is the only owner of certificate state; the Workload API
-//! only reads published snapshots, so a fetch never waits on the CA.
+//! only reads published snapshots, so a fetch never waits on the CA. It
+//! reaches the CA through the `rotator::node_api::NodeApi` trait and reads
+//! time from an injected clock, so its schedule (`rotator::schedule`),
+//! backoff and recovery are unit-tested without sleeping.
 
 pub mod agent_identity;
 pub mod attestor;

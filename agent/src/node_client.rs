@@ -204,7 +204,7 @@ fn endpoint_and_dialer(
     }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(td, trust, cert)?));
     let addrs: Arc<[String]> = addrs.into();
-    let start = (crate::rotator::jitter() * addrs.len() as f64) as usize % addrs.len();
+    let start = (rand::random::<f64>() * addrs.len() as f64) as usize % addrs.len();
     let preferred = Arc::new(AtomicUsize::new(start));
     let endpoint = Endpoint::from_static("http://signet-ca")
         .http2_keep_alive_interval(Duration::from_secs(20))

@@ -6,37 +6,64 @@
 //! When the CA is unreachable it keeps serving what it has until each SVID
 //! expires, retries with exponential backoff and jitter, and logs once per
 //! change of state, not per attempt.
+//!
+//! ```text
+//!   node_api::NodeApi (the CA: GrpcNodeApi, or a test's) ◀── SvidRotator ──▶ watch<Snapshot>
+//!   sync::EntrySync (pages → entries)   schedule (due times, backoff, deadlines)
+//! ```
+//!
+//! It reads the time only from its injected [`Clock`], so its schedule is
+//! unit-tested on a manual clock, without sleeping.
 
-use std::collections::HashMap;
+pub mod node_api;
+pub mod schedule;
+pub mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::CertificateDer;
+use signet_identity::clock::Clock;
 use signet_identity::tls::BundleHandle;
 use signet_identity::x509_svid::unix_seconds;
-use signet_identity::{TrustBundle, TrustDomain};
+use signet_identity::TrustBundle;
 use signet_proto::node as pb;
-use signet_proto::node::node_client::NodeClient;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 
 use crate::agent_identity::{self, bundle_from_pb, new_key_and_csr, AgentSvid};
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
-use crate::node_client::{self, ServerTrust};
+use crate::rotator::node_api::{CallError, NodeApi};
+use crate::rotator::schedule::{call_deadline, first_expiry_in, renew_at_ms, Backoff};
+use crate::rotator::sync::{EntrySync, SyncEvent};
 use crate::workload_svids::{Snapshot, WorkloadSvid};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a new entry stream gets to deliver its first complete update.
 const FIRST_UPDATE_WAIT: Duration = Duration::from_secs(10);
 
-/// A uniform random number in [0, 1).
-pub fn jitter() -> f64 {
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    u32::from_le_bytes(b) as f64 / (u32::MAX as f64 + 1.0)
+/// Why a pass of the rotator failed: it retries after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// A call to the CA failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The entry stream ended or delivered no first update.
+    #[error("{0}")]
+    Stream(String),
+    /// Something on this node: a key, a CSR, an answer that cannot be used,
+    /// the data directory.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl PassError {
+    fn local(e: impl std::fmt::Display) -> Self {
+        PassError::Local(e.to_string())
+    }
 }
 
 /// Whether the CA answered the last attempt (for state-change logging).
@@ -47,108 +74,70 @@ enum CaState {
     Unreachable(String),
 }
 
-/// Messages from the entry-sync task.
-enum SyncEvent {
-    Page(pb::EntrySnapshot),
-    Ended(String),
-}
-
-/// An update whose pages are still arriving.
-#[derive(Default)]
-struct PendingUpdate {
-    delta: bool,
-    entries: Vec<pb::WorkloadEntry>,
-    removed: Vec<String>,
-}
-
-/// Where the rest of the agent finds the CA: the rotator's own connection
-/// (JWT-SVID minting shares it: short unary calls), and the mesh's.
-pub struct CaLinks {
-    /// The rotator's connection.
-    pub ca: watch::Sender<Option<NodeClient<Channel>>>,
-    /// The mesh's connection (publisher, watches).
-    pub mesh: watch::Sender<Option<NodeClient<Channel>>>,
-}
-
 /// Owns the agent SVID and every workload SVID.
-pub struct SvidRotator {
+pub struct SvidRotator<N> {
     config: AgentConfig,
-    td: TrustDomain,
     data_dir: PathBuf,
     agent: AgentSvid,
     bundle: BundleHandle,
-    client: Option<NodeClient<Channel>>,
-    /// Where the Workload API finds the connection to the CA (to have
-    /// JWT-SVIDs signed): the same as `client`, `None` while disconnected.
-    ca_link: watch::Sender<Option<NodeClient<Channel>>>,
-    /// The connection the mesh's long-lived streams use (the endpoint
-    /// publisher, the discovery watches): another HTTP/2 connection with
-    /// the same agent SVID, made on first use, so that however many
-    /// streams the mesh holds, SVID renewal and JWT-SVID minting never wait
-    /// behind them for the CA's per-connection stream budget.
-    mesh_link: watch::Sender<Option<NodeClient<Channel>>>,
+    api: N,
     sync: Option<mpsc::Receiver<SyncEvent>>,
-    /// Entries by ID, as of `revision`.
-    entries: Vec<pb::WorkloadEntry>,
-    /// The revision of the last complete update applied: sent on reconnect,
-    /// so the CA answers with only what changed since.
-    revision: Option<i64>,
-    /// The update being received, page by page.
-    pending: Option<PendingUpdate>,
-    /// A complete update has arrived on the current stream.
-    stream_synced: bool,
+    entries: EntrySync,
     /// Key IDs of CA keys the CA has tainted: what they signed is replaced.
-    tainted: std::collections::HashSet<Vec<u8>>,
+    tainted: HashSet<Vec<u8>>,
     /// The kids of JWT keys the CA has tainted.
     tainted_jwt: Vec<String>,
     svids: HashMap<String, Arc<WorkloadSvid>>,
     published: watch::Sender<Arc<Snapshot>>,
     ca_state: CaState,
-    backoff: Duration,
-    retry_at: Option<tokio::time::Instant>,
+    backoff: Backoff,
+    /// No pass before this time (ms since the epoch): backing off.
+    retry_at_ms: Option<i64>,
     /// The agent SVID's expiry has been logged (once, not per loop).
     expiry_reported: bool,
-    /// Entries have been received from the CA since this process started.
-    synced: bool,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
-impl SvidRotator {
-    /// A rotator for an attested agent. `published` receives snapshots.
+impl<N: NodeApi> SvidRotator<N> {
+    /// A rotator for an attested agent, reaching the CA through `api`.
+    /// `published` receives snapshots.
     pub fn new(
         config: AgentConfig,
-        td: TrustDomain,
         agent: AgentSvid,
         bundle: TrustBundle,
         published: watch::Sender<Arc<Snapshot>>,
-        links: CaLinks,
+        api: N,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Self {
         Self {
             data_dir: config.data_dir.clone(),
             config,
-            td,
             agent,
             bundle: BundleHandle::new(bundle),
-            client: None,
-            ca_link: links.ca,
-            mesh_link: links.mesh,
+            api,
             sync: None,
-            entries: Vec::new(),
-            revision: None,
-            pending: None,
-            stream_synced: false,
-            tainted: Default::default(),
+            entries: EntrySync::default(),
+            tainted: HashSet::new(),
             tainted_jwt: Vec::new(),
             svids: HashMap::new(),
             published,
             ca_state: CaState::Unknown,
-            backoff: MIN_BACKOFF,
-            retry_at: None,
+            backoff: Backoff::default(),
+            retry_at_ms: None,
             expiry_reported: false,
-            synced: false,
             metrics,
+            clock,
         }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock
+            .now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
     }
 
     fn set_ca_state(&mut self, state: CaState) {
@@ -173,117 +162,98 @@ impl SvidRotator {
         self.ca_state = state;
     }
 
-    /// Sets (or drops) the CA connection, for the rotator and the Workload
-    /// API, and the mesh's connection beside it.
-    fn set_client(&mut self, client: Option<(NodeClient<Channel>, NodeClient<Channel>)>) {
-        let (client, mesh) = client.unzip();
-        self.ca_link.send_replace(client.clone());
-        self.mesh_link.send_replace(mesh);
-        self.client = client;
-    }
-
-    fn fail(&mut self, reason: String) {
-        self.set_client(None);
+    fn disconnect(&mut self) {
+        self.api.disconnect();
         self.sync = None;
-        self.set_ca_state(CaState::Unreachable(reason));
-        let wait = retry_wait(self.backoff, jitter(), self.first_expiry_in(now_ms()));
-        self.retry_at = Some(tokio::time::Instant::now() + wait);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// How long a call to the CA may take: a CA replica stuck (on its
-    /// database, say) must not hold the agent past the point where it could
-    /// still renew from another try. A quarter of the time left before the
-    /// first SVID expires, between 1 and 15 s.
+    fn fail(&mut self, error: PassError) {
+        self.disconnect();
+        self.set_ca_state(CaState::Unreachable(error.to_string()));
+        let now = self.now_ms();
+        let wait = self
+            .backoff
+            .failed(rand::random::<f64>(), self.first_expiry_in(now));
+        self.retry_at_ms = Some(now + wait.as_millis() as i64);
+    }
+
     fn call_deadline(&self) -> Duration {
-        (self.first_expiry_in(now_ms()) / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+        call_deadline(self.first_expiry_in(self.now_ms()))
     }
 
     /// How long until the first SVID held (the agent's own included)
     /// expires.
     fn first_expiry_in(&self, now_ms: i64) -> Duration {
-        let first = self
-            .svids
-            .values()
-            .map(|s| s.not_after)
-            .chain(std::iter::once(self.agent.not_after))
-            .min()
-            .unwrap_or(i64::MAX / 1000);
-        Duration::from_millis((first.saturating_mul(1000) - now_ms).max(0) as u64)
+        first_expiry_in(
+            self.svids
+                .values()
+                .map(|s| s.not_after)
+                .chain(std::iter::once(self.agent.not_after)),
+            now_ms,
+        )
     }
 
     fn succeeded(&mut self) {
-        self.backoff = MIN_BACKOFF;
-        self.retry_at = None;
+        self.backoff.reset();
+        self.retry_at_ms = None;
         self.set_ca_state(CaState::Connected);
     }
 
-    /// Connects and starts the entry stream.
-    async fn connect(&mut self) -> Result<(), String> {
-        let trust = ServerTrust::Bundle(self.bundle.clone());
-        let mut client =
-            node_client::connect(&self.config.ca, &self.td, &trust, Some(&self.agent.cert))
-                .await
-                .map_err(|e| e.to_string())?;
-        self.pending = None;
-        self.stream_synced = false;
-        let stream = within(
-            self.call_deadline(),
-            "entry stream",
-            client.sync_entries(pb::SyncEntriesRequest {
-                known_revision: self.revision,
-            }),
-        )
-        .await?;
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(forward_sync(stream, tx));
-        let mesh =
-            node_client::connect_lazy(&self.config.ca, &self.td, &trust, Some(&self.agent.cert))
-                .map_err(|e| e.to_string())?;
-        self.set_client(Some((client, mesh)));
+    fn renew_at_ms(&self, issued_at: i64, not_after: i64) -> i64 {
+        renew_at_ms(self.config.renewal_fraction, issued_at, not_after)
+    }
+
+    /// Connects and takes the first update of the entry stream.
+    async fn connect(&mut self) -> Result<(), PassError> {
+        self.entries.new_stream();
+        let rx = self
+            .api
+            .connect(
+                &self.agent.cert,
+                &self.bundle,
+                self.entries.revision,
+                self.call_deadline(),
+            )
+            .await?;
         self.sync = Some(rx);
+        // The first update follows right away; take it before signing.
+        let deadline = tokio::time::Instant::now() + FIRST_UPDATE_WAIT.min(self.call_deadline());
+        while !self.entries.stream_synced {
+            let Some(rx) = self.sync.as_mut() else {
+                return Err(PassError::Stream("entry stream closed".into()));
+            };
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(SyncEvent::Page(p))) => self.apply_page(p),
+                Ok(Some(SyncEvent::Ended(r))) => return Err(PassError::Stream(r)),
+                Ok(None) | Err(_) => {
+                    return Err(PassError::Stream("no entry update from the CA".into()))
+                }
+            }
+        }
         Ok(())
     }
 
-    /// When an SVID received at `issued_at` and expiring at `not_after` is
-    /// due, in milliseconds since the epoch. The jitter is derived from the
-    /// expiry so the due time stays put across loop iterations.
-    fn renew_at_ms(&self, issued_at: i64, not_after: i64) -> i64 {
-        let lifetime = Duration::from_secs((not_after - issued_at).max(1) as u64);
-        let j = ((not_after as u64).wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
-        issued_at * 1000 + self.config.renew_after(lifetime, j).as_millis() as i64
-    }
-
-    async fn renew_agent(&mut self) -> Result<(), String> {
+    async fn renew_agent(&mut self) -> Result<(), PassError> {
         let deadline = self.call_deadline();
-        let Some(client) = self.client.as_mut() else {
-            return Err("not connected".into());
-        };
-        let (key, csr) = new_key_and_csr().map_err(|e| e.to_string())?;
-        let resp = within(
-            deadline,
-            "renew agent SVID",
-            client.renew_agent(pb::RenewAgentRequest { csr }),
-        )
-        .await?;
-        let (svid, bundle) =
-            agent_identity::from_response(&resp, &key).map_err(|e| e.to_string())?;
-        agent_identity::save(&self.data_dir, &svid, &bundle).map_err(|e| e.to_string())?;
+        let (key, csr) = new_key_and_csr().map_err(PassError::local)?;
+        let resp = self.api.renew_agent(csr, deadline).await?;
+        let (svid, bundle) = agent_identity::from_response(&resp, &key, self.clock.now())
+            .map_err(PassError::local)?;
+        agent_identity::save(&self.data_dir, &svid, &bundle).map_err(PassError::local)?;
         tracing::info!(agent_id = %svid.id, not_after = svid.not_after, "agent SVID renewed");
         self.agent = svid;
         self.bundle.set(bundle);
         // Reconnect so the CA sees the new SVID on every later call.
-        self.set_client(None);
-        self.sync = None;
+        self.disconnect();
         Ok(())
     }
 
-    /// Entries whose SVID is missing, outdated or due at `now_ms`, and the
-    /// next due time (ms).
+    /// Entries whose SVID is missing, outdated, signed by a tainted key or
+    /// due at `now_ms`, and the next due time (ms).
     fn due_entries(&self, now_ms: i64) -> (Vec<pb::WorkloadEntry>, Option<i64>) {
         let mut due = Vec::new();
         let mut next: Option<i64> = None;
-        for e in &self.entries {
+        for e in &self.entries.entries {
             match self.svids.get(&e.id) {
                 Some(s) if s.entry_revision == e.revision && !self.is_tainted(&s.signed_by) => {
                     let at = self.renew_at_ms(s.issued_at, s.not_after);
@@ -318,35 +288,28 @@ impl SvidRotator {
     }
 
     /// Gets SVIDs for `due` entries, in calls of at most the CA's batch size.
-    async fn sign(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), String> {
+    async fn sign(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), PassError> {
         for batch in due.chunks(pb::MAX_SIGN_BATCH) {
-            self.sign_batch(batch.to_vec()).await?;
+            self.sign_batch(batch).await?;
         }
         Ok(())
     }
 
-    async fn sign_batch(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), String> {
+    async fn sign_batch(&mut self, due: &[pb::WorkloadEntry]) -> Result<(), PassError> {
         let deadline = self.call_deadline();
-        let Some(client) = self.client.as_mut() else {
-            return Err("not connected".into());
-        };
         let mut keys = HashMap::new();
         let mut requests = Vec::with_capacity(due.len());
-        for e in &due {
-            let (key, csr) = new_key_and_csr().map_err(|e| e.to_string())?;
+        for e in due {
+            let (key, csr) = new_key_and_csr().map_err(PassError::local)?;
             keys.insert(e.id.clone(), key);
             requests.push(pb::SvidRequest {
                 entry_id: e.id.clone(),
                 csr,
             });
         }
-        let resp = within(
-            deadline,
-            "sign SVIDs",
-            client.sign_svids(pb::SignSvidsRequest { requests }),
-        )
-        .await?;
-        for svid in resp.svids {
+        let svids = self.api.sign_svids(requests, deadline).await?;
+        let issued_at = unix_seconds(self.clock.now());
+        for svid in svids {
             let (Some(key), Some(entry)) = (
                 keys.remove(&svid.entry_id),
                 due.iter().find(|e| e.id == svid.entry_id),
@@ -370,7 +333,7 @@ impl SvidRotator {
                     spiffe_id: svid.spiffe_id.clone(),
                     chain,
                     key_pkcs8: key.serialize_der(),
-                    issued_at: unix_seconds(SystemTime::now()),
+                    issued_at,
                     not_after: svid.expires_at,
                     signed_by,
                 }),
@@ -385,67 +348,57 @@ impl SvidRotator {
         Ok(())
     }
 
+    /// Takes the bundle and the tainted keys a page carries.
+    fn take_bundle(&mut self, b: &pb::Bundle) {
+        let tainted: HashSet<Vec<u8>> = b.tainted_key_ids.iter().cloned().collect();
+        if tainted != self.tainted {
+            if !tainted.is_empty() {
+                tracing::warn!(
+                    keys = tainted.len(),
+                    "the CA tainted signing keys: replacing every SVID they signed"
+                );
+            }
+            self.tainted = tainted;
+        }
+        self.tainted_jwt = b.tainted_jwt_kids.clone();
+        match bundle_from_pb(Some(b)) {
+            Ok(bundle) => {
+                // X.509 or JWT authorities: either change is a new bundle.
+                if bundle != *self.bundle.get() {
+                    if let Err(e) = agent_identity::save_bundle(&self.data_dir, &bundle) {
+                        tracing::warn!(error = %e, "cannot save the new bundle");
+                    }
+                    tracing::info!(sequence = bundle.sequence, "trust bundle updated");
+                }
+                self.bundle.set(bundle);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the CA sent a bundle that cannot be used; keeping the last one")
+            }
+        }
+    }
+
     /// Takes one page of an update from the CA; applies the update when
     /// its last page has come.
     fn apply_page(&mut self, page: pb::EntrySnapshot) {
         if let Some(b) = page.bundle.as_ref() {
-            let tainted: std::collections::HashSet<Vec<u8>> =
-                b.tainted_key_ids.iter().cloned().collect();
-            if tainted != self.tainted {
-                if !tainted.is_empty() {
-                    tracing::warn!(
-                        keys = tainted.len(),
-                        "the CA tainted signing keys: replacing every SVID they signed"
-                    );
-                }
-                self.tainted = tainted;
-            }
-            self.tainted_jwt = b.tainted_jwt_kids.clone();
-            match bundle_from_pb(Some(b)) {
-                Ok(bundle) => {
-                    // X.509 or JWT authorities: either change is a new bundle.
-                    if bundle != *self.bundle.get() {
-                        if let Err(e) = agent_identity::save_bundle(&self.data_dir, &bundle) {
-                            tracing::warn!(error = %e, "cannot save the new bundle");
-                        }
-                        tracing::info!(sequence = bundle.sequence, "trust bundle updated");
-                    }
-                    self.bundle.set(bundle);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the CA sent a bundle that cannot be used; keeping the last one")
-                }
-            }
+            self.take_bundle(b);
         }
-        let pending = self.pending.get_or_insert_with(|| PendingUpdate {
-            delta: page.delta,
-            ..Default::default()
-        });
-        pending.entries.extend(page.entries);
-        pending.removed.extend(page.removed_entry_ids);
-        if page.more {
+        if !self.entries.take_page(page) {
             return;
         }
-        let Some(update) = self.pending.take() else {
-            return;
-        };
-        self.entries = if update.delta {
-            merge(
-                std::mem::take(&mut self.entries),
-                update.entries,
-                &update.removed,
-            )
-        } else {
-            let mut all = update.entries;
-            all.sort_by(|a, b| a.id.cmp(&b.id));
-            all
-        };
-        self.revision = Some(page.revision);
-        self.synced = true;
-        self.stream_synced = true;
-        self.metrics.entries.set(self.entries.len() as i64);
-        let live: std::collections::HashSet<&String> = self.entries.iter().map(|e| &e.id).collect();
+        self.metrics.entries.set(self.entries.entries.len() as i64);
+        let live: HashSet<&String> = self.entries.entries.iter().map(|e| &e.id).collect();
         self.svids.retain(|id, _| live.contains(id));
+    }
+
+    /// Handles what the entry stream delivered between passes.
+    fn on_sync(&mut self, event: Option<SyncEvent>) {
+        match event {
+            Some(SyncEvent::Page(p)) => self.apply_page(p),
+            Some(SyncEvent::Ended(reason)) => self.fail(PassError::Stream(reason)),
+            None => self.fail(PassError::Stream("entry stream closed".into())),
+        }
     }
 
     fn publish(&mut self, now: i64) {
@@ -459,16 +412,17 @@ impl SvidRotator {
         let snapshot = Snapshot {
             bundle: Some(self.bundle.get()),
             tainted_jwt: self.tainted_jwt.clone(),
-            entries: self.entries.clone(),
+            entries: self.entries.entries.clone(),
             svids,
         };
         self.metrics.svids_held.set(snapshot.svids.len() as i64);
         let complete = self
             .entries
+            .entries
             .iter()
             .all(|e| snapshot.svids.iter().any(|s| s.entry_id == e.id));
         self.metrics.ready.store(
-            self.synced && complete,
+            self.entries.synced && complete,
             std::sync::atomic::Ordering::Relaxed,
         );
         self.published.send_if_modified(|cur| {
@@ -483,77 +437,73 @@ impl SvidRotator {
         });
     }
 
+    /// One turn of the loop: a pass unless backing off, then publish.
+    /// Returns when the next turn is due (ms since the epoch).
+    async fn turn(&mut self) -> i64 {
+        if self.retry_at_ms.is_none_or(|t| self.now_ms() >= t) {
+            if let Err(e) = self.pass().await {
+                self.fail(e);
+            }
+        }
+        self.publish(unix_seconds(self.clock.now()));
+        let expired = !self.agent.is_valid_at(self.clock.now());
+        if expired && !self.expiry_reported {
+            tracing::error!(agent_id = %self.agent.id, not_after = self.agent.not_after, "agent SVID expired before it could be renewed; the CA will not take it again: restart the agent with a new --join-token");
+        }
+        self.expiry_reported = expired;
+        self.next_turn(self.now_ms())
+    }
+
+    /// When the next turn is due: the next renewal, the next expiry, or the
+    /// end of a backoff, whichever comes first (at least 50 ms away, at most
+    /// an hour).
+    fn next_turn(&self, now_ms: i64) -> i64 {
+        let mut wake = now_ms + 3_600_000;
+        wake = wake.min(self.renew_at_ms(self.agent.issued_at, self.agent.not_after));
+        if let (_, Some(next)) = self.due_entries(now_ms) {
+            wake = wake.min(next);
+        }
+        if let Some(exp) = self.svids.values().map(|s| s.not_after).min() {
+            wake = wake.min(exp * 1000);
+        }
+        if let Some(r) = self.retry_at_ms {
+            wake = r.min(wake).max(now_ms);
+        }
+        wake.max(now_ms + 50)
+    }
+
     /// Runs until `stop` turns true.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
-            let may_try = self
-                .retry_at
-                .is_none_or(|t| tokio::time::Instant::now() >= t);
-            if may_try {
-                if let Err(reason) = self.step().await {
-                    self.fail(reason);
-                }
-            }
-            self.publish(unix_seconds(SystemTime::now()));
-            let expired = !self.agent.is_valid_at(SystemTime::now());
-            if expired && !self.expiry_reported {
-                tracing::error!(agent_id = %self.agent.id, not_after = self.agent.not_after, "agent SVID expired before it could be renewed; the CA will not take it again: restart the agent with a new --join-token");
-            }
-            self.expiry_reported = expired;
-
-            // Sleep until the next due time, a retry, an entry change, or stop.
-            let now_ms = now_ms();
-            let mut wake = now_ms + 3_600_000;
-            wake = wake.min(self.renew_at_ms(self.agent.issued_at, self.agent.not_after));
-            if let (_, Some(next)) = self.due_entries(now_ms) {
-                wake = wake.min(next);
-            }
-            if let Some(exp) = self.svids.values().map(|s| s.not_after).min() {
-                wake = wake.min(exp * 1000);
-            }
-            let mut deadline =
-                tokio::time::Instant::now() + Duration::from_millis((wake - now_ms).max(0) as u64);
-            if let Some(r) = self.retry_at {
-                deadline = r.min(deadline).max(tokio::time::Instant::now());
-            }
-            let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(50));
+            let wake = self.turn().await;
+            let sleep = Duration::from_millis((wake - self.now_ms()).max(0) as u64);
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                ev = recv_sync(&mut self.sync) => match ev {
-                    Some(SyncEvent::Page(p)) => self.apply_page(p),
-                    Some(SyncEvent::Ended(reason)) => self.fail(reason),
-                    None => self.fail("entry stream closed".into()),
-                },
+                _ = tokio::time::sleep(sleep) => {}
+                ev = recv_sync(&mut self.sync) => self.on_sync(ev),
                 r = stop.changed() => if r.is_err() || *stop.borrow() { return },
             }
         }
     }
 
-    /// One pass: connect, renew the agent SVID, issue what is due.
-    async fn step(&mut self) -> Result<(), String> {
-        if self.client.is_none() {
-            self.connect().await?;
-            // The first update follows right away; take it before signing.
-            let deadline =
-                tokio::time::Instant::now() + FIRST_UPDATE_WAIT.min(self.call_deadline());
-            while !self.stream_synced {
-                let Some(rx) = self.sync.as_mut() else {
-                    return Err("entry stream closed".into());
-                };
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(SyncEvent::Page(p))) => self.apply_page(p),
-                    Ok(Some(SyncEvent::Ended(r))) => return Err(r),
-                    Ok(None) | Err(_) => return Err("no entry update from the CA".into()),
-                }
+    /// One pass: connect, renew the agent SVID, issue what is due. The
+    /// agent SVID is renewed at most once a pass: a CA that answers with an
+    /// SVID of a tainted key again is not asked in a loop.
+    async fn pass(&mut self) -> Result<(), PassError> {
+        let mut renewed = false;
+        loop {
+            if !self.api.is_connected() {
+                self.connect().await?;
             }
+            let due = self.now_ms() >= self.renew_at_ms(self.agent.issued_at, self.agent.not_after)
+                || self.agent_svid_tainted();
+            if due && !renewed {
+                self.renew_agent().await?;
+                renewed = true;
+                continue;
+            }
+            break;
         }
-        if now_ms() >= self.renew_at_ms(self.agent.issued_at, self.agent.not_after)
-            || self.agent_svid_tainted()
-        {
-            self.renew_agent().await?;
-            return Box::pin(self.step()).await;
-        }
-        let (due, _) = self.due_entries(now_ms());
+        let (due, _) = self.due_entries(self.now_ms());
         if !due.is_empty() {
             self.sign(due).await?;
         }
@@ -566,121 +516,5 @@ async fn recv_sync(rx: &mut Option<mpsc::Receiver<SyncEvent>>) -> Option<SyncEve
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-async fn forward_sync(
-    mut stream: tonic::Streaming<pb::EntrySnapshot>,
-    tx: mpsc::Sender<SyncEvent>,
-) {
-    loop {
-        let ev = match stream.message().await {
-            Ok(Some(p)) => SyncEvent::Page(p),
-            Ok(None) => SyncEvent::Ended("the CA closed the entry stream".into()),
-            Err(s) => SyncEvent::Ended(format!(
-                "entry stream: {}: {}",
-                code_name(s.code()),
-                s.message()
-            )),
-        };
-        let end = matches!(ev, SyncEvent::Ended(_));
-        if tx.send(ev).await.is_err() || end {
-            return;
-        }
-    }
-}
-
-/// Runs one node API call for at most `deadline`.
-async fn within<T>(
-    deadline: Duration,
-    what: &str,
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(deadline, call).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(format!("{what}: {}: {}", code_name(s.code()), s.message())),
-        Err(_) => Err(format!("{what}: no answer within {deadline:?}")),
-    }
-}
-
-/// How long to wait before the next try after a failure: the backoff with
-/// ±20% jitter, but never more than a quarter of the time left before the
-/// first SVID expires (at least `MIN_BACKOFF / 2`), so an outage that ends
-/// in time does not leave workloads with expired SVIDs while the agent
-/// sleeps.
-fn retry_wait(backoff: Duration, jitter: f64, first_expiry_in: Duration) -> Duration {
-    backoff
-        .mul_f64(0.8 + 0.4 * jitter)
-        .min(first_expiry_in / 4)
-        .max(MIN_BACKOFF / 2)
-}
-
-/// `entries` (sorted by ID) with `changed` put in and `removed` taken out,
-/// still sorted.
-fn merge(
-    entries: Vec<pb::WorkloadEntry>,
-    changed: Vec<pb::WorkloadEntry>,
-    removed: &[String],
-) -> Vec<pb::WorkloadEntry> {
-    let mut by_id: std::collections::BTreeMap<String, pb::WorkloadEntry> =
-        entries.into_iter().map(|e| (e.id.clone(), e)).collect();
-    for id in removed {
-        by_id.remove(id);
-    }
-    for e in changed {
-        by_id.insert(e.id.clone(), e);
-    }
-    by_id.into_values().collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_come_sooner_as_the_first_svid_nears_expiry() {
-        let long = Duration::from_secs(3600);
-        // Far from expiry: the backoff, with its jitter.
-        assert_eq!(retry_wait(MAX_BACKOFF, 0.5, long), MAX_BACKOFF);
-        assert_eq!(
-            retry_wait(Duration::from_secs(10), 0.0, long),
-            Duration::from_secs(8)
-        );
-        // 8 s left: at most 2 s, whatever the backoff.
-        assert_eq!(
-            retry_wait(MAX_BACKOFF, 1.0, Duration::from_secs(8)),
-            Duration::from_secs(2)
-        );
-        // Expired or about to: the floor, not a busy loop.
-        assert_eq!(
-            retry_wait(MAX_BACKOFF, 1.0, Duration::ZERO),
-            MIN_BACKOFF / 2
-        );
-    }
-
-    #[test]
-    fn a_delta_replaces_changed_entries_and_drops_removed_ones_in_id_order() {
-        let e = |id: &str, rev: i64| pb::WorkloadEntry {
-            id: id.into(),
-            revision: rev,
-            ..Default::default()
-        };
-        let merged = merge(
-            vec![e("a", 1), e("b", 1), e("c", 1)],
-            vec![e("d", 5), e("b", 4)],
-            &["c".to_owned(), "unknown".to_owned()],
-        );
-        assert_eq!(merged, vec![e("a", 1), e("b", 4), e("d", 5)]);
     }
 }

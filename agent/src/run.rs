@@ -20,9 +20,11 @@ use crate::config::WorkloadApiLimits;
 use crate::agent_identity::{self, AgentSvid, IdentityError};
 use crate::config::{AgentConfig, ConfigError};
 use crate::node_client::{self, ConnectError, ServerTrust};
+use crate::rotator::node_api::{CaLinks, GrpcNodeApi};
 use crate::rotator::SvidRotator;
 use crate::workload_api::WorkloadApi;
 use crate::workload_svids::Snapshot;
+use signet_identity::clock::Clock;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +107,7 @@ async fn attest_until_done(
             Err(AttestFailure::Final(e)) => return Err(e),
             Err(AttestFailure::Retry(reason)) => reason,
         };
-        let wait = attest_backoff(failures, crate::rotator::jitter());
+        let wait = attest_backoff(failures, rand::random::<f64>());
         failures = failures.saturating_add(1);
         tracing::warn!(ca = ?config.ca, attempt = failures, reason = %reason, retry_in_ms = wait.as_millis() as u64, "attestation failed; the join token is still unused, trying again");
         tokio::select! {
@@ -161,7 +163,8 @@ async fn attest(
         }
         Err(s) => return Err(AgentError::Attestation(s.message().to_owned()).into()),
     };
-    let (svid, bundle) = agent_identity::from_response(&resp, &key).map_err(AgentError::from)?;
+    let (svid, bundle) = agent_identity::from_response(&resp, &key, std::time::SystemTime::now())
+        .map_err(AgentError::from)?;
     if svid.id.trust_domain_name() != td.as_str() {
         return Err(AgentError::Attestation(format!(
             "the CA issued {} outside trust domain {td}",
@@ -279,17 +282,22 @@ pub async fn run(
         .local_addr()
         .map_err(|e| AgentError::Io(e.to_string()))?;
 
-    let rotator = SvidRotator::new(
-        config.clone(),
+    let node_api = GrpcNodeApi::new(
+        config.ca.clone(),
         td.clone(),
-        svid,
-        bundle,
-        state_tx,
-        crate::rotator::CaLinks {
+        CaLinks {
             ca: ca_link_tx,
             mesh: mesh_link_tx,
         },
+    );
+    let rotator = SvidRotator::new(
+        config.clone(),
+        svid,
+        bundle,
+        state_tx,
+        node_api,
         metrics.clone(),
+        Clock::system(),
     );
     let rotator = tokio::spawn(rotator.run(stop_rx.clone()));
     let stopped = |mut rx: watch::Receiver<bool>| async move {

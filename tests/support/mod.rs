@@ -1158,7 +1158,7 @@ pub async fn attested_node_client(
         .await
         .unwrap()
         .into_inner();
-    let (svid, _) = signet_agent::agent_identity::from_response(&resp, &key).unwrap();
+    let (svid, _) = signet_agent::agent_identity::from_response(&resp, &key, std::time::SystemTime::now()).unwrap();
     signet_agent::node_client::connect(&addr, &td, &trust, Some(&svid.cert))
         .await
         .unwrap()
