@@ -13,9 +13,6 @@
 //! Run: `cargo bench -p signet-cli --bench balancer`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use signet_identity::testing::{LeafSpec, TestCa as MintCa};
-use support::*;
+use signet_test_support::*;
 
 const SERVER: &str = "spiffe://example.org/ns/prod/sa/payments";
 const CLIENT: &str = "spiffe://example.org/ns/prod/sa/checkout";

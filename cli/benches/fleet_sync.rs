@@ -18,15 +18,12 @@
 //! Run: `cargo bench -p signet-cli --bench fleet_sync`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use signet_proto::admin as admin_pb;
 use signet_proto::node as pb;
 use signet_test_support::postgres::TestPostgres;
-use support::*;
+use signet_test_support::*;
 
 const SMALL: usize = 10;
 const LARGE: usize = 200;
@@ -155,7 +152,7 @@ fn main() {
         TestPostgres::own().expect("the fleet benchmark needs PostgreSQL (apt install postgresql)");
     let url = pg.fresh_database();
     let db = url.rsplit('/').next().unwrap().to_owned();
-    let ca = TestCa::start(&["--database-url", &url]);
+    let ca = CaProcess::start(&["--database-url", &url]);
     let ca_pid = ca.daemon.child.id();
     let rt = tokio::runtime::Runtime::new().unwrap();
     println!("fleet sync benchmark: CA on PostgreSQL, {ENTRIES_PER_AGENT} entries per agent, idle windows of {idle_secs} s");

@@ -19,16 +19,13 @@
 //! Run: `cargo bench -p signet-cli --bench flood`
 #![allow(clippy::unwrap_used, missing_docs, dead_code)]
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signet_proto::node as pb;
-use support::*;
+use signet_test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PHASE: Duration = Duration::from_secs(15);

@@ -3,11 +3,40 @@
 //! Shared helpers for tests across the workspace (never linked into a
 //! daemon):
 //!
-//! - [`postgres`]: a real, throwaway PostgreSQL server started by the tests;
-//! - [`free_port`]: a loopback port nobody listens on.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! | module | what |
+//! | --- | --- |
+//! | [`postgres`] | a real, throwaway PostgreSQL server started by the tests |
+//! | [`process`] | the `signet` binary under test: commands, daemons and their logs, waiting |
+//! | [`ca`] | [`CaProcess`]: a `signet ca run` of a test's own |
+//! | [`agent`] | [`AgentProcess`]: a `signet agent run` attested to it |
+//! | [`apps`] | apps behind the proxies: echo, slow/failing HTTP |
+//! | [`mesh`] | a mesh of real processes, and the IDs and policies tests share |
+//! | [`grpc`] | clients of the Workload, node and admin APIs |
+//! | [`http`] | one HTTP client for tests, and reading metrics |
+//! | [`go`], [`python`] | go-spiffe and py-spiffe clients we did not write |
+//!
+//! and [`free_port`]: a loopback port nobody listens on. The in-memory
+//! certificate issuer for unit tests is `signet_identity::testing::TestCa`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod agent;
+pub mod apps;
+pub mod ca;
+pub mod go;
+pub mod grpc;
+pub mod http;
+pub mod mesh;
 pub mod postgres;
+pub mod process;
+pub mod python;
+
+pub use agent::*;
+pub use apps::*;
+pub use ca::*;
+pub use grpc::*;
+pub use http::{http_call, http_get, metric};
+pub use mesh::*;
+pub use process::*;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, from below the
 /// kernel's ephemeral range (32768-60999 by default): a port the kernel

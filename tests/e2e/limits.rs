@@ -5,14 +5,12 @@
 //! 127.0.0.1, so per-address limits can tell them apart.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use signet_proto::node as pb;
-use support::*;
+use signet_test_support::*;
 
 /// A TCP connection to `to` from 127.0.0.2 that sends nothing.
 async fn idle_from_other_address(to: SocketAddr) -> tokio::net::TcpStream {
@@ -149,10 +147,10 @@ fn workload_api_connections_are_capped_per_uid_and_other_users_are_served() {
         eprintln!("!!! SKIPPING: needs root to run a client as another uid");
         return;
     }
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let cfg = ca.dir.path().join("agent.toml");
     std::fs::write(&cfg, "[limits]\nmax_connections_per_uid = 4\n").unwrap();
-    let agent = TestAgent::start(
+    let agent = AgentProcess::start(
         &ca,
         &ca.token("node-1"),
         &["--config", cfg.to_str().unwrap()],
@@ -211,7 +209,7 @@ fn workload_api_connections_are_capped_per_uid_and_other_users_are_served() {
 /// A node API client connecting from 127.0.0.2 without a client
 /// certificate (what anyone on the network can do).
 async fn anonymous_node_client(
-    ca: &TestCa,
+    ca: &CaProcess,
 ) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
     let connector =
         tokio_rustls::TlsConnector::from(anonymous_node_tls(&ca.run_ok(&["bundle", "show"])));
@@ -231,11 +229,11 @@ async fn anonymous_node_client(
     signet_proto::node::node_client::NodeClient::new(channel)
 }
 
-fn ca_with_limits(limits: &str) -> TestCa {
+fn ca_with_limits(limits: &str) -> CaProcess {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ca.toml");
     std::fs::write(&cfg, format!("[limits]\n{limits}")).unwrap();
-    TestCa::start_in(dir, &["--config", cfg.to_str().unwrap()])
+    CaProcess::start_in(dir, &["--config", cfg.to_str().unwrap()])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -259,7 +257,7 @@ async fn bogus_join_tokens_are_throttled_per_address_and_a_real_agent_still_atte
     assert_eq!(codes[..5], [tonic::Code::PermissionDenied; 5]);
     assert_eq!(codes[5..], [tonic::Code::ResourceExhausted; 3]);
     // A real agent from another address attests at once.
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     assert!(agent.socket.exists());
     let (_, m) = ca.http_get("/metrics");
     assert!(
@@ -274,7 +272,7 @@ async fn bogus_join_tokens_are_throttled_per_address_and_a_real_agent_still_atte
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_csr_does_not_burn_the_join_token_and_is_counted() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let token = ca.token("node-1");
     let mut client = anonymous_node_client(&ca).await;
     let status = client
@@ -287,7 +285,7 @@ async fn a_malformed_csr_does_not_burn_the_join_token_and_is_counted() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("not used"), "{status:?}");
     // The same token still attests a real agent.
-    let agent = TestAgent::start(&ca, &token, &[]);
+    let agent = AgentProcess::start(&ca, &token, &[]);
     assert!(agent.socket.exists());
     let (_, m) = ca.http_get("/metrics");
     assert!(
@@ -310,7 +308,7 @@ async fn unauthenticated_node_api_connections_are_capped_per_address() {
     let mut fourth = idle_from_other_address(node).await;
     assert!(closed_within(&mut fourth, Duration::from_secs(1)).await);
     // Agents from other addresses attest and are served meanwhile.
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     assert!(agent.socket.exists());
     let (_, m) = ca.http_get("/metrics");
     assert!(
@@ -362,10 +360,10 @@ fn another_local_user_cannot_borrow_a_workloads_identity_through_its_outbound_li
 #[tokio::test(flavor = "multi_thread")]
 async fn workload_api_streams_are_capped_per_uid_and_a_closed_stream_frees_its_place() {
     use signet_proto::workload::{X509BundlesRequest, X509svidRequest};
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let cfg = ca.dir.path().join("agent.toml");
     std::fs::write(&cfg, "[limits]\nmax_streams_per_uid = 3\n").unwrap();
-    let agent = TestAgent::start(
+    let agent = AgentProcess::start(
         &ca,
         &ca.token("node-1"),
         &["--config", cfg.to_str().unwrap()],
@@ -592,7 +590,7 @@ async fn a_connection_without_an_agent_svid_is_closed_after_unauthenticated_life
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_an_agent_svid_are_capped_at_16_kib() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let mut client = anonymous_node_client(&ca).await;
     let attest = |token_len: usize| pb::AttestAgentRequest {
         join_token: "t".repeat(token_len),
@@ -702,7 +700,7 @@ async fn an_oidc_flood_takes_no_descriptors_from_the_other_listeners() {
     )
     .unwrap();
     // 100 (OIDC) + 64 (metrics) + 64 (admin) + 256 reserved + 200 (node).
-    let ca = TestCa::start_with_nofile(700, &["--config", cfg.to_str().unwrap()]);
+    let ca = CaProcess::start_with_nofile(700, &["--config", cfg.to_str().unwrap()]);
     let oidc: SocketAddr = format!("127.0.0.1:{oidc_port}").parse().unwrap();
     let discovery = move || http_get(oidc_port, "/.well-known/openid-configuration").0;
     assert_eq!(discovery(), 200);
@@ -737,7 +735,7 @@ async fn an_oidc_flood_takes_no_descriptors_from_the_other_listeners() {
     // gets its SVID) and the metrics listener all work.
     let ca = tokio::task::spawn_blocking(move || {
         let token = ca.token("node-during-flood");
-        let agent = TestAgent::start(&ca, &token, &[]);
+        let agent = AgentProcess::start(&ca, &token, &[]);
         ca.entry(
             "spiffe://example.org/during-flood",
             "node-during-flood",
@@ -795,7 +793,7 @@ fn an_agent_refused_at_a_limit_on_its_first_start_tries_again_and_attests() {
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let token = ca.token("patient");
-    let (_dir, cmd, _socket) = TestAgent::command(&ca, &token, &[]);
+    let (_dir, cmd, _socket) = AgentProcess::command(&ca, &token, &[]);
     let mut agent = Daemon::spawn(cmd);
     let line = agent.wait_for("attestation failed", Duration::from_secs(15));
     println!("{line}");

@@ -4,12 +4,10 @@
 //! on Go's HTTP/2 stack against the tunnel listener.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use support::*;
+use signet_test_support::*;
 
 /// A mesh whose inbound proxy has a tunnel listener, and whose caller
 /// sends every connection through it (`client_extra`: more
@@ -266,15 +264,16 @@ fn killing_the_upstream_proxy_fails_its_streams_at_once_and_the_pool_reconnects(
 
 #[test]
 fn an_hbone_client_on_gos_http2_stack_reaches_the_app_and_nothing_else() {
-    let Some(go) = support::go::go_client() else {
+    let Some(go) = signet_test_support::go::go_client() else {
         return;
     };
     let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
     // The Go client runs as this user on host a: it gets checkout's SVID.
     let socket = mesh.agent_a.endpoint();
     let tunnel = format!("127.0.0.1:{tunnel_port}");
-    let run =
-        |authority: &str| support::go::run(&go, &["hbone", &socket, &tunnel, authority, PAYMENTS]);
+    let run = |authority: &str| {
+        signet_test_support::go::run(&go, &["hbone", &socket, &tunnel, authority, PAYMENTS])
+    };
     let app = format!("127.0.0.1:{}", mesh.app.port);
     assert_eq!(run(&app), "status=200 echo_intact=true bytes=140000");
     // The address a caller dials without the tunnel names the app too.
@@ -297,13 +296,13 @@ fn an_hbone_client_on_gos_http2_stack_reaches_the_app_and_nothing_else() {
 
 #[test]
 fn a_tunnel_connection_carries_no_new_stream_once_the_peers_svid_has_expired() {
-    let Some(go) = support::go::go_client() else {
+    let Some(go) = signet_test_support::go::go_client() else {
         return;
     };
     // 3-second SVIDs: the Go client keeps the connection it made with the
     // first SVID it fetched and opens a second stream on it 5 s later.
     let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "3", "");
-    let outcome = support::go::run(
+    let outcome = signet_test_support::go::run(
         &go,
         &[
             "hbone-later",
@@ -327,7 +326,7 @@ fn a_tunnel_connection_carries_no_new_stream_once_the_peers_svid_has_expired() {
 
 #[test]
 fn a_tunnel_connection_carries_no_new_stream_once_its_peers_ca_key_is_revoked() {
-    let Some(go) = support::go::go_client() else {
+    let Some(go) = signet_test_support::go::go_client() else {
         return;
     };
     // An SVID whose signing key is revoked after a compromise must stop
@@ -337,7 +336,7 @@ fn a_tunnel_connection_carries_no_new_stream_once_its_peers_ca_key_is_revoked() 
     // it made with its first SVID (signed by the old key) across the
     // incident.
     let (mesh, tunnel_port) = tunnel_mesh(ALLOW_CHECKOUT, "1h", "");
-    let (go, first) = support::go::GoTwoStep::start(
+    let (go, first) = signet_test_support::go::GoTwoStep::start(
         &go,
         &[
             "hbone-wait",

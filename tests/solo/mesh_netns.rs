@@ -21,8 +21,6 @@
 //! SIGNET_REQUIRE_NETNS=1 (CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::process::Command;
@@ -30,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::*;
+use signet_test_support::*;
 
 const LEDGER: &str = "spiffe://example.org/ns/prod/sa/ledger";
 const HOSTS: [(&str, &str); 3] = [
@@ -217,6 +215,7 @@ type Seen = Arc<Mutex<Vec<(Duration, &'static str, bool, String)>>>;
 
 #[test]
 fn three_hosts_find_balance_and_survive_a_dead_app_and_a_cut_host() {
+    let _alone = crate::alone();
     let net = match Net::create() {
         Ok(n) => n,
         Err(why) => {

@@ -8,13 +8,11 @@
 //! come back intact.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 
-use support::python::{python, python_spiffe_available};
-use support::*;
+use signet_test_support::python::{python, python_spiffe_available};
+use signet_test_support::*;
 
 const POLICY: &str = r#"
 [[allow]]
@@ -45,12 +43,13 @@ fn call(args: &[&str]) -> String {
 
 #[test]
 fn grpc_crosses_a_signet_pair_and_a_plain_grpc_client_calls_the_inbound_proxy_with_its_svid() {
+    let _alone = crate::alone();
     if !python_spiffe_available() {
         return;
     }
-    let ca = TestCa::start(&[]);
-    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
-    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent_a = AgentProcess::start(&ca, &ca.token("node-a"), &[]);
+    let agent_b = AgentProcess::start(&ca, &ca.token("node-b"), &[]);
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
     ca.entry(

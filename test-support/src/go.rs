@@ -29,7 +29,7 @@ pub fn go_client() -> Option<PathBuf> {
             // One binary per version of the sources, under cargo's target
             // directory (gone with `cargo clean`), not a new file in /tmp
             // for every test process.
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            let out = crate::process::target_tmpdir()
                 .join(format!("signet-go-client-{:016x}", sources_digest(&src)));
             if out.is_file() {
                 return Some(out);

@@ -9,15 +9,13 @@
 //! acknowledged vs present and delivered, key transitions seen.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signet_test_support::postgres::TestPostgres;
-use support::*;
+use signet_test_support::*;
 
 /// How long the request loop runs: past a whole key lifetime (120 s).
 const RUN: Duration = Duration::from_secs(130);
@@ -30,7 +28,7 @@ fn agent_metric(port: u16, name: &str) -> Option<i64> {
 }
 
 /// Every key's state as `signet ca show` prints it, by ID.
-fn key_states(ca: &TestCa) -> Option<BTreeMap<String, String>> {
+fn key_states(ca: &CaProcess) -> Option<BTreeMap<String, String>> {
     let out = run(&["ca", "show", "--output", "json"], &ca.admin_socket);
     if !out.status.success() {
         return None;
@@ -52,6 +50,7 @@ fn key_states(ca: &TestCa) -> Option<BTreeMap<String, String>> {
 
 #[test]
 fn requests_survive_key_rotation_a_killed_replica_and_a_database_restart() {
+    let _alone = crate::alone();
     let Some(pg) = TestPostgres::own() else {
         return;
     };
@@ -66,8 +65,8 @@ fn requests_survive_key_rotation_a_killed_replica_and_a_database_restart() {
     )
     .unwrap();
     let args = ["--config", cfg.to_str().unwrap(), "--database-url", &url];
-    let a = TestCa::start(&args);
-    let mut b = TestCa::start(&args);
+    let a = CaProcess::start(&args);
+    let mut b = CaProcess::start(&args);
     eventually(
         Duration::from_secs(10),
         "both replicas' keys in the bundle",

@@ -9,13 +9,11 @@
 //! the Go test likewise without `go`, failing under `SIGNET_REQUIRE_GO=1`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
-use support::go::run as go;
-use support::python::{py, python, python_spiffe_available};
-use support::*;
+use signet_test_support::go::run as go;
+use signet_test_support::python::{py, python, python_spiffe_available};
+use signet_test_support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[test]
@@ -23,8 +21,8 @@ fn the_python_spiffe_library_fetches_svids_and_bundles_and_follows_rotation() {
     if !python_spiffe_available() {
         return;
     }
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/python",
         "node-1",
@@ -60,8 +58,8 @@ fn the_python_spiffe_library_sees_a_refused_caller_as_permission_denied() {
     if !python_spiffe_available() {
         return;
     }
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     // An identity exists on this node, but for another user only.
     let other = my_uid().wrapping_add(4242);
     ca.entry(
@@ -76,11 +74,11 @@ fn the_python_spiffe_library_sees_a_refused_caller_as_permission_denied() {
 
 #[test]
 fn the_go_spiffe_library_fetches_x509_and_jwt_svids_and_validates_tokens() {
-    let Some(client) = support::go::go_client() else {
+    let Some(client) = signet_test_support::go::go_client() else {
         return;
     };
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     // Refused before any entry exists: the library reports PermissionDenied.
     let refused = go(&client, &["error", &agent.endpoint()]);
     assert!(refused.contains("PermissionDenied"), "{refused}");
@@ -170,8 +168,8 @@ const PROTOCOL_ERROR: u32 = 1;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_unix_socket_accepts_a_socket_path_as_authority() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     // The agent's Unix socket: the socket path, percent-encoded or not,
     // and an empty authority are all answered.
     let path = agent.socket.display().to_string();

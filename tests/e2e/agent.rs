@@ -2,14 +2,12 @@
 //! the independent `spiffe` crate as the Workload API client.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use signet_identity::TrustDomain;
 use signet_proto::node as pb;
-use support::*;
+use signet_test_support::*;
 use tokio_stream::StreamExt;
 
 const TD: &str = "example.org";
@@ -18,14 +16,14 @@ fn uid_selector() -> String {
     format!("unix:uid:{}", my_uid())
 }
 
-async fn spiffe_client(agent: &TestAgent) -> spiffe::WorkloadApiClient {
+async fn spiffe_client(agent: &AgentProcess) -> spiffe::WorkloadApiClient {
     spiffe::WorkloadApiClient::connect_to(agent.endpoint())
         .await
         .unwrap()
 }
 
 /// Fetches through the spiffe crate until an SVID arrives.
-async fn fetch_svid(agent: &TestAgent, timeout: Duration) -> spiffe::X509Svid {
+async fn fetch_svid(agent: &AgentProcess, timeout: Duration) -> spiffe::X509Svid {
     let client = spiffe_client(agent).await;
     let deadline = Instant::now() + timeout;
     loop {
@@ -48,8 +46,8 @@ fn leaf_serial(svid: &spiffe::X509Svid) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workload_gets_its_svid_through_the_spiffe_crate() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/ns/test/sa/me",
         "node-1",
@@ -98,8 +96,8 @@ async fn workload_gets_its_svid_through_the_spiffe_crate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_is_pushed_on_the_open_stream() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/rotating",
         "node-1",
@@ -131,8 +129,8 @@ async fn rotation_is_pushed_on_the_open_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_entry_reaches_an_open_stream_within_a_second() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/first",
         "node-1",
@@ -172,8 +170,8 @@ fn a_caller_with_another_uid_is_refused_and_gets_no_key() {
         eprintln!("!!! SKIPPING: needs root to run a child as another uid");
         return;
     }
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/root-only",
         "node-1",
@@ -210,8 +208,8 @@ fn a_caller_with_another_uid_is_refused_and_gets_no_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_the_security_header_are_rejected() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry("spiffe://example.org/me", "node-1", &[&uid_selector()], &[]);
     fetch_svid(&agent, Duration::from_secs(10)).await;
     let mut client = workload_api_client(&agent.socket).await;
@@ -232,10 +230,10 @@ async fn requests_without_the_security_header_are_rejected() {
 
 #[test]
 fn a_used_or_expired_join_token_is_refused() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let token = ca.token("node-1");
-    let _first = TestAgent::start(&ca, &token, &[]);
-    let (_dir, mut cmd, _) = TestAgent::command(&ca, &token, &[]);
+    let _first = AgentProcess::start(&ca, &token, &[]);
+    let (_dir, mut cmd, _) = AgentProcess::command(&ca, &token, &[]);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -246,7 +244,7 @@ fn a_used_or_expired_join_token_is_refused() {
         .trim()
         .to_owned();
     std::thread::sleep(Duration::from_millis(2100));
-    let (_dir, mut cmd, _) = TestAgent::command(&ca, &short, &[]);
+    let (_dir, mut cmd, _) = AgentProcess::command(&ca, &short, &[]);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -259,9 +257,9 @@ fn csr() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_cannot_get_an_svid_for_another_agents_entry() {
-    let ca = TestCa::start(&[]);
-    let a1 = TestAgent::start(&ca, &ca.token("node-1"), &[]);
-    let _a2 = TestAgent::start(&ca, &ca.token("node-2"), &[]);
+    let ca = CaProcess::start(&[]);
+    let a1 = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
+    let _a2 = AgentProcess::start(&ca, &ca.token("node-2"), &[]);
     let mine = ca.entry("spiffe://example.org/mine", "node-1", &["unix:uid:1"], &[]);
     let theirs = ca.entry(
         "spiffe://example.org/theirs",
@@ -311,9 +309,9 @@ async fn an_agent_cannot_get_an_svid_for_another_agents_entry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_can_mint_jwt_svids_only_for_its_own_entries_within_the_audience_limits() {
-    let ca = TestCa::start(&[]);
-    let a1 = TestAgent::start(&ca, &ca.token("node-1"), &[]);
-    let _a2 = TestAgent::start(&ca, &ca.token("node-2"), &[]);
+    let ca = CaProcess::start(&[]);
+    let a1 = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
+    let _a2 = AgentProcess::start(&ca, &ca.token("node-2"), &[]);
     let mine = ca.entry("spiffe://example.org/mine", "node-1", &["unix:uid:1"], &[]);
     let theirs = ca.entry(
         "spiffe://example.org/theirs",
@@ -374,8 +372,8 @@ async fn an_agent_can_mint_jwt_svids_only_for_its_own_entries_within_the_audienc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_banned_agent_can_neither_renew_nor_sign_nor_reattest() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let entry = ca.entry("spiffe://example.org/w", "node-1", &["unix:uid:1"], &[]);
     let mut client = node_client_as(&agent, &ca.node_addr()).await;
     ca.run_ok(&["agent", "ban", "spiffe://example.org/signet/agent/node-1"]);
@@ -396,7 +394,7 @@ async fn a_banned_agent_can_neither_renew_nor_sign_nor_reattest() {
         .err()
         .unwrap();
     assert_eq!(s.code(), tonic::Code::PermissionDenied);
-    let (_dir, mut cmd, _) = TestAgent::command(&ca, &ca.token("node-1"), &[]);
+    let (_dir, mut cmd, _) = AgentProcess::command(&ca, &ca.token("node-1"), &[]);
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("banned"), "{err}");
@@ -404,8 +402,8 @@ async fn a_banned_agent_can_neither_renew_nor_sign_nor_reattest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_evicted_agent_is_refused_until_it_reattests_with_a_new_token() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let entry = ca.entry("spiffe://example.org/w", "node-1", &["unix:uid:1"], &[]);
     let mut client = node_client_as(&agent, &ca.node_addr()).await;
     ca.run_ok(&["agent", "evict", "spiffe://example.org/signet/agent/node-1"]);
@@ -420,7 +418,7 @@ async fn an_evicted_agent_is_refused_until_it_reattests_with_a_new_token() {
         .err()
         .unwrap();
     assert_eq!(s.code(), tonic::Code::PermissionDenied);
-    let again = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let again = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let mut client = node_client_as(&again, &ca.node_addr()).await;
     client
         .sign_svids(pb::SignSvidsRequest {
@@ -435,9 +433,9 @@ async fn an_evicted_agent_is_refused_until_it_reattests_with_a_new_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workloads_keep_cached_svids_while_the_ca_is_down_and_rotation_resumes_after() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let node_port = ca.node_port;
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/durable",
         "node-1",
@@ -451,7 +449,7 @@ async fn workloads_keep_cached_svids_while_the_ca_is_down_and_rotation_resumes_a
         let mut ca = ca;
         ca.daemon.child.kill().unwrap();
         ca.daemon.child.wait().unwrap();
-        let TestCa { dir, .. } = ca;
+        let CaProcess { dir, .. } = ca;
         dir
     };
     // The workload still gets an SVID from the agent's cache.
@@ -461,7 +459,7 @@ async fn workloads_keep_cached_svids_while_the_ca_is_down_and_rotation_resumes_a
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // CA back on the same address: the same agent process resumes rotation.
-    let _ca = TestCa::start_with_port(dir, node_port, &[]);
+    let _ca = CaProcess::start_with_port(dir, node_port, &[]);
     let client = spiffe_client(&agent).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -487,8 +485,8 @@ fn svid_not_after(svid: &spiffe::X509Svid) -> i64 {
 
 #[test]
 fn agent_restart_reuses_its_stored_identity_without_a_token() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let data = agent.dir.path().join("data");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(data.join("agent_key.pem"))
@@ -506,7 +504,7 @@ fn agent_restart_reuses_its_stored_identity_without_a_token() {
         socket_mode, 0o777,
         "the Workload API socket is open to every local user"
     );
-    let TestAgent {
+    let AgentProcess {
         dir,
         mut daemon,
         socket,
@@ -530,8 +528,8 @@ async fn the_agent_renews_its_own_svid_and_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ca.toml");
     std::fs::write(&cfg, "default_x509_svid_ttl = 4\n").unwrap();
-    let ca = TestCa::start_in(dir, &["--config", cfg.to_str().unwrap()]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start_in(dir, &["--config", cfg.to_str().unwrap()]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry("spiffe://example.org/w", "node-1", &[&uid_selector()], &[]);
     let serial = || -> String {
         let v: serde_json::Value =
@@ -564,7 +562,7 @@ async fn the_agent_renews_its_own_svid_and_keeps_serving() {
 /// A node API channel whose TLS client configuration (and so its session
 /// ticket store) the caller keeps, as an attacker resuming sessions would.
 async fn node_channel_with(
-    ca: &TestCa,
+    ca: &CaProcess,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<signet_proto::node::node_client::NodeClient<tonic::transport::Channel>, String> {
     let connector = tokio_rustls::TlsConnector::from(config);
@@ -588,7 +586,7 @@ async fn node_channel_with(
 /// One TLS connection to the node API that reads the server's first bytes
 /// (which also takes in any session ticket); returns its handshake kind.
 async fn raw_handshake_kind(
-    ca: &TestCa,
+    ca: &CaProcess,
     config: Arc<rustls::ClientConfig>,
 ) -> Option<rustls::HandshakeKind> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -615,8 +613,8 @@ async fn an_expired_agent_svid_cannot_renew_through_resumption_or_an_old_connect
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ca.toml");
     std::fs::write(&cfg, "default_x509_svid_ttl = 4\n").unwrap();
-    let ca = TestCa::start_in(dir, &["--config", cfg.to_str().unwrap()]);
-    let mut agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start_in(dir, &["--config", cfg.to_str().unwrap()]);
+    let mut agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     agent.daemon.terminate();
     let td = TrustDomain::new(TD).unwrap();
     let (svid, bundle) = signet_agent::agent_identity::load(&agent.dir.path().join("data"), &td)
@@ -679,14 +677,14 @@ async fn an_expired_agent_svid_cannot_renew_through_resumption_or_an_old_connect
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
-    let ca = TestCa::start(&[]);
-    let TestAgent {
+    let ca = CaProcess::start(&[]);
+    let AgentProcess {
         dir,
         mut daemon,
         socket,
-    } = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    } = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     assert!(daemon.terminate());
-    let agent = TestAgent {
+    let agent = AgentProcess {
         dir,
         daemon,
         socket,
@@ -722,7 +720,9 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
         .await
         .unwrap()
         .into_inner();
-    let (s3_svid, bundle) = signet_agent::agent_identity::from_response(&resp, &key, std::time::SystemTime::now()).unwrap();
+    let (s3_svid, bundle) =
+        signet_agent::agent_identity::from_response(&resp, &key, std::time::SystemTime::now())
+            .unwrap();
     let td = TrustDomain::new(TD).unwrap();
     let trust = signet_agent::node_client::ServerTrust::Bundle(
         signet_identity::tls::BundleHandle::new(bundle),
@@ -748,8 +748,8 @@ async fn a_renewal_lost_on_the_way_does_not_lock_the_agent_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sign_batch_cap_holds_at_1000_and_an_agent_with_1001_entries_gets_every_svid() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let mut admin = admin_client(&ca).await;
     let mut ids = Vec::new();
     for i in 0..1001 {
@@ -791,7 +791,7 @@ async fn the_sign_batch_cap_holds_at_1000_and_an_agent_with_1001_entries_gets_ev
 }
 
 /// The agent's metrics port, from its ready line.
-fn agent_metrics_port(agent: &TestAgent) -> u16 {
+fn agent_metrics_port(agent: &AgentProcess) -> u16 {
     let line = agent
         .daemon
         .log
@@ -807,15 +807,15 @@ fn agent_metrics_port(agent: &TestAgent) -> u16 {
 
 #[test]
 fn an_agent_restarted_while_the_ca_is_down_is_not_ready_until_it_has_svids() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let node_port = ca.node_port;
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry("spiffe://example.org/w", "node-1", &[&uid_selector()], &[]);
     let port = agent_metrics_port(&agent);
     eventually(Duration::from_secs(10), "the agent to be ready", || {
         (http_get(port, "/ready").0 == 200).then_some(())
     });
-    let TestAgent {
+    let AgentProcess {
         dir,
         mut daemon,
         socket,
@@ -846,7 +846,7 @@ fn an_agent_restarted_while_the_ca_is_down_is_not_ready_until_it_has_svids() {
     assert!(line.contains("no SVIDs to serve"), "{line}");
     assert_eq!(http_get(metrics_port, "/ready").0, 503);
     // The CA is back: SVIDs, then ready.
-    let _ca = TestCa::start_with_port(ca_dir, node_port, &[]);
+    let _ca = CaProcess::start_with_port(ca_dir, node_port, &[]);
     eventually(Duration::from_secs(40), "ready once the CA answers", || {
         (http_get(metrics_port, "/ready").0 == 200).then_some(())
     });
@@ -854,9 +854,9 @@ fn an_agent_restarted_while_the_ca_is_down_is_not_ready_until_it_has_svids() {
 
 #[test]
 fn the_join_token_can_come_from_a_file_or_the_environment_and_stay_out_of_ps() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     // From a file.
-    let (dir, _, socket) = TestAgent::command(&ca, "unused", &[]);
+    let (dir, _, socket) = AgentProcess::command(&ca, "unused", &[]);
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{}\n", ca.token("node-file"))).unwrap();
     let mut cmd = signet();
@@ -878,7 +878,7 @@ fn the_join_token_can_come_from_a_file_or_the_environment_and_stay_out_of_ps() {
         "the token is in the command line"
     );
     // From the environment.
-    let (dir, _, socket) = TestAgent::command(&ca, "unused", &[]);
+    let (dir, _, socket) = AgentProcess::command(&ca, "unused", &[]);
     let mut cmd = signet();
     cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--trust-bundle"])
         .arg(ca.bundle_file())
@@ -899,8 +899,8 @@ fn the_join_token_can_come_from_a_file_or_the_environment_and_stay_out_of_ps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn open_streams_end_with_permission_denied_when_the_last_entry_is_deleted() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let keep = ca.entry("spiffe://example.org/a", "node-1", &[&uid_selector()], &[]);
     let drop_first = ca.entry("spiffe://example.org/b", "node-1", &[&uid_selector()], &[]);
     fetch_svid(&agent, Duration::from_secs(10)).await;
@@ -965,8 +965,8 @@ async fn open_streams_end_with_permission_denied_when_the_last_entry_is_deleted(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hints_travel_from_the_entry_to_the_workload_and_name_one_svid_each() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let me = uid_selector();
     ca.entry(
         "spiffe://example.org/in",
@@ -1036,8 +1036,8 @@ async fn hints_travel_from_the_entry_to_the_workload_and_name_one_svid_each() {
 async fn discovery_watches_cannot_starve_svid_renewal_or_jwt_minting() {
     use signet_proto::mesh::{mesh_client::MeshClient, WatchRequest};
     use signet_proto::workload::JwtsvidRequest;
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/web",
         "node-1",

@@ -3,13 +3,11 @@
 //! policy, Ctrl-C, and check every child is gone and the directory removed.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::*;
+use signet_test_support::*;
 
 fn value_after<'a>(text: &'a str, label: &str) -> &'a str {
     text.lines()
@@ -33,19 +31,8 @@ fn curl_port(text: &str, who: &str) -> u16 {
         .unwrap()
 }
 
-fn get(port: u16) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, resp)
+fn get(port: u16) -> u16 {
+    signet_test_support::http::request(port, "GET", "x", "/", "", Duration::from_secs(10)).status
 }
 
 fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -150,8 +137,8 @@ fn signet_dev_runs_the_demo_and_cleans_up_after_ctrl_c() {
         String::from_utf8_lossy(&eval.stdout)
     );
     let (checkout, web) = (curl_port(&text, "as checkout"), curl_port(&text, "as web"));
-    assert_eq!(get(checkout).0, 200);
-    assert_eq!(get(web).0, 403);
+    assert_eq!(get(checkout), 200);
+    assert_eq!(get(web), 403);
 
     // Editing the printed policy file visibly changes what the demo allows.
     std::fs::write(
@@ -162,7 +149,7 @@ fn signet_dev_runs_the_demo_and_cleans_up_after_ctrl_c() {
     eventually(
         Duration::from_secs(10),
         "web to be allowed after the policy edit",
-        || (get(web).0 == 200).then_some(()),
+        || (get(web) == 200).then_some(()),
     );
 
     // Ctrl-C: everything stops and the directory goes away.

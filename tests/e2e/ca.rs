@@ -2,15 +2,13 @@
 //! binary as separate processes.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use signet_test_support::*;
 
 const AGENT: &str = "spiffe://example.org/signet/agent/node-1";
 
-fn create_web_entry(ca: &TestCa) -> String {
+fn create_web_entry(ca: &CaProcess) -> String {
     ca.run_ok(&[
         "entry",
         "create",
@@ -29,7 +27,7 @@ fn create_web_entry(ca: &TestCa) -> String {
 
 #[test]
 fn token_and_entry_create_print_only_the_value_on_stdout() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let token = ca.run_ok(&["token", "create", "--ttl", "5m", "--node-name", "node-1"]);
     let token = token.strip_suffix('\n').unwrap();
     assert_eq!(token.len(), 64, "{token:?}");
@@ -46,7 +44,7 @@ fn token_and_entry_create_print_only_the_value_on_stdout() {
 
 #[test]
 fn entry_lifecycle_through_the_cli() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let id = create_web_entry(&ca).trim().to_owned();
     let list: serde_json::Value =
         serde_json::from_str(&ca.run_ok(&["entry", "list", "--output", "json"])).unwrap();
@@ -92,7 +90,7 @@ fn entry_lifecycle_through_the_cli() {
 
 #[test]
 fn bad_admin_input_gets_one_line_that_says_what_to_fix_and_stores_nothing() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     create_web_entry(&ca);
     let dup = ca.run_err(&[
         "entry",
@@ -181,13 +179,13 @@ fn bad_admin_input_gets_one_line_that_says_what_to_fix_and_stores_nothing() {
 
 #[test]
 fn restart_keeps_entries_ca_key_and_bundle() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let id = create_web_entry(&ca).trim().to_owned();
     let bundle = ca.run_ok(&["bundle", "show"]);
     let socket = ca.admin_socket.clone();
     let dir = ca.stop();
     assert!(!socket.exists(), "admin socket removed on shutdown");
-    let ca = TestCa::start_in(dir, &[]);
+    let ca = CaProcess::start_in(dir, &[]);
     assert_eq!(ca.run_ok(&["bundle", "show"]), bundle);
     let shown: serde_json::Value =
         serde_json::from_str(&ca.run_ok(&["entry", "show", &id, "--output", "json"])).unwrap();
@@ -196,7 +194,7 @@ fn restart_keeps_entries_ca_key_and_bundle() {
 
 #[test]
 fn bundle_is_published_as_pem_and_spiffe_jwks() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let pem = ca.run_ok(&["bundle", "show", "--format", "pem"]);
     let path = ca.dir.path().join("bundle.pem");
     std::fs::write(&path, &pem).unwrap();
@@ -230,7 +228,7 @@ fn bundle_is_published_as_pem_and_spiffe_jwks() {
 
 #[test]
 fn health_and_metrics_endpoints_answer() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     assert_eq!(ca.http_get("/live").0, 200);
     assert_eq!(ca.http_get("/ready"), (200, "ready\n".to_string()));
     ca.run_ok(&["token", "create"]);
@@ -301,7 +299,7 @@ fn config_file_is_read_and_flags_override_it() {
 #[test]
 fn admin_socket_is_owner_only_and_other_users_are_refused_even_if_its_mode_is_loosened() {
     use std::os::unix::fs::PermissionsExt;
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let mode = std::fs::metadata(&ca.admin_socket)
         .unwrap()
         .permissions()
@@ -333,7 +331,7 @@ fn admin_socket_is_owner_only_and_other_users_are_refused_even_if_its_mode_is_lo
 
 #[test]
 fn a_missing_signing_key_file_stops_the_ca_instead_of_making_a_new_root() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let bundle = ca.run_ok(&["bundle", "show"]);
     let dir = ca.stop();
     let keys = dir.path().join("data/keys");
@@ -373,14 +371,14 @@ fn a_missing_signing_key_file_stops_the_ca_instead_of_making_a_new_root() {
 
     // Restored: the same CA, the same bundle.
     std::fs::rename(&aside, &key_file).unwrap();
-    let ca = TestCa::start_in(dir, &[]);
+    let ca = CaProcess::start_in(dir, &[]);
     assert_eq!(ca.run_ok(&["bundle", "show"]), bundle);
     let dir = ca.stop();
 
     // Lost for good: the operator asks for a new key; the old root stays
     // in the bundle so SVIDs it signed keep verifying until they expire.
     std::fs::remove_file(&key_file).unwrap();
-    let ca = TestCa::start_in(dir, &["--replace-lost-key"]);
+    let ca = CaProcess::start_in(dir, &["--replace-lost-key"]);
     let after = ca.run_ok(&["bundle", "show"]);
     assert!(after.contains(bundle.trim()), "old root kept");
     assert_eq!(after.matches("BEGIN CERTIFICATE").count(), 2, "{after}");
@@ -388,7 +386,7 @@ fn a_missing_signing_key_file_stops_the_ca_instead_of_making_a_new_root() {
 
 #[test]
 fn ready_turns_false_when_the_entries_table_cannot_be_read() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     create_web_entry(&ca);
     assert_eq!(ca.http_get("/ready").0, 200);
     let db = ca.dir.path().join("data/signet.db");
@@ -423,7 +421,7 @@ fn ready_turns_false_when_the_entries_table_cannot_be_read() {
 
 #[test]
 fn every_admin_call_is_audited_with_who_what_and_result_but_no_secret() {
-    let mut ca = TestCa::start(&[]);
+    let mut ca = CaProcess::start(&[]);
     create_web_entry(&ca);
     let token = ca.token("node-1");
     ca.run_err(&["agent", "ban", "spiffe://example.org/signet/agent/nope"]);
@@ -461,7 +459,7 @@ fn every_admin_call_is_audited_with_who_what_and_result_but_no_secret() {
 
 #[test]
 fn ca_show_lists_the_x509_and_jwt_signing_keys_with_their_states() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let keys: serde_json::Value =
         serde_json::from_str(&ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
     let keys = keys.as_array().unwrap();
@@ -505,7 +503,7 @@ fn ca_show_lists_the_x509_and_jwt_signing_keys_with_their_states() {
 /// every daemon.
 #[test]
 fn absurd_lifetimes_and_configuration_files_are_refused_in_one_line() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let e = ca.run_err(&["token", "create", "--ttl", "99999999999d"]);
     assert!(e.contains("at most 30 days"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");

@@ -3,13 +3,11 @@
 //! its SVIDs being replaced.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::{Duration, Instant, SystemTime};
 
 use signet_identity::{TrustBundle, TrustDomain};
 use signet_proto::workload as wl;
-use support::*;
+use signet_test_support::*;
 
 /// The key IDs (authority key identifiers) of the CA keys that signed the
 /// workload's SVIDs.
@@ -20,13 +18,13 @@ fn signers(m: &wl::X509svidResponse) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn bundle(ca: &TestCa) -> TrustBundle {
+fn bundle(ca: &CaProcess) -> TrustBundle {
     let td = TrustDomain::new("example.org").unwrap();
     TrustBundle::from_pem(td, &ca.run_ok(&["bundle", "show"])).unwrap()
 }
 
 /// `signet ca show --output json`: the state of key `id`.
-fn state(ca: &TestCa, id: &str) -> String {
+fn state(ca: &CaProcess, id: &str) -> String {
     let keys: serde_json::Value =
         serde_json::from_str(&ca.run_ok(&["ca", "show", "--output", "json"])).unwrap();
     keys.as_array()
@@ -41,8 +39,8 @@ fn state(ca: &TestCa, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tainted_keys_svids_are_replaced_at_the_workloads_and_revocation_waits_for_them() {
-    let ca = TestCa::start(&[]);
-    let mut agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let mut agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry("spiffe://example.org/a", "node-1", &[&uid], &[]);
     ca.entry("spiffe://example.org/b", "node-1", &[&uid], &[]);
@@ -134,7 +132,7 @@ async fn a_tainted_keys_svids_are_replaced_at_the_workloads_and_revocation_waits
 
 /// `signet id jwt` through `agent`: the token, once the agent has an
 /// identity for the caller.
-fn fetch_jwt(agent: &TestAgent, audience: &str) -> String {
+fn fetch_jwt(agent: &AgentProcess, audience: &str) -> String {
     eventually(Duration::from_secs(20), "a JWT-SVID", || {
         let out = signet()
             .args(["id", "jwt", "--audience", audience, "--socket"])
@@ -156,8 +154,8 @@ fn kid_of(token: &str) -> String {
 
 #[test]
 fn a_tainted_jwt_keys_tokens_stop_being_handed_out_and_revocation_unpublishes_it() {
-    let ca = TestCa::start(&[]);
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let ca = CaProcess::start(&[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/a",
         "node-1",
@@ -205,7 +203,7 @@ fn a_tainted_jwt_keys_tokens_stop_being_handed_out_and_revocation_unpublishes_it
 /// names the fix, for X.509 and JWT keys alike.
 #[test]
 fn parallel_prepares_through_the_cli_prepare_one_key() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     for kind in ["x509", "jwt"] {
         let calls: Vec<_> = (0..6)
             .map(|_| {

@@ -4,15 +4,13 @@
 //! database alone. Real `signet` processes, real TLS, a real PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use signet_proto::admin as admin_pb;
 use signet_proto::node as pb;
 use signet_test_support::postgres::TestPostgres;
-use support::*;
+use signet_test_support::*;
 
 type AdminClient = admin_pb::admin_client::AdminClient<tonic::transport::Channel>;
 type Snapshots = tonic::Streaming<pb::EntrySnapshot>;
@@ -79,7 +77,7 @@ async fn open(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn entry_streams_page_large_updates_and_resume_with_deltas() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let mut admin = admin_client(&ca).await;
     let mut node = attested_node_client(&ca, "node-1").await;
     // Exactly one page of entries: one message.
@@ -176,9 +174,9 @@ async fn entry_streams_page_large_updates_and_resume_with_deltas() {
 }
 
 /// Two replicas on one database, each with its own data dir.
-fn replicas(url: &str) -> (TestCa, TestCa) {
-    let a = TestCa::start(&["--database-url", url]);
-    let b = TestCa::start(&["--database-url", url]);
+fn replicas(url: &str) -> (CaProcess, CaProcess) {
+    let a = CaProcess::start(&["--database-url", url]);
+    let b = CaProcess::start(&["--database-url", url]);
     // Each replica has its own signing key; the bundle is the union, and
     // replica A learns of B's key through the change feed.
     eventually(
@@ -222,7 +220,7 @@ async fn a_change_through_one_replica_reaches_agents_on_another_and_agents_fail_
     let (mut a, mut b) = replicas(&url);
     let uid = format!("unix:uid:{}", my_uid());
     // The agent knows both replicas.
-    let agent = TestAgent::start(&a, &a.token("node-1"), &["--ca", &b.node_addr()]);
+    let agent = AgentProcess::start(&a, &a.token("node-1"), &["--ca", &b.node_addr()]);
     a.entry("spiffe://example.org/one", "node-1", &[&uid], &[]);
     let (mut svids, _) = svid_stream(&agent, 1).await;
     // Made through B, delivered by whichever replica the agent is on.
@@ -249,7 +247,7 @@ async fn idle_entry_streams_leave_the_database_alone() {
     };
     let url = pg.fresh_database();
     let db = url.rsplit('/').next().unwrap().to_owned();
-    let ca = TestCa::start(&["--database-url", &url]);
+    let ca = CaProcess::start(&["--database-url", &url]);
     let mut admin = admin_client(&ca).await;
     const AGENTS: usize = 30;
     let mut streams = Vec::new();

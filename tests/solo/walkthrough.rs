@@ -4,6 +4,7 @@
 
 #[test]
 fn the_readme_two_host_walkthrough_works_as_written() {
+    let _alone = crate::alone();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/walkthrough.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)

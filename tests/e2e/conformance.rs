@@ -10,8 +10,6 @@
 //! (CI) turns that into a failure.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +17,7 @@ use signet_identity::x509_svid::{leaf_violations, signing_violations};
 use signet_identity::{
     certificates_from_pem_or_der, verify_x509_svid, TrustBundle, TrustDomain, Violation,
 };
-use support::*;
+use signet_test_support::*;
 
 fn vectors() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");

@@ -2,13 +2,11 @@
 //! real processes, an echo app behind the inbound proxy.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use signet_test_support::*;
 
 fn pseudo_random(len: usize) -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -793,7 +791,7 @@ fn an_expired_svid_that_is_not_renewed_makes_new_connections_fail_closed() {
 
 #[test]
 fn an_http_connection_serves_no_request_once_its_callers_ca_key_is_revoked() {
-    let Some(go) = support::go::go_client() else {
+    let Some(go) = signet_test_support::go::go_client() else {
         return;
     };
     // HTTP mode decides each request, and one HTTP/2 connection carries
@@ -804,7 +802,7 @@ fn an_http_connection_serves_no_request_once_its_callers_ca_key_is_revoked() {
     // HTTP/1.1 connection does not live that long: the proxy's header
     // timeout closes it.)
     let mesh = Mesh::start_with(ALLOW_CHECKOUT, PAYMENTS, "1h", "http");
-    let (go, first) = support::go::GoTwoStep::start(
+    let (go, first) = signet_test_support::go::GoTwoStep::start(
         &go,
         &[
             "get-wait",

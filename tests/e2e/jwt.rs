@@ -7,19 +7,17 @@
 //! token failing validation.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Map, Value};
 use signet_identity::jwt_svid::{jwt_svid_claims, JwtAlgorithm, JwtSigningKey};
 use signet_identity::SpiffeId;
-use support::python::{py, python, python_spiffe_available};
-use support::*;
+use signet_test_support::python::{py, python, python_spiffe_available};
+use signet_test_support::*;
 
 /// A CA with JWT settings from a config file (and OIDC on a free port).
-fn ca_with(config: &str) -> (TestCa, u16) {
+fn ca_with(config: &str) -> (CaProcess, u16) {
     let dir = tempfile::tempdir().unwrap();
     let oidc_port = signet_test_support::free_port();
     let path = dir.path().join("ca.toml");
@@ -30,12 +28,12 @@ fn ca_with(config: &str) -> (TestCa, u16) {
         ),
     )
     .unwrap();
-    let ca = TestCa::start_in(dir, &["--config", path.to_str().unwrap()]);
+    let ca = CaProcess::start_in(dir, &["--config", path.to_str().unwrap()]);
     (ca, oidc_port)
 }
 
 /// `signet id jwt` through `agent`: the token.
-fn fetch_jwt(agent: &TestAgent, audience: &str) -> String {
+fn fetch_jwt(agent: &AgentProcess, audience: &str) -> String {
     let out = signet()
         .args(["id", "jwt", "--audience", audience, "--socket"])
         .arg(&agent.socket)
@@ -52,7 +50,7 @@ fn fetch_jwt(agent: &TestAgent, audience: &str) -> String {
 }
 
 /// `signet jwt validate` through `agent`: (exit ok, stdout).
-fn validate(agent: &TestAgent, audience: &str, token: &str) -> (bool, String) {
+fn validate(agent: &AgentProcess, audience: &str, token: &str) -> (bool, String) {
     let out = signet()
         .args(["jwt", "validate", "--audience", audience, token, "--socket"])
         .arg(&agent.socket)
@@ -80,7 +78,7 @@ fn inspect(bundle: &std::path::Path, audience: &str, token: &str) -> (bool, Stri
 
 /// The CA's active JWT key, read from its data dir (what a forger who
 /// stole it would have; here it signs tokens that break other rules).
-fn ca_jwt_key(ca: &TestCa, kid: &str) -> JwtSigningKey {
+fn ca_jwt_key(ca: &CaProcess, kid: &str) -> JwtSigningKey {
     let path: PathBuf = ca.dir.path().join(format!("data/keys/jwt-{kid}.pk8"));
     JwtSigningKey::from_pkcs8(JwtAlgorithm::Es256, &std::fs::read(path).unwrap()).unwrap()
 }
@@ -110,8 +108,8 @@ fn hand_made(header: Value, claims: &Map<String, Value>, sig: &[u8]) -> String {
 #[test]
 fn a_jwt_from_one_agent_validates_at_another_and_every_forgery_is_refused_for_its_reason() {
     let (ca, oidc_port) = ca_with("");
-    let a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
-    let b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+    let a = AgentProcess::start(&ca, &ca.token("node-a"), &[]);
+    let b = AgentProcess::start(&ca, &ca.token("node-b"), &[]);
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry(
         "spiffe://example.org/a",
@@ -309,7 +307,7 @@ fn the_python_spiffe_library_fetches_and_validates_jwt_svids() {
         return;
     }
     let (ca, _) = ca_with("");
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/python",
         "node-1",
@@ -339,7 +337,7 @@ fn the_python_spiffe_library_fetches_and_validates_jwt_svids() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rust_spiffe_crate_fetches_and_validates_jwt_svids() {
     let (ca, _) = ca_with("");
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/rust",
         "node-1",
@@ -384,8 +382,8 @@ async fn the_rust_spiffe_crate_fetches_and_validates_jwt_svids() {
 fn jwt_keys_rotate_with_no_token_failing_validation() {
     // 12 s keys: the next is published at 6 s left and signs from 2 s left.
     let (ca, _) = ca_with("jwt_key_ttl = 12\nmax_jwt_svid_ttl = 2\ndefault_jwt_svid_ttl = 2\n");
-    let a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
-    let b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+    let a = AgentProcess::start(&ca, &ca.token("node-a"), &[]);
+    let b = AgentProcess::start(&ca, &ca.token("node-b"), &[]);
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry("spiffe://example.org/a", "node-a", &[&uid], &[]);
     ca.entry("spiffe://example.org/b", "node-b", &[&uid], &[]);
@@ -449,7 +447,7 @@ fn oidc_tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
 /// A CA with `config` and OIDC discovery over TLS on a free port, its
 /// issuer `https://127.0.0.1:<port><path>`: the CA, the port, and the file
 /// of the root that signed the listener's certificate.
-fn ca_with_oidc_over_tls(config: &str, path: &str) -> (TestCa, u16, PathBuf) {
+fn ca_with_oidc_over_tls(config: &str, path: &str) -> (CaProcess, u16, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let (ca_pem, cert, key) = oidc_tls_files(dir.path());
     let oidc_port = signet_test_support::free_port();
@@ -463,14 +461,14 @@ fn ca_with_oidc_over_tls(config: &str, path: &str) -> (TestCa, u16, PathBuf) {
         ),
     )
     .unwrap();
-    let ca = TestCa::start_in(dir, &["--config", file.to_str().unwrap()]);
+    let ca = CaProcess::start_in(dir, &["--config", file.to_str().unwrap()]);
     (ca, oidc_port, ca_pem)
 }
 
 #[test]
 fn oidc_discovery_over_tls_serves_rs256_keys_that_pyjwt_verifies() {
     let (ca, oidc_port, ca_pem) = ca_with_oidc_over_tls("jwt_key_type = \"rsa-2048\"", "");
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/rsa",
         "node-1",
@@ -519,7 +517,7 @@ fn oidc_discovery_over_tls_serves_rs256_keys_that_pyjwt_verifies() {
 fn an_issuer_with_a_path_is_served_under_it_and_pyjwt_follows_discovery() {
     let (ca, oidc_port, ca_pem) = ca_with_oidc_over_tls("", "/tenant-a");
     let issuer = format!("https://127.0.0.1:{oidc_port}/tenant-a");
-    let agent = TestAgent::start(&ca, &ca.token("node-1"), &[]);
+    let agent = AgentProcess::start(&ca, &ca.token("node-1"), &[]);
     ca.entry(
         "spiffe://example.org/tenant",
         "node-1",
@@ -566,7 +564,7 @@ fn an_issuer_with_a_path_is_served_under_it_and_pyjwt_follows_discovery() {
 }
 
 /// `signet id jwt` for identity `id` (one of this process's).
-fn fetch_jwt_as(agent: &TestAgent, id: &str, audience: &str) -> Result<String, String> {
+fn fetch_jwt_as(agent: &AgentProcess, id: &str, audience: &str) -> Result<String, String> {
     let out = signet()
         .args([
             "id",
@@ -592,14 +590,14 @@ fn fetch_jwt_as(agent: &TestAgent, id: &str, audience: &str) -> Result<String, S
 /// more, so another's token is cached and served while the CA is down.
 #[test]
 fn one_identity_cannot_crowd_the_others_out_of_the_jwt_svid_cache() {
-    let mut ca = TestCa::start(&[]);
+    let mut ca = CaProcess::start(&[]);
     let cfg = ca.dir.path().join("agent.toml");
     std::fs::write(
         &cfg,
         "[limits]\njwt_cache_entries = 50\njwt_cache_entries_per_identity = 20\n",
     )
     .unwrap();
-    let agent = TestAgent::start(
+    let agent = AgentProcess::start(
         &ca,
         &ca.token("node-1"),
         &["--config", cfg.to_str().unwrap()],

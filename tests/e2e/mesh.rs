@@ -8,11 +8,9 @@
 //! an identity it does not hold.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use signet_test_support::*;
 
 /// One instance of payments: an echo app behind an inbound proxy.
 struct Instance {
@@ -21,14 +19,14 @@ struct Instance {
     port: u16,
 }
 
-fn start_instance(ca: &TestCa, agent: &TestAgent, policy_dir: &std::path::Path) -> Instance {
+fn start_instance(ca: &CaProcess, agent: &AgentProcess, policy_dir: &std::path::Path) -> Instance {
     let app = EchoApp::start();
     let (proxy, port) = start_inbound(ca.dir.path(), &agent.socket, policy_dir, app.port, "");
     Instance { app, proxy, port }
 }
 
 /// `signet endpoints list --output json`: (address, node) pairs of payments.
-fn listed(ca: &TestCa) -> Vec<(String, String)> {
+fn listed(ca: &CaProcess) -> Vec<(String, String)> {
     let out = ca.run_ok(&[
         "endpoints",
         "list",
@@ -77,10 +75,10 @@ fn a_caller_finds_balances_over_and_survives_the_instances_of_a_service() {
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("ca.toml");
     std::fs::write(&cfg, "endpoint_grace = 3\n").unwrap();
-    let ca = TestCa::start(&["--config", cfg.to_str().unwrap()]);
-    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
-    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
-    let agent_c = TestAgent::start(&ca, &ca.token("node-c"), &[]);
+    let ca = CaProcess::start(&["--config", cfg.to_str().unwrap()]);
+    let agent_a = AgentProcess::start(&ca, &ca.token("node-a"), &[]);
+    let agent_b = AgentProcess::start(&ca, &ca.token("node-b"), &[]);
+    let agent_c = AgentProcess::start(&ca, &ca.token("node-c"), &[]);
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
     ca.entry(PAYMENTS, "node-b", &[&uid], &[]);
@@ -247,8 +245,8 @@ fn a_caller_finds_balances_over_and_survives_the_instances_of_a_service() {
 }
 
 fn http_instance(
-    ca: &TestCa,
-    agent: &TestAgent,
+    ca: &CaProcess,
+    agent: &AgentProcess,
     policy_dir: &std::path::Path,
     app_port: u16,
 ) -> (Daemon, u16) {
@@ -263,10 +261,10 @@ fn http_instance(
 
 /// A CA, node a with checkout, node b with payments (both as this
 /// process's uid), and a policy directory letting checkout call payments.
-fn checkout_on_a_payments_on_b() -> (TestCa, TestAgent, TestAgent, std::path::PathBuf) {
-    let ca = TestCa::start(&[]);
-    let agent_a = TestAgent::start(&ca, &ca.token("node-a"), &[]);
-    let agent_b = TestAgent::start(&ca, &ca.token("node-b"), &[]);
+fn checkout_on_a_payments_on_b() -> (CaProcess, AgentProcess, AgentProcess, std::path::PathBuf) {
+    let ca = CaProcess::start(&[]);
+    let agent_a = AgentProcess::start(&ca, &ca.token("node-a"), &[]);
+    let agent_b = AgentProcess::start(&ca, &ca.token("node-b"), &[]);
     let uid = format!("unix:uid:{}", my_uid());
     ca.entry(CHECKOUT, "node-a", &[&uid], &[]);
     ca.entry(PAYMENTS, "node-b", &[&uid], &[]);
@@ -407,7 +405,7 @@ fn http_requests_are_balanced_retried_timed_out_and_capped() {
 }
 
 /// `signet endpoints list` of payments through `ca`, as addresses.
-fn addresses(ca: &TestCa) -> Vec<String> {
+fn addresses(ca: &CaProcess) -> Vec<String> {
     listed(ca).into_iter().map(|(a, _)| a).collect()
 }
 
@@ -424,8 +422,8 @@ fn an_entitlement_change_withdraws_the_endpoints_of_a_silent_node() {
         return;
     };
     let url = pg.fresh_database();
-    let a = TestCa::start(&["--database-url", &url]);
-    let b = TestCa::start(&["--database-url", &url]);
+    let a = CaProcess::start(&["--database-url", &url]);
+    let b = CaProcess::start(&["--database-url", &url]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rogue = rt.block_on(attested_node_client(&a, "rogue"));
     let mut watcher = rt.block_on(attested_node_client(&b, "watcher"));
@@ -631,7 +629,7 @@ fn the_ca_refuses_endpoints_for_identities_the_agent_does_not_hold() {
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("ca.toml");
     std::fs::write(&cfg, "endpoint_grace = 1\n").unwrap();
-    let ca = TestCa::start(&["--config", cfg.to_str().unwrap()]);
+    let ca = CaProcess::start(&["--config", cfg.to_str().unwrap()]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rogue = rt.block_on(attested_node_client(&ca, "rogue"));
     ca.entry(CHECKOUT, "rogue", &["unix:uid:1"], &[]);
@@ -756,11 +754,11 @@ fn the_ca_refuses_endpoints_for_identities_the_agent_does_not_hold() {
 /// still reaches its agent's workload promptly.
 #[test]
 fn a_node_flooding_endpoint_updates_is_coalesced() {
-    let ca = TestCa::start(&[]);
+    let ca = CaProcess::start(&[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rogue = rt.block_on(attested_node_client(&ca, "rogue"));
     ca.entry(CHECKOUT, "rogue", &["unix:uid:1"], &[]);
-    let honest = TestAgent::start(&ca, &ca.token("honest"), &[]);
+    let honest = AgentProcess::start(&ca, &ca.token("honest"), &[]);
     const UPDATES: u64 = 500;
     let (acks, last) = rt.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::channel(UPDATES as usize);
