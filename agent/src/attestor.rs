@@ -26,7 +26,7 @@ use signet_identity::selector::unix;
 
 /// Why a caller could not be attested.
 #[derive(Debug, thiserror::Error)]
-pub enum AttestError {
+pub(crate) enum AttestError {
     /// No peer credentials on the connection.
     #[error("the caller's credentials are unavailable")]
     NoCredentials,
@@ -41,7 +41,7 @@ pub enum AttestError {
 
 /// Kernel-verified facts about the peer of a Unix socket connection.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerCred {
+pub(crate) struct PeerCred {
     /// Process ID at connect time.
     pub pid: i32,
     /// Effective user ID.
@@ -54,7 +54,7 @@ pub struct PeerCred {
 /// identity so a busy workload is hashed once. The identity is (device,
 /// inode, size, ctime): unlike mtime, the change time cannot be set back by
 /// whoever modifies the file, so a binary changed in place is hashed again.
-pub struct WorkloadAttestor {
+pub(crate) struct WorkloadAttestor {
     hashes: Mutex<HashMap<FileIdentity, String>>,
     max_hash_bytes: u64,
     users: NameTable,
@@ -115,7 +115,7 @@ impl Default for WorkloadAttestor {
 
 impl WorkloadAttestor {
     /// An attestor that hashes binaries of at most `max_hash_bytes`.
-    pub fn new(max_hash_bytes: u64) -> Self {
+    pub(crate) fn new(max_hash_bytes: u64) -> Self {
         Self {
             hashes: Mutex::new(HashMap::new()),
             max_hash_bytes,
@@ -126,7 +126,11 @@ impl WorkloadAttestor {
 
     /// The caller's selectors, e.g. `unix:uid:1000`, `unix:path:/usr/bin/app`.
     /// The binary's sha256 is computed only when `want_sha256`.
-    pub fn attest(&self, cred: PeerCred, want_sha256: bool) -> Result<Vec<String>, AttestError> {
+    pub(crate) fn attest(
+        &self,
+        cred: PeerCred,
+        want_sha256: bool,
+    ) -> Result<Vec<String>, AttestError> {
         let pid = Pid::from_raw(cred.pid).ok_or(AttestError::NoCredentials)?;
         let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|_| AttestError::CallerExited)?;
         let proc_dir = PathBuf::from(format!("/proc/{}", cred.pid));

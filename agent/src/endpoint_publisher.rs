@@ -20,7 +20,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Publishes until `stop`.
-pub async fn run(
+pub(crate) async fn run(
     local: Arc<LocalEndpoints>,
     mut ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
     mut stop: watch::Receiver<bool>,

@@ -21,7 +21,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// What local watchers of one identity see: nothing yet, the current set,
 /// or the final error (the CA refused the watch for good).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Watched {
+pub(crate) enum Watched {
     /// No answer from the CA yet.
     Pending,
     /// The identity's endpoints as the CA last sent them.
@@ -43,7 +43,7 @@ struct Inner {
 }
 
 /// The node's watches.
-pub struct EndpointWatches {
+pub(crate) struct EndpointWatches {
     mesh_link: watch::Receiver<Option<NodeClient<Channel>>>,
     inner: Mutex<Inner>,
     max_identities: usize,
@@ -52,7 +52,7 @@ pub struct EndpointWatches {
 
 /// A local watcher's hold on a shared watch; released when dropped (the
 /// caller went away), and the CA stream ends with the last one.
-pub struct Subscription {
+pub(crate) struct Subscription {
     /// The identity's endpoints, as they change.
     pub set: watch::Receiver<Watched>,
     owner: Arc<EndpointWatches>,
@@ -82,7 +82,7 @@ impl Drop for Subscription {
 impl EndpointWatches {
     /// Watches over `mesh_link`, at most `max_identities` identities at once
     /// and `max_per_uid` of them per caller uid.
-    pub fn new(
+    pub(crate) fn new(
         mesh_link: watch::Receiver<Option<NodeClient<Channel>>>,
         max_identities: usize,
         max_per_uid: usize,
@@ -100,14 +100,15 @@ impl EndpointWatches {
     }
 
     /// Identities watched at the CA now.
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> usize {
         self.lock().by_id.len()
     }
 
     /// `uid`'s watch of `id`: the shared one if the node watches `id`
     /// already, else a new CA watch, if the caps allow; RESOURCE_EXHAUSTED
     /// naming the cap otherwise.
-    pub fn subscribe(self: &Arc<Self>, id: &str, uid: u32) -> Result<Subscription, Status> {
+    pub(crate) fn subscribe(self: &Arc<Self>, id: &str, uid: u32) -> Result<Subscription, Status> {
         let mut inner = self.lock();
         let of_uid = inner
             .by_id

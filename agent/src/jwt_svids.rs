@@ -23,7 +23,7 @@ use signet_identity::x509_svid::unix_seconds;
 
 /// A signed token and its times (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedJwt {
+pub(crate) struct CachedJwt {
     /// Compact JWS.
     pub token: String,
     /// `iat`.
@@ -37,7 +37,7 @@ pub struct CachedJwt {
 impl CachedJwt {
     /// Whether it may still be handed out at `now`: less than half its
     /// lifetime gone, so the receiver gets a useful token.
-    pub fn is_fresh(&self, now: i64) -> bool {
+    pub(crate) fn is_fresh(&self, now: i64) -> bool {
         let half = (self.expires_at - self.issued_at) / 2;
         now < self.issued_at + half
     }
@@ -126,7 +126,7 @@ impl Slots {
 }
 
 /// The cache.
-pub struct JwtSvidCache {
+pub(crate) struct JwtSvidCache {
     slots: Mutex<Slots>,
     max_entries: usize,
     per_identity: usize,
@@ -137,7 +137,7 @@ pub struct JwtSvidCache {
 impl JwtSvidCache {
     /// An empty cache of at most `max_entries` (SPIFFE ID, audience) keys,
     /// at most `per_identity` of them for one SPIFFE ID.
-    pub fn new(max_entries: usize, per_identity: usize) -> Self {
+    pub(crate) fn new(max_entries: usize, per_identity: usize) -> Self {
         Self {
             slots: Mutex::new(Slots::default()),
             max_entries,
@@ -147,18 +147,15 @@ impl JwtSvidCache {
     }
 
     /// Keys held now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().total
     }
 
     /// Keys held now for `spiffe_id`.
-    pub fn len_of(&self, spiffe_id: &str) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len_of(&self, spiffe_id: &str) -> usize {
         self.lock().by_id.get(spiffe_id).map_or(0, HashMap::len)
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
@@ -225,7 +222,7 @@ impl JwtSvidCache {
     /// `usable` (its signing key still trusted), or one `mint` gets signed
     /// (only one `mint` runs per key at a time; the others wait for its
     /// result).
-    pub async fn get_or_mint<E, F, Fut>(
+    pub(crate) async fn get_or_mint<E, F, Fut>(
         &self,
         spiffe_id: &str,
         audience: &[String],

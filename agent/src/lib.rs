@@ -26,19 +26,19 @@
 //! backoff and recovery are unit-tested without sleeping.
 
 pub mod agent_identity;
-pub mod attestor;
+mod attestor;
 pub mod config;
-pub mod endpoint_publisher;
-pub mod endpoint_watches;
-pub mod jwt_svids;
-pub mod local_endpoints;
-pub mod mesh_api;
-pub mod metrics;
+mod endpoint_publisher;
+mod endpoint_watches;
+mod jwt_svids;
+mod local_endpoints;
+mod mesh_api;
+mod metrics;
 pub mod node_client;
-pub mod rotator;
+mod rotator;
 mod run;
-pub mod workload_api;
-pub mod workload_svids;
+mod workload_api;
+mod workload_svids;
 
 // Public interface.
 pub use config::AgentConfig;

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 /// One registration's state, as its caller is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegState {
+pub(crate) struct RegState {
     /// Pending, published or refused.
     pub state: State,
     /// The address as published.
@@ -32,14 +32,14 @@ struct Inner {
 }
 
 /// The registrations of this node.
-pub struct LocalEndpoints {
+pub(crate) struct LocalEndpoints {
     inner: Mutex<Inner>,
     /// Counts changes of the set (the publisher sends it again on each).
     changed: watch::Sender<u64>,
 }
 
 /// A registration, withdrawn when dropped (its call closed).
-pub struct Registration {
+pub(crate) struct Registration {
     id: u64,
     owner: Arc<LocalEndpoints>,
     /// The state its caller follows.
@@ -54,7 +54,7 @@ impl Drop for Registration {
 
 impl LocalEndpoints {
     /// No registrations.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
             changed: watch::channel(0).0,
@@ -67,7 +67,11 @@ impl LocalEndpoints {
 
     /// Holds `endpoint` until the returned registration is dropped; `None`
     /// when `max` are held already.
-    pub fn register(self: &Arc<Self>, endpoint: pb::Endpoint, max: usize) -> Option<Registration> {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        endpoint: pb::Endpoint,
+        max: usize,
+    ) -> Option<Registration> {
         let mut inner = self.lock();
         if inner.held.len() >= max {
             return None;
@@ -96,17 +100,17 @@ impl LocalEndpoints {
     }
 
     /// How many are held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().held.len()
     }
 
     /// Whether none are.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The set to publish (the same endpoint registered twice counts once).
-    pub fn set(&self) -> Vec<pb::Endpoint> {
+    pub(crate) fn set(&self) -> Vec<pb::Endpoint> {
         let mut out: Vec<pb::Endpoint> = Vec::new();
         for h in self.lock().held.values() {
             if !out
@@ -120,13 +124,17 @@ impl LocalEndpoints {
     }
 
     /// A receiver that changes whenever the set does.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
     /// Applies the CA's answer to an update: each registration is
     /// published, refused, or still pending.
-    pub fn acknowledged(&self, published: &[pb::Endpoint], refused: &[(pb::Endpoint, String)]) {
+    pub(crate) fn acknowledged(
+        &self,
+        published: &[pb::Endpoint],
+        refused: &[(pb::Endpoint, String)],
+    ) {
         for h in self.lock().held.values() {
             let e = &h.endpoint;
             let next = if let Some(p) = published
@@ -163,7 +171,7 @@ impl LocalEndpoints {
     }
 
     /// The CA connection is gone: every registration is pending again.
-    pub fn unconfirmed(&self) {
+    pub(crate) fn unconfirmed(&self) {
         self.acknowledged(&[], &[]);
     }
 }

@@ -25,7 +25,7 @@ use crate::workload_api::WorkloadApi;
 use crate::workload_svids::Snapshot;
 
 /// The mesh service.
-pub struct MeshApi {
+pub(crate) struct MeshApi {
     api: Arc<WorkloadApi>,
     local: Arc<LocalEndpoints>,
     watches: Arc<EndpointWatches>,
@@ -33,7 +33,7 @@ pub struct MeshApi {
 
 impl MeshApi {
     /// A tonic server sharing `api`'s attestation and limits.
-    pub fn server(
+    pub(crate) fn server(
         api: Arc<WorkloadApi>,
         local: Arc<LocalEndpoints>,
         watches: Arc<EndpointWatches>,

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 /// Labels of Workload API calls.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
+pub(crate) struct CallLabels {
     /// RPC method.
     pub method: String,
     /// gRPC code of the admission decision.
@@ -22,7 +22,7 @@ pub struct CallLabels {
 }
 
 /// The agent's metrics.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Workload SVIDs obtained for new entries.
     pub svids_issued: Counter,
@@ -49,14 +49,14 @@ pub struct Metrics {
 
 /// A reason label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     /// Short reason.
     pub reason: String,
 }
 
 impl Metrics {
     /// Creates and registers every metric.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("signet_agent");
         let svids_issued = Counter::default();
         registry.register(
@@ -124,7 +124,7 @@ impl Metrics {
     }
 
     /// Records a Workload API admission.
-    pub fn workload_call(&self, method: &str, code: Option<tonic::Code>) {
+    pub(crate) fn workload_call(&self, method: &str, code: Option<tonic::Code>) {
         self.workload_calls
             .get_or_create(&CallLabels {
                 method: method.into(),
@@ -134,7 +134,7 @@ impl Metrics {
     }
 
     /// Counts a connection the metrics listener refused for `reason`.
-    pub fn metrics_refused(&self, reason: &str) {
+    pub(crate) fn metrics_refused(&self, reason: &str) {
         self.metrics_refusals
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
@@ -143,7 +143,7 @@ impl Metrics {
     }
 
     /// Records a Workload API connection or stream refused by a limit.
-    pub fn workload_refused(&self, reason: &str) {
+    pub(crate) fn workload_refused(&self, reason: &str) {
         self.workload_refusals
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
@@ -160,7 +160,7 @@ impl Metrics {
 
 /// Serves the endpoints until `shutdown`. Ready means the agent has synced
 /// its entries from the CA and holds a current SVID for every one.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -15,9 +15,9 @@
 //! It reads the time only from its injected [`Clock`], so its schedule is
 //! unit-tested on a manual clock, without sleeping.
 
-pub mod node_api;
-pub mod schedule;
-pub mod sync;
+pub(crate) mod node_api;
+pub(crate) mod schedule;
+pub(crate) mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -47,7 +47,7 @@ const FIRST_UPDATE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a pass of the rotator failed: it retries after a backoff.
 #[derive(Debug, thiserror::Error)]
-pub enum PassError {
+pub(crate) enum PassError {
     /// A call to the CA failed.
     #[error(transparent)]
     Call(#[from] CallError),
@@ -75,7 +75,7 @@ enum CaState {
 }
 
 /// Owns the agent SVID and every workload SVID.
-pub struct SvidRotator<N> {
+pub(crate) struct SvidRotator<N> {
     config: AgentConfig,
     data_dir: PathBuf,
     agent: AgentSvid,
@@ -102,7 +102,7 @@ pub struct SvidRotator<N> {
 impl<N: NodeApi> SvidRotator<N> {
     /// A rotator for an attested agent, reaching the CA through `api`.
     /// `published` receives snapshots.
-    pub fn new(
+    pub(crate) fn new(
         config: AgentConfig,
         agent: AgentSvid,
         bundle: TrustBundle,
@@ -473,7 +473,7 @@ impl<N: NodeApi> SvidRotator<N> {
     }
 
     /// Runs until `stop` turns true.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
             let wake = self.turn().await;
             let sleep = Duration::from_millis((wake - self.now_ms()).max(0) as u64);

@@ -32,10 +32,10 @@ use crate::jwt_svids::{CachedJwt, JwtSvidCache};
 use crate::metrics::Metrics;
 use crate::workload_svids::Snapshot;
 
-pub use signet_identity::workload_api::SECURITY_HEADER;
+pub(crate) use signet_identity::workload_api::SECURITY_HEADER;
 
 /// The Workload API service.
-pub struct WorkloadApi {
+pub(crate) struct WorkloadApi {
     state: watch::Receiver<Arc<Snapshot>>,
     attestor: Arc<WorkloadAttestor>,
     /// Bounds the attestations (and so binary hashes) running at once on
@@ -57,7 +57,7 @@ pub(crate) struct Caller {
 impl WorkloadApi {
     /// The service over the rotator's published snapshots (shared with the
     /// mesh API, which attests its callers the same way).
-    pub fn new(
+    pub(crate) fn new(
         state: watch::Receiver<Arc<Snapshot>>,
         ca_link: watch::Receiver<Option<NodeClient<Channel>>>,
         metrics: Arc<Metrics>,
@@ -80,7 +80,7 @@ impl WorkloadApi {
     }
 
     /// The tonic server of `api`.
-    pub fn server(api: Arc<Self>) -> SpiffeWorkloadApiServer<Self> {
+    pub(crate) fn server(api: Arc<Self>) -> SpiffeWorkloadApiServer<Self> {
         SpiffeWorkloadApiServer::from_arc(api)
     }
 

@@ -10,7 +10,7 @@ use signet_proto::node::WorkloadEntry;
 
 /// An SVID the agent holds for one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadSvid {
+pub(crate) struct WorkloadSvid {
     /// The entry it was issued for.
     pub entry_id: String,
     /// The entry revision it reflects (an update re-issues).
@@ -33,7 +33,7 @@ pub struct WorkloadSvid {
 
 /// Everything the Workload API serves, at one instant.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// The trust domain's bundle.
     pub bundle: Option<Arc<TrustBundle>>,
     /// Entries parented to this agent, as last synced.
@@ -48,7 +48,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Whether a JWT-SVID signed by key `kid` may still be handed out: the
     /// key is in the bundle (not revoked, not expired) and not tainted.
-    pub fn jwt_signer_trusted(&self, kid: &str) -> bool {
+    pub(crate) fn jwt_signer_trusted(&self, kid: &str) -> bool {
         let published = self
             .bundle
             .as_ref()
@@ -57,7 +57,7 @@ impl Snapshot {
     }
 
     /// An empty snapshot (before the first sync).
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self {
             bundle: None,
             tainted_jwt: Vec::new(),
@@ -67,7 +67,7 @@ impl Snapshot {
     }
 
     /// Entries whose selectors are all among `caller`'s selectors.
-    pub fn matching_entries<'a>(
+    pub(crate) fn matching_entries<'a>(
         &'a self,
         caller: &'a [String],
     ) -> impl Iterator<Item = &'a WorkloadEntry> + 'a {
@@ -77,7 +77,7 @@ impl Snapshot {
     }
 
     /// Whether any entry needs the binary's sha256 to be matched.
-    pub fn needs_sha256(&self) -> bool {
+    pub(crate) fn needs_sha256(&self) -> bool {
         self.entries.iter().any(|e| {
             e.selectors
                 .iter()

@@ -11,13 +11,13 @@
 //!   OIDC relying parties ──▶ oidc (discovery + JWKS)
 //! ```
 
-pub mod admin;
-pub mod attest_throttle;
-pub mod convert;
-pub mod endpoint_streams;
-pub mod entry_stream;
-pub mod health;
-pub mod node;
-pub mod node_tls;
-pub mod oidc;
-pub mod status;
+pub(crate) mod admin;
+pub(crate) mod attest_throttle;
+pub(crate) mod convert;
+pub(crate) mod endpoint_streams;
+pub(crate) mod entry_stream;
+pub(crate) mod health;
+pub(crate) mod node;
+pub(crate) mod node_tls;
+pub(crate) mod oidc;
+pub(crate) mod status;

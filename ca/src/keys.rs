@@ -8,8 +8,8 @@
 //!   issuance (CSR → X.509-SVID chain; JWT-SVID claims)
 //! ```
 
-pub mod authority;
-pub mod issuance;
-pub mod jwt;
-pub mod rotation;
-pub mod x509;
+pub(crate) mod authority;
+pub(crate) mod issuance;
+pub(crate) mod jwt;
+pub(crate) mod rotation;
+pub(crate) mod x509;

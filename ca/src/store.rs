@@ -21,13 +21,13 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::config::redact_url;
 
-pub use agents::AgentRecord;
-pub use changes::{ChangeKind, ChangeRow, NOTIFY_CHANNEL};
-pub use endpoints::{EndpointRecord, PublishSession};
-pub use entries::EntryFilter;
-pub use jwt_keys::JwtKeyRecord;
-pub use keys::CaKeyRecord;
-pub use tokens::TokenUse;
+pub(crate) use agents::AgentRecord;
+pub(crate) use changes::{ChangeKind, ChangeRow, NOTIFY_CHANNEL};
+pub(crate) use endpoints::{EndpointRecord, PublishSession};
+pub(crate) use entries::EntryFilter;
+pub(crate) use jwt_keys::JwtKeyRecord;
+pub(crate) use keys::CaKeyRecord;
+pub(crate) use tokens::TokenUse;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -114,7 +114,7 @@ impl KeyStatus {
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// Embedded SQLite file.
     Sqlite,
     /// PostgreSQL server.
@@ -123,7 +123,7 @@ pub enum Backend {
 
 /// Handle to the CA database; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     pool: AnyPool,
     backend: Backend,
 }
@@ -131,7 +131,7 @@ pub struct Store {
 impl Store {
     /// Connects to `url` (`sqlite://...` or `postgres://...`) and applies
     /// pending migrations.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -181,17 +181,17 @@ impl Store {
     }
 
     /// Which database this is.
-    pub fn backend(&self) -> Backend {
+    pub(crate) fn backend(&self) -> Backend {
         self.backend
     }
 
     /// Closes the pool, waiting for connections to finish.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.pool.close().await;
     }
 
     /// A value from the settings table.
-    pub async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
@@ -200,7 +200,7 @@ impl Store {
     }
 
     /// Sets a value in the settings table (insert or replace).
-    pub async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+    pub(crate) async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",

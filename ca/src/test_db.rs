@@ -5,7 +5,7 @@ use signet_test_support::postgres::TestPostgres;
 
 /// A database for one test: a SQLite file in a temp dir, or a fresh database
 /// on the shared throwaway PostgreSQL server.
-pub struct TestDb {
+pub(crate) struct TestDb {
     /// Holds the data dir (and the SQLite file) for the test's lifetime.
     pub dir: tempfile::TempDir,
     /// The URL to connect to.
@@ -13,7 +13,7 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    pub fn sqlite() -> Self {
+    pub(crate) fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!(
             "sqlite://{}?mode=rwc",
@@ -23,7 +23,7 @@ impl TestDb {
     }
 
     /// `None` when PostgreSQL is not installed (the skip is announced loudly).
-    pub fn postgres() -> Option<Self> {
+    pub(crate) fn postgres() -> Option<Self> {
         let pg = TestPostgres::get()?;
         Some(Self {
             dir: tempfile::tempdir().unwrap(),

@@ -8,11 +8,11 @@ use signet_proto::admin::admin_client::AdminClient;
 use tonic::transport::Channel;
 
 /// Default admin socket: `$SIGNET_ADMIN_SOCKET`, else the CA's default.
-pub const DEFAULT_ADMIN_SOCKET: &str = "/var/lib/signet/ca/admin.sock";
+pub(crate) const DEFAULT_ADMIN_SOCKET: &str = "/var/lib/signet/ca/admin.sock";
 
 /// The `--admin-socket` flag every admin command takes.
 #[derive(clap::Args, Debug, Clone)]
-pub struct AdminSocket {
+pub(crate) struct AdminSocket {
     /// Path of the CA's admin socket.
     #[arg(long = "admin-socket", env = "SIGNET_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     pub path: PathBuf,
@@ -20,7 +20,7 @@ pub struct AdminSocket {
 
 impl AdminSocket {
     /// Connects, or explains why not.
-    pub async fn connect(&self) -> anyhow::Result<AdminClient<Channel>> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<AdminClient<Channel>> {
         let path = self.path.clone();
         if !path.exists() {
             return Err(anyhow!(
@@ -57,7 +57,7 @@ fn connect_error(path: &Path, e: tonic::transport::Error) -> anyhow::Error {
 }
 
 /// Turns a gRPC status into an error whose message is the server's reason.
-pub fn status(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     let msg = s.message().to_owned();
     match s.code() {
@@ -69,7 +69,7 @@ pub fn status(s: tonic::Status) -> anyhow::Error {
 }
 
 /// `Result<Response<T>, Status>` → `anyhow::Result<T>`.
-pub trait ResponseExt<T> {
+pub(crate) trait ResponseExt<T> {
     /// Unwraps the response or converts the status.
     fn into_result(self) -> anyhow::Result<T>;
 }
@@ -81,6 +81,6 @@ impl<T> ResponseExt<T> for Result<tonic::Response<T>, tonic::Status> {
 }
 
 /// Reads a file with a message naming it.
-pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }

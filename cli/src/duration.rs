@@ -1,7 +1,7 @@
 //! Durations on the command line: `90`, `90s`, `15m`, `1h`, `2d`.
 
 /// Parses a duration into whole seconds.
-pub fn parse_seconds(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_seconds(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -22,7 +22,7 @@ pub fn parse_seconds(s: &str) -> Result<i64, String> {
 }
 
 /// A compact human form: `1h`, `59m30s`, `2d`.
-pub fn human(mut secs: i64) -> String {
+pub(crate) fn human(mut secs: i64) -> String {
     if secs < 0 {
         return format!("-{}", human(-secs));
     }

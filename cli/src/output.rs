@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 /// `--output` values.
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Aligned columns.
     #[default]
     Table,
@@ -14,7 +14,7 @@ pub enum Format {
 }
 
 /// Prints rows as aligned columns under a header.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -39,13 +39,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 /// Prints a value as pretty JSON.
-pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// A Unix time as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn timestamp(unix: i64) -> String {
+pub(crate) fn timestamp(unix: i64) -> String {
     let days = unix.div_euclid(86400);
     let secs = unix.rem_euclid(86400);
     let (y, m, d) = civil_from_days(days);
@@ -58,7 +58,7 @@ pub fn timestamp(unix: i64) -> String {
 }
 
 /// Seconds from now until `unix` (negative when past).
-pub fn seconds_until(unix: i64) -> i64 {
+pub(crate) fn seconds_until(unix: i64) -> i64 {
     unix - signet_identity::x509_svid::unix_seconds(SystemTime::now())
 }
 

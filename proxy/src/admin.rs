@@ -32,7 +32,7 @@ fn bundle_authorities(identity: &IdentityWatch) -> Option<i64> {
 
 /// Serves the endpoints until `shutdown`. Ready: listeners bound and an
 /// unexpired SVID.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     identity: IdentityWatch,

@@ -84,7 +84,7 @@ where
 }
 
 /// Milliseconds since `start`.
-pub fn ms_since(start: Instant) -> u64 {
+pub(crate) fn ms_since(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
@@ -92,7 +92,7 @@ pub fn ms_since(start: Instant) -> u64 {
 /// byte counters by direction and peer, and the active-connection gauge.
 /// The relay is cut when `revoked` completes (policy no longer allows the
 /// peer). Returns (bytes to peer, bytes from peer, error if any).
-pub async fn relay<P, L>(
+pub(crate) async fn relay<P, L>(
     metrics: &Metrics,
     direction: &str,
     peer: &str,
@@ -122,7 +122,7 @@ fn revoked_error() -> std::io::Error {
 
 /// Like [`relay`], for a tunnel stream: relayed without intermediate
 /// buffers ([`H2Stream::splice_tcp`]).
-pub async fn relay_stream(
+pub(crate) async fn relay_stream(
     metrics: &Metrics,
     direction: &str,
     peer: &str,

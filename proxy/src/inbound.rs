@@ -3,11 +3,11 @@
 //! without a valid SVID fails the handshake; a valid peer that policy does
 //! not allow is closed before a single byte reaches the app.
 
-pub mod app_health;
-pub mod http;
-pub mod open_connections;
-pub mod registration;
-pub mod tunnel;
+pub(crate) mod app_health;
+pub(crate) mod http;
+pub(crate) mod open_connections;
+pub(crate) mod registration;
+pub(crate) mod tunnel;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -60,7 +60,7 @@ pub(crate) struct Authenticated {
 impl Authenticated {
     /// The peer's standing, for a connection that carries new work (HTTP
     /// requests, tunnel streams) long after its handshake.
-    pub fn standing(&self) -> Arc<PeerStanding> {
+    pub(crate) fn standing(&self) -> Arc<PeerStanding> {
         let chain = self.tls.get_ref().1.peer_certificates().unwrap_or_default();
         Arc::new(PeerStanding::after_handshake(
             chain,
@@ -70,7 +70,7 @@ impl Authenticated {
 }
 
 /// What every inbound connection needs.
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// rustls server configuration.
     pub tls: tokio_rustls::TlsAcceptor,
     /// The local app.
@@ -93,7 +93,7 @@ pub struct Inbound {
 
 impl Inbound {
     /// Accepts until `stop`, under the listener's limits.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
         let admission = Admission::new(
             self.limits.max_connections,
             self.limits.max_handshakes_per_source,

@@ -14,11 +14,11 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 
 /// A connection's place under its listener's limits.
-pub type ConnTicket = Ticket<IpAddr>;
+pub(crate) type ConnTicket = Ticket<IpAddr>;
 
 /// Accepts on `listener` until `stop`, admitting each connection under
 /// `admission` and running `handle` for it on its own task.
-pub async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     direction: &'static str,
     admission: Arc<Admission<IpAddr>>,

@@ -10,12 +10,12 @@
 //!   both reach an endpoint through crate::upstream::connector::Connector
 //! ```
 
-pub mod http;
+pub(crate) mod http;
 mod listener;
-pub mod local_peer;
-pub mod retry_budget;
+pub(crate) mod local_peer;
+pub(crate) mod retry_budget;
 mod target;
 mod tcp;
 
-pub use listener::Outbound;
-pub use target::{Target, TunnelMode};
+pub(crate) use listener::Outbound;
+pub(crate) use target::{Target, TunnelMode};

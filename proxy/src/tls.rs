@@ -13,7 +13,7 @@ use signet_identity::tls::{provider, Authorizer, SpiffeClientVerifier, SpiffeSer
 
 use crate::workload_identity::{Identity, IdentityWatch};
 
-pub mod refusal;
+pub(crate) mod refusal;
 
 /// Authentication on inbound accepts any SPIFFE ID of the bundle; policy
 /// decides afterwards.
@@ -37,14 +37,14 @@ fn usable(identity: &Identity, warned: &AtomicI64) -> Option<Arc<CertifiedKey>> 
 /// Hands the inbound side's rustls the current SVID, or nothing once it
 /// has expired.
 #[derive(Debug)]
-pub struct CurrentSvid {
+pub(crate) struct CurrentSvid {
     identity: IdentityWatchDebug,
     warned: AtomicI64,
 }
 
 impl CurrentSvid {
     /// A resolver over the identity watch.
-    pub fn new(identity: IdentityWatch) -> Self {
+    pub(crate) fn new(identity: IdentityWatch) -> Self {
         Self {
             identity: IdentityWatchDebug(identity),
             warned: AtomicI64::new(i64::MIN),
@@ -71,7 +71,7 @@ impl ResolvesServerCert for CurrentSvid {
 /// Inbound: present our SVID, require a client SVID of our trust domain's
 /// bundle (authorization by policy happens right after the handshake).
 /// `alpn`: the protocols offered, most preferred first (none: no ALPN).
-pub fn server_config(
+pub(crate) fn server_config(
     identity: IdentityWatch,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -112,7 +112,7 @@ pub fn server_config(
 /// ticket store only tickets from connections made with it. A connection
 /// opened before a rotation that receives its ticket after it puts the
 /// ticket in the old configuration's store, which no new connection uses.
-pub struct OutboundTls {
+pub(crate) struct OutboundTls {
     identity: IdentityWatch,
     authorize: Authorizer,
     alpn: Vec<Vec<u8>>,
@@ -126,7 +126,7 @@ const CLIENT_SESSIONS: usize = 1024;
 impl OutboundTls {
     /// Configurations following `identity`, accepting only a server whose
     /// ID `authorize`s, offering `alpn` (most preferred first).
-    pub fn new(identity: IdentityWatch, authorize: Authorizer, alpn: Vec<Vec<u8>>) -> Self {
+    pub(crate) fn new(identity: IdentityWatch, authorize: Authorizer, alpn: Vec<Vec<u8>>) -> Self {
         Self {
             identity,
             authorize,
@@ -137,7 +137,7 @@ impl OutboundTls {
 
     /// The connector for a new connection: the current SVID's
     /// configuration, made on first use after a rotation.
-    pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+    pub(crate) fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
         let id = self.identity.borrow().clone().ok_or("no identity yet")?;
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((key, config)) = current.as_ref() {
@@ -152,7 +152,7 @@ impl OutboundTls {
 
     /// Forgets the current SVID's tickets (a resumed session was refused):
     /// the next connection makes a full handshake.
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

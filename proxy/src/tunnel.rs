@@ -11,9 +11,9 @@
 //!   our SVID is unchanged and the server keeps its standing (both pools)
 //! ```
 
-pub mod connect_gate;
-pub mod pool;
-pub mod pooled_credentials;
-pub mod stream;
+pub(crate) mod connect_gate;
+pub(crate) mod pool;
+pub(crate) mod pooled_credentials;
+pub(crate) mod stream;
 #[cfg(test)]
-pub mod test_pools;
+pub(crate) mod test_pools;

@@ -2,14 +2,14 @@
 //! list, a DNS name re-resolved, or the mesh registry through the agent —
 //! and the balancer that chooses among them for each new connection.
 
-pub mod balancer;
-pub mod connector;
-pub mod outlier;
-pub mod peak_ewma;
+pub(crate) mod balancer;
+pub(crate) mod connector;
+pub(crate) mod outlier;
+pub(crate) mod peak_ewma;
 
 /// Most endpoints one connection (TCP mode) or request (HTTP mode) tries
 /// before it fails.
-pub const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,11 +27,11 @@ use crate::upstream::outlier::{EjectionPolicy, Verdict};
 
 /// How often a DNS upstream is resolved again (the system resolver does not
 /// say the TTL; this bounds how stale the addresses get).
-pub const DNS_REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const DNS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Where endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// Fixed addresses (names resolved per connection).
     Static(Vec<String>),
     /// A DNS name: each address it resolves to is an endpoint.
@@ -48,7 +48,7 @@ pub enum Source {
 
 impl Source {
     /// The source an outbound listener's config names.
-    pub fn of(upstream: &Option<UpstreamConfig>, server_id: &str, socket: PathBuf) -> Self {
+    pub(crate) fn of(upstream: &Option<UpstreamConfig>, server_id: &str, socket: PathBuf) -> Self {
         match upstream {
             None => Self::Discovery {
                 socket,
@@ -69,7 +69,7 @@ impl Source {
 }
 
 /// The endpoints of one upstream and the balancer over them.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The upstream's name in logs and metrics (its `server_id`).
     pub name: String,
     balancer: Mutex<Balancer>,
@@ -84,7 +84,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// An upstream with no endpoints yet.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         policy: EjectionPolicy,
         metric: LoadMetric,
@@ -111,13 +111,13 @@ impl Upstream {
 
     /// Sets the tunnel port of endpoints that advertise none (a static or
     /// DNS upstream's, from config).
-    pub fn set_default_tunnel_port(&self, port: u16) {
+    pub(crate) fn set_default_tunnel_port(&self, port: u16) {
         self.tunnel_port
             .store(port, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes a new endpoint set.
-    pub fn set_endpoints(&self, mut endpoints: Vec<Endpoint>) {
+    pub(crate) fn set_endpoints(&self, mut endpoints: Vec<Endpoint>) {
         let n = endpoints.len();
         let default_tunnel = self.tunnel_port.load(std::sync::atomic::Ordering::Relaxed);
         for e in endpoints.iter_mut().filter(|e| e.tunnel_port == 0) {
@@ -139,13 +139,13 @@ impl Upstream {
     }
 
     /// An endpoint for a new connection, not one of `tried`.
-    pub fn pick(&self, tried: &[String]) -> Option<Pick> {
+    pub(crate) fn pick(&self, tried: &[String]) -> Option<Pick> {
         self.lock().pick(Instant::now(), tried, random_pair())
     }
 
     /// Like [`Upstream::pick`], but while no endpoint has been learned yet
     /// (discovery or DNS still starting), waits up to `wait` for the first.
-    pub async fn pick_or_wait(&self, tried: &[String], wait: Duration) -> Option<Pick> {
+    pub(crate) async fn pick_or_wait(&self, tried: &[String], wait: Duration) -> Option<Pick> {
         let mut updates = self.updates.subscribe();
         if *updates.borrow_and_update() > 0 || !tried.is_empty() {
             return self.pick(tried);
@@ -155,13 +155,13 @@ impl Upstream {
     }
 
     /// Records a successful connection to `address`.
-    pub fn success(&self, address: &str) {
+    pub(crate) fn success(&self, address: &str) {
         self.lock().success(address);
         self.count(address, "success");
     }
 
     /// Records a failed attempt on `address` (`reason` for metrics).
-    pub fn failure(&self, address: &str, reason: &str) -> Verdict {
+    pub(crate) fn failure(&self, address: &str, reason: &str) -> Verdict {
         let now = Instant::now();
         let mut b = self.lock();
         let verdict = b.failure(address, now);
@@ -200,7 +200,11 @@ impl Upstream {
 
 /// Keeps `upstream`'s endpoints current from `source` until `stop` (a
 /// static source once; [`apply_static`] does that in place).
-pub async fn follow(source: Source, upstream: Arc<Upstream>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn follow(
+    source: Source,
+    upstream: Arc<Upstream>,
+    mut stop: watch::Receiver<bool>,
+) {
     match source {
         Source::Static(list) => apply_static(&upstream, list),
         Source::Dns(name) => {
@@ -260,7 +264,7 @@ pub async fn follow(source: Source, upstream: Arc<Upstream>, mut stop: watch::Re
 }
 
 /// Sets a fixed list of addresses as `upstream`'s endpoints.
-pub fn apply_static(upstream: &Upstream, list: Vec<String>) {
+pub(crate) fn apply_static(upstream: &Upstream, list: Vec<String>) {
     upstream.set_endpoints(
         list.into_iter()
             .map(|address| Endpoint {

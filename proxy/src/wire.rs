@@ -3,5 +3,5 @@
 //! headers with which one proxy tells another what happened
 //! ([`control_headers`]).
 
-pub mod control_headers;
-pub mod hbone;
+pub(crate) mod control_headers;
+pub(crate) mod hbone;

@@ -41,7 +41,7 @@ impl Identity {
 }
 
 /// Shared view of the current identity (`None` until the first SVID).
-pub type IdentityWatch = watch::Receiver<Option<Arc<Identity>>>;
+pub(crate) type IdentityWatch = watch::Receiver<Option<Arc<Identity>>>;
 
 fn split_chain(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     signet_identity::certificates_from_der_concat(der).map_err(|e| e.to_string())
@@ -125,7 +125,7 @@ async fn stream_once(
 
 /// Follows the Workload API until `stop`; reconnects with backoff and logs
 /// once per change of state.
-pub fn spawn(socket: PathBuf, mut stop: watch::Receiver<bool>) -> IdentityWatch {
+pub(crate) fn spawn(socket: PathBuf, mut stop: watch::Receiver<bool>) -> IdentityWatch {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut handle = None;
@@ -155,7 +155,7 @@ pub fn spawn(socket: PathBuf, mut stop: watch::Receiver<bool>) -> IdentityWatch 
 
 /// A fixed identity read from PEM files (no Workload API): for static
 /// deployments and benchmarks. Not reloaded; it expires like any SVID.
-pub fn from_files(
+pub(crate) fn from_files(
     svid: &std::path::Path,
     key: &std::path::Path,
     bundle: &std::path::Path,

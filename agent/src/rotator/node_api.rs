@@ -19,7 +19,7 @@ use crate::rotator::sync::SyncEvent;
 
 /// Why a call to the CA failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// No connection (dropped after a failure or a renewal).
     #[error("not connected")]
     NotConnected,
@@ -47,7 +47,7 @@ pub enum CallError {
 }
 
 /// The node API calls the rotator makes.
-pub trait NodeApi: Send {
+pub(crate) trait NodeApi: Send {
     /// Connects with `agent`'s SVID, the CA's checked against `bundle`, and
     /// opens the entry stream from `known_revision`; later calls use this
     /// connection until [`NodeApi::disconnect`].
@@ -83,7 +83,7 @@ pub trait NodeApi: Send {
 
 /// Where the rest of the agent finds the CA: the rotator's own connection
 /// (JWT-SVID minting shares it: short unary calls), and the mesh's.
-pub struct CaLinks {
+pub(crate) struct CaLinks {
     /// The rotator's connection.
     pub ca: watch::Sender<Option<NodeClient<Channel>>>,
     /// The mesh's connection (publisher, watches).
@@ -91,7 +91,7 @@ pub struct CaLinks {
 }
 
 /// The node API over gRPC and mTLS.
-pub struct GrpcNodeApi {
+pub(crate) struct GrpcNodeApi {
     ca: Vec<String>,
     td: TrustDomain,
     client: Option<NodeClient<Channel>>,
@@ -106,7 +106,7 @@ pub struct GrpcNodeApi {
 
 impl GrpcNodeApi {
     /// The node API of the CA at `ca` (addresses tried in turn).
-    pub fn new(ca: Vec<String>, td: TrustDomain, links: CaLinks) -> Self {
+    pub(crate) fn new(ca: Vec<String>, td: TrustDomain, links: CaLinks) -> Self {
         Self {
             ca,
             td,

@@ -6,16 +6,16 @@
 use std::time::Duration;
 
 /// The first wait after a failure.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between tries.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// When an SVID received at `issued_at` and expiring at `not_after` (Unix
 /// seconds) is due, in ms since the epoch: at `renewal_fraction` of its
 /// lifetime, less up to a tenth of that fraction as jitter. The jitter is
 /// derived from the expiry, so the due time stays put across passes and
 /// SVIDs issued together still spread out.
-pub fn renew_at_ms(renewal_fraction: f64, issued_at: i64, not_after: i64) -> i64 {
+pub(crate) fn renew_at_ms(renewal_fraction: f64, issued_at: i64, not_after: i64) -> i64 {
     let lifetime = Duration::from_secs((not_after - issued_at).max(1) as u64);
     let jitter = ((not_after as u64).wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
     let fraction = renewal_fraction * (1.0 - 0.1 * jitter);
@@ -25,7 +25,7 @@ pub fn renew_at_ms(renewal_fraction: f64, issued_at: i64, not_after: i64) -> i64
 /// Exponential backoff between failed passes: doubled per failure up to
 /// [`MAX_BACKOFF`], back to [`MIN_BACKOFF`] on success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     current: Duration,
 }
 
@@ -40,19 +40,20 @@ impl Default for Backoff {
 impl Backoff {
     /// The wait before the next try after a failure (see [`retry_wait`]),
     /// and the backoff grown for the one after.
-    pub fn failed(&mut self, jitter: f64, first_expiry_in: Duration) -> Duration {
+    pub(crate) fn failed(&mut self, jitter: f64, first_expiry_in: Duration) -> Duration {
         let wait = retry_wait(self.current, jitter, first_expiry_in);
         self.current = (self.current * 2).min(MAX_BACKOFF);
         wait
     }
 
     /// A pass succeeded.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = MIN_BACKOFF;
     }
 
     /// The backoff the next failure starts from.
-    pub fn current(&self) -> Duration {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Duration {
         self.current
     }
 }
@@ -62,7 +63,7 @@ impl Backoff {
 /// first SVID expires (at least `MIN_BACKOFF / 2`), so an outage that ends
 /// in time does not leave workloads with expired SVIDs while the agent
 /// sleeps.
-pub fn retry_wait(backoff: Duration, jitter: f64, first_expiry_in: Duration) -> Duration {
+pub(crate) fn retry_wait(backoff: Duration, jitter: f64, first_expiry_in: Duration) -> Duration {
     backoff
         .mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
         .min(first_expiry_in / 4)
@@ -73,13 +74,13 @@ pub fn retry_wait(backoff: Duration, jitter: f64, first_expiry_in: Duration) -> 
 /// database, say) must not hold the agent past the point where it could
 /// still renew from another try. A quarter of the time left before the
 /// first SVID expires, between 1 and 15 s.
-pub fn call_deadline(first_expiry_in: Duration) -> Duration {
+pub(crate) fn call_deadline(first_expiry_in: Duration) -> Duration {
     (first_expiry_in / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
 }
 
 /// The time from `now_ms` until the earliest of `not_afters` (Unix
 /// seconds); zero once it has passed.
-pub fn first_expiry_in(not_afters: impl Iterator<Item = i64>, now_ms: i64) -> Duration {
+pub(crate) fn first_expiry_in(not_afters: impl Iterator<Item = i64>, now_ms: i64) -> Duration {
     let first = not_afters.min().unwrap_or(i64::MAX / 1000);
     Duration::from_millis((first.saturating_mul(1000) - now_ms).max(0) as u64)
 }

@@ -5,7 +5,7 @@ use signet_proto::node as pb;
 
 /// What the entry stream delivers.
 #[derive(Debug)]
-pub enum SyncEvent {
+pub(crate) enum SyncEvent {
     /// One page of an update.
     Page(pb::EntrySnapshot),
     /// The stream ended, and why.
@@ -22,7 +22,7 @@ struct PendingUpdate {
 
 /// The entries parented to this agent, as of the last complete update.
 #[derive(Default)]
-pub struct EntrySync {
+pub(crate) struct EntrySync {
     /// Entries, sorted by ID.
     pub entries: Vec<pb::WorkloadEntry>,
     /// The revision of the last complete update applied: sent on
@@ -39,14 +39,14 @@ pub struct EntrySync {
 impl EntrySync {
     /// A new stream begins: a half-received update is dropped (the CA
     /// sends it again, from `revision`).
-    pub fn new_stream(&mut self) {
+    pub(crate) fn new_stream(&mut self) {
         self.pending = None;
         self.stream_synced = false;
     }
 
     /// Takes one page; returns whether it completed an update (and the
     /// entries changed to it).
-    pub fn take_page(&mut self, page: pb::EntrySnapshot) -> bool {
+    pub(crate) fn take_page(&mut self, page: pb::EntrySnapshot) -> bool {
         let pending = self.pending.get_or_insert_with(|| PendingUpdate {
             delta: page.delta,
             ..Default::default()

@@ -20,7 +20,7 @@ use crate::{Ca, CaError, KeyKind};
 /// bytes): a longer one is refused as such, not looked up and echoed back
 /// in an error a client cannot even receive (gRPC carries the message in a
 /// header).
-pub const MAX_ADMIN_OBJECT: usize = 4096;
+pub(crate) const MAX_ADMIN_OBJECT: usize = 4096;
 
 /// `PrepareKey`/`ActivateKey`'s `kind`.
 fn parse_kind(kind: &str) -> Result<KeyKind, CaError> {
@@ -78,7 +78,7 @@ fn x509_key_to_pb(k: crate::store::CaKeyRecord, in_use: bool) -> pb::SigningKey 
 
 /// The tracing target of the admin audit log: filter on it (e.g.
 /// `RUST_LOG=signet::audit=info`) to keep or ship the audit trail apart.
-pub const AUDIT_TARGET: &str = "signet::audit";
+pub(crate) const AUDIT_TARGET: &str = "signet::audit";
 
 /// The uid of the process on the other end of the admin socket.
 fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
@@ -89,13 +89,13 @@ fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
 }
 
 /// The gRPC service implementation.
-pub struct AdminService {
+pub(crate) struct AdminService {
     ca: Arc<Ca>,
 }
 
 impl AdminService {
     /// A tonic server for `ca`.
-    pub fn server(ca: Arc<Ca>) -> AdminServer<Self> {
+    pub(crate) fn server(ca: Arc<Ca>) -> AdminServer<Self> {
         AdminServer::new(Self { ca })
     }
 
@@ -450,7 +450,7 @@ impl Admin for AdminService {
 
 /// Binds the admin socket: replaces a stale socket file (nobody listening),
 /// refuses to replace a live one, and sets mode 0600 before serving.
-pub async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -472,7 +472,7 @@ pub async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
 /// Whether a connecting peer may use the admin API: root, or the user the CA
 /// runs as. File mode 0600 already enforces this; the check also holds if an
 /// operator loosens the mode by mistake.
-pub fn peer_allowed(stream: &UnixStream, own_uid: u32) -> bool {
+pub(crate) fn peer_allowed(stream: &UnixStream, own_uid: u32) -> bool {
     match stream.peer_cred() {
         Ok(cred) => cred.uid() == 0 || cred.uid() == own_uid,
         Err(_) => false,

@@ -22,14 +22,14 @@ struct Bucket {
 
 /// Per-address failure budget.
 #[derive(Debug)]
-pub struct AttestThrottle {
+pub(crate) struct AttestThrottle {
     per_minute: f64,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
 impl AttestThrottle {
     /// A budget of `failures_per_minute` per address.
-    pub fn new(failures_per_minute: u32) -> Self {
+    pub(crate) fn new(failures_per_minute: u32) -> Self {
         Self {
             per_minute: f64::from(failures_per_minute.max(1)),
             buckets: Mutex::new(HashMap::new()),
@@ -45,7 +45,7 @@ impl AttestThrottle {
     }
 
     /// Whether `addr` may attempt an attestation now.
-    pub fn allows(&self, addr: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allows(&self, addr: IpAddr, now: Instant) -> bool {
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         buckets
             .get(&addr)
@@ -53,7 +53,7 @@ impl AttestThrottle {
     }
 
     /// Records a failed attestation from `addr`.
-    pub fn failed(&self, addr: IpAddr, now: Instant) {
+    pub(crate) fn failed(&self, addr: IpAddr, now: Instant) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_TRACKED {
             let per_minute = self.per_minute;

@@ -10,7 +10,7 @@ use crate::AgentSvid;
 
 /// Protobuf form of the bundle as entry streams send it: with the tainted
 /// keys.
-pub fn published_to_pb(p: &crate::PublishedBundle) -> pb::Bundle {
+pub(crate) fn published_to_pb(p: &crate::PublishedBundle) -> pb::Bundle {
     pb::Bundle {
         tainted_key_ids: p.tainted.clone(),
         tainted_jwt_kids: p.tainted_jwt.clone(),
@@ -19,7 +19,7 @@ pub fn published_to_pb(p: &crate::PublishedBundle) -> pb::Bundle {
 }
 
 /// Protobuf form of a bundle.
-pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
+pub(crate) fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
     pb::Bundle {
         trust_domain: b.trust_domain().to_string(),
         x509_authorities: b.authorities().iter().map(|c| c.to_vec()).collect(),
@@ -38,7 +38,7 @@ pub fn bundle_to_pb(b: &TrustBundle) -> pb::Bundle {
 }
 
 /// Protobuf form of an entry, as agents get it.
-pub fn entry_to_node_pb(e: &Entry) -> pb::WorkloadEntry {
+pub(crate) fn entry_to_node_pb(e: &Entry) -> pb::WorkloadEntry {
     pb::WorkloadEntry {
         id: e.id.clone(),
         spiffe_id: e.spec.spiffe_id.to_string(),
@@ -52,7 +52,7 @@ pub fn entry_to_node_pb(e: &Entry) -> pb::WorkloadEntry {
 }
 
 /// Protobuf form of an entry.
-pub fn entry_to_admin_pb(e: &Entry) -> admin::Entry {
+pub(crate) fn entry_to_admin_pb(e: &Entry) -> admin::Entry {
     admin::Entry {
         id: e.id.clone(),
         spec: Some(admin::EntrySpec {
@@ -72,7 +72,7 @@ pub fn entry_to_admin_pb(e: &Entry) -> admin::Entry {
 }
 
 /// Protobuf form of an agent's record, for the admin API.
-pub fn agent_to_pb(a: &AgentRecord) -> admin::Agent {
+pub(crate) fn agent_to_pb(a: &AgentRecord) -> admin::Agent {
     admin::Agent {
         spiffe_id: a.spiffe_id.clone(),
         attestation_type: a.attestation_type.clone(),
@@ -85,7 +85,7 @@ pub fn agent_to_pb(a: &AgentRecord) -> admin::Agent {
 }
 
 /// Protobuf form of an agent's new SVID.
-pub fn agent_svid_to_pb(s: &AgentSvid) -> pb::AgentSvid {
+pub(crate) fn agent_svid_to_pb(s: &AgentSvid) -> pb::AgentSvid {
     pb::AgentSvid {
         spiffe_id: s.spiffe_id.to_string(),
         cert_chain: s.svid.chain.iter().map(|c| c.to_vec()).collect(),

@@ -20,7 +20,7 @@ use crate::Ca;
 /// Shortest time between two writes of one node's endpoints: a node that
 /// floods updates costs the CA (and its database and every replica's feed)
 /// at most one write per interval, always of its newest update.
-pub const MIN_UPDATE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+pub(crate) const MIN_UPDATE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Serves one publishing stream of agent `agent_id` until it ends, then
 /// starts the grace period of what it published.
@@ -35,7 +35,7 @@ pub const MIN_UPDATE_INTERVAL: std::time::Duration = std::time::Duration::from_m
 /// Updates faster than [`MIN_UPDATE_INTERVAL`] are coalesced: the newest
 /// is written and acknowledged (under its own sequence, the only one an
 /// agent waits for), the ones it replaced are counted.
-pub async fn serve_publish(
+pub(crate) async fn serve_publish(
     ca: Arc<Ca>,
     agent_id: String,
     peer_ip: Option<IpAddr>,
@@ -172,7 +172,7 @@ fn published_keys(accepted: &[crate::store::EndpointRecord]) -> Vec<(String, Str
 
 /// Serves agent `agent_id`'s watch of `spiffe_id`'s endpoints until the
 /// agent goes away, or is banned or evicted.
-pub async fn serve_watch(
+pub(crate) async fn serve_watch(
     ca: Arc<Ca>,
     agent_id: String,
     spiffe_id: String,

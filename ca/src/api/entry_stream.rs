@@ -20,7 +20,7 @@ use crate::Ca;
 /// Largest encoded size of the entries of one page, bytes: pages end at
 /// [`pb::SYNC_PAGE_SIZE`] entries or this, whichever comes first, so even
 /// entries with many selectors stay far below gRPC's 4 MiB message limit.
-pub const PAGE_BYTES: usize = 1024 * 1024;
+pub(crate) const PAGE_BYTES: usize = 1024 * 1024;
 
 /// How long a stream opened with a revision this replica has not reached
 /// yet (the agent came from a replica that is ahead) waits for the change
@@ -30,7 +30,7 @@ const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Splits one update into messages of at most [`pb::SYNC_PAGE_SIZE`]
 /// entries (and removed IDs); the bundle rides on the first, `more` is set
 /// on all but the last. An empty update is one message.
-pub fn pages(
+pub(crate) fn pages(
     catchup: &Catchup,
     revision: i64,
     bundle: Option<pb::Bundle>,
@@ -72,7 +72,7 @@ pub fn pages(
 
 /// Serves agent `agent_id`'s stream into `tx` until the agent goes, is
 /// banned or evicted, or the CA stops.
-pub async fn serve(
+pub(crate) async fn serve(
     ca: Arc<Ca>,
     agent_id: String,
     known: Option<i64>,

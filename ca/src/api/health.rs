@@ -14,10 +14,11 @@ use crate::Ca;
 
 /// Open connections to the metrics listener (counted in the CA's
 /// descriptor budget).
-pub const MAX_CONNECTIONS: usize = signet_identity::http_serve::OPERATOR_LIMITS.max_connections;
+pub(crate) const MAX_CONNECTIONS: usize =
+    signet_identity::http_serve::OPERATOR_LIMITS.max_connections;
 
 /// Serves the endpoints on `listener` until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     ca: Arc<Ca>,
     shutdown: impl Future<Output = ()> + Send + 'static,

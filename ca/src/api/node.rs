@@ -25,7 +25,7 @@ use crate::{Ca, CaError};
 use signet_proto::node::MAX_SIGN_BATCH as MAX_BATCH;
 
 /// The gRPC service implementation.
-pub struct NodeService {
+pub(crate) struct NodeService {
     ca: Arc<Ca>,
     throttle: Arc<AttestThrottle>,
 }
@@ -33,7 +33,7 @@ pub struct NodeService {
 impl NodeService {
     /// A tonic server for `ca`; servers made with the same `throttle` share
     /// the failed-attestation budget per address.
-    pub fn server(ca: Arc<Ca>, throttle: Arc<AttestThrottle>) -> NodeServer<Self> {
+    pub(crate) fn server(ca: Arc<Ca>, throttle: Arc<AttestThrottle>) -> NodeServer<Self> {
         NodeServer::new(Self { ca, throttle })
     }
 }

@@ -27,7 +27,7 @@ use crate::{Ca, CaError};
 
 /// Serves the CA's current server SVID to every handshake.
 #[derive(Debug)]
-pub struct ServerCertResolver {
+pub(crate) struct ServerCertResolver {
     current: RwLock<Arc<CertifiedKey>>,
 }
 
@@ -85,7 +85,7 @@ fn issue_server_svid(ca: &Ca) -> Result<(Arc<CertifiedKey>, Duration), CaError> 
 
 /// The rustls server configuration of the node API, and the resolver whose
 /// certificate [`rotate_server_svid`] keeps fresh.
-pub fn server_config(
+pub(crate) fn server_config(
     ca: &Ca,
     bundle: BundleHandle,
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<ServerCertResolver>, Duration), CaError> {
@@ -115,7 +115,7 @@ pub fn server_config(
 }
 
 /// Re-issues the server SVID at half of its lifetime until `stop`.
-pub async fn rotate_server_svid(
+pub(crate) async fn rotate_server_svid(
     ca: Arc<Ca>,
     resolver: Arc<ServerCertResolver>,
     mut lifetime: Duration,
@@ -153,7 +153,7 @@ pub async fn rotate_server_svid(
 /// itself with an agent SVID in the handshake. The two kinds are served by
 /// differently limited servers: a client without a certificate can only
 /// attest, so it gets small messages, few streams and a short life.
-pub struct NodeIncoming {
+pub(crate) struct NodeIncoming {
     /// Connections with an agent SVID.
     pub agents: mpsc::Receiver<Result<Admitted, std::io::Error>>,
     /// Connections without a client certificate (attestation only).
@@ -162,11 +162,11 @@ pub struct NodeIncoming {
 
 /// A TLS connection that holds its place under the node API's limits for
 /// as long as it is open.
-pub type Admitted = signet_identity::admission::Admitted<TlsStream<TcpStream>, IpAddr>;
+pub(crate) type Admitted = signet_identity::admission::Admitted<TlsStream<TcpStream>, IpAddr>;
 
 /// Accepts TCP connections under `limits`, completes TLS handshakes off the
 /// accept loop, and hands established streams to the two servers.
-pub fn accept_tls(
+pub(crate) fn accept_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     limits: &NodeApiLimits,

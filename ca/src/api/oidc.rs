@@ -27,7 +27,7 @@ use crate::config::OidcConfig;
 use crate::{Ca, CaError};
 
 /// How long a served JWKS may be reused (and what `Cache-Control` says).
-pub const REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const REFRESH: Duration = Duration::from_secs(5);
 
 /// The two documents, serialized once per refresh.
 struct Served {
@@ -123,7 +123,7 @@ fn router(ca: Arc<Ca>, config: &OidcConfig) -> Router {
 }
 
 /// The TLS server configuration from `[oidc] tls_cert`/`tls_key`, if set.
-pub fn tls_config(config: &OidcConfig) -> Result<Option<rustls::ServerConfig>, CaError> {
+pub(crate) fn tls_config(config: &OidcConfig) -> Result<Option<rustls::ServerConfig>, CaError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -155,7 +155,7 @@ pub fn tls_config(config: &OidcConfig) -> Result<Option<rustls::ServerConfig>, C
 
 /// Serves discovery on `listener` (TLS when `tls` is given) under the
 /// `[oidc]` limits until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
     ca: Arc<Ca>,

@@ -15,7 +15,7 @@ const MAX_STATUS_MESSAGE: usize = 1024;
 /// `text` cut to about `max` bytes: its start and its end, with how long it
 /// was in the middle (an echoed input is elided, what is said about it
 /// stays).
-pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return text.into();
     }
@@ -38,7 +38,7 @@ pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 /// Maps a CA error to the gRPC status a client can act on. Internal details
 /// (database errors) are logged, not sent. Messages are bounded.
-pub fn status(e: &CaError) -> Status {
+pub(crate) fn status(e: &CaError) -> Status {
     let s = unbounded_status(e);
     match bounded(s.message(), MAX_STATUS_MESSAGE) {
         std::borrow::Cow::Borrowed(_) => s,

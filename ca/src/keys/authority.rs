@@ -69,7 +69,7 @@ pub enum AuthorityError {
 /// on first start. The database records which replica holds each signing
 /// key's file, so a missing file of our own is an error, not another
 /// replica's key.
-pub fn replica_id(data_dir: &Path) -> Result<String, AuthorityError> {
+pub(crate) fn replica_id(data_dir: &Path) -> Result<String, AuthorityError> {
     let path = data_dir.join("replica_id");
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
@@ -418,7 +418,7 @@ impl Upstream {
 }
 
 /// Where the private key of CA key `id` lives.
-pub fn key_path(keys_dir: &Path, id: &str) -> PathBuf {
+pub(crate) fn key_path(keys_dir: &Path, id: &str) -> PathBuf {
     keys_dir.join(format!("{id}.pem"))
 }
 
@@ -500,7 +500,7 @@ fn cert_not_after(der: &CertificateDer<'_>) -> Option<i64> {
 }
 
 /// SHA-256 of a certificate's DER, hex.
-pub fn fingerprint(der: &CertificateDer<'_>) -> String {
+pub(crate) fn fingerprint(der: &CertificateDer<'_>) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
@@ -509,7 +509,7 @@ fn key_id(cert: &CertificateDer<'_>) -> String {
 }
 
 /// Creates `dir` (and parents) and makes it owner-only.
-pub fn create_private_dir(dir: &Path) -> Result<(), AuthorityError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), AuthorityError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
 }
@@ -539,7 +539,7 @@ pub(crate) fn prepared_meanwhile(e: AuthorityError) -> AuthorityError {
 }
 
 /// Writes a secret file atomically with mode 0600 from the first byte.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), AuthorityError> {
+pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), AuthorityError> {
     signet_identity::files::write_atomically(path, contents, signet_identity::files::SECRET_MODE)
         .map_err(io_err(path))
 }

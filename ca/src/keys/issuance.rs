@@ -79,13 +79,13 @@ fn checked_csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
 
 /// Checks a CSR (well-formed, whole, self-signed, acceptable key) without
 /// signing anything: done before a join token is spent on it.
-pub fn check_csr(csr_der: &[u8]) -> Result<(), IssueError> {
+pub(crate) fn check_csr(csr_der: &[u8]) -> Result<(), IssueError> {
     checked_csr_public_key(csr_der).map(|_| ())
 }
 
 /// Signs an X.509-SVID for `id` with the public key of `csr_der`.
 /// `ttl` is capped by the signing certificate's remaining lifetime.
-pub fn sign_x509_svid(
+pub(crate) fn sign_x509_svid(
     authority: &Authority,
     csr_der: &[u8],
     id: &SpiffeId,
@@ -119,7 +119,7 @@ pub fn sign_x509_svid(
 
 /// Signs the SVID a registration entry describes: its SPIFFE ID, its DNS
 /// names, its TTL (or `default_ttl` when the entry has none).
-pub fn sign_for_entry(
+pub(crate) fn sign_for_entry(
     authority: &Authority,
     csr_der: &[u8],
     entry: &EntrySpec,

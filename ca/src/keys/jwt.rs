@@ -34,14 +34,14 @@ impl JwtSigner {
 }
 
 /// Where the private key of JWT key `kid` lives.
-pub fn key_path(keys_dir: &Path, kid: &str) -> PathBuf {
+pub(crate) fn key_path(keys_dir: &Path, kid: &str) -> PathBuf {
     keys_dir.join(format!("jwt-{kid}.pk8"))
 }
 
 /// Applies rotation steps for `replica` until there is nothing to do, and
 /// returns the active key (to sign with; [`load`] it when it is not the one
 /// in use) and whether the bundle changed (a key was made or deleted).
-pub async fn rotate(
+pub(crate) async fn rotate(
     store: &Store,
     config: &CaConfig,
     replica: &str,
@@ -141,7 +141,7 @@ async fn mine(store: &Store, replica: &str, now: i64) -> Result<Vec<JwtKeyRecord
 
 /// `signet ca prepare --kind jwt`: this replica's next JWT key, published
 /// now.
-pub async fn prepare(
+pub(crate) async fn prepare(
     store: &Store,
     config: &CaConfig,
     replica: &str,
@@ -163,7 +163,7 @@ pub async fn prepare(
 }
 
 /// `signet ca activate --kind jwt`: the prepared JWT key signs from now on.
-pub async fn activate(
+pub(crate) async fn activate(
     store: &Store,
     config: &CaConfig,
     replica: &str,
@@ -184,7 +184,7 @@ pub async fn activate(
 
 /// `signet ca taint KID`: agents stop handing out tokens the key signed
 /// and get new ones signed by the active key.
-pub async fn taint(
+pub(crate) async fn taint(
     store: &Store,
     kid: &str,
     now: SystemTime,
@@ -198,7 +198,7 @@ pub async fn taint(
 
 /// `signet ca revoke KID [--force]`: out of the bundle; tokens it signed
 /// stop validating.
-pub async fn revoke(
+pub(crate) async fn revoke(
     store: &Store,
     config: &CaConfig,
     kid: &str,
@@ -258,7 +258,7 @@ async fn create(
 }
 
 /// The signer of JWT key `record`, from its private key file.
-pub fn load(record: &JwtKeyRecord, config: &CaConfig) -> Result<JwtSigner, AuthorityError> {
+pub(crate) fn load(record: &JwtKeyRecord, config: &CaConfig) -> Result<JwtSigner, AuthorityError> {
     let path = key_path(&config.keys_dir(), &record.kid);
     let pkcs8 = std::fs::read(&path).map_err(|source| AuthorityError::Io {
         path: path.clone(),

@@ -23,7 +23,7 @@ use crate::store::{CaKeyRecord, JwtKeyRecord, KeyStatus};
 const MAX_PUBLISH_GRACE: Duration = Duration::from_secs(10);
 
 /// What rotation needs to know of a key.
-pub trait RotatingKey {
+pub(crate) trait RotatingKey {
     /// Whether an operator tainted it.
     fn tainted(&self) -> bool;
     /// When it stopped signing, Unix seconds (0: it signs, or never did).
@@ -82,7 +82,7 @@ impl RotatingKey for CaKeyRecord {
 
 /// The thresholds of one key lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Key lifetime, seconds.
     pub lifetime: i64,
     /// Prepare the next key when the active one has this much left.
@@ -95,7 +95,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// The thresholds for keys of `lifetime` seconds.
-    pub fn for_lifetime(lifetime: u64) -> Self {
+    pub(crate) fn for_lifetime(lifetime: u64) -> Self {
         let l = lifetime as i64;
         Self {
             lifetime: l,
@@ -106,14 +106,14 @@ impl Schedule {
     }
 
     /// How often the rotation should be looked at.
-    pub fn check_interval(&self) -> Duration {
+    pub(crate) fn check_interval(&self) -> Duration {
         Duration::from_secs((self.lifetime as u64 / 48).clamp(1, 60))
     }
 }
 
 /// What rotation does next for one replica's keys of one kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// No key signs and none is prepared (first start, or every key lost):
     /// make one and sign with it at once.
     CreateActive,
@@ -132,7 +132,7 @@ pub enum Step {
 
 /// The next rotation step for the keys of one replica (`mine`, unexpired)
 /// at `now` (Unix seconds).
-pub fn next_step<K: RotatingKey>(mine: &[K], schedule: &Schedule, now: i64) -> Step {
+pub(crate) fn next_step<K: RotatingKey>(mine: &[K], schedule: &Schedule, now: i64) -> Step {
     let newest = |status| {
         mine.iter()
             .filter(|k| k.status() == status && k.not_after() > now)
@@ -167,11 +167,11 @@ pub fn next_step<K: RotatingKey>(mine: &[K], schedule: &Schedule, now: i64) -> S
 
 /// The operator's incident commands, as rules over one replica's keys of
 /// one kind; each refusal says what to do instead.
-pub mod incident {
+pub(crate) mod incident {
     use super::{KeyStatus, RotatingKey, Schedule};
 
     /// `prepare`: refused while a key is prepared already.
-    pub fn may_prepare<K: RotatingKey>(mine: &[K]) -> Result<(), String> {
+    pub(crate) fn may_prepare<K: RotatingKey>(mine: &[K]) -> Result<(), String> {
         match mine.iter().find(|k| k.status() == KeyStatus::Prepared) {
             Some(p) => Err(format!(
                 "key {} is already prepared on this replica; activate it with `signet ca activate`",
@@ -183,7 +183,7 @@ pub mod incident {
 
     /// `activate`: the prepared key, once published for the grace period
     /// (every agent must have it before anything it signs reaches a peer).
-    pub fn to_activate<'k, K: RotatingKey>(
+    pub(crate) fn to_activate<'k, K: RotatingKey>(
         mine: &'k [K],
         schedule: &Schedule,
         now: i64,
@@ -203,7 +203,7 @@ pub mod incident {
     }
 
     /// `taint`: only a key that no longer signs (old or lost), once.
-    pub fn may_taint<K: RotatingKey>(key: &K) -> Result<(), String> {
+    pub(crate) fn may_taint<K: RotatingKey>(key: &K) -> Result<(), String> {
         let id = key.id();
         match key.status() {
             KeyStatus::Active => Err(format!(
@@ -223,7 +223,7 @@ pub mod incident {
     /// `revoke`: not the active key, not twice, and without `force` not
     /// while what it signed may still be valid (`max_ttl` past its
     /// retirement, never past the key itself).
-    pub fn may_revoke<K: RotatingKey>(
+    pub(crate) fn may_revoke<K: RotatingKey>(
         key: &K,
         max_ttl: i64,
         force: bool,

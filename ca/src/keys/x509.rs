@@ -20,7 +20,7 @@ use crate::store::{CaKeyRecord, KeyStatus, Store};
 /// Loads this replica's active key, after letting rotation make one
 /// (first start) or move the journal on ([`rotate`]). `replica` is this
 /// replica's ID ([`crate::keys::authority::replica_id`]).
-pub async fn load_or_create(
+pub(crate) async fn load_or_create(
     store: &Store,
     config: &CaConfig,
     td: &TrustDomain,
@@ -56,7 +56,7 @@ async fn mine(
 /// Applies rotation steps until there is nothing to do; returns the active
 /// key (to sign with: [`Authority::load`] it when it is not the one in use)
 /// and whether the bundle changed.
-pub async fn rotate(
+pub(crate) async fn rotate(
     store: &Store,
     config: &CaConfig,
     td: &TrustDomain,
@@ -125,7 +125,7 @@ async fn activate_key(
 
 /// `signet ca prepare`: makes and publishes this replica's next key now,
 /// ahead of the schedule. Refused when one is already prepared.
-pub async fn prepare(
+pub(crate) async fn prepare(
     store: &Store,
     config: &CaConfig,
     td: &TrustDomain,
@@ -142,7 +142,7 @@ pub async fn prepare(
 /// `signet ca activate`: the prepared key of this replica signs from now
 /// on, ahead of the schedule, once published for the grace period; the
 /// active key becomes old.
-pub async fn activate(
+pub(crate) async fn activate(
     store: &Store,
     config: &CaConfig,
     replica: &str,
@@ -170,7 +170,7 @@ pub async fn activate(
 
 /// `signet ca taint KEY`: marks a key that no longer signs as compromised;
 /// agents re-sign at once every SVID it signed.
-pub async fn taint(
+pub(crate) async fn taint(
     store: &Store,
     id: &str,
     now: SystemTime,
@@ -187,7 +187,7 @@ pub async fn taint(
 /// authority (the bundle holds the upstream's roots: revoke the
 /// intermediate there), and, without `force`, while SVIDs it signed may
 /// still be valid.
-pub async fn revoke(
+pub(crate) async fn revoke(
     store: &Store,
     config: &CaConfig,
     id: &str,

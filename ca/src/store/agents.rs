@@ -49,7 +49,7 @@ const COLUMNS: &str = "spiffe_id, attestation_type, svid_serial, svid_expires_at
 impl Store {
     /// Records a (re-)attested agent, or updates its SVID if it exists.
     /// A banned agent stays banned.
-    pub async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+    pub(crate) async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
@@ -70,7 +70,7 @@ impl Store {
     }
 
     /// One agent.
-    pub async fn get_agent(&self, spiffe_id: &str) -> Result<AgentRecord, StoreError> {
+    pub(crate) async fn get_agent(&self, spiffe_id: &str) -> Result<AgentRecord, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM agents WHERE spiffe_id = $1"
         ))
@@ -82,7 +82,7 @@ impl Store {
     }
 
     /// All agents, by SPIFFE ID.
-    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+    pub(crate) async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM agents ORDER BY spiffe_id"))
             .fetch_all(&self.pool)
             .await?;
@@ -91,7 +91,7 @@ impl Store {
 
     /// The agent has presented its current SVID: its previous serial is no
     /// longer accepted.
-    pub async fn forget_previous_serial(
+    pub(crate) async fn forget_previous_serial(
         &self,
         spiffe_id: &str,
         serial: &str,
@@ -107,7 +107,11 @@ impl Store {
     }
 
     /// Bans an agent; its entry stream ends.
-    pub async fn ban_agent(&self, spiffe_id: &str, now: i64) -> Result<AgentRecord, StoreError> {
+    pub(crate) async fn ban_agent(
+        &self,
+        spiffe_id: &str,
+        now: i64,
+    ) -> Result<AgentRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         // A banned or evicted agent's endpoints go with it (the change
         // below tells every replica to re-read them).
@@ -138,7 +142,7 @@ impl Store {
 
     /// Removes an agent's record (it may re-attest with a new token); its
     /// entry stream ends.
-    pub async fn delete_agent(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
+    pub(crate) async fn delete_agent(&self, spiffe_id: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         // A banned or evicted agent's endpoints go with it (the change
         // below tells every replica to re-read them).

@@ -17,7 +17,7 @@ use super::{get, Backend, Store, StoreError};
 use crate::registry::entry::Entry;
 
 /// The PostgreSQL channel each committed change is announced on.
-pub const NOTIFY_CHANNEL: &str = "signet_changes";
+pub(crate) const NOTIFY_CHANNEL: &str = "signet_changes";
 
 /// The advisory lock writers of changes take (an arbitrary constant, the
 /// same in every replica).
@@ -132,7 +132,7 @@ impl Store {
     /// Up to `limit` changes after revision `after`, oldest first, each entry
     /// change joined with the entry as it is now. One query, however many
     /// agents there are.
-    pub async fn changes_since(
+    pub(crate) async fn changes_since(
         &self,
         after: i64,
         limit: i64,
@@ -156,7 +156,7 @@ impl Store {
     }
 
     /// The newest revision (0 before any change).
-    pub async fn latest_revision(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn latest_revision(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COALESCE(MAX(revision), 0) FROM changes")
             .fetch_one(&self.pool)
             .await?;
@@ -166,7 +166,7 @@ impl Store {
     /// Every entry and the revision they are complete up to: the revision is
     /// read first, so changes committed while the entries are read are also
     /// in the feed after it (applying them again is harmless).
-    pub async fn entries_at_revision(&self) -> Result<(Vec<Entry>, i64), StoreError> {
+    pub(crate) async fn entries_at_revision(&self) -> Result<(Vec<Entry>, i64), StoreError> {
         let revision = self.latest_revision().await?;
         let entries = self.list_entries(&Default::default()).await?;
         Ok((entries, revision))
@@ -174,7 +174,7 @@ impl Store {
 
     /// Deletes changes recorded before `before` (Unix seconds), keeping the
     /// newest, and raises the horizon to the highest deleted revision.
-    pub async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
+    pub(crate) async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT COALESCE(MAX(revision), 0) FROM changes \
@@ -205,7 +205,7 @@ impl Store {
     }
 
     /// The highest revision pruned from the feed (0: none).
-    pub async fn changes_horizon(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn changes_horizon(&self) -> Result<i64, StoreError> {
         self.setting(HORIZON)
             .await?
             .map(|v| {

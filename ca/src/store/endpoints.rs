@@ -95,7 +95,7 @@ impl Store {
     /// Replaces `agent_id`'s endpoints with `endpoints` (published through
     /// `session`); an endpoint published before keeps its registration
     /// time. One change row, whatever the number of endpoints.
-    pub async fn replace_endpoints(
+    pub(crate) async fn replace_endpoints(
         &self,
         agent_id: &str,
         endpoints: &[EndpointRecord],
@@ -158,7 +158,7 @@ impl Store {
 
     /// Marks the endpoints `session` published as lost at `now` (their
     /// agent's stream ended); they stay published until withdrawn.
-    pub async fn mark_endpoints_lost(
+    pub(crate) async fn mark_endpoints_lost(
         &self,
         agent_id: &str,
         session: &str,
@@ -176,7 +176,7 @@ impl Store {
 
     /// Withdraws the endpoints `session` published, if the agent has not
     /// published again since (through another stream).
-    pub async fn withdraw_endpoints(
+    pub(crate) async fn withdraw_endpoints(
         &self,
         agent_id: &str,
         session: &str,
@@ -225,7 +225,7 @@ impl Store {
 
     /// The publishing sessions `replica` held, with their agents: after a
     /// restart of that replica, nobody else will withdraw them.
-    pub async fn endpoint_sessions_of(
+    pub(crate) async fn endpoint_sessions_of(
         &self,
         replica: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
@@ -240,7 +240,7 @@ impl Store {
     }
 
     /// `agent_id`'s endpoints.
-    pub async fn endpoints_of_agent(
+    pub(crate) async fn endpoints_of_agent(
         &self,
         agent_id: &str,
     ) -> Result<Vec<EndpointRecord>, StoreError> {
@@ -256,7 +256,7 @@ impl Store {
     }
 
     /// Every endpoint.
-    pub async fn list_endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
+    pub(crate) async fn list_endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
         sqlx::query(&format!(
             "SELECT {COLUMNS} FROM endpoints ORDER BY spiffe_id, address"
         ))

@@ -18,7 +18,11 @@ pub struct EntryFilter {
 impl Store {
     /// Stores a new entry; its revision is the change's. `AlreadyExists`
     /// when an entry with the same SPIFFE ID, parent and selectors exists.
-    pub async fn create_entry(&self, spec: &EntrySpec, now: i64) -> Result<Entry, StoreError> {
+    pub(crate) async fn create_entry(
+        &self,
+        spec: &EntrySpec,
+        now: i64,
+    ) -> Result<Entry, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         let mut tx = self.begin_write().await?;
         let revision = record_change(
@@ -61,7 +65,7 @@ impl Store {
     /// One entry by ID.
     /// Reads and decodes one entry row, if any: whether the entries table
     /// can serve reads at all (readiness checks it, not just `SELECT 1`).
-    pub async fn probe_entries(&self) -> Result<(), StoreError> {
+    pub(crate) async fn probe_entries(&self) -> Result<(), StoreError> {
         if let Some(row) = sqlx::query(&format!("SELECT {COLUMNS} FROM entries LIMIT 1"))
             .fetch_optional(&self.pool)
             .await?
@@ -72,7 +76,7 @@ impl Store {
     }
 
     /// One entry by ID.
-    pub async fn get_entry(&self, id: &str) -> Result<Entry, StoreError> {
+    pub(crate) async fn get_entry(&self, id: &str) -> Result<Entry, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM entries WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -82,7 +86,10 @@ impl Store {
     }
 
     /// Entries matching the filter, ordered by SPIFFE ID then ID.
-    pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, StoreError> {
+    pub(crate) async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+    ) -> Result<Vec<Entry>, StoreError> {
         // Empty strings mean "no filter" so that one prepared statement serves.
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM entries \
@@ -98,7 +105,7 @@ impl Store {
 
     /// Replaces an entry's fields; its revision becomes the change's. An
     /// entry moved to another agent is a change for both agents.
-    pub async fn update_entry(
+    pub(crate) async fn update_entry(
         &self,
         id: &str,
         spec: &EntrySpec,
@@ -161,7 +168,7 @@ impl Store {
     }
 
     /// Deletes an entry.
-    pub async fn delete_entry(&self, id: &str, now: i64) -> Result<(), StoreError> {
+    pub(crate) async fn delete_entry(&self, id: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let (parent, spiffe_id): (String, String) =
             sqlx::query("DELETE FROM entries WHERE id = $1 RETURNING parent_id, spiffe_id")

@@ -53,7 +53,7 @@ fn record_from_row(row: &AnyRow) -> Result<JwtKeyRecord, StoreError> {
 impl Store {
     /// Every JWT key not yet past `not_after` and not revoked (the ones
     /// in the bundle), oldest first.
-    pub async fn jwt_keys(&self, now: i64) -> Result<Vec<JwtKeyRecord>, StoreError> {
+    pub(crate) async fn jwt_keys(&self, now: i64) -> Result<Vec<JwtKeyRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM jwt_keys WHERE not_after > $1 AND status <> 'revoked' \
              ORDER BY created_at, kid"
@@ -65,7 +65,7 @@ impl Store {
     }
 
     /// Records a new key; it is in the bundle from now on.
-    pub async fn insert_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
+    pub(crate) async fn insert_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query(&format!(
             "INSERT INTO jwt_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -95,7 +95,7 @@ impl Store {
     /// Moves key `kid` of `replica` from one state to another, recording
     /// when it stopped signing if it did; false when it was not in state
     /// `from` (another process moved it first).
-    pub async fn set_jwt_key_status(
+    pub(crate) async fn set_jwt_key_status(
         &self,
         kid: &str,
         replica: &str,
@@ -121,7 +121,7 @@ impl Store {
     }
 
     /// One JWT key by `kid` (revoked ones too).
-    pub async fn jwt_key(&self, kid: &str) -> Result<JwtKeyRecord, StoreError> {
+    pub(crate) async fn jwt_key(&self, kid: &str) -> Result<JwtKeyRecord, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jwt_keys WHERE kid = $1"))
             .bind(kid)
             .fetch_optional(&self.pool)
@@ -132,7 +132,7 @@ impl Store {
 
     /// Taints JWT key `kid`: agents learn it with the bundle and stop
     /// handing out tokens it signed.
-    pub async fn taint_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
+    pub(crate) async fn taint_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let r = sqlx::query("UPDATE jwt_keys SET tainted = 1 WHERE kid = $1 AND tainted = 0")
             .bind(kid)
@@ -148,7 +148,7 @@ impl Store {
 
     /// Revokes JWT key `kid`: out of the bundle, so tokens it signed stop
     /// validating.
-    pub async fn revoke_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
+    pub(crate) async fn revoke_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE jwt_keys SET status = 'revoked' WHERE kid = $1")
             .bind(kid)
@@ -161,7 +161,7 @@ impl Store {
 
     /// Deletes keys past their `not_after` (no token they signed is valid
     /// any more); bumps the bundle sequence when any went.
-    pub async fn delete_expired_jwt_keys(&self, now: i64) -> Result<u64, StoreError> {
+    pub(crate) async fn delete_expired_jwt_keys(&self, now: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let r = sqlx::query("DELETE FROM jwt_keys WHERE not_after <= $1")
             .bind(now)

@@ -100,7 +100,7 @@ pub(crate) fn conflict(id: &str, status: KeyStatus, replica: &str) -> String {
 impl Store {
     /// Records a new signing key and, in the same transaction, adds the given
     /// roots to the bundle (bumping its sequence when any is new).
-    pub async fn insert_ca_key(
+    pub(crate) async fn insert_ca_key(
         &self,
         key: &CaKeyRecord,
         new_roots: &[(String, Vec<u8>, i64)],
@@ -151,7 +151,7 @@ impl Store {
 
     /// Signing keys with status `active`, newest expiry first.
     #[cfg(test)]
-    pub async fn active_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+    pub(crate) async fn active_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} \
              FROM ca_keys WHERE status = 'active' ORDER BY not_after DESC, id"
@@ -162,7 +162,7 @@ impl Store {
     }
 
     /// Every signing key still valid at `now`, newest expiry first.
-    pub async fn ca_keys(&self, now: i64) -> Result<Vec<CaKeyRecord>, StoreError> {
+    pub(crate) async fn ca_keys(&self, now: i64) -> Result<Vec<CaKeyRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} \
              FROM ca_keys WHERE not_after > $1 ORDER BY not_after DESC, id"
@@ -174,7 +174,11 @@ impl Store {
     }
 
     /// Records that `replica` holds the private key of CA key `id`.
-    pub async fn set_ca_key_replica(&self, id: &str, replica: &str) -> Result<(), StoreError> {
+    pub(crate) async fn set_ca_key_replica(
+        &self,
+        id: &str,
+        replica: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE ca_keys SET replica = $1 WHERE id = $2")
             .bind(replica)
             .bind(id)
@@ -184,7 +188,7 @@ impl Store {
     }
 
     /// One CA key by ID.
-    pub async fn ca_key(&self, id: &str) -> Result<CaKeyRecord, StoreError> {
+    pub(crate) async fn ca_key(&self, id: &str) -> Result<CaKeyRecord, StoreError> {
         let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM ca_keys WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -197,7 +201,7 @@ impl Store {
     /// stopped signing if it did; false when it was not in `from` (another
     /// process moved it first). Its certificate stays in the bundle (a lost
     /// key's too: SVIDs it signed keep verifying until they expire).
-    pub async fn set_ca_key_status(
+    pub(crate) async fn set_ca_key_status(
         &self,
         id: &str,
         from: KeyStatus,
@@ -222,7 +226,7 @@ impl Store {
 
     /// Taints CA key `id` (not the active one: the caller checks): agents
     /// learn it with the bundle and replace what it signed.
-    pub async fn taint_ca_key(&self, id: &str, now: i64) -> Result<(), StoreError> {
+    pub(crate) async fn taint_ca_key(&self, id: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let r = sqlx::query("UPDATE ca_keys SET tainted = 1 WHERE id = $1 AND tainted = 0")
             .bind(id)
@@ -238,7 +242,7 @@ impl Store {
 
     /// Revokes CA key `id`: it signs nothing more and its certificate
     /// (`fingerprint`, when it is a bundle root) leaves the bundle.
-    pub async fn revoke_ca_key(
+    pub(crate) async fn revoke_ca_key(
         &self,
         id: &str,
         fingerprint: Option<&str>,
@@ -262,7 +266,7 @@ impl Store {
 
     /// The bundle's authorities (DER) still valid at `now`, oldest first,
     /// and the bundle sequence number.
-    pub async fn bundle(&self, now: i64) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
+    pub(crate) async fn bundle(&self, now: i64) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
         let rows = sqlx::query(
             "SELECT cert_der FROM bundle_authorities WHERE not_after > $1 ORDER BY added_at, fingerprint",
         )

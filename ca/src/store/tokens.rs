@@ -6,7 +6,7 @@ use super::{Store, StoreError};
 
 /// The outcome of presenting a join token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenUse {
+pub(crate) enum TokenUse {
     /// The token was valid and is now burned; the agent gets this ID.
     Accepted {
         /// The SPIFFE ID recorded for the agent.
@@ -20,7 +20,7 @@ pub enum TokenUse {
 
 impl Store {
     /// Records a new token by its hash.
-    pub async fn insert_join_token(
+    pub(crate) async fn insert_join_token(
         &self,
         token_hash: &str,
         agent_id: &str,
@@ -41,7 +41,11 @@ impl Store {
     }
 
     /// Burns a token atomically: of two concurrent uses, exactly one wins.
-    pub async fn use_join_token(&self, token_hash: &str, now: i64) -> Result<TokenUse, StoreError> {
+    pub(crate) async fn use_join_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<TokenUse, StoreError> {
         let row = sqlx::query(
             "DELETE FROM join_tokens WHERE token_hash = $1 RETURNING agent_id, expires_at",
         )
@@ -61,7 +65,7 @@ impl Store {
     }
 
     /// Deletes expired tokens; returns how many.
-    pub async fn prune_join_tokens(&self, now: i64) -> Result<u64, StoreError> {
+    pub(crate) async fn prune_join_tokens(&self, now: i64) -> Result<u64, StoreError> {
         let r = sqlx::query("DELETE FROM join_tokens WHERE expires_at <= $1")
             .bind(now)
             .execute(&self.pool)

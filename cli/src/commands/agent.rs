@@ -8,7 +8,7 @@ use crate::output::{self, timestamp, Format};
 
 /// Agent commands.
 #[derive(clap::Subcommand)]
-pub enum AgentCommand {
+pub(crate) enum AgentCommand {
     /// Run the node agent: attest to the CA, keep SVIDs fresh, serve the Workload API.
     ///
     /// On first start the agent needs a join token and a way to trust the CA
@@ -84,7 +84,7 @@ impl From<pb::Agent> for AgentView {
 
 /// Flags of `signet agent run`; each overrides the config file.
 #[derive(clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// TOML config file.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
@@ -175,7 +175,7 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
 
 impl AgentCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
             AgentCommand::Run(args) => run_agent(args).await,
             AgentCommand::List { output, admin } => {

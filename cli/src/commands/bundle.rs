@@ -9,7 +9,7 @@ use crate::admin_client::{AdminSocket, ResponseExt};
 
 /// Bundle formats.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum BundleFormat {
+pub(crate) enum BundleFormat {
     /// PEM certificates (for openssl, curl, most TLS stacks).
     Pem,
     /// SPIFFE bundle: a JWK set (X.509 authorities with use x509-svid, JWT
@@ -20,7 +20,7 @@ pub enum BundleFormat {
 
 /// Bundle commands.
 #[derive(clap::Subcommand)]
-pub enum BundleCommand {
+pub(crate) enum BundleCommand {
     /// Print the trust domain's authorities: X.509 (pem), or X.509 and JWT
     /// with their kid (jwks, the SPIFFE bundle format).
     ///
@@ -38,7 +38,7 @@ pub enum BundleCommand {
 
 impl BundleCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         let BundleCommand::Show { format, admin } = self;
         let b = admin
             .connect()

@@ -13,7 +13,7 @@ use crate::output::{self, timestamp, Format};
 
 /// CA commands.
 #[derive(clap::Subcommand)]
-pub enum CaCommand {
+pub(crate) enum CaCommand {
     /// Run the Signet certificate authority for one trust domain.
     ///
     /// Settings come from the TOML file given with --config (every key is
@@ -92,7 +92,7 @@ pub enum CaCommand {
 
 /// The kind of key an operation is for.
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Signs X.509-SVIDs.
     X509,
     /// Signs JWT-SVIDs.
@@ -127,7 +127,7 @@ struct KeyView {
 
 /// Flags of `signet ca serve`; each overrides the config file.
 #[derive(clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML config file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -160,7 +160,7 @@ pub struct ServeArgs {
 
 impl CaCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
             CaCommand::Serve(args) => serve(args).await,
             CaCommand::Show { output, admin } => {

@@ -20,7 +20,7 @@ use crate::admin_client::{AdminSocket, ResponseExt};
 
 /// Flags of `signet dev`.
 #[derive(clap::Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Keep the directory (keys, database, logs) after Ctrl-C.
     #[arg(long)]
     keep: bool,
@@ -99,7 +99,7 @@ fn spawn_binary(
 }
 
 /// Runs the dev environment until Ctrl-C.
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (dir, temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Serves "hello from payments" with the caller identity its sidecar
 /// vouched for, until the process ends.
-pub async fn serve_demo_app(listener: tokio::net::TcpListener) {
+pub(super) async fn serve_demo_app(listener: tokio::net::TcpListener) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
@@ -45,7 +45,7 @@ pub async fn serve_demo_app(listener: tokio::net::TcpListener) {
 
 /// A name for the running `signet` binary under `bin_dir` (hard link, or a
 /// copy across file systems), so the agent can tell processes apart by path.
-pub fn binary_named(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn binary_named(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the signet binary")?;
     std::fs::create_dir_all(bin_dir)
         .with_context(|| format!("cannot create {}", bin_dir.display()))?;
@@ -58,7 +58,7 @@ pub fn binary_named(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// `GET /` on 127.0.0.1:`port`: (status code, body).
-pub async fn get(port: u16) -> anyhow::Result<(u16, String)> {
+pub(super) async fn get(port: u16) -> anyhow::Result<(u16, String)> {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         s.write_all(b"GET / HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n")

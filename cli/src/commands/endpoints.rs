@@ -9,7 +9,7 @@ use crate::output::{self, Format};
 
 /// Endpoint commands.
 #[derive(clap::Subcommand)]
-pub enum EndpointsCommand {
+pub(crate) enum EndpointsCommand {
     /// List the endpoints sidecars have registered, with their node, age and
     /// health (whether their agent is connected to the CA).
     ///
@@ -81,7 +81,7 @@ fn age(seconds: i64) -> String {
 
 impl EndpointsCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
             EndpointsCommand::List {
                 spiffe_id,

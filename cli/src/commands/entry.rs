@@ -9,7 +9,7 @@ use crate::output::{self, timestamp, Format};
 
 /// Registration entry commands.
 #[derive(clap::Subcommand)]
-pub enum EntryCommand {
+pub(crate) enum EntryCommand {
     /// Register a workload identity.
     ///
     /// Prints the new entry's ID alone on stdout.
@@ -87,7 +87,7 @@ pub enum EntryCommand {
 
 /// Fields of a new entry.
 #[derive(clap::Args)]
-pub struct EntryFields {
+pub(crate) struct EntryFields {
     /// The workload's SPIFFE ID.
     #[arg(long)]
     spiffe_id: String,
@@ -117,7 +117,7 @@ pub struct EntryFields {
 
 /// Fields an update may change.
 #[derive(clap::Args)]
-pub struct EntryUpdateFields {
+pub(crate) struct EntryUpdateFields {
     /// New SPIFFE ID.
     #[arg(long)]
     spiffe_id: Option<String>,
@@ -213,7 +213,7 @@ fn print_one(e: &EntryView) {
 
 impl EntryCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
             EntryCommand::Create { fields, admin } => {
                 let spec = pb::EntrySpec {

@@ -15,7 +15,7 @@ use crate::output::{self, seconds_until, timestamp, Format};
 
 /// Where to find the agent.
 #[derive(clap::Args, Debug, Clone)]
-pub struct WorkloadSocket {
+pub(crate) struct WorkloadSocket {
     /// Workload API socket: a path or unix:///path [env: SPIFFE_ENDPOINT_SOCKET] [default: /run/signet/agent.sock].
     #[arg(long = "socket")]
     socket: Option<String>,
@@ -29,7 +29,7 @@ impl WorkloadSocket {
 
 /// Identity commands.
 #[derive(clap::Subcommand)]
-pub enum IdCommand {
+pub(crate) enum IdCommand {
     /// Show this process's SPIFFE identities, fetched from the Workload API.
     ///
     /// Example:
@@ -85,7 +85,7 @@ pub enum IdCommand {
 
 /// A Workload API client on `socket`, with a clear error when the agent is
 /// not there.
-pub async fn client(
+pub(crate) async fn client(
     socket: &WorkloadSocket,
 ) -> anyhow::Result<SpiffeWorkloadApiClient<tonic::transport::Channel>> {
     let path = socket.path()?;
@@ -181,7 +181,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
 
 impl IdCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
             IdCommand::Show {
                 socket,

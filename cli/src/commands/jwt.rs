@@ -20,7 +20,7 @@ use crate::output::timestamp;
 
 /// JWT-SVID commands.
 #[derive(clap::Subcommand)]
-pub enum JwtCommand {
+pub(crate) enum JwtCommand {
     /// Decode a JWT-SVID and check every rule offline; exit 0 only when valid.
     ///
     /// Without --bundle the signature cannot be checked, so the token is
@@ -74,7 +74,7 @@ fn read_token(arg: &str) -> anyhow::Result<String> {
 
 impl JwtCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
             JwtCommand::Inspect {
                 token,

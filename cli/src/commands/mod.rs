@@ -1,23 +1,23 @@
 //! One module per top-level subcommand.
 
-pub mod agent;
-pub mod bundle;
-pub mod ca;
-pub mod dev;
+pub(crate) mod agent;
+pub(crate) mod bundle;
+pub(crate) mod ca;
+pub(crate) mod dev;
 mod dev_demo;
-pub mod endpoints;
-pub mod entry;
-pub mod id;
-pub mod jwt;
-pub mod proxy;
-pub mod token;
-pub mod x509;
+pub(crate) mod endpoints;
+pub(crate) mod entry;
+pub(crate) mod id;
+pub(crate) mod jwt;
+pub(crate) mod proxy;
+pub(crate) mod token;
+pub(crate) mod x509;
 
-pub use signet_identity::daemon::shutdown_signal;
+pub(crate) use signet_identity::daemon::shutdown_signal;
 
 /// Log output format for daemons.
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
@@ -27,6 +27,6 @@ pub enum LogFormat {
 
 /// Sets up `tracing` for a daemon (see
 /// [`signet_identity::daemon::init_logging`]).
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     signet_identity::daemon::init_logging(matches!(format, LogFormat::Json))
 }

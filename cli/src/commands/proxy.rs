@@ -27,7 +27,7 @@ fn explain(allowed: bool, rule: &Option<Arc<Rule>>) -> String {
 
 /// Proxy commands.
 #[derive(clap::Subcommand)]
-pub enum ProxyCommand {
+pub(crate) enum ProxyCommand {
     /// Run the sidecar proxy: mTLS in and out with this workload's SVID, policy on inbound.
     ///
     /// Takes its SVID and bundle from the agent (workload_api_socket, default
@@ -53,7 +53,7 @@ pub enum ProxyCommand {
 
 /// Policy commands.
 #[derive(clap::Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Validate a policy directory (for CI on your policy repo).
     ///
     /// Example:
@@ -109,13 +109,13 @@ pub enum PolicyCommand {
 
 impl ProxyCommand {
     /// Worker threads asked for on the command line.
-    pub fn worker_threads(&self) -> Option<usize> {
+    pub(crate) fn worker_threads(&self) -> Option<usize> {
         let ProxyCommand::Run { worker_threads, .. } = self;
         *worker_threads
     }
 
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         let ProxyCommand::Run {
             config, log_format, ..
         } = self;
@@ -128,7 +128,7 @@ impl ProxyCommand {
 
 impl PolicyCommand {
     /// Runs the command.
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         match self {
             PolicyCommand::Check { dir } => {
                 let policy = load_dir(&dir).map_err(|e| anyhow!("{e}"))?;

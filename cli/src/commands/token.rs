@@ -6,7 +6,7 @@ use crate::output::timestamp;
 
 /// Join token commands.
 #[derive(clap::Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Create a single-use join token for a new agent.
     ///
     /// Prints the token alone on stdout (for scripts); the agent ID it grants
@@ -29,7 +29,7 @@ pub enum TokenCommand {
 
 impl TokenCommand {
     /// Runs the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
             TokenCommand::Create {
                 ttl,

@@ -16,7 +16,7 @@ use crate::output::{self, seconds_until, Format};
 
 /// X.509 commands.
 #[derive(clap::Subcommand)]
-pub enum X509Command {
+pub(crate) enum X509Command {
     /// Describe an X.509-SVID (PEM or DER, leaf first) and list the X.509-SVID
     /// rules it breaks. Exits non-zero when it breaks any, or when --bundle is
     /// given and the chain does not verify.
@@ -47,7 +47,7 @@ struct Report {
 
 impl X509Command {
     /// Runs the command.
-    pub fn run(self) -> anyhow::Result<()> {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
         let X509Command::Inspect {
             file,
             bundle,

@@ -15,17 +15,17 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// How often an unreachable app is tried again.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The app's reachability.
-pub struct AppHealth {
+pub(crate) struct AppHealth {
     forward_to: String,
     up: watch::Sender<bool>,
 }
 
 impl AppHealth {
     /// Assumed up until a connection to the app fails.
-    pub fn start(forward_to: &str) -> Arc<Self> {
+    pub(crate) fn start(forward_to: &str) -> Arc<Self> {
         Arc::new(Self {
             forward_to: forward_to.to_owned(),
             up: watch::channel(true).0,
@@ -33,12 +33,12 @@ impl AppHealth {
     }
 
     /// A receiver of whether the app answers.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
         self.up.subscribe()
     }
 
     /// A connection to the app succeeded.
-    pub fn reached(&self) {
+    pub(crate) fn reached(&self) {
         // Called for every connection and request: the common case (already
         // up) takes only the read lock.
         if *self.up.borrow() {
@@ -50,7 +50,7 @@ impl AppHealth {
     }
 
     /// A connection to the app was refused or failed.
-    pub fn unreachable(self: &Arc<Self>) {
+    pub(crate) fn unreachable(self: &Arc<Self>) {
         if self.up.send_if_modified(|up| std::mem::replace(up, false)) {
             tracing::warn!(forward_to = %self.forward_to, "the app does not answer: endpoint withdrawn until it does");
             self.clone().spawn_probe();

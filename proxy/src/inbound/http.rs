@@ -30,7 +30,7 @@ use crate::policy::watch::PolicyHandle;
 use crate::wire::control_headers::{self, Reason, ANSWER_TOKEN, NOT_FORWARDED};
 
 /// The header that carries the verified caller identity to the app.
-pub const PEER_ID_HEADER: &str = "x-signet-peer-id";
+pub(crate) const PEER_ID_HEADER: &str = "x-signet-peer-id";
 
 /// Connection-level headers that must not be forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -60,7 +60,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Forwards authorized requests to the local app.
-pub struct HttpForwarder {
+pub(crate) struct HttpForwarder {
     client: Client<HttpConnector, Incoming>,
     forward_to: String,
     version: hyper::Version,
@@ -69,7 +69,7 @@ pub struct HttpForwarder {
 impl HttpForwarder {
     /// A pooled client to `forward_to`: HTTP/1.1, or HTTP/2 with prior
     /// knowledge (`h2`).
-    pub fn new(forward_to: &str, app_protocol: AppProtocol) -> Self {
+    pub(crate) fn new(forward_to: &str, app_protocol: AppProtocol) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let mut builder = Client::builder(TokioExecutor::new());
@@ -99,7 +99,7 @@ fn text(status: StatusCode, msg: &'static str) -> Response<Body> {
 }
 
 /// Everything a request needs to be decided and forwarded.
-pub struct HttpContext {
+pub(crate) struct HttpContext {
     /// The authenticated peer.
     pub peer: SpiffeId,
     /// Our own identity (the destination).
@@ -304,7 +304,7 @@ impl Activity {
 /// closes, under `limits`: header count, size and read time, HTTP/2
 /// streams, and an idle timeout after which the connection is shut down
 /// gracefully (requests in flight finish).
-pub async fn serve<S>(stream: S, ctx: Arc<HttpContext>, limits: &LimitsConfig)
+pub(crate) async fn serve<S>(stream: S, ctx: Arc<HttpContext>, limits: &LimitsConfig)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -15,7 +15,7 @@ use crate::workload_identity::IdentityWatch;
 
 /// What the inbound listener advertises (the SPIFFE ID is the proxy's own).
 #[derive(Debug, Clone)]
-pub struct Advertised {
+pub(crate) struct Advertised {
     /// `host:port` or `:port`.
     pub address: String,
     /// `tcp` or `http`.
@@ -30,7 +30,7 @@ pub struct Advertised {
 
 /// Keeps the endpoint registered while the app answers (`app_up`), until
 /// `stop`.
-pub async fn keep_registered(
+pub(crate) async fn keep_registered(
     socket: PathBuf,
     advertised: Advertised,
     mut identity: IdentityWatch,

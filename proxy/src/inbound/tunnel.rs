@@ -38,7 +38,7 @@ use crate::wire::hbone::{self, response};
 /// address as it sees it, which the proxy cannot know). Whatever the
 /// authority, the stream goes to `forward_to` and nowhere else.
 #[derive(Debug, Clone)]
-pub struct Targets {
+pub(crate) struct Targets {
     /// Accepted as they are.
     pub exact: Vec<String>,
     /// Any host with this port.
@@ -47,7 +47,7 @@ pub struct Targets {
 
 impl Targets {
     /// Whether `authority` names the app.
-    pub fn allows(&self, authority: &http::uri::Authority) -> bool {
+    pub(crate) fn allows(&self, authority: &http::uri::Authority) -> bool {
         self.exact.iter().any(|t| t == authority.as_str())
             || (self.any_host_port.is_some() && authority.port_u16() == self.any_host_port)
     }
@@ -62,7 +62,7 @@ fn lost_label(lost: &StandingLost) -> &'static str {
 }
 
 /// One inbound proxy's tunnel listener.
-pub struct TunnelInbound {
+pub(crate) struct TunnelInbound {
     /// The proxy's inbound side: policy, app, limits, metrics.
     pub inbound: Arc<Inbound>,
     /// rustls server configuration offering ALPN `h2` only.
@@ -76,7 +76,7 @@ pub struct TunnelInbound {
 
 impl TunnelInbound {
     /// Accepts until `stop`, under the inbound limits.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
         let limits = &self.inbound.limits;
         let admission = Admission::new(limits.max_connections, limits.max_handshakes_per_source);
         let this = self.clone();

@@ -50,7 +50,7 @@ use crate::upstream::MAX_ATTEMPTS;
 use crate::wire::control_headers::{self, Reason};
 
 /// Largest request body kept to be replayed on a retry.
-pub const REPLAY_LIMIT: u64 = 64 * 1024;
+pub(crate) const REPLAY_LIMIT: u64 = 64 * 1024;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
@@ -66,7 +66,7 @@ struct Pooled {
 
 /// One route's timeout: requests whose path starts with `prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteTimeout {
+pub(crate) struct RouteTimeout {
     /// Path prefix.
     pub prefix: String,
     /// How long a request may take, retries included.
@@ -74,7 +74,7 @@ pub struct RouteTimeout {
 }
 
 /// The HTTP state of an outbound listener.
-pub struct HttpState {
+pub(crate) struct HttpState {
     pool: Mutex<std::collections::HashMap<String, Pooled>>,
     /// One connection attempt per endpoint at a time: requests that find
     /// no pooled connection wait for the one being made, rather than each
@@ -91,7 +91,7 @@ pub struct HttpState {
 
 impl HttpState {
     /// State with `routes` (any order) and the caps.
-    pub fn new(
+    pub(crate) fn new(
         mut routes: Vec<RouteTimeout>,
         default_timeout: Option<Duration>,
         max_pending: usize,
@@ -109,7 +109,7 @@ impl HttpState {
     }
 
     /// The timeout of a request to `path`.
-    pub fn timeout_for(&self, path: &str) -> Option<Duration> {
+    pub(crate) fn timeout_for(&self, path: &str) -> Option<Duration> {
         self.routes
             .iter()
             .find(|r| path.starts_with(&r.prefix))
@@ -157,7 +157,7 @@ impl HttpState {
 }
 
 /// Whether a request with `method` may be sent twice.
-pub fn idempotent(method: &Method) -> bool {
+pub(crate) fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE

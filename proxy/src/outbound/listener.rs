@@ -14,7 +14,7 @@ use crate::outbound::http::HttpState;
 use crate::outbound::target::Target;
 
 /// One outbound listener.
-pub struct Outbound {
+pub(crate) struct Outbound {
     /// The upstream and how it is reached.
     pub target: Arc<Target>,
     /// HTTP mode: per-request balancing, retries, timeouts.
@@ -26,7 +26,7 @@ pub struct Outbound {
 
 impl Outbound {
     /// Accepts until `stop`, under the listener's limits.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
         // Local apps are not counted per address: they all come from
         // loopback. Which local users may connect is checked per connection.
         let max = self.target.limits.max_connections;

@@ -103,7 +103,7 @@ fn parse_reply(b: &[u8]) -> io::Result<Option<u32>> {
 /// Each thread keeps one netlink socket (two system calls fewer per
 /// connection than a socket per query); replies are matched to their
 /// query by sequence number, and a socket that failed is replaced.
-pub fn peer_uid(peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
+pub(crate) fn peer_uid(peer: SocketAddr, local: SocketAddr) -> io::Result<Option<u32>> {
     use std::cell::{Cell, RefCell};
     thread_local! {
         static SOCKET: RefCell<Option<rustix::fd::OwnedFd>> = const { RefCell::new(None) };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Limits of a budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BudgetLimits {
+pub(crate) struct BudgetLimits {
     /// Retries allowed per original request over the window.
     pub ratio: f64,
     /// Retries allowed per second whatever the traffic.
@@ -37,14 +37,14 @@ struct Second {
 
 /// One upstream's budget.
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     limits: BudgetLimits,
     seconds: VecDeque<Second>,
 }
 
 impl RetryBudget {
     /// An empty budget.
-    pub fn new(limits: BudgetLimits) -> Self {
+    pub(crate) fn new(limits: BudgetLimits) -> Self {
         Self {
             limits,
             seconds: VecDeque::new(),
@@ -79,12 +79,12 @@ impl RetryBudget {
     }
 
     /// Counts an original request (not a retry).
-    pub fn request(&mut self, now: Instant) {
+    pub(crate) fn request(&mut self, now: Instant) {
         self.now(now).requests += 1;
     }
 
     /// Whether one more retry fits, and if so, counts it.
-    pub fn try_retry(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_retry(&mut self, now: Instant) -> bool {
         self.now(now);
         let (requests, retries) = self
             .seconds

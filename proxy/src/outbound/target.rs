@@ -15,7 +15,7 @@ use crate::upstream::Upstream;
 
 /// Where an outbound listener sends its app's connections, and how: what
 /// TCP mode and HTTP mode share.
-pub struct Target {
+pub(crate) struct Target {
     /// rustls client configurations (verify the expected server ID), one
     /// per SVID with its own tickets.
     pub tls: Arc<OutboundTls>,
@@ -37,7 +37,7 @@ pub struct Target {
 
 /// When an outbound listener's connections ride the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelMode {
+pub(crate) enum TunnelMode {
     /// For endpoints with a tunnel port.
     Auto,
     /// Never (`tunnel = false`).

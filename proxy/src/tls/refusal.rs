@@ -8,7 +8,7 @@ use signet_identity::{SvidError, Violation};
 
 /// The reason for a peer our verifier refused, during the handshake or on
 /// a resumed session.
-pub fn refusal_reason(e: &PeerRefused) -> &'static str {
+pub(crate) fn refusal_reason(e: &PeerRefused) -> &'static str {
     match e {
         PeerRefused::NotAuthorized(_) => "peer_not_authorized",
         PeerRefused::Svid(SvidError::WrongTrustDomain { .. }) => "wrong_trust_domain",
@@ -19,7 +19,7 @@ pub fn refusal_reason(e: &PeerRefused) -> &'static str {
 }
 
 /// The reason for a failed TLS handshake (as tokio-rustls reports it).
-pub fn failure_reason(e: &std::io::Error) -> &'static str {
+pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
     let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<TlsError>())

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 /// Gates by endpoint address.
 #[derive(Default)]
-pub struct ConnectGates {
+pub(crate) struct ConnectGates {
     gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -20,7 +20,7 @@ impl ConnectGates {
     /// Waits for the turn to connect to `address`; the turn lasts while the
     /// guard is held. The caller looks in its pool again first: the caller
     /// before may have connected.
-    pub async fn turn(&self, address: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn turn(&self, address: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let gate = {
             let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
             if gates.len() > KEPT {

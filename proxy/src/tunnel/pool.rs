@@ -47,7 +47,7 @@ struct TunnelConn {
 
 /// How long a tunnel connection may carry no stream before it is closed
 /// (endpoints come and go; their idle connections must not stay open).
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The stream count of a connection closed for being idle: larger than any
 /// cap, so no stream is reserved on it any more.
@@ -76,7 +76,7 @@ fn idle_past(
 }
 
 /// A stream's place on its connection, given back when dropped.
-pub struct StreamSlot {
+pub(crate) struct StreamSlot {
     conn: Arc<TunnelConn>,
 }
 
@@ -87,7 +87,7 @@ impl Drop for StreamSlot {
 }
 
 /// An open tunnel stream to an upstream's app.
-pub struct TunnelStream {
+pub(crate) struct TunnelStream {
     /// The bytes.
     pub io: H2Stream,
     /// The upstream's verified SPIFFE ID.
@@ -98,7 +98,7 @@ pub struct TunnelStream {
 
 /// Why no stream was opened.
 #[derive(Debug)]
-pub enum StreamError {
+pub(crate) enum StreamError {
     /// The endpoint could not be reached, or its connection failed: an
     /// endpoint failure (metric reason, error); another endpoint may be
     /// tried.
@@ -116,7 +116,7 @@ pub enum StreamError {
 }
 
 /// An outbound listener's tunnel connections, by tunnel address.
-pub struct TunnelPool {
+pub(crate) struct TunnelPool {
     /// TLS with ALPN `h2`, one configuration per SVID.
     tls: OutboundTls,
     conns: Mutex<HashMap<String, Vec<Arc<TunnelConn>>>>,
@@ -127,14 +127,18 @@ pub struct TunnelPool {
 }
 
 /// `address`'s host with `port`: where its tunnel listener is.
-pub fn tunnel_address(address: &str, port: u16) -> String {
+pub(crate) fn tunnel_address(address: &str, port: u16) -> String {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     format!("{host}:{port}")
 }
 
 impl TunnelPool {
     /// An empty pool whose connections use `tls` (offering ALPN `h2`).
-    pub fn new(tls: OutboundTls, streams_per_connection: usize, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        tls: OutboundTls,
+        streams_per_connection: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tls,
             conns: Mutex::default(),
@@ -311,7 +315,7 @@ impl TunnelPool {
 
     /// A `CONNECT` stream to `authority` through the tunnel at
     /// `tunnel_addr`.
-    pub async fn open_stream(
+    pub(crate) async fn open_stream(
         &self,
         connector: &Connector,
         tunnel_addr: &str,

@@ -17,7 +17,7 @@ use signet_identity::tls::BundleHandle;
 use crate::workload_identity::Identity;
 
 /// The SVID a pooled connection was made with and its server's chain.
-pub struct PooledCredentials {
+pub(crate) struct PooledCredentials {
     key: Arc<CertifiedKey>,
     server: PeerStanding,
 }
@@ -26,7 +26,7 @@ pub struct PooledCredentials {
 /// it has expired and the agent has not renewed it (a new connection would
 /// fail its handshake; a pooled one must not stretch its life). On refusal,
 /// the metric reason and the error.
-pub fn not_expired(identity: &Identity) -> Result<(), (&'static str, String)> {
+pub(crate) fn not_expired(identity: &Identity) -> Result<(), (&'static str, String)> {
     if identity.is_valid() {
         Ok(())
     } else {
@@ -39,7 +39,7 @@ pub fn not_expired(identity: &Identity) -> Result<(), (&'static str, String)> {
 
 /// Why a pooled connection may carry nothing new.
 #[derive(Debug)]
-pub enum Retired {
+pub(crate) enum Retired {
     /// It was made with an SVID we no longer hold.
     Rotated,
     /// Its server's SVID has expired or lost its authority.
@@ -48,13 +48,13 @@ pub enum Retired {
 
 impl PooledCredentials {
     /// A connection made with `key` to a server in `server` standing.
-    pub fn new(key: Arc<CertifiedKey>, server: PeerStanding) -> Self {
+    pub(crate) fn new(key: Arc<CertifiedKey>, server: PeerStanding) -> Self {
         Self { key, server }
     }
 
     /// Whether the connection may carry new work for a caller holding
     /// `key`, under `bundle`, at `now`.
-    pub fn usable(
+    pub(crate) fn usable(
         &self,
         key: &Arc<CertifiedKey>,
         bundle: &BundleHandle,

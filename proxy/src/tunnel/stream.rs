@@ -16,7 +16,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// An HTTP/2 stream's two halves, read and written as bytes.
-pub struct H2Stream {
+pub(crate) struct H2Stream {
     send: SendStream<Bytes>,
     recv: RecvStream,
     /// Received and not yet read.
@@ -27,7 +27,7 @@ pub struct H2Stream {
 
 impl H2Stream {
     /// The byte stream over `send` and `recv`.
-    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
         Self {
             send,
             recv,
@@ -50,7 +50,7 @@ impl H2Stream {
     /// app slows its sender, not the other streams). End of input on either
     /// side is passed on as a half-close. `sent` and `received` count the
     /// bytes sent on and received from the stream as they pass.
-    pub async fn splice_tcp(
+    pub(crate) async fn splice_tcp(
         &mut self,
         tcp: &mut tokio::net::TcpStream,
         sent: &std::sync::atomic::AtomicU64,
@@ -130,7 +130,7 @@ impl H2Stream {
     /// Ends the stream abruptly in both directions (RST_STREAM with
     /// `reason`): the peer sees an error, not a clean end, as when a TCP
     /// connection is reset.
-    pub fn reset(&mut self, reason: h2::Reason) {
+    pub(crate) fn reset(&mut self, reason: h2::Reason) {
         self.send.send_reset(reason);
     }
 }

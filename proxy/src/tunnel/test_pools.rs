@@ -11,7 +11,7 @@ use signet_identity::testing::{LeafSpec, TestCa};
 
 /// A fresh SVID for `id` from `ca`, as the key a pooled connection is made
 /// with.
-pub fn certified_key(ca: &TestCa, id: &str) -> Arc<CertifiedKey> {
+pub(crate) fn certified_key(ca: &TestCa, id: &str) -> Arc<CertifiedKey> {
     let (chain, key) = ca.leaf(&LeafSpec::valid(id));
     let signing = signet_identity::tls::provider()
         .key_provider
@@ -22,7 +22,7 @@ pub fn certified_key(ca: &TestCa, id: &str) -> Arc<CertifiedKey> {
 
 /// The client end of a pipe whose other end is an HTTP/2 server accepting
 /// (and ignoring) streams.
-pub fn h2_pipe() -> tokio::io::DuplexStream {
+pub(crate) fn h2_pipe() -> tokio::io::DuplexStream {
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         if let Ok(mut server) = h2::server::handshake(server_io).await {

@@ -19,7 +19,7 @@ use crate::upstream::peak_ewma::PeakEwma;
 
 /// What "least loaded" means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoadMetric {
+pub(crate) enum LoadMetric {
     /// Active connections (TCP listeners).
     Connections,
     /// Peak-EWMA latency × (requests in flight + 1) (HTTP listeners).
@@ -31,7 +31,7 @@ pub enum LoadMetric {
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `host:port` to dial.
     pub address: String,
     /// Relative share of traffic (1-1000).
@@ -47,7 +47,7 @@ struct Slot {
 }
 
 /// An upstream's endpoints, their load and their outlier records.
-pub struct Balancer {
+pub(crate) struct Balancer {
     metric: LoadMetric,
     slots: Vec<Slot>,
     outliers: Outliers<String>,
@@ -57,7 +57,7 @@ pub struct Balancer {
 
 /// A chosen endpoint; counted as active until dropped.
 #[derive(Debug)]
-pub struct Pick {
+pub(crate) struct Pick {
     /// Where to connect.
     pub address: String,
     /// Its tunnel port (0: none).
@@ -69,7 +69,7 @@ pub struct Pick {
 impl Pick {
     /// The endpoint answered in `rtt` (at `now`): its latency estimate
     /// takes it in.
-    pub fn observe(&self, rtt: Duration, now: Instant) {
+    pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
         self.latency
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -85,7 +85,7 @@ impl Drop for Pick {
 
 impl Balancer {
     /// No endpoints yet; load measured by `metric`.
-    pub fn new(policy: EjectionPolicy, metric: LoadMetric) -> Self {
+    pub(crate) fn new(policy: EjectionPolicy, metric: LoadMetric) -> Self {
         Self {
             metric,
             slots: Vec::new(),
@@ -96,7 +96,7 @@ impl Balancer {
 
     /// Takes the current endpoint set: the load and the outlier record of
     /// an endpoint still there are kept.
-    pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
+    pub(crate) fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         let now = Instant::now();
         // New endpoints start at the mean estimate of those known.
         let estimates: Vec<f64> = self
@@ -140,7 +140,7 @@ impl Balancer {
 
     /// The endpoints known, with whether each is available at `now`.
     #[cfg(test)]
-    pub fn endpoints(&self, now: Instant) -> Vec<(Endpoint, bool)> {
+    pub(crate) fn endpoints(&self, now: Instant) -> Vec<(Endpoint, bool)> {
         self.slots
             .iter()
             .map(|s| {
@@ -151,14 +151,14 @@ impl Balancer {
     }
 
     /// How many endpoints are ejected at `now`.
-    pub fn ejected(&self, now: Instant) -> usize {
+    pub(crate) fn ejected(&self, now: Instant) -> usize {
         self.outliers.ejected_now(now)
     }
 
     /// Chooses an endpoint for a new connection at `now`, not one of
     /// `tried`; `random` is two uniform random numbers. `None` when no
     /// endpoint is left.
-    pub fn pick(&self, now: Instant, tried: &[String], random: (u64, u64)) -> Option<Pick> {
+    pub(crate) fn pick(&self, now: Instant, tried: &[String], random: (u64, u64)) -> Option<Pick> {
         let candidates: Vec<&Slot> = self
             .slots
             .iter()
@@ -195,12 +195,12 @@ impl Balancer {
     }
 
     /// A connection to `address` succeeded.
-    pub fn success(&mut self, address: &str) {
+    pub(crate) fn success(&mut self, address: &str) {
         self.outliers.success(&address.to_owned());
     }
 
     /// A connection to `address` failed (connect or handshake) at `now`.
-    pub fn failure(&mut self, address: &str, now: Instant) -> Verdict {
+    pub(crate) fn failure(&mut self, address: &str, now: Instant) -> Verdict {
         self.outliers.failure(&address.to_owned(), now)
     }
 }
@@ -225,7 +225,7 @@ impl Balancer {
 /// Two random numbers for [`Balancer::pick`]: from a per-thread xorshift
 /// generator seeded once from the system (choosing between two endpoints
 /// needs no secrecy; a `getrandom` call per connection did not pay).
-pub fn random_pair() -> (u64, u64) {
+pub(crate) fn random_pair() -> (u64, u64) {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({

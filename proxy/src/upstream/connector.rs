@@ -15,7 +15,7 @@ use crate::tls::OutboundTls;
 use crate::workload_identity::IdentityWatch;
 
 /// The dialing settings of one outbound listener.
-pub struct Connector {
+pub(crate) struct Connector {
     /// How long a TCP connect to one endpoint may take.
     pub connect_timeout: Duration,
     /// How long the TLS handshake with one endpoint may take.
@@ -33,7 +33,7 @@ impl Connector {
     /// One attempt on `address` with `tls`: TCP connect and TLS handshake,
     /// each within its timeout, and the peer checked (again, for a resumed
     /// session). On failure: the metric reason and the error.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         configs: &OutboundTls,
         address: &str,

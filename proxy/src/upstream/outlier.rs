@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// When to eject, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EjectionPolicy {
+pub(crate) struct EjectionPolicy {
     /// Failures in a row that eject.
     pub consecutive_failures: u32,
     /// The first ejection's length.
@@ -47,14 +47,14 @@ struct Record {
 
 /// The records of an upstream's endpoints, by key (their address).
 #[derive(Debug)]
-pub struct Outliers<K> {
+pub(crate) struct Outliers<K> {
     policy: EjectionPolicy,
     records: HashMap<K, Record>,
 }
 
 /// What a failure did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Still in.
     Kept,
     /// Left out for this long.
@@ -65,7 +65,7 @@ pub enum Verdict {
 
 impl<K: Eq + Hash + Clone> Outliers<K> {
     /// Records for `endpoints`, all in.
-    pub fn new(policy: EjectionPolicy, endpoints: impl IntoIterator<Item = K>) -> Self {
+    pub(crate) fn new(policy: EjectionPolicy, endpoints: impl IntoIterator<Item = K>) -> Self {
         Self {
             policy,
             records: endpoints
@@ -77,7 +77,7 @@ impl<K: Eq + Hash + Clone> Outliers<K> {
 
     /// The endpoint set changed: records of endpoints still there are
     /// kept (an ejected endpoint stays out), new ones start in.
-    pub fn set_endpoints(&mut self, endpoints: impl IntoIterator<Item = K>) {
+    pub(crate) fn set_endpoints(&mut self, endpoints: impl IntoIterator<Item = K>) {
         let mut old = std::mem::take(&mut self.records);
         self.records = endpoints
             .into_iter()
@@ -89,14 +89,14 @@ impl<K: Eq + Hash + Clone> Outliers<K> {
     }
 
     /// Whether endpoint `k` may be chosen at `now`.
-    pub fn is_available(&self, k: &K, now: Instant) -> bool {
+    pub(crate) fn is_available(&self, k: &K, now: Instant) -> bool {
         self.records
             .get(k)
             .is_some_and(|r| r.ejected_until.is_none_or(|until| now >= until))
     }
 
     /// How many endpoints are out at `now`.
-    pub fn ejected_now(&self, now: Instant) -> usize {
+    pub(crate) fn ejected_now(&self, now: Instant) -> usize {
         self.records
             .values()
             .filter(|r| r.ejected_until.is_some_and(|until| now < until))
@@ -105,7 +105,7 @@ impl<K: Eq + Hash + Clone> Outliers<K> {
 
     /// Endpoint `k` answered well: its failure count starts over, and an
     /// endpoint back from ejection is trusted again.
-    pub fn success(&mut self, k: &K) {
+    pub(crate) fn success(&mut self, k: &K) {
         if let Some(r) = self.records.get_mut(k) {
             r.consecutive_failures = 0;
             r.ejections = 0;
@@ -114,7 +114,7 @@ impl<K: Eq + Hash + Clone> Outliers<K> {
     }
 
     /// Endpoint `k` failed at `now`.
-    pub fn failure(&mut self, k: &K, now: Instant) -> Verdict {
+    pub(crate) fn failure(&mut self, k: &K, now: Instant) -> Verdict {
         let limit = self.records.len() * self.policy.max_ejected_percent as usize / 100;
         let ejected = self.ejected_now(now);
         let Some(r) = self.records.get_mut(k) else {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 /// How fast the estimate forgets: after `DECAY` without observations it is
 /// down to 1/e.
-pub const DECAY: Duration = Duration::from_secs(10);
+pub(crate) const DECAY: Duration = Duration::from_secs(10);
 
 /// One endpoint's latency estimate.
 #[derive(Debug, Clone, Copy)]
-pub struct PeakEwma {
+pub(crate) struct PeakEwma {
     /// Nanoseconds.
     estimate: f64,
     stamp: Instant,
@@ -25,14 +25,14 @@ impl PeakEwma {
     /// default such as 30 ms would keep a new instance idle for tens of
     /// seconds beside endpoints answering in 1 ms.
     #[cfg(test)]
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self::starting_at(now, 0.0)
     }
 
     /// An estimate of `nanos` at `now`: a new endpoint joining others
     /// starts at their mean, so it takes its share at once without drawing
     /// every request in flight before its first answer.
-    pub fn starting_at(now: Instant, nanos: f64) -> Self {
+    pub(crate) fn starting_at(now: Instant, nanos: f64) -> Self {
         Self {
             estimate: nanos.max(0.0),
             stamp: now,
@@ -49,7 +49,7 @@ impl PeakEwma {
     }
 
     /// Takes in a response time observed at `now`.
-    pub fn observe(&mut self, rtt: Duration, now: Instant) {
+    pub(crate) fn observe(&mut self, rtt: Duration, now: Instant) {
         let rtt = rtt.as_nanos() as f64;
         let before = self.estimate;
         let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
@@ -64,13 +64,13 @@ impl PeakEwma {
     }
 
     /// The estimate at `now` (decayed), nanoseconds.
-    pub fn estimate(&mut self, now: Instant) -> f64 {
+    pub(crate) fn estimate(&mut self, now: Instant) -> f64 {
         self.decay(now);
         self.estimate
     }
 
     /// The load at `now` with `pending` requests in flight and `weight`.
-    pub fn load(&mut self, now: Instant, pending: usize, weight: u32) -> f64 {
+    pub(crate) fn load(&mut self, now: Instant, pending: usize, weight: u32) -> f64 {
         self.estimate(now) * (pending as f64 + 1.0) / f64::from(weight.max(1))
     }
 }

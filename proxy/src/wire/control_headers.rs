@@ -22,19 +22,19 @@ use http::{HeaderMap, HeaderValue};
 
 /// Set by an inbound proxy on an answer it made because it could not reach
 /// its app: the request never got there, so any method may be retried.
-pub const NOT_FORWARDED: &str = "x-signet-not-forwarded";
+pub(crate) const NOT_FORWARDED: &str = "x-signet-not-forwarded";
 /// Set on every answer a Signet proxy makes itself, with the reason: one
 /// of [`Reason`].
-pub const ERROR: &str = "x-signet-error";
+pub(crate) const ERROR: &str = "x-signet-error";
 /// Sent by the caller's proxy with each attempt (128 random bits, hex) and
 /// echoed by the inbound proxy on its own answers only: the proof that an
 /// answer's control headers are the peer proxy's.
-pub const ANSWER_TOKEN: &str = "x-signet-answer-token";
+pub(crate) const ANSWER_TOKEN: &str = "x-signet-answer-token";
 
 /// Why a Signet proxy answered a request itself: the only values of
 /// [`ERROR`] that the outbound side acts on and counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// No endpoint is known for the upstream.
     NoEndpoint,
     /// No endpoint could be connected to.
@@ -110,17 +110,17 @@ impl Reason {
     }
 
     /// The value of [`ERROR`].
-    pub fn header_value(self) -> &'static str {
+    pub(crate) fn header_value(self) -> &'static str {
         self.row().1
     }
 
     /// The metric label (`outcome`).
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         self.row().2
     }
 
     /// Why a caller's connection serves no more requests.
-    pub fn of_lost(lost: &signet_identity::peer_standing::StandingLost) -> Reason {
+    pub(crate) fn of_lost(lost: &signet_identity::peer_standing::StandingLost) -> Reason {
         use signet_identity::peer_standing::StandingLost;
         match lost {
             StandingLost::Expired => Reason::PeerSvidExpired,
@@ -130,7 +130,7 @@ impl Reason {
 
     /// The reason a header value names; [`Reason::Other`] for anything
     /// else, so a label never carries a value from outside the set.
-    pub fn parse(value: &[u8]) -> Reason {
+    pub(crate) fn parse(value: &[u8]) -> Reason {
         REASONS
             .iter()
             .find(|(_, v, _)| v.as_bytes() == value)
@@ -140,7 +140,7 @@ impl Reason {
 
 /// What a peer proxy said about an answer it made itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerProxyAnswer {
+pub(crate) struct PeerProxyAnswer {
     /// Its reason.
     pub reason: Reason,
     /// Whether the request never reached the app.
@@ -148,7 +148,7 @@ pub struct PeerProxyAnswer {
 }
 
 /// A fresh [`ANSWER_TOKEN`] value: 128 bits from the thread's CSPRNG.
-pub fn new_answer_token() -> HeaderValue {
+pub(crate) fn new_answer_token() -> HeaderValue {
     let bits: u128 = rand::random();
     let mut hex = [0u8; 32];
     for (i, b) in hex.iter_mut().enumerate() {
@@ -167,7 +167,10 @@ pub fn new_answer_token() -> HeaderValue {
 /// carries `token` (sent with the attempt) and an [`ERROR`] or
 /// [`NOT_FORWARDED`] header. `None` for every answer of an app, whatever
 /// headers it set.
-pub fn peer_proxy_answer(headers: &HeaderMap, token: &HeaderValue) -> Option<PeerProxyAnswer> {
+pub(crate) fn peer_proxy_answer(
+    headers: &HeaderMap,
+    token: &HeaderValue,
+) -> Option<PeerProxyAnswer> {
     if headers.get(ANSWER_TOKEN) != Some(token) {
         return None;
     }
@@ -186,7 +189,7 @@ pub fn peer_proxy_answer(headers: &HeaderMap, token: &HeaderValue) -> Option<Pee
 /// could read it: CGI-style servers map every character that is not a
 /// letter or digit onto `_` (`x.signet.peer.id` and `x_signet_peer_id`
 /// both become `HTTP_X_SIGNET_PEER_ID`).
-pub fn in_namespace(name: &str) -> bool {
+pub(crate) fn in_namespace(name: &str) -> bool {
     const PREFIX: &[u8] = b"x-signet-";
     let name = name.as_bytes();
     name.len() >= PREFIX.len() && folds_onto(&name[..PREFIX.len()], PREFIX)
@@ -194,7 +197,7 @@ pub fn in_namespace(name: &str) -> bool {
 
 /// Whether `name` folds onto `canonical` (lowercase, `-` for every
 /// character that is not a letter or digit).
-pub fn folds_onto(name: &[u8], canonical: &[u8]) -> bool {
+pub(crate) fn folds_onto(name: &[u8], canonical: &[u8]) -> bool {
     name.len() == canonical.len()
         && name.iter().zip(canonical).all(|(&a, &b)| {
             if b == b'-' {
@@ -206,7 +209,7 @@ pub fn folds_onto(name: &[u8], canonical: &[u8]) -> bool {
 }
 
 /// Removes every header of the `x-signet-` namespace, in any spelling.
-pub fn strip_namespace(headers: &mut HeaderMap) {
+pub(crate) fn strip_namespace(headers: &mut HeaderMap) {
     if !headers.keys().any(|k| in_namespace(k.as_str())) {
         return;
     }
@@ -222,7 +225,11 @@ pub fn strip_namespace(headers: &mut HeaderMap) {
 
 /// Marks an answer the inbound proxy makes itself: the reason, and the
 /// caller's token when it sent one.
-pub fn mark_own_answer(headers: &mut HeaderMap, reason: Reason, token: Option<&HeaderValue>) {
+pub(crate) fn mark_own_answer(
+    headers: &mut HeaderMap,
+    reason: Reason,
+    token: Option<&HeaderValue>,
+) {
     headers.insert(ERROR, HeaderValue::from_static(reason.header_value()));
     if let Some(t) = token {
         headers.insert(ANSWER_TOKEN, t.clone());

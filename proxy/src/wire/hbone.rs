@@ -16,26 +16,26 @@ use crate::wire::control_headers::ERROR;
 
 /// Receive window per stream: what one stream may have in flight unread.
 /// 1 MiB keeps a bulk stream at full speed over a few ms of RTT.
-pub const STREAM_WINDOW: u32 = 1 << 20;
+pub(crate) const STREAM_WINDOW: u32 = 1 << 20;
 /// Receive window per connection: 32 stream windows, so up to 31 stalled
 /// streams leave room for the others.
-pub const CONNECTION_WINDOW: u32 = 32 << 20;
+pub(crate) const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Largest frame we accept. Larger frames than the default 16 KiB cut
 /// per-frame work on bulk streams.
-pub const MAX_FRAME: u32 = 64 * 1024;
+pub(crate) const MAX_FRAME: u32 = 64 * 1024;
 /// Largest header list accepted: a CONNECT carries a handful of headers.
-pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+pub(crate) const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Bytes a stream may queue for sending beyond its window.
-pub const MAX_SEND_BUFFER: usize = 256 * 1024;
+pub(crate) const MAX_SEND_BUFFER: usize = 256 * 1024;
 /// How often an idle tunnel connection is pinged.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is dropped with
 /// its streams (a peer gone without a FIN or RST).
-pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP/2 settings of a tunnel connection's server side (the tunnel
 /// listener adds its stream cap).
-pub fn server_builder() -> h2::server::Builder {
+pub(crate) fn server_builder() -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -47,7 +47,7 @@ pub fn server_builder() -> h2::server::Builder {
 
 /// The HTTP/2 settings of a tunnel connection's client side (the pool adds
 /// its streams per connection); server push is refused.
-pub fn client_builder() -> h2::client::Builder {
+pub(crate) fn client_builder() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -59,7 +59,7 @@ pub fn client_builder() -> h2::client::Builder {
 }
 
 /// The `CONNECT` request for `authority` (`host:port`).
-pub fn connect_request(authority: &str) -> Result<http::Request<()>, http::Error> {
+pub(crate) fn connect_request(authority: &str) -> Result<http::Request<()>, http::Error> {
     http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(authority)
@@ -70,7 +70,7 @@ pub fn connect_request(authority: &str) -> Result<http::Request<()>, http::Error
 /// Completes when the peer has not answered a ping within
 /// [`PING_TIMEOUT`] (or the ping failed): the connection is dead. Without
 /// a ping handle (taken already), never.
-pub async fn dead_peer(ping: Option<h2::PingPong>) {
+pub(crate) async fn dead_peer(ping: Option<h2::PingPong>) {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
@@ -86,7 +86,7 @@ pub async fn dead_peer(ping: Option<h2::PingPong>) {
 /// A response with no body; a refusal says why in [`ERROR`]
 /// (`denied`, `target-not-allowed`, `app-unreachable`, `not-connect`,
 /// `peer-svid-expired`, `peer-svid-untrusted`).
-pub fn response(status: http::StatusCode, why: Option<&'static str>) -> http::Response<()> {
+pub(crate) fn response(status: http::StatusCode, why: Option<&'static str>) -> http::Response<()> {
     let mut r = http::Response::new(());
     *r.status_mut() = status;
     if let Some(why) = why {
