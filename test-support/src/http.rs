@@ -31,10 +31,6 @@ pub fn request(
     body: &str,
     timeout: Duration,
 ) -> Answer {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime for one request");
     let req = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -42,35 +38,53 @@ pub fn request(
         .header(hyper::header::CONNECTION, "close")
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("a valid request");
-    rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
-        let exchange = async {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .ok()?;
-            tokio::spawn(conn);
-            let resp = sender.send_request(req).await.ok()?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.ok()?.to_bytes();
-            Some(Answer {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            })
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(Some(answer)) => answer,
-            // Closed without an answer (a refusal, say).
-            Ok(None) => Answer {
-                status: 0,
-                headers: hyper::HeaderMap::new(),
-                body: String::new(),
-            },
-            Err(_) => panic!("no answer from 127.0.0.1:{port}{path} within {timeout:?}"),
-        }
+    let path = path.to_owned();
+    // On a thread of its own: callers may be inside a runtime already (a
+    // `#[tokio::test]`), where another cannot be started.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for one request")
+            .block_on(exchange(port, &path, req, timeout))
     })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+async fn exchange(
+    port: u16,
+    path: &str,
+    req: hyper::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Answer {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.ok()?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Some(answer)) => answer,
+        // Closed without an answer (a refusal, say).
+        Ok(None) => Answer {
+            status: 0,
+            headers: hyper::HeaderMap::new(),
+            body: String::new(),
+        },
+        Err(_) => panic!("no answer from 127.0.0.1:{port}{path} within {timeout:?}"),
+    }
 }
 
 /// GET `path` on 127.0.0.1:`port`: (status code, body).
