@@ -40,4 +40,7 @@ mod test_db;
 // Public interface.
 pub use ca::{AgentRefused, AgentSvid, AnyKey, Ca, CaError, KeyKind, PublishedBundle};
 pub use config::{CaConfig, ConfigError};
+/// The CSR check agents' requests pass before anything is signed (the
+/// fuzz targets drive it).
+pub use keys::issuance::{check_csr, IssueError};
 pub use server::run;

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = signet_ca::issuance::check_csr(data);
+    let _ = signet_ca::check_csr(data);
 });

@@ -8,15 +8,15 @@ use signet_proto::node as pb;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = pb::AttestAgentRequest::decode(data) {
-        let _ = signet_ca::join_token::hash(&r.join_token);
-        let _ = signet_ca::issuance::check_csr(&r.csr);
+        let _ = signet_ca::registry::join_token::hash(&r.join_token);
+        let _ = signet_ca::check_csr(&r.csr);
     }
     if let Ok(r) = pb::RenewAgentRequest::decode(data) {
-        let _ = signet_ca::issuance::check_csr(&r.csr);
+        let _ = signet_ca::check_csr(&r.csr);
     }
     if let Ok(r) = pb::SignSvidsRequest::decode(data) {
         for s in r.requests.iter().take(4) {
-            let _ = signet_ca::issuance::check_csr(&s.csr);
+            let _ = signet_ca::check_csr(&s.csr);
         }
     }
     let _ = pb::SyncEntriesRequest::decode(data);
