@@ -109,10 +109,19 @@ impl Ca {
         let store = Store::connect(&config.database_url()).await?;
         let now = clock.now();
         let replica = replica_id(&config.data_dir)?;
-        let authority =
-            crate::keys::x509::load_or_create(&store, &config, &trust_domain, &replica, now)
-                .await?;
-        let (active_jwt_key, _) = crate::keys::jwt::rotate(&store, &config, &replica, now).await?;
+        let x509_keys = crate::keys::x509::X509Slot {
+            store: &store,
+            config: &config,
+            trust_domain: &trust_domain,
+            replica: &replica,
+        };
+        let authority = crate::keys::x509::load_or_create(&x509_keys, now).await?;
+        let jwt_keys = crate::keys::jwt::JwtSlot {
+            store: &store,
+            config: &config,
+            replica: &replica,
+        };
+        let (active_jwt_key, _) = crate::keys::slot::rotate(&jwt_keys, now).await?;
         let jwt_signer = crate::keys::jwt::load(&active_jwt_key, &config)?;
         let (entries, revision) = store.entries_at_revision().await?;
         // Read after the revision: changes since are applied again.
@@ -253,14 +262,14 @@ async fn load_bundle(
         .ca_keys(now)
         .await?
         .iter()
-        .filter(|k| k.tainted)
+        .filter(|k| k.journal.tainted)
         .filter_map(|k| signet_identity::x509_svid::subject_key_id(&k.cert_der))
         .collect();
     let (certs, sequence) = store.bundle(now).await?;
     let keys = store.jwt_keys(now).await?;
     let tainted_jwt = keys
         .iter()
-        .filter(|k| k.tainted)
+        .filter(|k| k.journal.tainted)
         .map(|k| k.kid.clone())
         .collect();
     let jwt_authorities = keys
@@ -272,7 +281,7 @@ async fn load_bundle(
         .iter()
         .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
         .map(|(_, c)| c.validity().not_after.timestamp())
-        .chain(keys.iter().map(|k| k.not_after))
+        .chain(keys.iter().map(|k| k.journal.not_after))
         .min()
         .unwrap_or(i64::MAX);
     let mut bundle = TrustBundle::new(

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //!   rotation (pure: prepared → active → old, each published before it signs)
-//!        ├─ x509  (X.509 signing keys: journal, files, reconcile)
-//!        └─ jwt   (JWT-SVID signing keys)
+//!   slot (one driver for both kinds: rotate, prepare, activate, taint, revoke)
+//!        ├─ x509  (X509Slot: X.509 signing keys, self-signed or upstream)
+//!        └─ jwt   (JwtSlot: JWT-SVID signing keys)
 //!   authority::Authority (one X.509 signing key, its certificate and chain)
 //!   issuance (CSR → X.509-SVID chain; JWT-SVID claims)
 //! ```
@@ -12,4 +13,5 @@ pub(crate) mod authority;
 pub(crate) mod issuance;
 pub(crate) mod jwt;
 pub(crate) mod rotation;
+pub(crate) mod slot;
 pub(crate) mod x509;

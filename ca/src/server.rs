@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 
 use crate::api::admin::{bind_socket, peer_allowed, AdminService};
 use crate::config::{redact_url, CaConfig};
-use crate::{Ca, CaError};
+use crate::{Ca, CaError, KeyKind};
 
 /// How long in-flight requests get to finish after shutdown is requested.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -205,8 +205,8 @@ pub async fn run(
     let admin = tokio::spawn(admin);
     let health = tokio::spawn(health);
     let pruner = tokio::spawn(prune_tokens(ca.clone(), stop_rx.clone()));
-    let jwt_rotation = tokio::spawn(rotate_jwt_keys(ca.clone(), stop_rx.clone()));
-    let x509_rotation = tokio::spawn(rotate_x509_keys(ca.clone(), stop_rx.clone()));
+    let jwt_rotation = tokio::spawn(rotate_keys(ca.clone(), KeyKind::Jwt, stop_rx.clone()));
+    let x509_rotation = tokio::spawn(rotate_keys(ca.clone(), KeyKind::X509, stop_rx.clone()));
     let feed = tokio::spawn(crate::registry::change_feed::run(
         ca.clone(),
         stop_rx.clone(),
@@ -262,16 +262,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Moves JWT key rotation forward on its schedule.
-async fn rotate_jwt_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
-    let schedule = crate::keys::rotation::Schedule::for_lifetime(ca.config.jwt_key_ttl);
-    let mut tick = tokio::time::interval(schedule.check_interval());
+/// Moves rotation of one kind of key forward on its schedule.
+async fn rotate_keys(ca: Arc<Ca>, kind: KeyKind, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(ca.rotation_interval(kind));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = ca.rotate_jwt_keys().await {
-                    tracing::error!(error = %e, "JWT key rotation failed; retrying");
+                if let Err(e) = ca.rotate_keys(kind).await {
+                    tracing::error!(error = %e, ?kind, "signing key rotation failed; retrying");
                 }
             }
             changed = stop.changed() => {
@@ -299,27 +298,6 @@ async fn follow_bundle(
         }
         tokio::select! {
             r = bundles.changed() => if r.is_err() { return },
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Moves X.509 key rotation forward on its schedule.
-async fn rotate_x509_keys(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
-    let schedule = crate::keys::rotation::Schedule::for_lifetime(ca.config.ca_ttl);
-    let mut tick = tokio::time::interval(schedule.check_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = ca.rotate_x509_keys().await {
-                    tracing::error!(error = %e, "CA key rotation failed; retrying");
-                }
-            }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     return;

@@ -11,6 +11,7 @@ mod endpoints;
 mod entries;
 mod entry_rows;
 mod jwt_keys;
+mod key_journal;
 mod keys;
 mod tokens;
 
@@ -26,6 +27,7 @@ pub(crate) use changes::{ChangeKind, ChangeRow, NOTIFY_CHANNEL};
 pub(crate) use endpoints::{EndpointRecord, PublishSession};
 pub(crate) use entries::EntryFilter;
 pub(crate) use jwt_keys::JwtKeyRecord;
+pub(crate) use key_journal::{KeyJournal, KeyTable};
 pub(crate) use keys::CaKeyRecord;
 pub(crate) use tokens::TokenUse;
 

@@ -33,12 +33,12 @@ fn parse_kind(kind: &str) -> Result<KeyKind, CaError> {
     }
 }
 
-/// The admin API's form of a key of either kind (not the one in use: the
-/// operations that return it refuse the active key).
-fn any_key_to_pb(k: crate::AnyKey) -> pb::SigningKey {
+/// The admin API's form of a key of either kind; `in_use` when it is the
+/// one signing now.
+fn any_key_to_pb(k: crate::AnyKey, in_use: bool) -> pb::SigningKey {
     match k {
-        crate::AnyKey::X509(k) => x509_key_to_pb(k, false),
-        crate::AnyKey::Jwt(k) => jwt_key_to_pb(k, false),
+        crate::AnyKey::X509(k) => x509_key_to_pb(k, in_use),
+        crate::AnyKey::Jwt(k) => jwt_key_to_pb(k, in_use),
     }
 }
 
@@ -47,12 +47,12 @@ fn jwt_key_to_pb(k: crate::store::JwtKeyRecord, in_use: bool) -> pb::SigningKey 
     pb::SigningKey {
         kind: "jwt".into(),
         in_use,
-        status: k.status.as_str().into(),
-        not_before: k.not_before,
-        not_after: k.not_after,
+        status: k.journal.status.as_str().into(),
+        not_before: k.journal.not_before,
+        not_after: k.journal.not_after,
         replica: k.replica,
         detail: k.alg,
-        tainted: k.tainted,
+        tainted: k.journal.tainted,
         id: k.kid,
     }
 }
@@ -62,16 +62,16 @@ fn x509_key_to_pb(k: crate::store::CaKeyRecord, in_use: bool) -> pb::SigningKey 
     pb::SigningKey {
         kind: "x509".into(),
         in_use,
-        status: k.status.as_str().into(),
-        not_before: k.not_before,
-        not_after: k.not_after,
+        status: k.journal.status.as_str().into(),
+        not_before: k.journal.not_before,
+        not_after: k.journal.not_after,
         replica: k.replica.unwrap_or_default(),
         detail: if k.self_signed {
             "self-signed root".into()
         } else {
             "intermediate".into()
         },
-        tainted: k.tainted,
+        tainted: k.journal.tainted,
         id: k.id,
     }
 }
@@ -367,16 +367,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
         let r = match parse_kind(&req.get_ref().kind) {
-            Ok(KeyKind::X509) => self
+            Ok(kind) => self
                 .ca
-                .prepare_x509_key()
+                .prepare_key(kind)
                 .await
-                .map(|k| x509_key_to_pb(k, false)),
-            Ok(KeyKind::Jwt) => self
-                .ca
-                .prepare_jwt_key()
-                .await
-                .map(|k| jwt_key_to_pb(k, false)),
+                .map(|k| any_key_to_pb(k, false)),
             Err(e) => Err(e),
         };
         let id = r.as_ref().map(|k| k.id.clone()).unwrap_or_default();
@@ -389,16 +384,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
         let r = match parse_kind(&req.get_ref().kind) {
-            Ok(KeyKind::X509) => self
+            Ok(kind) => self
                 .ca
-                .activate_x509_key()
+                .activate_key(kind)
                 .await
-                .map(|k| x509_key_to_pb(k, true)),
-            Ok(KeyKind::Jwt) => self
-                .ca
-                .activate_jwt_key()
-                .await
-                .map(|k| jwt_key_to_pb(k, true)),
+                .map(|k| any_key_to_pb(k, true)),
             Err(e) => Err(e),
         };
         let id = r.as_ref().map(|k| k.id.clone()).unwrap_or_default();
@@ -411,7 +401,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
         let id = req.into_inner().id;
-        let r = self.ca.taint_key(&id).await.map(any_key_to_pb);
+        let r = self
+            .ca
+            .taint_key(&id)
+            .await
+            .map(|k| any_key_to_pb(k, false));
         self.finish("TaintKey", caller, &id, r)
     }
 
@@ -421,7 +415,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SigningKey>, Status> {
         let caller = caller_uid(&req);
         let r = req.into_inner();
-        let result = self.ca.revoke_key(&r.id, r.force).await.map(any_key_to_pb);
+        let result = self
+            .ca
+            .revoke_key(&r.id, r.force)
+            .await
+            .map(|k| any_key_to_pb(k, false));
         self.finish("RevokeKey", caller, &r.id, result)
     }
 

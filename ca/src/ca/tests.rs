@@ -254,7 +254,7 @@ async fn jwt_keys_rotate_with_no_token_failing_validation(db: TestDb) {
     for step in 0..=180u64 {
         let t = start + Duration::from_secs(step * 10);
         clock.set(t);
-        ca.rotate_jwt_keys().await.unwrap();
+        ca.rotate_keys(KeyKind::Jwt).await.unwrap();
         let signer = ca.jwt_signer().kid.clone();
         let bundle = ca.bundle().await.unwrap();
         let published: Vec<&str> = bundle.jwt_authorities().iter().map(|a| a.kid()).collect();
@@ -326,17 +326,17 @@ async fn rotate_and_verify_every_svid(cfg: CaConfig) -> Arc<Ca> {
     for step in 0..=180u64 {
         let t = start + Duration::from_secs(step * 10);
         clock.set(t);
-        ca.rotate_x509_keys().await.unwrap();
+        ca.rotate_keys(KeyKind::X509).await.unwrap();
         let bundle = ca.bundle().await.unwrap();
         let keys = ca.store.ca_keys(unix_seconds(t)).await.unwrap();
         let active: Vec<_> = keys
             .iter()
-            .filter(|k| k.status == KeyStatus::Active)
+            .filter(|k| k.journal.status == KeyStatus::Active)
             .collect();
         assert_eq!(active.len(), 1, "step {step}: {keys:?}");
         assert_eq!(active[0].id, ca.authority().id);
         for k in &keys {
-            if k.status == KeyStatus::Prepared {
+            if k.journal.status == KeyStatus::Prepared {
                 published_before_signing.entry(k.id.clone()).or_insert(step);
             }
         }
@@ -396,46 +396,46 @@ async fn incident_operations_on_x509_keys_refuse_what_would_break_svids(db: Test
         .unwrap();
     // Nothing prepared: nothing to activate; the active key can be
     // neither tainted nor revoked.
-    assert!(refused(ca.activate_x509_key().await).contains("signet ca prepare"));
-    assert!(refused(ca.taint_x509_key(&first).await).contains("active"));
-    assert!(refused(ca.revoke_x509_key(&first, true).await).contains("active"));
+    assert!(refused(x509(ca.activate_key(KeyKind::X509).await)).contains("signet ca prepare"));
+    assert!(refused(x509(ca.taint_key(&first).await)).contains("active"));
+    assert!(refused(x509(ca.revoke_key(&first, true).await)).contains("active"));
     // Prepared: in the bundle at once, but not signing.
-    let next = ca.prepare_x509_key().await.unwrap();
-    assert_eq!(next.status, KeyStatus::Prepared);
-    assert!(refused(ca.prepare_x509_key().await).contains(&next.id));
+    let next = x509(ca.prepare_key(KeyKind::X509).await).unwrap();
+    assert_eq!(next.journal.status, KeyStatus::Prepared);
+    assert!(refused(x509(ca.prepare_key(KeyKind::X509).await)).contains(&next.id));
     assert_eq!(ca.bundle().await.unwrap().authorities().len(), 2);
     assert_eq!(ca.authority().id, first);
     // Activated only once published for the grace period (here 10 s).
-    assert!(refused(ca.activate_x509_key().await).contains("wait"));
+    assert!(refused(x509(ca.activate_key(KeyKind::X509).await)).contains("wait"));
     clock.advance(Duration::from_secs(10));
-    let active = ca.activate_x509_key().await.unwrap();
+    let active = x509(ca.activate_key(KeyKind::X509).await).unwrap();
     assert_eq!(active.id, next.id);
     assert_eq!(ca.authority().id, next.id);
     let old = ca.store.ca_key(&first).await.unwrap();
-    assert_eq!(old.status, KeyStatus::Old);
-    assert!(old.retired_at > 0);
+    assert_eq!(old.journal.status, KeyStatus::Old);
+    assert!(old.journal.retired_at > 0);
     // The old key's SVIDs still verify; tainting it tells agents (through
     // the published bundle) to replace them.
     let bundle = ca.bundle().await.unwrap();
     verify_x509_svid(&old_svid.chain, &bundle, clock.now()).unwrap();
-    let tainted = ca.taint_x509_key(&first).await.unwrap();
-    assert!(tainted.tainted);
-    assert!(refused(ca.taint_x509_key(&first).await).contains("already"));
+    let tainted = x509(ca.taint_key(&first).await).unwrap();
+    assert!(tainted.journal.tainted);
+    assert!(refused(x509(ca.taint_key(&first).await)).contains("already"));
     let published = ca.subscribe_bundle().borrow().clone();
     let signer_id = signet_identity::x509_svid::authority_key_id(&old_svid.chain[0]).unwrap();
     assert_eq!(published.tainted, vec![signer_id]);
     // Revoking it while its SVIDs may live is refused without --force...
-    assert!(refused(ca.revoke_x509_key(&first, false).await).contains("--force"));
+    assert!(refused(x509(ca.revoke_key(&first, false).await)).contains("--force"));
     // ...and allowed once they cannot (max_x509_svid_ttl after it retired).
     clock.advance(Duration::from_secs(100));
-    let revoked = ca.revoke_x509_key(&first, false).await.unwrap();
-    assert_eq!(revoked.status, KeyStatus::Revoked);
+    let revoked = x509(ca.revoke_key(&first, false).await).unwrap();
+    assert_eq!(revoked.journal.status, KeyStatus::Revoked);
     let bundle = ca.bundle().await.unwrap();
     assert_eq!(bundle.authorities().len(), 1);
     assert!(verify_x509_svid(&old_svid.chain, &bundle, clock.now()).is_err());
-    assert!(refused(ca.revoke_x509_key(&first, true).await).contains("already"));
+    assert!(refused(x509(ca.revoke_key(&first, true).await)).contains("already"));
     // Unknown keys are NOT_FOUND.
-    match ca.taint_x509_key("nope").await {
+    match x509(ca.taint_key("nope").await) {
         Err(e) => assert_eq!(crate::api::status::status(&e).code(), tonic::Code::NotFound),
         Ok(k) => panic!("{k:?}"),
     }
@@ -488,9 +488,9 @@ async fn incident_operations_on_jwt_keys(db: TestDb) {
     let old_token = ca.mint_jwt_svid(&id, &aud, 0).unwrap().token;
     assert!(refused(ca.taint_key(&first).await).contains("active"));
     assert!(refused(ca.revoke_key(&first, true).await).contains("active"));
-    let next = ca.prepare_jwt_key().await.unwrap();
+    let next = jwt(ca.prepare_key(KeyKind::Jwt).await).unwrap();
     assert!(matches!(
-        ca.prepare_jwt_key().await,
+        jwt(ca.prepare_key(KeyKind::Jwt).await),
         Err(CaError::Authority(AuthorityError::Refused(_)))
     ));
     assert!(ca
@@ -501,11 +501,11 @@ async fn incident_operations_on_jwt_keys(db: TestDb) {
         .iter()
         .any(|a| a.kid() == next.kid));
     assert!(matches!(
-        ca.activate_jwt_key().await,
+        jwt(ca.activate_key(KeyKind::Jwt).await),
         Err(CaError::Authority(AuthorityError::Refused(_)))
     ));
     clock.advance(Duration::from_secs(10));
-    ca.activate_jwt_key().await.unwrap();
+    jwt(ca.activate_key(KeyKind::Jwt).await).unwrap();
     assert_eq!(ca.jwt_signer().kid, next.kid);
     // Taint the old key: agents learn its kid with the bundle.
     ca.taint_key(&first).await.unwrap();
@@ -520,7 +520,7 @@ async fn incident_operations_on_jwt_keys(db: TestDb) {
     assert!(bundle.jwt_authorities().iter().all(|a| a.kid() != first));
     assert!(validate_jwt_svid(&old_token, &bundle, "api", clock.now()).is_err());
     // Rotation does not bring it back, and new tokens validate.
-    ca.rotate_jwt_keys().await.unwrap();
+    ca.rotate_keys(KeyKind::Jwt).await.unwrap();
     let bundle = ca.bundle().await.unwrap();
     assert!(bundle.jwt_authorities().iter().all(|a| a.kid() != first));
     let fresh = ca.mint_jwt_svid(&id, &aud, 0).unwrap().token;
@@ -544,9 +544,9 @@ async fn concurrent_prepares_make_one_prepared_key_per_replica(db: TestDb) {
             let ca = ca.clone();
             calls.spawn(async move {
                 let r = if i % 2 == 0 {
-                    ca.prepare_x509_key().await.map(|_| ())
+                    x509(ca.prepare_key(KeyKind::X509).await).map(|_| ())
                 } else {
-                    ca.prepare_jwt_key().await.map(|_| ())
+                    jwt(ca.prepare_key(KeyKind::Jwt).await).map(|_| ())
                 };
                 (ca.replica().to_owned(), i % 2 == 0, r)
             });
@@ -571,13 +571,13 @@ async fn concurrent_prepares_make_one_prepared_key_per_replica(db: TestDb) {
     for ca in &replicas {
         let mine = |s: KeyStatus| {
             x509.iter()
-                .filter(|k| k.replica.as_deref() == Some(ca.replica()) && k.status == s)
+                .filter(|k| k.replica.as_deref() == Some(ca.replica()) && k.journal.status == s)
                 .count()
         };
         assert_eq!((mine(KeyStatus::Prepared), mine(KeyStatus::Active)), (1, 1));
         let mine = |s: KeyStatus| {
             jwt.iter()
-                .filter(|k| k.replica == ca.replica() && k.status == s)
+                .filter(|k| k.replica == ca.replica() && k.journal.status == s)
                 .count()
         };
         assert_eq!((mine(KeyStatus::Prepared), mine(KeyStatus::Active)), (1, 1));
@@ -598,4 +598,20 @@ async fn concurrent_prepares_make_one_prepared_key_per_replica(db: TestDb) {
             );
         }
     }
+}
+
+/// The X.509 key an operation on keys returned.
+fn x509(r: Result<AnyKey, CaError>) -> Result<crate::store::CaKeyRecord, CaError> {
+    r.map(|k| match k {
+        AnyKey::X509(k) => k,
+        other => panic!("expected an X.509 key, got {other:?}"),
+    })
+}
+
+/// The JWT key an operation on keys returned.
+fn jwt(r: Result<AnyKey, CaError>) -> Result<crate::store::JwtKeyRecord, CaError> {
+    r.map(|k| match k {
+        AnyKey::Jwt(k) => k,
+        other => panic!("expected a JWT key, got {other:?}"),
+    })
 }

@@ -24,7 +24,7 @@ use signet_identity::{
 
 use crate::config::CaConfig;
 use crate::registry::join_token::hex;
-use crate::store::{CaKeyRecord, KeyStatus, Store, StoreError};
+use crate::store::{CaKeyRecord, KeyJournal, KeyStatus, KeyTable, Store, StoreError};
 
 /// Why the signing authority could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ impl Authority {
             key,
             upstream_chain,
             record.self_signed,
-            record.not_after,
+            record.journal.not_after,
         )
     }
 
@@ -202,7 +202,7 @@ impl Authority {
         } else {
             Self::create_root(store, config, td, &keys_dir, replica, status, now).await?
         };
-        tracing::info!(key_id = %record.id, status = record.status.as_str(), self_signed = record.self_signed, not_after = record.not_after, "CA signing key created and published");
+        tracing::info!(key_id = %record.id, status = record.journal.status.as_str(), self_signed = record.self_signed, not_after = record.journal.not_after, "CA signing key created and published");
         Ok(record)
     }
 
@@ -233,13 +233,8 @@ impl Authority {
             cert_der: cert.to_vec(),
             chain_pem: String::new(),
             self_signed: true,
-            status,
-            not_before: nb,
-            not_after: na,
-            created_at: unix_seconds(now),
             replica: Some(replica.to_owned()),
-            tainted: false,
-            retired_at: 0,
+            journal: KeyJournal::new(status, nb, na, unix_seconds(now)),
         };
         let roots = [(fingerprint(&cert), cert.to_vec(), na)];
         unless_recorded(
@@ -294,13 +289,8 @@ impl Authority {
                 certificates_to_pem(&between)
             },
             self_signed: false,
-            status,
-            not_before: nb,
-            not_after: na,
-            created_at: unix_seconds(now),
             replica: Some(replica.to_owned()),
-            tainted: false,
-            retired_at: 0,
+            journal: KeyJournal::new(status, nb, na, unix_seconds(now)),
         };
         let roots: Vec<_> = upstream
             .roots
@@ -436,7 +426,10 @@ pub(crate) async fn reconcile(
     let upstream = config.upstream_cert.is_some();
     let now = unix_seconds(now);
     for record in store.ca_keys(now).await? {
-        if !matches!(record.status, KeyStatus::Active | KeyStatus::Prepared) {
+        if !matches!(
+            record.journal.status,
+            KeyStatus::Active | KeyStatus::Prepared
+        ) {
             continue;
         }
         let path = key_path(&keys_dir, &record.id);
@@ -447,7 +440,13 @@ pub(crate) async fn reconcile(
             None => store.set_ca_key_replica(&record.id, replica).await?,
             Some(_) if !file_here && config.replace_lost_key => {
                 store
-                    .set_ca_key_status(&record.id, record.status, KeyStatus::Lost, now)
+                    .set_key_status(
+                        KeyTable::X509,
+                        &record.id,
+                        record.journal.status,
+                        KeyStatus::Lost,
+                        now,
+                    )
                     .await?;
                 tracing::warn!(key_id = %record.id, path = %path.display(), "signing key file is missing: key marked lost as asked (--replace-lost-key); a new key will be made");
                 continue;
@@ -462,7 +461,13 @@ pub(crate) async fn reconcile(
         }
         if record.self_signed == upstream {
             store
-                .set_ca_key_status(&record.id, record.status, KeyStatus::Old, now)
+                .set_key_status(
+                    KeyTable::X509,
+                    &record.id,
+                    record.journal.status,
+                    KeyStatus::Old,
+                    now,
+                )
                 .await?;
             tracing::info!(key_id = %record.id, "signing key of the other mode (self-signed vs upstream) retired; it stays in the bundle until it expires");
         }

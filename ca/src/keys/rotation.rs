@@ -12,71 +12,39 @@
 //! only after everyone has had time to learn it; nothing outlives the key
 //! that signed it, and keys stay in the bundle until then. Which step comes
 //! next is [`next_step`], a pure function of the keys and the time, tested
-//! without waiting; [`crate::keys::jwt`] and [`crate::keys::x509`] carry the
-//! steps out.
+//! without waiting; [`crate::keys::slot`] carries the steps out for both
+//! kinds.
 
 use std::time::Duration;
 
-use crate::store::{CaKeyRecord, JwtKeyRecord, KeyStatus};
+use crate::store::{CaKeyRecord, JwtKeyRecord, KeyJournal, KeyStatus};
 
 /// Longest wait between preparing a key and letting it sign.
 const MAX_PUBLISH_GRACE: Duration = Duration::from_secs(10);
 
-/// What rotation needs to know of a key.
+/// What rotation needs to know of a key of either kind.
 pub(crate) trait RotatingKey {
-    /// Whether an operator tainted it.
-    fn tainted(&self) -> bool;
-    /// When it stopped signing, Unix seconds (0: it signs, or never did).
-    fn retired_at(&self) -> i64;
     /// Its ID.
     fn id(&self) -> &str;
-    /// Its state.
-    fn status(&self) -> KeyStatus;
-    /// When it expires, Unix seconds.
-    fn not_after(&self) -> i64;
-    /// When it was made (and published), Unix seconds.
-    fn created_at(&self) -> i64;
+    /// Where it is in its life.
+    fn journal(&self) -> &KeyJournal;
 }
 
 impl RotatingKey for JwtKeyRecord {
-    fn tainted(&self) -> bool {
-        self.tainted
-    }
-    fn retired_at(&self) -> i64 {
-        self.retired_at
-    }
     fn id(&self) -> &str {
         &self.kid
     }
-    fn status(&self) -> KeyStatus {
-        self.status
-    }
-    fn not_after(&self) -> i64 {
-        self.not_after
-    }
-    fn created_at(&self) -> i64 {
-        self.created_at
+    fn journal(&self) -> &KeyJournal {
+        &self.journal
     }
 }
 
 impl RotatingKey for CaKeyRecord {
-    fn tainted(&self) -> bool {
-        self.tainted
-    }
-    fn retired_at(&self) -> i64 {
-        self.retired_at
-    }
     fn id(&self) -> &str {
         &self.id
     }
-    fn status(&self) -> KeyStatus {
-        self.status
-    }
-    fn not_after(&self) -> i64 {
-        self.not_after
-    }
-    fn created_at(&self) -> i64 {
-        self.created_at
+    fn journal(&self) -> &KeyJournal {
+        &self.journal
     }
 }
 
@@ -135,8 +103,8 @@ pub(crate) enum Step {
 pub(crate) fn next_step<K: RotatingKey>(mine: &[K], schedule: &Schedule, now: i64) -> Step {
     let newest = |status| {
         mine.iter()
-            .filter(|k| k.status() == status && k.not_after() > now)
-            .max_by_key(|k| (k.not_after(), k.id().to_owned()))
+            .filter(|k| k.journal().status == status && k.journal().not_after > now)
+            .max_by_key(|k| (k.journal().not_after, k.id().to_owned()))
     };
     let active = newest(KeyStatus::Active);
     let prepared = newest(KeyStatus::Prepared);
@@ -147,12 +115,12 @@ pub(crate) fn next_step<K: RotatingKey>(mine: &[K], schedule: &Schedule, now: i6
             retiring: None,
         },
         (Some(a), prepared) => {
-            let left = a.not_after() - now;
+            let left = a.journal().not_after - now;
             match prepared {
                 None if left <= schedule.prepare_at => Step::Prepare,
                 Some(p)
                     if left <= schedule.activate_at
-                        && now - p.created_at() >= schedule.publish_grace =>
+                        && now - p.journal().created_at >= schedule.publish_grace =>
                 {
                     Step::Activate {
                         prepared: p.id().to_owned(),
@@ -172,7 +140,10 @@ pub(crate) mod incident {
 
     /// `prepare`: refused while a key is prepared already.
     pub(crate) fn may_prepare<K: RotatingKey>(mine: &[K]) -> Result<(), String> {
-        match mine.iter().find(|k| k.status() == KeyStatus::Prepared) {
+        match mine
+            .iter()
+            .find(|k| k.journal().status == KeyStatus::Prepared)
+        {
             Some(p) => Err(format!(
                 "key {} is already prepared on this replica; activate it with `signet ca activate`",
                 p.id()
@@ -188,10 +159,13 @@ pub(crate) mod incident {
         schedule: &Schedule,
         now: i64,
     ) -> Result<&'k K, String> {
-        let Some(p) = mine.iter().find(|k| k.status() == KeyStatus::Prepared) else {
+        let Some(p) = mine
+            .iter()
+            .find(|k| k.journal().status == KeyStatus::Prepared)
+        else {
             return Err("no key is prepared on this replica; run `signet ca prepare` first".into());
         };
-        let published = now - p.created_at();
+        let published = now - p.journal().created_at;
         if published < schedule.publish_grace {
             return Err(format!(
                 "key {} was published {published}s ago; wait {}s more so every agent has it in its bundle",
@@ -205,7 +179,7 @@ pub(crate) mod incident {
     /// `taint`: only a key that no longer signs (old or lost), once.
     pub(crate) fn may_taint<K: RotatingKey>(key: &K) -> Result<(), String> {
         let id = key.id();
-        match key.status() {
+        match key.journal().status {
             KeyStatus::Active => Err(format!(
                 "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first, then taint it"
             )),
@@ -213,7 +187,7 @@ pub(crate) mod incident {
                 "key {id} is prepared and has signed nothing; revoke it instead"
             )),
             KeyStatus::Revoked => Err(format!("key {id} is revoked already")),
-            KeyStatus::Old | KeyStatus::Lost if key.tainted() => {
+            KeyStatus::Old | KeyStatus::Lost if key.journal().tainted => {
                 Err(format!("key {id} is tainted already"))
             }
             KeyStatus::Old | KeyStatus::Lost => Ok(()),
@@ -230,7 +204,7 @@ pub(crate) mod incident {
         now: i64,
     ) -> Result<(), String> {
         let id = key.id();
-        match key.status() {
+        match key.journal().status {
             KeyStatus::Active => {
                 return Err(format!(
                     "key {id} is active; run `signet ca prepare` and `signet ca activate` on its replica first"
@@ -239,10 +213,12 @@ pub(crate) mod incident {
             KeyStatus::Revoked => return Err(format!("key {id} is revoked already")),
             _ => {}
         }
-        let alive_until = match key.status() {
+        let alive_until = match key.journal().status {
             KeyStatus::Prepared => 0,
-            _ if key.retired_at() > 0 => (key.retired_at() + max_ttl).min(key.not_after()),
-            _ => key.not_after(),
+            _ if key.journal().retired_at > 0 => {
+                (key.journal().retired_at + max_ttl).min(key.journal().not_after)
+            }
+            _ => key.journal().not_after,
         };
         if now < alive_until && !force {
             return Err(format!(
@@ -264,13 +240,8 @@ mod tests {
             kid: kid.into(),
             alg: "ES256".into(),
             public_key: Vec::new(),
-            status,
-            not_before: created - 60,
-            not_after: created + lifetime,
-            created_at: created,
             replica: "r".into(),
-            tainted: false,
-            retired_at: 0,
+            journal: KeyJournal::new(status, created - 60, created + lifetime, created),
         }
     }
 
@@ -282,7 +253,7 @@ mod tests {
         let mut n = 0;
         let mut activations = Vec::new();
         for now in 0..3 * lifetime {
-            keys.retain(|k| k.not_after > now);
+            keys.retain(|k| k.journal.not_after > now);
             loop {
                 match next_step(&keys, &schedule, now) {
                     Step::Wait => break,
@@ -299,12 +270,12 @@ mod tests {
                     Step::Activate { prepared, retiring } => {
                         for k in &mut keys {
                             if Some(&k.kid) == retiring.as_ref() {
-                                k.status = KeyStatus::Old;
+                                k.journal.status = KeyStatus::Old;
                             }
                             if k.kid == prepared {
                                 // Published long enough before signing.
-                                assert!(now - k.created_at >= schedule.publish_grace);
-                                k.status = KeyStatus::Active;
+                                assert!(now - k.journal.created_at >= schedule.publish_grace);
+                                k.journal.status = KeyStatus::Active;
                                 activations.push(now);
                             }
                         }
@@ -313,14 +284,14 @@ mod tests {
             }
             let active: Vec<_> = keys
                 .iter()
-                .filter(|k| k.status == KeyStatus::Active)
+                .filter(|k| k.journal.status == KeyStatus::Active)
                 .collect();
             assert_eq!(active.len(), 1, "at {now}: {keys:?}");
             // A token signed now lasts its full lifetime: the key outlives it.
             assert!(
-                active[0].not_after - now > max_token_ttl,
+                active[0].journal.not_after - now > max_token_ttl,
                 "at {now} the active key has {}s left",
-                active[0].not_after - now
+                active[0].journal.not_after - now
             );
         }
         assert!(activations.len() >= 3, "{activations:?}");

@@ -3,9 +3,9 @@
 
 use sqlx::any::AnyRow;
 
-use super::changes::{record_change, ChangeKind};
+use super::key_journal::KeyJournal;
 use super::keys::bump_bundle_sequence;
-use super::{get, KeyStatus, Store, StoreError};
+use super::{get, Store, StoreError};
 
 /// One JWT signing key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,20 +16,10 @@ pub struct JwtKeyRecord {
     pub alg: String,
     /// SubjectPublicKeyInfo DER.
     pub public_key: Vec<u8>,
-    /// Where it is in its life.
-    pub status: KeyStatus,
-    /// Unix seconds.
-    pub not_before: i64,
-    /// Unix seconds; tokens it signs never outlive it.
-    pub not_after: i64,
-    /// Unix seconds: when it was made (and published).
-    pub created_at: i64,
     /// The replica holding the private key file.
     pub replica: String,
-    /// Tainted by an operator: agents stop handing out tokens it signed.
-    pub tainted: bool,
-    /// When it stopped signing, Unix seconds (0: it signs, or never did).
-    pub retired_at: i64,
+    /// Where it is in its life; tokens it signs never outlive it.
+    pub journal: KeyJournal,
 }
 
 const COLUMNS: &str =
@@ -40,13 +30,8 @@ fn record_from_row(row: &AnyRow) -> Result<JwtKeyRecord, StoreError> {
         kid: get(row, "kid")?,
         alg: get(row, "alg")?,
         public_key: get(row, "public_key")?,
-        status: KeyStatus::parse(&get::<String>(row, "status")?)?,
-        not_before: get(row, "not_before")?,
-        not_after: get(row, "not_after")?,
-        created_at: get(row, "created_at")?,
         replica: get(row, "replica")?,
-        tainted: get::<i64>(row, "tainted")? != 0,
-        retired_at: get(row, "retired_at")?,
+        journal: KeyJournal::from_row(row)?,
     })
 }
 
@@ -73,51 +58,23 @@ impl Store {
         .bind(&key.kid)
         .bind(&key.alg)
         .bind(&key.public_key)
-        .bind(key.status.as_str())
-        .bind(key.not_before)
-        .bind(key.not_after)
-        .bind(key.created_at)
+        .bind(key.journal.status.as_str())
+        .bind(key.journal.not_before)
+        .bind(key.journal.not_after)
+        .bind(key.journal.created_at)
         .bind(&key.replica)
-        .bind(key.tainted as i64)
-        .bind(key.retired_at)
+        .bind(key.journal.tainted as i64)
+        .bind(key.journal.retired_at)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
             StoreError::from_insert(e, || {
-                super::keys::conflict(&key.kid, key.status, &key.replica)
+                super::keys::conflict(&key.kid, key.journal.status, &key.replica)
             })
         })?;
-        bump_bundle_sequence(&mut tx, self.backend, key.created_at).await?;
+        bump_bundle_sequence(&mut tx, self.backend, key.journal.created_at).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Moves key `kid` of `replica` from one state to another, recording
-    /// when it stopped signing if it did; false when it was not in state
-    /// `from` (another process moved it first).
-    pub(crate) async fn set_jwt_key_status(
-        &self,
-        kid: &str,
-        replica: &str,
-        from: KeyStatus,
-        to: KeyStatus,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let retired = from == KeyStatus::Active && to != KeyStatus::Active;
-        let r = sqlx::query(
-            "UPDATE jwt_keys SET status = $1, \
-             retired_at = CASE WHEN $5 = 1 THEN $6 ELSE retired_at END \
-             WHERE kid = $2 AND replica = $3 AND status = $4",
-        )
-        .bind(to.as_str())
-        .bind(kid)
-        .bind(replica)
-        .bind(from.as_str())
-        .bind(retired as i64)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     /// One JWT key by `kid` (revoked ones too).
@@ -128,35 +85,6 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("key {kid}")))?;
         record_from_row(&row)
-    }
-
-    /// Taints JWT key `kid`: agents learn it with the bundle and stop
-    /// handing out tokens it signed.
-    pub(crate) async fn taint_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let r = sqlx::query("UPDATE jwt_keys SET tainted = 1 WHERE kid = $1 AND tainted = 0")
-            .bind(kid)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("untainted JWT key {kid}")));
-        }
-        record_change(&mut tx, self.backend, ChangeKind::Bundle, kid, "", now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Revokes JWT key `kid`: out of the bundle, so tokens it signed stop
-    /// validating.
-    pub(crate) async fn revoke_jwt_key(&self, kid: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE jwt_keys SET status = 'revoked' WHERE kid = $1")
-            .bind(kid)
-            .execute(&mut *tx)
-            .await?;
-        bump_bundle_sequence(&mut tx, self.backend, now).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Deletes keys past their `not_after` (no token they signed is valid

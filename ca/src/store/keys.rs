@@ -4,6 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::changes::{record_change, ChangeKind};
+use super::key_journal::KeyJournal;
 use super::{get, Backend, KeyStatus, Store, StoreError};
 
 const BUNDLE_SEQUENCE: &str = "bundle_sequence";
@@ -23,24 +24,12 @@ pub struct CaKeyRecord {
     pub chain_pem: String,
     /// Whether it is its own root.
     pub self_signed: bool,
-    /// Where it is in the journal.
-    pub status: KeyStatus,
-    /// Unix seconds.
-    pub not_before: i64,
-    /// Unix seconds.
-    pub not_after: i64,
-    /// Unix seconds.
-    pub created_at: i64,
     /// The replica whose data dir holds the private key; `None` for keys
     /// made before replicas were recorded (adopted by the replica that has
     /// the file).
     pub replica: Option<String>,
-    /// Tainted by an operator: signs nothing more, and agents replace what
-    /// it signed at once.
-    pub tainted: bool,
-    /// When it stopped signing (became old, lost or tainted), Unix seconds;
-    /// 0 while it signs or if it never did.
-    pub retired_at: i64,
+    /// Where it is in its life.
+    pub journal: KeyJournal,
 }
 
 fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
@@ -49,13 +38,8 @@ fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
         cert_der: get(row, "cert_der")?,
         chain_pem: get(row, "chain_pem")?,
         self_signed: get::<i64>(row, "self_signed")? != 0,
-        status: KeyStatus::parse(&get::<String>(row, "status")?)?,
-        not_before: get(row, "not_before")?,
-        not_after: get(row, "not_after")?,
-        created_at: get(row, "created_at")?,
         replica: get(row, "replica")?,
-        tainted: get::<i64>(row, "tainted")? != 0,
-        retired_at: get(row, "retired_at")?,
+        journal: KeyJournal::from_row(row)?,
     })
 }
 
@@ -114,18 +98,18 @@ impl Store {
         .bind(&key.cert_der)
         .bind(&key.chain_pem)
         .bind(key.self_signed as i64)
-        .bind(key.status.as_str())
-        .bind(key.not_before)
-        .bind(key.not_after)
-        .bind(key.created_at)
+        .bind(key.journal.status.as_str())
+        .bind(key.journal.not_before)
+        .bind(key.journal.not_after)
+        .bind(key.journal.created_at)
         .bind(key.replica.as_deref())
-        .bind(key.tainted as i64)
-        .bind(key.retired_at)
+        .bind(key.journal.tainted as i64)
+        .bind(key.journal.retired_at)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
             StoreError::from_insert(e, || {
-                conflict(&key.id, key.status, key.replica.as_deref().unwrap_or(""))
+                conflict(&key.id, key.journal.status, key.replica.as_deref().unwrap_or(""))
             })
         })?;
         let mut added = 0;
@@ -137,13 +121,13 @@ impl Store {
             .bind(fingerprint)
             .bind(der)
             .bind(*not_after)
-            .bind(key.created_at)
+            .bind(key.journal.created_at)
             .execute(&mut *tx)
             .await?;
             added += r.rows_affected();
         }
         if added > 0 {
-            bump_bundle_sequence(&mut tx, self.backend, key.created_at).await?;
+            bump_bundle_sequence(&mut tx, self.backend, key.journal.created_at).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -195,73 +179,6 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("CA key {id}")))?;
         key_from_row(&row)
-    }
-
-    /// Moves CA key `id` from state `from` to `to`, recording when it
-    /// stopped signing if it did; false when it was not in `from` (another
-    /// process moved it first). Its certificate stays in the bundle (a lost
-    /// key's too: SVIDs it signed keep verifying until they expire).
-    pub(crate) async fn set_ca_key_status(
-        &self,
-        id: &str,
-        from: KeyStatus,
-        to: KeyStatus,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let retired = from == KeyStatus::Active && to != KeyStatus::Active;
-        let r = sqlx::query(
-            "UPDATE ca_keys SET status = $1, \
-             retired_at = CASE WHEN $2 = 1 THEN $3 ELSE retired_at END \
-             WHERE id = $4 AND status = $5",
-        )
-        .bind(to.as_str())
-        .bind(retired as i64)
-        .bind(now)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Taints CA key `id` (not the active one: the caller checks): agents
-    /// learn it with the bundle and replace what it signed.
-    pub(crate) async fn taint_ca_key(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let r = sqlx::query("UPDATE ca_keys SET tainted = 1 WHERE id = $1 AND tainted = 0")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("untainted CA key {id}")));
-        }
-        record_change(&mut tx, self.backend, ChangeKind::Bundle, id, "", now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Revokes CA key `id`: it signs nothing more and its certificate
-    /// (`fingerprint`, when it is a bundle root) leaves the bundle.
-    pub(crate) async fn revoke_ca_key(
-        &self,
-        id: &str,
-        fingerprint: Option<&str>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE ca_keys SET status = 'revoked' WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(fp) = fingerprint {
-            sqlx::query("DELETE FROM bundle_authorities WHERE fingerprint = $1")
-                .bind(fp)
-                .execute(&mut *tx)
-                .await?;
-        }
-        bump_bundle_sequence(&mut tx, self.backend, now).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// The bundle's authorities (DER) still valid at `now`, oldest first,

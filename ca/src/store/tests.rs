@@ -247,13 +247,8 @@ async fn ca_keys_and_bundle_sequence_persist_across_reconnect(db: TestDb) {
         cert_der: vec![1, 2, 3],
         chain_pem: String::new(),
         self_signed: true,
-        status: KeyStatus::Active,
-        not_before: 10,
-        not_after: 10_000,
-        created_at: 10,
         replica: Some("r1".into()),
-        tainted: false,
-        retired_at: 0,
+        journal: KeyJournal::new(KeyStatus::Active, 10, 10_000, 10),
     };
     {
         let store = Store::connect(&db.url).await.unwrap();
@@ -411,13 +406,8 @@ fn jwt_key(kid: &str, at: i64) -> JwtKeyRecord {
         kid: kid.into(),
         alg: "ES256".into(),
         public_key: vec![1, 2, 3],
-        status: KeyStatus::Prepared,
-        not_before: at,
-        not_after: at + 1000,
-        created_at: at,
         replica: "r1".into(),
-        tainted: false,
-        retired_at: 0,
+        journal: KeyJournal::new(KeyStatus::Prepared, at, at + 1000, at),
     }
 }
 
