@@ -6,29 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use signet_identity::TrustDomain;
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said, with line and column.
-        message: String,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use signet_identity::daemon::ConfigError;
 
 /// Everything `signet ca serve` needs. Every field has a default so that an
 /// empty file (or none) plus `--trust-domain` is a working CA.
@@ -246,15 +224,7 @@ impl Default for CaConfig {
 impl CaConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            signet_identity::files::read_input_file(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
-        })
+        signet_identity::daemon::read_toml(path)
     }
 
     /// Checks values and returns the parsed trust domain.

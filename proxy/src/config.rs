@@ -7,29 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::IdPattern;
 
-/// Why a configuration cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Parser message with line and column.
-        message: String,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use signet_identity::daemon::ConfigError;
 
 /// Application protocol of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -404,15 +382,7 @@ fn default_drain() -> u64 {
 impl ProxyConfig {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            signet_identity::files::read_input_file(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-        let config: ProxyConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
+        let config: ProxyConfig = signet_identity::daemon::read_toml(path)?;
         config.validate()?;
         Ok(config)
     }
