@@ -38,6 +38,27 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A value a listing command prints one per row: its columns in the table
+/// for people; the whole value in the JSON for scripts.
+pub(crate) trait Row: serde::Serialize {
+    /// The table's column headers.
+    const HEADERS: &'static [&'static str];
+    /// This value's cells, one per header.
+    fn cells(&self) -> Vec<String>;
+}
+
+/// Prints a list as a table under [`Row::HEADERS`] or as a JSON array.
+pub(crate) fn list<T: Row>(format: Format, items: &[T]) -> anyhow::Result<()> {
+    match format {
+        Format::Json => json(&items),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items.iter().map(Row::cells).collect();
+            table(T::HEADERS, &rows);
+            Ok(())
+        }
+    }
+}
+
 /// Prints a value as pretty JSON.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

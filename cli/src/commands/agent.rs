@@ -68,6 +68,24 @@ struct AgentView {
     updated_at: i64,
 }
 
+impl output::Row for AgentView {
+    const HEADERS: &'static [&'static str] =
+        &["SPIFFE ID", "ATTESTATION", "SVID EXPIRES", "STATUS"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.spiffe_id.clone(),
+            self.attestation_type.clone(),
+            timestamp(self.svid_expires_at),
+            if self.banned {
+                "banned".into()
+            } else {
+                "active".into()
+            },
+        ]
+    }
+}
+
 impl From<pb::Agent> for AgentView {
     fn from(a: pb::Agent) -> Self {
         Self {
@@ -189,31 +207,7 @@ impl AgentCommand {
                     .into_iter()
                     .map(AgentView::from)
                     .collect();
-                match output {
-                    Format::Json => output::json(&agents),
-                    Format::Table => {
-                        let rows: Vec<Vec<String>> = agents
-                            .iter()
-                            .map(|a| {
-                                vec![
-                                    a.spiffe_id.clone(),
-                                    a.attestation_type.clone(),
-                                    timestamp(a.svid_expires_at),
-                                    if a.banned {
-                                        "banned".into()
-                                    } else {
-                                        "active".into()
-                                    },
-                                ]
-                            })
-                            .collect();
-                        output::table(
-                            &["SPIFFE ID", "ATTESTATION", "SVID EXPIRES", "STATUS"],
-                            &rows,
-                        );
-                        Ok(())
-                    }
-                }
+                output::list(output, &agents)
             }
             AgentCommand::Ban { spiffe_id, admin } => {
                 admin

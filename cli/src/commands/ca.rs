@@ -125,6 +125,38 @@ struct KeyView {
     in_use: bool,
 }
 
+impl output::Row for KeyView {
+    const HEADERS: &'static [&'static str] = &[
+        "KIND",
+        "ID",
+        "STATE",
+        "TYPE",
+        "NOT AFTER",
+        "IN USE",
+        "REPLICA",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.kind.clone(),
+            self.id.clone(),
+            if self.tainted {
+                format!("{} TAINTED", self.state)
+            } else {
+                self.state.clone()
+            },
+            self.detail.clone(),
+            timestamp(self.not_after),
+            if self.in_use {
+                "yes".into()
+            } else {
+                String::new()
+            },
+            self.replica.clone(),
+        ]
+    }
+}
+
 /// Flags of `signet ca serve`; each overrides the config file.
 #[derive(clap::Args)]
 pub(crate) struct ServeArgs {
@@ -186,47 +218,11 @@ impl CaCommand {
                         in_use: k.in_use,
                     })
                     .collect();
-                match output {
-                    Format::Json => output::json(&keys),
-                    Format::Table => {
-                        let rows: Vec<Vec<String>> = keys
-                            .iter()
-                            .map(|k| {
-                                vec![
-                                    k.kind.clone(),
-                                    k.id.clone(),
-                                    if k.tainted {
-                                        format!("{} TAINTED", k.state)
-                                    } else {
-                                        k.state.clone()
-                                    },
-                                    k.detail.clone(),
-                                    timestamp(k.not_after),
-                                    if k.in_use {
-                                        "yes".into()
-                                    } else {
-                                        String::new()
-                                    },
-                                    k.replica.clone(),
-                                ]
-                            })
-                            .collect();
-                        output::table(
-                            &[
-                                "KIND",
-                                "ID",
-                                "STATE",
-                                "TYPE",
-                                "NOT AFTER",
-                                "IN USE",
-                                "REPLICA",
-                            ],
-                            &rows,
-                        );
-                        eprintln!("answered by replica {}", resp.replica);
-                        Ok(())
-                    }
+                output::list(output, &keys)?;
+                if matches!(output, Format::Table) {
+                    eprintln!("answered by replica {}", resp.replica);
                 }
+                Ok(())
             }
             CaCommand::Prepare { kind, admin } => {
                 let k = admin

@@ -46,6 +46,33 @@ struct EndpointView {
     agent_lost_at: i64,
 }
 
+impl output::Row for EndpointView {
+    const HEADERS: &'static [&'static str] = &[
+        "SPIFFE ID",
+        "ADDRESS",
+        "PROTOCOL",
+        "TUNNEL",
+        "NODE",
+        "AGE",
+        "HEALTH",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.spiffe_id.clone(),
+            self.address.clone(),
+            self.protocol.clone(),
+            match self.tunnel_port {
+                0 => "-".to_string(),
+                p => p.to_string(),
+            },
+            self.node.clone(),
+            age(self.age_seconds),
+            self.health.clone(),
+        ]
+    }
+}
+
 impl From<signet_proto::mesh::Endpoint> for EndpointView {
     fn from(e: signet_proto::mesh::Endpoint) -> Self {
         let now = signet_identity::x509_svid::unix_seconds(std::time::SystemTime::now());
@@ -100,41 +127,7 @@ impl EndpointsCommand {
                     .into_iter()
                     .map(EndpointView::from)
                     .collect();
-                match output {
-                    Format::Json => output::json(&endpoints),
-                    Format::Table => {
-                        let rows: Vec<Vec<String>> = endpoints
-                            .iter()
-                            .map(|e| {
-                                vec![
-                                    e.spiffe_id.clone(),
-                                    e.address.clone(),
-                                    e.protocol.clone(),
-                                    match e.tunnel_port {
-                                        0 => "-".to_string(),
-                                        p => p.to_string(),
-                                    },
-                                    e.node.clone(),
-                                    age(e.age_seconds),
-                                    e.health.clone(),
-                                ]
-                            })
-                            .collect();
-                        output::table(
-                            &[
-                                "SPIFFE ID",
-                                "ADDRESS",
-                                "PROTOCOL",
-                                "TUNNEL",
-                                "NODE",
-                                "AGE",
-                                "HEALTH",
-                            ],
-                            &rows,
-                        );
-                        Ok(())
-                    }
-                }
+                output::list(output, &endpoints)
             }
         }
     }

@@ -158,6 +158,21 @@ struct EntryView {
     revision: i64,
 }
 
+impl output::Row for EntryView {
+    const HEADERS: &'static [&'static str] =
+        &["ENTRY ID", "SPIFFE ID", "PARENT ID", "SELECTORS", "TTL"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.spiffe_id.clone(),
+            self.parent_id.clone(),
+            self.selectors.join(","),
+            ttl_text(self.x509_svid_ttl),
+        ]
+    }
+}
+
 impl From<pb::Entry> for EntryView {
     fn from(e: pb::Entry) -> Self {
         let spec = e.spec.unwrap_or_default();
@@ -259,28 +274,7 @@ impl EntryCommand {
                     .into_iter()
                     .map(EntryView::from)
                     .collect();
-                match output {
-                    Format::Json => output::json(&entries),
-                    Format::Table => {
-                        let rows: Vec<Vec<String>> = entries
-                            .iter()
-                            .map(|e| {
-                                vec![
-                                    e.id.clone(),
-                                    e.spiffe_id.clone(),
-                                    e.parent_id.clone(),
-                                    e.selectors.join(","),
-                                    ttl_text(e.x509_svid_ttl),
-                                ]
-                            })
-                            .collect();
-                        output::table(
-                            &["ENTRY ID", "SPIFFE ID", "PARENT ID", "SELECTORS", "TTL"],
-                            &rows,
-                        );
-                        Ok(())
-                    }
-                }
+                output::list(output, &entries)
             }
             EntryCommand::Show { id, output, admin } => {
                 let entry: EntryView = admin
