@@ -222,30 +222,13 @@ impl Balancer {
     }
 }
 
-/// Two random numbers for [`Balancer::pick`]: from a per-thread xorshift
-/// generator seeded once from the system (choosing between two endpoints
-/// needs no secrecy; a `getrandom` call per connection did not pay).
+/// Two random numbers for [`Balancer::pick`], from `rand`'s per-thread
+/// generator (seeded once from the system; choosing between two endpoints
+/// needs no fresh entropy per connection).
 pub(crate) fn random_pair() -> (u64, u64) {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut b = [0u8; 8];
-            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-            // Never zero: xorshift would stay there.
-            u64::from_ne_bytes(b) | 1
-        });
-    }
-    STATE.with(|s| {
-        let next = || {
-            let mut x = s.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            s.set(x);
-            x
-        };
-        (next(), next())
-    })
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (rng.gen(), rng.gen())
 }
 
 #[cfg(test)]
@@ -278,16 +261,9 @@ mod tests {
 
     /// A deterministic stream of random pairs.
     fn randoms() -> impl FnMut() -> (u64, u64) {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        move || {
-            let mut next = || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state
-            };
-            (next(), next())
-        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
+        move || (rng.gen(), rng.gen())
     }
 
     #[test]
