@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
-use signet_identity::selector::unix;
+use signet_identity::selector::{unix, Selector};
 
 /// Why a caller could not be attested.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +130,7 @@ impl WorkloadAttestor {
         &self,
         cred: PeerCred,
         want_sha256: bool,
-    ) -> Result<Vec<String>, AttestError> {
+    ) -> Result<Vec<Selector>, AttestError> {
         let pid = Pid::from_raw(cred.pid).ok_or(AttestError::NoCredentials)?;
         let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|_| AttestError::CallerExited)?;
         let proc_dir = PathBuf::from(format!("/proc/{}", cred.pid));
@@ -273,7 +273,12 @@ mod tests {
     #[test]
     fn attests_the_calling_process_with_kernel_facts() {
         let a = WorkloadAttestor::default();
-        let s = a.attest(me(), true).unwrap();
+        let s: Vec<String> = a
+            .attest(me(), true)
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert!(s.contains(&format!("unix:uid:{}", me().uid)));
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         assert!(s.contains(&format!("unix:path:{}", exe.display())), "{s:?}");

@@ -23,7 +23,10 @@
 //! only reads published snapshots, so a fetch never waits on the CA. It
 //! reaches the CA through the `rotator::node_api::NodeApi` trait and reads
 //! time from an injected clock, so its schedule (`rotator::schedule`),
-//! backoff and recovery are unit-tested without sleeping.
+//! backoff and recovery are unit-tested without sleeping. Entries are typed
+//! where they arrive (`rotator::sync` makes a `workload_entry::WorkloadEntry`
+//! of each, with parsed SPIFFE ID and selectors), and callers are attested
+//! into the same `Selector`s they are matched against.
 
 pub mod agent_identity;
 mod attestor;
@@ -38,6 +41,7 @@ pub mod node_client;
 mod rotator;
 mod run;
 mod workload_api;
+mod workload_entry;
 mod workload_svids;
 
 // Public interface.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use signet_identity::endpoint::{
     check_tunnel_port, check_weight, check_zone, EndpointAddress, EndpointProtocol,
 };
+use signet_identity::selector::Selector;
 use signet_identity::SpiffeId;
 use signet_proto::mesh::mesh_server::{Mesh, MeshServer};
 use signet_proto::mesh::{self as pb, MAX_ENDPOINTS_PER_AGENT};
@@ -47,10 +48,10 @@ impl MeshApi {
 }
 
 /// Whether a caller with `selectors` may hold SPIFFE ID `id`.
-fn entitled(snapshot: &Snapshot, selectors: &[String], id: &str) -> bool {
+fn entitled(snapshot: &Snapshot, selectors: &[Selector], id: &str) -> bool {
     snapshot
         .matching_entries(selectors)
-        .any(|e| e.spiffe_id == id)
+        .any(|e| e.spiffe_id.as_str() == id)
 }
 
 /// The endpoint as the agent holds it (fields checked and normalized), or
@@ -122,7 +123,7 @@ impl Mesh for MeshApi {
         struct Held {
             registration: crate::local_endpoints::Registration,
             snapshot: watch::Receiver<Arc<Snapshot>>,
-            selectors: Vec<String>,
+            selectors: Vec<Selector>,
             id: String,
             last: Option<RegState>,
             ended: bool,

@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::rotator::node_api::{CallError, NodeApi};
 use crate::rotator::schedule::{call_deadline, first_expiry_in, renew_at_ms, Backoff};
 use crate::rotator::sync::{EntrySync, SyncEvent};
+use crate::workload_entry::WorkloadEntry;
 use crate::workload_svids::{Snapshot, WorkloadSvid};
 
 /// How long a new entry stream gets to deliver its first complete update.
@@ -250,7 +251,7 @@ impl<N: NodeApi> SvidRotator<N> {
 
     /// Entries whose SVID is missing, outdated, signed by a tainted key or
     /// due at `now_ms`, and the next due time (ms).
-    fn due_entries(&self, now_ms: i64) -> (Vec<pb::WorkloadEntry>, Option<i64>) {
+    fn due_entries(&self, now_ms: i64) -> (Vec<WorkloadEntry>, Option<i64>) {
         let mut due = Vec::new();
         let mut next: Option<i64> = None;
         for e in &self.entries.entries {
@@ -288,14 +289,14 @@ impl<N: NodeApi> SvidRotator<N> {
     }
 
     /// Gets SVIDs for `due` entries, in calls of at most the CA's batch size.
-    async fn sign(&mut self, due: Vec<pb::WorkloadEntry>) -> Result<(), PassError> {
+    async fn sign(&mut self, due: Vec<WorkloadEntry>) -> Result<(), PassError> {
         for batch in due.chunks(pb::MAX_SIGN_BATCH) {
             self.sign_batch(batch).await?;
         }
         Ok(())
     }
 
-    async fn sign_batch(&mut self, due: &[pb::WorkloadEntry]) -> Result<(), PassError> {
+    async fn sign_batch(&mut self, due: &[WorkloadEntry]) -> Result<(), PassError> {
         let deadline = self.call_deadline();
         let mut keys = HashMap::new();
         let mut requests = Vec::with_capacity(due.len());

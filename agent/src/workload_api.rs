@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use signet_identity::jwt_svid::{audience_problem, validate_jwt_svid};
+use signet_identity::selector::Selector;
 use signet_identity::{SpiffeId, TrustBundle};
 use signet_proto::node::node_client::NodeClient;
 use signet_proto::workload as pb;
@@ -30,6 +31,7 @@ use crate::attestor::{PeerCred, WorkloadAttestor};
 use crate::config::WorkloadApiLimits;
 use crate::jwt_svids::{CachedJwt, JwtSvidCache};
 use crate::metrics::Metrics;
+use crate::workload_entry::WorkloadEntry;
 use crate::workload_svids::Snapshot;
 
 pub(crate) use signet_identity::workload_api::SECURITY_HEADER;
@@ -51,7 +53,7 @@ pub(crate) struct WorkloadApi {
 /// A caller attested: its uid and selectors.
 pub(crate) struct Caller {
     pub(crate) uid: u32,
-    pub(crate) selectors: Vec<String>,
+    pub(crate) selectors: Vec<Selector>,
 }
 
 impl WorkloadApi {
@@ -170,10 +172,9 @@ impl WorkloadApi {
 /// whose SVIDs are not issued yet, `Err` when nothing matches.
 fn svid_response(
     snapshot: &Snapshot,
-    caller: &[String],
+    caller: &[Selector],
 ) -> Result<Option<pb::X509svidResponse>, Status> {
-    let matching: Vec<&signet_proto::node::WorkloadEntry> =
-        snapshot.matching_entries(caller).collect();
+    let matching: Vec<&WorkloadEntry> = snapshot.matching_entries(caller).collect();
     if matching.is_empty() {
         return Err(no_identity());
     }
@@ -234,7 +235,7 @@ fn no_identity() -> Status {
 /// bundles to a workload this agent no longer has an identity for.
 fn bundles_for(
     snapshot: &Snapshot,
-    caller: &[String],
+    caller: &[Selector],
     encode: impl Fn(&TrustBundle) -> Vec<u8>,
 ) -> Result<Option<HashMap<String, Vec<u8>>>, Status> {
     if snapshot.matching_entries(caller).next().is_none() {
@@ -249,7 +250,7 @@ fn bundles_for(
 /// The X509BundlesResponse for a caller (concatenated DER per trust domain).
 fn x509_bundles_for(
     snapshot: &Snapshot,
-    caller: &[String],
+    caller: &[Selector],
 ) -> Result<Option<pb::X509BundlesResponse>, Status> {
     let bundles = bundles_for(snapshot, caller, TrustBundle::to_concatenated_der)?;
     Ok(bundles.map(|bundles| pb::X509BundlesResponse {
@@ -262,7 +263,7 @@ fn x509_bundles_for(
 /// trust domain).
 fn jwt_bundles_for(
     snapshot: &Snapshot,
-    caller: &[String],
+    caller: &[Selector],
 ) -> Result<Option<pb::JwtBundlesResponse>, Status> {
     let bundles = bundles_for(snapshot, caller, |b| b.jwt_jwks().into_bytes())?;
     Ok(bundles.map(|bundles| pb::JwtBundlesResponse { bundles }))
@@ -387,7 +388,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             let token = self
                 .jwt_cache
                 .get_or_mint(
-                    &entry.spiffe_id,
+                    entry.spiffe_id.as_str(),
                     &r.audience,
                     now,
                     |t| snapshot.jwt_signer_trusted(&t.kid),
@@ -395,7 +396,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 )
                 .await?;
             svids.push(pb::Jwtsvid {
-                spiffe_id: entry.spiffe_id.clone(),
+                spiffe_id: entry.spiffe_id.to_string(),
                 svid: token.token,
                 hint: entry.hint.clone(),
             });
@@ -455,11 +456,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
 impl WorkloadApi {
     /// Has the CA sign a JWT-SVID for `entry` (on a cache miss).
-    async fn mint(
-        &self,
-        entry: &signet_proto::node::WorkloadEntry,
-        audience: &[String],
-    ) -> Result<CachedJwt, Status> {
+    async fn mint(&self, entry: &WorkloadEntry, audience: &[String]) -> Result<CachedJwt, Status> {
         let Some(mut client) = self.ca_link.borrow().clone() else {
             return Err(Status::unavailable(
                 "the CA is unreachable and no cached JWT-SVID for this audience is fresh; retry later",
@@ -505,16 +502,16 @@ impl WorkloadApi {
 /// X.509-SVIDs, one per non-empty hint), only `wanted` when given.
 fn jwt_entries(
     snapshot: &Snapshot,
-    caller: &[String],
+    caller: &[Selector],
     wanted: Option<&SpiffeId>,
-) -> Result<Vec<signet_proto::node::WorkloadEntry>, Status> {
+) -> Result<Vec<WorkloadEntry>, Status> {
     let mut ids = std::collections::HashSet::new();
     let mut hints = OnePerHint::default();
     let mut any = false;
     let mut chosen = Vec::new();
     for entry in snapshot.matching_entries(caller) {
         any = true;
-        if wanted.is_some_and(|w| w.as_str() != entry.spiffe_id) {
+        if wanted.is_some_and(|w| *w != entry.spiffe_id) {
             continue;
         }
         if !ids.insert(entry.spiffe_id.as_str()) {

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
+use signet_identity::selector::Selector;
 use signet_identity::TrustBundle;
-use signet_proto::node::WorkloadEntry;
+
+use crate::workload_entry::WorkloadEntry;
 
 /// An SVID the agent holds for one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +71,9 @@ impl Snapshot {
     /// Entries whose selectors are all among `caller`'s selectors.
     pub(crate) fn matching_entries<'a>(
         &'a self,
-        caller: &'a [String],
+        caller: &'a [Selector],
     ) -> impl Iterator<Item = &'a WorkloadEntry> + 'a {
-        self.entries.iter().filter(move |e| {
-            !e.selectors.is_empty() && e.selectors.iter().all(|s| caller.contains(s))
-        })
+        self.entries.iter().filter(move |e| e.matches(caller))
     }
 
     /// Whether any entry needs the binary's sha256 to be matched.
@@ -81,7 +81,7 @@ impl Snapshot {
         self.entries.iter().any(|e| {
             e.selectors
                 .iter()
-                .any(|s| signet_identity::selector::unix::is_sha256(s))
+                .any(signet_identity::selector::unix::is_sha256)
         })
     }
 }
@@ -93,9 +93,18 @@ mod tests {
     fn entry(id: &str, selectors: &[&str]) -> WorkloadEntry {
         WorkloadEntry {
             id: id.into(),
-            selectors: selectors.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
+            revision: 1,
+            spiffe_id: signet_identity::SpiffeId::parse("spiffe://example.org/w").unwrap(),
+            selectors: selectors
+                .iter()
+                .map(|s| Selector::parse(s).unwrap())
+                .collect(),
+            hint: String::new(),
         }
+    }
+
+    fn selectors(all: &[&str]) -> Vec<Selector> {
+        all.iter().map(|s| Selector::parse(s).unwrap()).collect()
     }
 
     #[test]
@@ -111,18 +120,14 @@ mod tests {
             ],
             svids: Vec::new(),
         };
-        let caller: Vec<String> = vec![
-            "unix:uid:1000".into(),
-            "unix:gid:1000".into(),
-            "unix:path:/bin/sh".into(),
-        ];
+        let caller = selectors(&["unix:uid:1000", "unix:gid:1000", "unix:path:/bin/sh"]);
         let ids: Vec<&str> = s.matching_entries(&caller).map(|e| e.id.as_str()).collect();
         assert_eq!(
             ids,
             vec!["a"],
             "partial matches and entries without selectors never match"
         );
-        let other: Vec<String> = vec!["unix:uid:0".into()];
+        let other = selectors(&["unix:uid:0"]);
         assert_eq!(s.matching_entries(&other).count(), 0);
     }
 }

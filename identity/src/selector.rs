@@ -91,37 +91,46 @@ impl fmt::Display for Selector {
 
 /// What the Unix attestor observes of a caller, as selectors.
 pub mod unix {
+    use super::Selector;
+
+    fn unix(value: String) -> Selector {
+        Selector {
+            kind: "unix".into(),
+            value,
+        }
+    }
+
     /// `unix:uid:<uid>`, the caller's effective uid.
-    pub fn uid(uid: u32) -> String {
-        format!("unix:uid:{uid}")
+    pub fn uid(uid: u32) -> Selector {
+        unix(format!("uid:{uid}"))
     }
     /// `unix:gid:<gid>`, the caller's effective gid.
-    pub fn gid(gid: u32) -> String {
-        format!("unix:gid:{gid}")
+    pub fn gid(gid: u32) -> Selector {
+        unix(format!("gid:{gid}"))
     }
     /// `unix:user:<name>`, the name of the caller's uid.
-    pub fn user(name: &str) -> String {
-        format!("unix:user:{name}")
+    pub fn user(name: &str) -> Selector {
+        unix(format!("user:{name}"))
     }
     /// `unix:group:<name>`, the name of the caller's gid.
-    pub fn group(name: &str) -> String {
-        format!("unix:group:{name}")
+    pub fn group(name: &str) -> Selector {
+        unix(format!("group:{name}"))
     }
     /// `unix:path:<path>`, the caller's binary.
-    pub fn path(path: &std::path::Path) -> String {
-        format!("unix:path:{}", path.display())
+    pub fn path(path: &std::path::Path) -> Selector {
+        unix(format!("path:{}", path.display()))
     }
     /// `unix:sha256:<hex>`, the SHA-256 of the caller's binary.
-    pub fn sha256(hex: &str) -> String {
-        format!("{SHA256_PREFIX}{hex}")
+    pub fn sha256(hex: &str) -> Selector {
+        unix(format!("{SHA256_VALUE_PREFIX}{hex}"))
     }
-    /// The prefix of binary-hash selectors: entries with one make the agent
-    /// hash callers' binaries.
-    pub const SHA256_PREFIX: &str = "unix:sha256:";
+    /// The start of a binary-hash selector's value: entries with one make
+    /// the agent hash callers' binaries.
+    const SHA256_VALUE_PREFIX: &str = "sha256:";
 
     /// Whether `selector` asks for the binary's hash.
-    pub fn is_sha256(selector: &str) -> bool {
-        selector.starts_with(SHA256_PREFIX)
+    pub fn is_sha256(selector: &Selector) -> bool {
+        selector.kind == "unix" && selector.value.starts_with(SHA256_VALUE_PREFIX)
     }
 }
 
@@ -139,7 +148,7 @@ mod tests {
             unix::path(std::path::Path::new("/usr/bin/app")),
             unix::sha256(&"ab".repeat(32)),
         ] {
-            assert_eq!(Selector::parse(&s).unwrap().to_string(), s);
+            assert_eq!(Selector::parse(&s.to_string()).unwrap(), s);
         }
         assert!(unix::is_sha256(&unix::sha256(&"ab".repeat(32))));
         assert!(!unix::is_sha256(&unix::uid(1)));

@@ -1,7 +1,11 @@
 //! The agent's entries as the CA's entry stream delivers them: updates in
 //! pages, complete or deltas, applied only once their last page has come.
+//! Each entry is typed as it comes in ([`WorkloadEntry`]); one this agent
+//! cannot use (a selector type it cannot attest) is left out, loudly.
 
 use signet_proto::node as pb;
+
+use crate::workload_entry::WorkloadEntry;
 
 /// What the entry stream delivers.
 #[derive(Debug)]
@@ -16,7 +20,7 @@ pub(crate) enum SyncEvent {
 #[derive(Default)]
 struct PendingUpdate {
     delta: bool,
-    entries: Vec<pb::WorkloadEntry>,
+    entries: Vec<WorkloadEntry>,
     removed: Vec<String>,
 }
 
@@ -24,7 +28,7 @@ struct PendingUpdate {
 #[derive(Default)]
 pub(crate) struct EntrySync {
     /// Entries, sorted by ID.
-    pub entries: Vec<pb::WorkloadEntry>,
+    pub entries: Vec<WorkloadEntry>,
     /// The revision of the last complete update applied: sent on
     /// reconnect, so the CA answers with only what changed since.
     pub revision: Option<i64>,
@@ -51,7 +55,18 @@ impl EntrySync {
             delta: page.delta,
             ..Default::default()
         });
-        pending.entries.extend(page.entries);
+        for entry in page.entries {
+            let id = entry.id.clone();
+            match WorkloadEntry::try_from(entry) {
+                Ok(e) => pending.entries.push(e),
+                Err(e) => {
+                    tracing::warn!(entry_id = %id, error = %e, "entry left out: this agent cannot use it");
+                    // A delta that changes an entry into one we cannot use
+                    // takes the old form out too.
+                    pending.removed.push(id);
+                }
+            }
+        }
         pending.removed.extend(page.removed_entry_ids);
         if page.more {
             return false;
@@ -80,11 +95,11 @@ impl EntrySync {
 /// `entries` (sorted by ID) with `changed` put in and `removed` taken out,
 /// still sorted.
 fn merge(
-    entries: Vec<pb::WorkloadEntry>,
-    changed: Vec<pb::WorkloadEntry>,
+    entries: Vec<WorkloadEntry>,
+    changed: Vec<WorkloadEntry>,
     removed: &[String],
-) -> Vec<pb::WorkloadEntry> {
-    let mut by_id: std::collections::BTreeMap<String, pb::WorkloadEntry> =
+) -> Vec<WorkloadEntry> {
+    let mut by_id: std::collections::BTreeMap<String, WorkloadEntry> =
         entries.into_iter().map(|e| (e.id.clone(), e)).collect();
     for id in removed {
         by_id.remove(id);
@@ -103,6 +118,22 @@ mod tests {
         pb::WorkloadEntry {
             id: id.into(),
             revision: rev,
+            spiffe_id: format!("spiffe://example.org/{id}"),
+            selectors: vec!["unix:uid:1000".into()],
+            ..Default::default()
+        }
+    }
+
+    /// [`e`] as the agent holds it.
+    fn t(id: &str, rev: i64) -> WorkloadEntry {
+        WorkloadEntry::try_from(e(id, rev)).unwrap()
+    }
+
+    fn page(entries: Vec<pb::WorkloadEntry>, more: bool, revision: i64) -> pb::EntrySnapshot {
+        pb::EntrySnapshot {
+            entries,
+            more,
+            revision,
             ..Default::default()
         }
     }
@@ -110,32 +141,41 @@ mod tests {
     #[test]
     fn a_delta_replaces_changed_entries_and_drops_removed_ones_in_id_order() {
         let merged = merge(
-            vec![e("a", 1), e("b", 1), e("c", 1)],
-            vec![e("d", 5), e("b", 4)],
+            vec![t("a", 1), t("b", 1), t("c", 1)],
+            vec![t("d", 5), t("b", 4)],
             &["c".to_owned(), "unknown".to_owned()],
         );
-        assert_eq!(merged, vec![e("a", 1), e("b", 4), e("d", 5)]);
+        assert_eq!(merged, vec![t("a", 1), t("b", 4), t("d", 5)]);
     }
 
     #[test]
     fn an_update_applies_only_with_its_last_page_and_a_new_stream_drops_half_of_one() {
         let mut s = EntrySync::default();
-        let page = |entries, more, revision| pb::EntrySnapshot {
-            entries,
-            more,
-            revision,
-            ..Default::default()
-        };
         assert!(!s.take_page(page(vec![e("b", 1)], true, 3)));
         assert!(s.entries.is_empty() && !s.synced);
         assert!(s.take_page(page(vec![e("a", 1)], false, 3)));
-        assert_eq!(s.entries, vec![e("a", 1), e("b", 1)]);
+        assert_eq!(s.entries, vec![t("a", 1), t("b", 1)]);
         assert_eq!(s.revision, Some(3));
         // Half an update, then the stream breaks: nothing of it stays.
         assert!(!s.take_page(page(vec![e("c", 4)], true, 4)));
         s.new_stream();
         assert!(!s.stream_synced);
         assert!(s.take_page(page(vec![e("d", 5)], false, 5)));
-        assert_eq!(s.entries, vec![e("d", 5)], "a complete update replaces all");
+        assert_eq!(s.entries, vec![t("d", 5)], "a complete update replaces all");
+    }
+
+    #[test]
+    fn an_entry_the_agent_cannot_use_is_left_out_and_its_old_form_goes() {
+        let mut s = EntrySync::default();
+        assert!(s.take_page(page(vec![e("a", 1), e("b", 1)], false, 1)));
+        let mut unusable = e("b", 2);
+        unusable.selectors = vec!["k8s:ns:prod".into()];
+        let mut bad_id = e("c", 2);
+        bad_id.spiffe_id = "not-an-id".into();
+        let mut delta = page(vec![unusable, bad_id, e("d", 2)], false, 2);
+        delta.delta = true;
+        assert!(s.take_page(delta));
+        assert_eq!(s.entries, vec![t("a", 1), t("d", 2)]);
+        assert_eq!(s.revision, Some(2), "the rest of the update applies");
     }
 }
