@@ -42,5 +42,5 @@ pub use ca::{AgentRefused, AgentSvid, AnyKey, Ca, CaError, KeyKind, PublishedBun
 pub use config::{CaConfig, ConfigError};
 /// The CSR check agents' requests pass before anything is signed (the
 /// fuzz targets drive it).
-pub use keys::issuance::{check_csr, IssueError};
+pub use keys::issuance::{check_csr, CheckedCsr, IssueError};
 pub use server::run;

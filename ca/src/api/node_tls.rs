@@ -21,7 +21,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::NodeApiLimits;
 
-use crate::keys::issuance::sign_x509_svid;
+use crate::keys::issuance::{check_csr, sign_x509_svid};
 use crate::registry::entry::{AGENT_PATH_PREFIX, SERVER_PATH};
 use crate::{Ca, CaError};
 
@@ -64,7 +64,7 @@ fn issue_server_svid(ca: &Ca) -> Result<(Arc<CertifiedKey>, Duration), CaError> 
     let now = SystemTime::now();
     let svid = sign_x509_svid(
         &ca.authority(),
-        csr.der(),
+        &check_csr(csr.der())?,
         &id,
         &[],
         ca.config.default_ttl(),

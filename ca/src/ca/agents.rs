@@ -5,7 +5,7 @@
 use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{SpiffeId, TrustBundle};
 
-use crate::keys::issuance::{check_csr, sign_x509_svid, IssuedSvid};
+use crate::keys::issuance::{check_csr, sign_x509_svid, CheckedCsr, IssuedSvid};
 use crate::registry::join_token;
 use crate::store::{AgentRecord, StoreError, TokenUse};
 
@@ -145,10 +145,13 @@ impl Ca {
             self.metrics.attestation_failed(r.reason());
             CaError::from(r)
         };
-        if let Err(e) = check_csr(csr) {
-            self.metrics.issuance_failed(&e);
-            return Err(refused(AgentRefused::BadCsr(e)));
-        }
+        let csr = match check_csr(csr) {
+            Ok(csr) => csr,
+            Err(e) => {
+                self.metrics.issuance_failed(&e);
+                return Err(refused(AgentRefused::BadCsr(e)));
+            }
+        };
         let now = self.now_secs();
         let agent_id = match self
             .store
@@ -166,7 +169,7 @@ impl Ca {
                 return Err(refused(AgentRefused::Banned(id.to_string())));
             }
         }
-        let (svid, record) = self.sign_agent_svid(&id, csr, None).await?;
+        let (svid, record) = self.sign_agent_svid(&id, &csr, None).await?;
         self.store.upsert_agent(&record).await?;
         tracing::info!(agent_id = %id, serial = %record.svid_serial, "agent attested");
         Ok(svid)
@@ -178,8 +181,9 @@ impl Ca {
     pub async fn renew_agent(&self, agent: &AgentRecord, csr: &[u8]) -> Result<AgentSvid, CaError> {
         let id = SpiffeId::parse(&agent.spiffe_id)
             .map_err(|e| CaError::InvalidArgument(format!("stored agent ID: {e}")))?;
+        let csr = check_csr(csr).inspect_err(|e| self.metrics.issuance_failed(e))?;
         let (svid, mut record) = self
-            .sign_agent_svid(&id, csr, Some(agent.svid_serial.clone()))
+            .sign_agent_svid(&id, &csr, Some(agent.svid_serial.clone()))
             .await?;
         record.created_at = agent.created_at;
         self.store.upsert_agent(&record).await?;
@@ -193,7 +197,7 @@ impl Ca {
     async fn sign_agent_svid(
         &self,
         id: &SpiffeId,
-        csr: &[u8],
+        csr: &CheckedCsr,
         renewed_from: Option<String>,
     ) -> Result<(AgentSvid, AgentRecord), CaError> {
         let bundle = self.bundle().await?;

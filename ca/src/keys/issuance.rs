@@ -52,6 +52,15 @@ pub struct IssuedSvid {
     pub not_after: i64,
 }
 
+/// A CSR that passed [`check_csr`]: what signing needs of it (its public
+/// key), so a request checked before a join token is spent is not parsed
+/// again to be signed.
+#[derive(Debug, Clone)]
+pub struct CheckedCsr {
+    /// The requester's SubjectPublicKeyInfo, DER.
+    spki: Vec<u8>,
+}
+
 /// The CSR's SubjectPublicKeyInfo (DER), after checking its signature and key.
 fn checked_csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
     let (rest, csr) =
@@ -79,22 +88,21 @@ fn checked_csr_public_key(csr_der: &[u8]) -> Result<Vec<u8>, IssueError> {
 
 /// Checks a CSR (well-formed, whole, self-signed, acceptable key) without
 /// signing anything: done before a join token is spent on it.
-pub fn check_csr(csr_der: &[u8]) -> Result<(), IssueError> {
-    checked_csr_public_key(csr_der).map(|_| ())
+pub fn check_csr(csr_der: &[u8]) -> Result<CheckedCsr, IssueError> {
+    checked_csr_public_key(csr_der).map(|spki| CheckedCsr { spki })
 }
 
-/// Signs an X.509-SVID for `id` with the public key of `csr_der`.
+/// Signs an X.509-SVID for `id` with the public key of `csr`.
 /// `ttl` is capped by the signing certificate's remaining lifetime.
 pub(crate) fn sign_x509_svid(
     authority: &Authority,
-    csr_der: &[u8],
+    csr: &CheckedCsr,
     id: &SpiffeId,
     dns_names: &[String],
     ttl: Duration,
     now: SystemTime,
 ) -> Result<IssuedSvid, IssueError> {
-    let spki = checked_csr_public_key(csr_der)?;
-    let public_key = rcgen::SubjectPublicKeyInfo::from_der(&spki)
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki)
         .map_err(|e| IssueError::UnacceptableKey(e.to_string()))?;
     let not_after = (now + ttl).min(authority.not_after);
     if not_after <= now {
@@ -132,7 +140,7 @@ pub(crate) fn sign_for_entry(
     };
     sign_x509_svid(
         authority,
-        csr_der,
+        &check_csr(csr_der)?,
         &entry.spiffe_id,
         &entry.dns_names,
         ttl,
