@@ -3,6 +3,9 @@
 //! Errors end the process with one line on stderr saying what to fix, and a
 //! non-zero exit status.
 #![forbid(unsafe_code)]
+// Doc comments here are clap's `--help` text, written for a terminal:
+// `<data-dir>` and bare URLs are meant literally, not as HTML or links.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
 mod admin_client;
 mod commands;

@@ -45,7 +45,7 @@ impl Ca {
     }
 
     /// Moves rotation of `kind` forward to the clock's now (see
-    /// [`crate::keys::rotation`]): a newly active key signs from here on,
+    /// `keys::rotation`): a newly active key signs from here on,
     /// and agents are told when the bundle changed.
     pub async fn rotate_keys(&self, kind: KeyKind) -> Result<(), CaError> {
         let now = self.clock.now();

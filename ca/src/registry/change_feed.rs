@@ -3,7 +3,7 @@
 //!
 //! Local writes apply themselves at once ([`Ca::catch_up`] after the
 //! commit). Changes from other replicas arrive by PostgreSQL
-//! `LISTEN/NOTIFY` on [`NOTIFY_CHANNEL`]; each notification costs one
+//! `LISTEN/NOTIFY` on `NOTIFY_CHANNEL`; each notification costs one
 //! query for the whole replica, not one per agent. As a safety net (a
 //! notification lost while the listening connection was down) the feed is
 //! read every [`SAFETY_NET`] anyway: one indexed query that finds nothing
