@@ -32,8 +32,8 @@ fn main() {
     }
     .validate(
         &ca.trust_domain,
-        ca.config.max_ttl(),
-        std::time::Duration::from_secs(ca.config.max_jwt_svid_ttl),
+        ca.config().max_ttl(),
+        std::time::Duration::from_secs(ca.config().max_jwt_svid_ttl),
     )
     .unwrap();
     // Distinct keys, as from a fleet of workloads; generating them is not measured.

@@ -58,14 +58,16 @@ pub enum CaError {
 
 /// The running CA: configuration, database, current signing authority.
 pub struct Ca {
-    /// The configuration it was started with.
-    pub config: CaConfig,
+    /// The configuration it was started with: read by `Ca`'s operations;
+    /// the server reads its listener settings through [`Ca::config`].
+    config: CaConfig,
     /// Its trust domain.
     pub trust_domain: TrustDomain,
     /// Its database: reached only through `Ca`'s operations.
     store: Store,
-    /// Its metrics.
-    pub metrics: Metrics,
+    /// Its metrics: what the CA decides, it counts itself; the API counts
+    /// what happens at its doors through [`Ca::metrics`].
+    metrics: Metrics,
     /// Where it reads the time (the system's; tests drive a manual one).
     pub clock: Clock,
     authority: RwLock<Arc<Authority>>,
@@ -164,6 +166,18 @@ impl Ca {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// The configuration it runs with, for the server that composes its
+    /// listeners (addresses, limits, the OIDC listener); read-only.
+    pub fn config(&self) -> &CaConfig {
+        &self.config
+    }
+
+    /// Its metrics, for the API layer to count what happens at its doors
+    /// (listener refusals, streams, admin calls) and to serve `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The JWT key this replica signs with now.

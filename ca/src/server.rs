@@ -82,7 +82,7 @@ pub async fn run(
     ca.withdraw_orphaned_endpoints().await?;
     let fd_limit = signet_identity::admission::raise_fd_limit();
     tracing::debug!(fd_limit, "open-file limit");
-    let limits = descriptor_budget(&ca.config, fd_limit)?;
+    let limits = descriptor_budget(ca.config(), fd_limit)?;
 
     let io = |what: &str, e: std::io::Error| CaError::InvalidArgument(format!("{what}: {e}"));
     let admin_listener = bind_socket(&admin_path)
@@ -97,12 +97,12 @@ pub async fn run(
     let metrics_addr = metrics_listener
         .local_addr()
         .map_err(|e| io("metrics_listen", e))?;
-    let node_listen = ca.config.listen.clone();
+    let node_listen = ca.config().listen.clone();
     let node_listener = tokio::net::TcpListener::bind(&node_listen)
         .await
         .map_err(|e| io(&format!("listen {node_listen}"), e))?;
     let node_addr = node_listener.local_addr().map_err(|e| io("listen", e))?;
-    let oidc = match &ca.config.oidc {
+    let oidc = match &ca.config().oidc {
         None => None,
         Some(oidc) => {
             let tls = crate::api::oidc::tls_config(oidc)?;
@@ -137,7 +137,9 @@ pub async fn run(
                 stream, ticket,
             ))),
             Err(refused) => {
-                admin_ca.metrics.listener_refused("admin", refused.reason());
+                admin_ca
+                    .metrics()
+                    .listener_refused("admin", refused.reason());
                 tracing::warn!(
                     limit = refused.reason(),
                     max = ADMIN_MAX_CONNECTIONS,

@@ -123,7 +123,7 @@ impl AdminService {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        self.ca.metrics.admin_call(method, code);
+        self.ca.metrics().admin_call(method, code);
         tracing::info!(
             target: AUDIT_TARGET,
             uid = caller.map_or(-1, i64::from),

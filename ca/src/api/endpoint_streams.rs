@@ -60,7 +60,7 @@ pub(crate) async fn serve_publish(
                 Ok(Some(u)) => {
                     // The newest always replaces one still waiting.
                     if waiting.replace(u).is_some() {
-                        ca.metrics.endpoint_updates_coalesced.inc();
+                        ca.metrics().endpoint_updates_coalesced.inc();
                     }
                     if tokio::time::Instant::now() < next_write {
                         continue;
@@ -125,7 +125,7 @@ pub(crate) async fn serve_publish(
             .await
         {
             Ok(checked) => {
-                ca.metrics
+                ca.metrics()
                     .endpoints_refused
                     .inc_by(checked.refused.len() as u64);
                 for (e, reason) in &checked.refused {
@@ -178,7 +178,7 @@ pub(crate) async fn serve_watch(
     spiffe_id: String,
     tx: mpsc::Sender<Result<mesh::EndpointSet, Status>>,
 ) {
-    ca.metrics.endpoint_watches.inc();
+    ca.metrics().endpoint_watches.inc();
     let mut changes = ca.subscribe_endpoints(&spiffe_id);
     let mut standing = ca.subscribe_agent(&agent_id);
     standing.borrow_and_update();
@@ -214,5 +214,5 @@ pub(crate) async fn serve_watch(
             _ = tx.closed() => break,
         }
     }
-    ca.metrics.endpoint_watches.dec();
+    ca.metrics().endpoint_watches.dec();
 }

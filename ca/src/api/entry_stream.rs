@@ -78,7 +78,7 @@ pub(crate) async fn serve(
     known: Option<i64>,
     tx: mpsc::Sender<Result<pb::EntrySnapshot, Status>>,
 ) {
-    ca.metrics.sync_streams.inc();
+    ca.metrics().sync_streams.inc();
     let _open = scopeguard(&ca);
     let mut version = ca.subscribe_agent(&agent_id);
     let mut bundles = ca.subscribe_bundle();
@@ -116,7 +116,7 @@ pub(crate) async fn serve(
                 revision,
                 bundle_changed.then(|| published_to_pb(&bundle)),
             );
-            ca.metrics.sync_update(delta, messages.len());
+            ca.metrics().sync_update(delta, messages.len());
             for m in messages {
                 if tx.send(Ok(m)).await.is_err() {
                     return;
@@ -152,7 +152,7 @@ fn scopeguard(ca: &Arc<Ca>) -> impl Drop + '_ {
     struct Open<'a>(&'a Ca);
     impl Drop for Open<'_> {
         fn drop(&mut self) {
-            self.0.metrics.sync_streams.dec();
+            self.0.metrics().sync_streams.dec();
         }
     }
     Open(ca)

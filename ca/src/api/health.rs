@@ -34,7 +34,7 @@ pub(crate) async fn serve(
         app,
         signet_identity::http_serve::OPERATOR_LIMITS,
         "metrics",
-        move |reason| ca.metrics.listener_refused("metrics", reason),
+        move |reason| ca.metrics().listener_refused("metrics", reason),
         shutdown,
     )
     .await
@@ -48,7 +48,7 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ca.metrics.encode(),
+        ca.metrics().encode(),
     )
 }
 

@@ -17,7 +17,6 @@ use tonic::{Request, Response, Status};
 use crate::api::attest_throttle::AttestThrottle;
 use crate::api::convert::agent_svid_to_pb;
 use crate::api::status::status;
-use crate::registry::entry::Entry;
 use crate::registry::join_token;
 use crate::store::AgentRecord;
 use crate::{Ca, CaError};
@@ -88,28 +87,6 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<pb::EndpointsAck, Status>> + S
 type EndpointSetStream =
     Pin<Box<dyn Stream<Item = Result<signet_proto::mesh::EndpointSet, Status>> + Send>>;
 
-impl NodeService {
-    /// Entry `entry_id`, if it is parented to `agent`; PERMISSION_DENIED
-    /// (counted and logged) when it is another agent's.
-    async fn own_entry(
-        &self,
-        agent: &AgentRecord,
-        entry_id: &str,
-        what: &str,
-    ) -> Result<Arc<Entry>, Status> {
-        let entry = self.ca.entry(entry_id).await.map_err(|e| status(&e))?;
-        if entry.spec.parent_id.as_str() != agent.spiffe_id {
-            self.ca.metrics.attestation_failed("foreign_entry");
-            tracing::warn!(agent_id = %agent.spiffe_id, %entry_id, kind = what, "agent asked for an SVID of an entry that is not its own");
-            return Err(Status::permission_denied(format!(
-                "entry {entry_id} is not parented to {}; nothing was signed",
-                agent.spiffe_id
-            )));
-        }
-        Ok(entry)
-    }
-}
-
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn attest_agent(
@@ -119,7 +96,7 @@ impl Node for NodeService {
         let source = peer_address(&req);
         if let Some(addr) = source {
             if !self.throttle.allows(addr, Instant::now()) {
-                self.ca.metrics.attestation_failed("rate_limited");
+                self.ca.metrics().attestation_failed("rate_limited");
                 return Err(Status::resource_exhausted(
                     "too many failed attestations from this address; wait a minute",
                 ));
@@ -232,7 +209,12 @@ impl Node for NodeService {
         // Check every request before signing anything: all or nothing.
         let mut entries = Vec::with_capacity(requests.len());
         for r in &requests {
-            entries.push(self.own_entry(&agent, &r.entry_id, "X.509-SVID").await?);
+            entries.push(
+                self.ca
+                    .agent_entry(&agent, &r.entry_id, "X.509-SVID")
+                    .await
+                    .map_err(|e| status(&e))?,
+            );
         }
         let mut svids = Vec::with_capacity(requests.len());
         for (r, entry) in requests.iter().zip(&entries) {
@@ -259,7 +241,11 @@ impl Node for NodeService {
         if let Some(problem) = signet_identity::jwt_svid::audience_problem(&r.audience) {
             return Err(Status::invalid_argument(problem));
         }
-        let entry = self.own_entry(&agent, &r.entry_id, "JWT-SVID").await?;
+        let entry = self
+            .ca
+            .agent_entry(&agent, &r.entry_id, "JWT-SVID")
+            .await
+            .map_err(|e| status(&e))?;
         let minted = self
             .ca
             .mint_jwt_svid(&entry.spec.spiffe_id, &r.audience, entry.spec.jwt_svid_ttl)

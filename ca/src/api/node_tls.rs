@@ -5,7 +5,7 @@
 //! not a valid agent SVID of this trust domain fails the handshake.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::PrivateKeyDer;
@@ -21,7 +21,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::NodeApiLimits;
 
-use crate::keys::issuance::{check_csr, sign_x509_svid};
+use crate::keys::issuance::check_csr;
 use crate::registry::entry::{AGENT_PATH_PREFIX, SERVER_PATH};
 use crate::{Ca, CaError};
 
@@ -61,15 +61,8 @@ fn issue_server_svid(ca: &Ca) -> Result<(Arc<CertifiedKey>, Duration), CaError> 
     let csr = CertificateParams::default()
         .serialize_request(&key)
         .map_err(crate::keys::issuance::IssueError::Sign)?;
-    let now = SystemTime::now();
-    let svid = sign_x509_svid(
-        &ca.authority(),
-        &check_csr(csr.der())?,
-        &id,
-        &[],
-        ca.config.default_ttl(),
-        now,
-    )?;
+    let svid = ca.sign_server_svid(&id, &check_csr(csr.der())?)?;
+    let now = ca.clock.now();
     let signing_key = provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(key.serialize_der().into()))
@@ -198,7 +191,7 @@ pub(crate) fn accept_tls(
             let mut ticket = match admission.admit(peer.ip()) {
                 Ok(t) => t,
                 Err(refused) => {
-                    ca.metrics.attestation_failed(refused.reason());
+                    ca.metrics().attestation_failed(refused.reason());
                     if refusals.first_in_interval(
                         peer.ip(),
                         refused.reason(),
@@ -232,11 +225,11 @@ pub(crate) fn accept_tls(
                         let _ = tx.send(Ok(Admitted::new(tls, ticket))).await;
                     }
                     Ok(Err(e)) => {
-                        ca.metrics.attestation_failed("handshake_failed");
+                        ca.metrics().attestation_failed("handshake_failed");
                         tracing::info!(peer = %peer, error = %e, "node API handshake refused")
                     }
                     Err(_) => {
-                        ca.metrics.attestation_failed("handshake_timeout");
+                        ca.metrics().attestation_failed("handshake_timeout");
                         tracing::debug!(peer = %peer, "node API handshake timed out")
                     }
                 }

@@ -170,7 +170,7 @@ pub(crate) async fn serve(
         app,
         config.http_limits(),
         "oidc",
-        move |reason| ca.metrics.listener_refused("oidc", reason),
+        move |reason| ca.metrics().listener_refused("oidc", reason),
         shutdown,
     )
     .await

@@ -31,6 +31,15 @@ pub enum AgentRefused {
     /// The CSR is unusable; checked before the join token is spent.
     #[error("{0}; the join token was not used")]
     BadCsr(crate::keys::issuance::IssueError),
+    /// The agent asked for an SVID of an entry parented to another agent
+    /// (or to none); nothing was signed.
+    #[error("entry {entry_id} is not parented to {agent_id}; nothing was signed")]
+    ForeignEntry {
+        /// The agent.
+        agent_id: String,
+        /// The entry it asked for.
+        entry_id: String,
+    },
     /// The SVID the connection was made with is neither the agent's current
     /// one nor the one it last renewed from.
     #[error("agent {id} presented SVID serial {serial}, neither its current nor its previous one; re-connect with the latest SVID")]
@@ -52,6 +61,7 @@ impl AgentRefused {
             AgentRefused::TokenUnknown => "unknown_token",
             AgentRefused::BadCsr(_) => "bad_csr",
             AgentRefused::StaleSvid { .. } => "stale_svid",
+            AgentRefused::ForeignEntry { .. } => "foreign_entry",
         }
     }
 }
@@ -101,6 +111,29 @@ impl Ca {
             return Err(AgentRefused::Banned(id.to_owned()).into());
         }
         Ok(agent)
+    }
+
+    /// Entry `entry_id`, if it is parented to `agent` (authorized with
+    /// [`Ca::authorize_agent`]): an agent gets SVIDs only for its own
+    /// entries. Another agent's is refused, counted and logged; `what` names
+    /// the SVID asked for in the log.
+    pub async fn agent_entry(
+        &self,
+        agent: &AgentRecord,
+        entry_id: &str,
+        what: &str,
+    ) -> Result<std::sync::Arc<crate::registry::entry::Entry>, CaError> {
+        let entry = self.entry(entry_id).await?;
+        if entry.spec.parent_id.as_str() != agent.spiffe_id {
+            let refused = AgentRefused::ForeignEntry {
+                agent_id: agent.spiffe_id.clone(),
+                entry_id: entry_id.to_owned(),
+            };
+            self.metrics.attestation_failed(refused.reason());
+            tracing::warn!(agent_id = %agent.spiffe_id, %entry_id, kind = what, "agent asked for an SVID of an entry that is not its own");
+            return Err(refused.into());
+        }
+        Ok(entry)
     }
 
     /// The record of the agent that made a connection with the SVID of

@@ -1,7 +1,7 @@
 //! Signing for a workload: X.509-SVIDs from an agent's CSR, JWT-SVIDs.
 
 use crate::keys::authority::AuthorityError;
-use crate::keys::issuance::{sign_for_entry, IssuedSvid};
+use crate::keys::issuance::{sign_for_entry, sign_x509_svid, CheckedCsr, IssuedSvid};
 use crate::registry::entry::EntrySpec;
 use signet_identity::jwt_svid::jwt_svid_claims;
 use signet_identity::x509_svid::unix_seconds;
@@ -44,6 +44,23 @@ impl Ca {
             issued_at: unix_seconds(now),
             expires_at: unix_seconds(expires),
         })
+    }
+
+    /// Signs the node API's own server SVID (`spiffe_id` is the CA's
+    /// server path) with the active key, living the default TTL.
+    pub(crate) fn sign_server_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr: &CheckedCsr,
+    ) -> Result<IssuedSvid, CaError> {
+        Ok(sign_x509_svid(
+            &self.authority(),
+            csr,
+            spiffe_id,
+            &[],
+            self.config.default_ttl(),
+            self.clock.now(),
+        )?)
     }
 
     /// Signs the SVID an entry describes from a CSR.

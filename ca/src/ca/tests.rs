@@ -26,6 +26,7 @@ on_both_backends!(
     a_replica_catches_up_on_more_changes_than_one_feed_page,
     incident_operations_on_jwt_keys,
     concurrent_prepares_make_one_prepared_key_per_replica,
+    an_agent_gets_svids_only_for_its_own_entries,
 );
 
 fn config(db: &TestDb, td: &str) -> CaConfig {
@@ -614,4 +615,53 @@ fn jwt(r: Result<AnyKey, CaError>) -> Result<crate::store::JwtKeyRecord, CaError
         AnyKey::Jwt(k) => k,
         other => panic!("expected a JWT key, got {other:?}"),
     })
+}
+
+/// The node API signs only for entries parented to the asking agent:
+/// another agent's entry is refused (PERMISSION_DENIED, counted), and
+/// nothing is signed.
+async fn an_agent_gets_svids_only_for_its_own_entries(db: TestDb) {
+    let ca = Ca::open(config(&db, "example.org")).await.unwrap();
+    let mut agents = Vec::new();
+    for node in ["n1", "n2"] {
+        let token = ca.create_join_token(0, Some(node)).await.unwrap();
+        let key = KeyPair::generate().unwrap();
+        ca.attest_agent(&token.token, &csr_for(&key, None))
+            .await
+            .unwrap();
+        let record = ca
+            .list_agents()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| a.spiffe_id == token.agent_id.as_str())
+            .unwrap();
+        agents.push(record);
+    }
+    let entry = ca.create_entry(&web_entry()).await.unwrap(); // parented to n1
+    let own = ca
+        .agent_entry(&agents[0], &entry.id, "X.509-SVID")
+        .await
+        .unwrap();
+    assert_eq!(own.id, entry.id);
+    let refused = ca
+        .agent_entry(&agents[1], &entry.id, "X.509-SVID")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            CaError::AgentRefused(AgentRefused::ForeignEntry { entry_id, .. }) if *entry_id == entry.id
+        ),
+        "{refused:?}"
+    );
+    let status = crate::api::status::status(&refused);
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status
+        .message()
+        .contains("not parented to spiffe://example.org/signet/agent/n2"));
+    assert!(ca
+        .metrics()
+        .encode()
+        .contains("node_refusals_total{reason=\"foreign_entry\"} 1"));
 }

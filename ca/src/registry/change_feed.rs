@@ -97,7 +97,7 @@ async fn maintain(ca: &Ca) {
 /// connection wakes it too (notifications may have been missed), then
 /// reconnects with backoff.
 async fn listen(ca: Arc<Ca>, mut stop: watch::Receiver<bool>) {
-    let url = ca.config.database_url();
+    let url = ca.config().database_url();
     let mut backoff = Duration::from_millis(200);
     let mut listener: Option<PgListener> = None;
     let mut reported = false;

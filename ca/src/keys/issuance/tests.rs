@@ -42,8 +42,8 @@ fn entry(ca: &Ca, ttl: i64) -> crate::registry::entry::EntrySpec {
     }
     .validate(
         &ca.trust_domain,
-        ca.config.max_ttl(),
-        std::time::Duration::from_secs(ca.config.max_jwt_svid_ttl),
+        ca.config().max_ttl(),
+        std::time::Duration::from_secs(ca.config().max_jwt_svid_ttl),
     )
     .unwrap()
 }
