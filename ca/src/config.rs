@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use signet_identity::TrustDomain;
 
+use crate::store::redact_url;
+
 pub use signet_identity::daemon::ConfigError;
 
 /// Everything `signet ca serve` needs. Every field has a default so that an
@@ -375,25 +377,6 @@ impl CaConfig {
     /// Maximum SVID TTL as a duration.
     pub fn max_ttl(&self) -> Duration {
         Duration::from_secs(self.max_x509_svid_ttl)
-    }
-}
-
-/// A database URL with any password replaced, safe to log.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:****{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 

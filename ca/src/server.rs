@@ -11,7 +11,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::api::admin::{bind_socket, peer_allowed, AdminService};
-use crate::config::{redact_url, CaConfig};
+use crate::config::CaConfig;
+use crate::store::redact_url;
 use crate::{Ca, CaError, KeyKind};
 
 /// How long in-flight requests get to finish after shutdown is requested.

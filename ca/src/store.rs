@@ -6,6 +6,7 @@
 //! and each backend has its own migrations under `migrations/`.
 
 mod agents;
+mod bundle;
 mod changes;
 mod endpoints;
 mod entries;
@@ -19,8 +20,6 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
-
-use crate::config::redact_url;
 
 pub(crate) use agents::AgentRecord;
 pub(crate) use changes::{ChangeKind, ChangeRow, NOTIFY_CHANNEL};
@@ -220,6 +219,25 @@ where
     T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
     Ok(row.try_get(col)?)
+}
+
+/// A database URL with any password replaced, safe to log.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:****{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use sqlx::any::AnyRow;
 
+use super::bundle::bump_bundle_sequence;
 use super::key_journal::KeyJournal;
-use super::keys::bump_bundle_sequence;
 use super::{get, Store, StoreError};
 
 /// One JWT signing key.

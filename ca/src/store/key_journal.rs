@@ -5,8 +5,8 @@
 
 use sqlx::any::AnyRow;
 
+use super::bundle::bump_bundle_sequence;
 use super::changes::{record_change, ChangeKind};
-use super::keys::bump_bundle_sequence;
 use super::{get, KeyStatus, Store, StoreError};
 
 /// Where a signing key is in its life; embedded in both key records.

@@ -1,13 +1,11 @@
-//! CA signing keys' certificates and the trust bundle's authorities.
+//! CA signing keys' certificates (X.509): their records; the bundle rows are in
+//! `bundle`, the journal statements in `key_journal`.
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
 
-use super::changes::{record_change, ChangeKind};
+use super::bundle::bump_bundle_sequence;
 use super::key_journal::KeyJournal;
-use super::{get, Backend, KeyStatus, Store, StoreError};
-
-const BUNDLE_SEQUENCE: &str = "bundle_sequence";
+use super::{get, KeyStatus, Store, StoreError};
 
 const KEY_COLUMNS: &str = "id, cert_der, chain_pem, self_signed, status, not_before, not_after, \
      created_at, replica, tainted, retired_at";
@@ -41,33 +39,6 @@ fn key_from_row(row: &AnyRow) -> Result<CaKeyRecord, StoreError> {
         replica: get(row, "replica")?,
         journal: KeyJournal::from_row(row)?,
     })
-}
-
-/// Adds one to the bundle's `spiffe_sequence` and records the change in
-/// the feed, inside the transaction that changes the bundle.
-pub(super) async fn bump_bundle_sequence(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    backend: Backend,
-    at: i64,
-) -> Result<(), StoreError> {
-    record_change(tx, backend, ChangeKind::Bundle, "", "", at).await?;
-    let current = sqlx::query("SELECT value FROM settings WHERE name = $1")
-        .bind(BUNDLE_SEQUENCE)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| r.try_get::<String, _>(0))
-        .transpose()?
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    sqlx::query(
-        "INSERT INTO settings (name, value) VALUES ($1, $2) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-    )
-    .bind(BUNDLE_SEQUENCE)
-    .bind((current + 1).to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// What a refused key insert collided with: the database holds at most one
@@ -179,30 +150,5 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("CA key {id}")))?;
         key_from_row(&row)
-    }
-
-    /// The bundle's authorities (DER) still valid at `now`, oldest first,
-    /// and the bundle sequence number.
-    pub(crate) async fn bundle(&self, now: i64) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
-        let rows = sqlx::query(
-            "SELECT cert_der FROM bundle_authorities WHERE not_after > $1 ORDER BY added_at, fingerprint",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        let certs = rows
-            .iter()
-            .map(|r| r.try_get::<Vec<u8>, _>(0))
-            .collect::<Result<Vec<_>, _>>()?;
-        let sequence = self
-            .setting(BUNDLE_SEQUENCE)
-            .await?
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|e| StoreError::Corrupt(format!("bundle sequence: {e}")))
-            })
-            .transpose()?
-            .unwrap_or(0);
-        Ok((certs, sequence))
     }
 }
