@@ -6,6 +6,30 @@ use serde::{Deserialize, Serialize};
 
 pub use signet_identity::daemon::ConfigError;
 
+/// How a node proves itself to the CA (`node_attestation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAttestationMethod {
+    /// A single-use join token a person minted (`signet token create`);
+    /// once its SVID is lost or expired, the node needs a new one.
+    #[default]
+    JoinToken,
+    /// A certificate and key from a CA the Signet CA trusts for nodes; the
+    /// node attests again by itself whenever it must.
+    X509pop,
+}
+
+impl NodeAttestationMethod {
+    /// The method's name, as the CA records it.
+    pub fn as_str(self) -> &'static str {
+        use signet_identity::node_attestation as m;
+        match self {
+            Self::JoinToken => m::JOIN_TOKEN,
+            Self::X509pop => m::X509POP,
+        }
+    }
+}
+
 /// Everything `signet agent run` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,8 +46,16 @@ pub struct AgentConfig {
     pub trust_bundle: Option<PathBuf>,
     /// Trust the CA blindly on first contact (development only).
     pub insecure_bootstrap: bool,
-    /// Single-use join token for first attestation.
+    /// How the node proves itself to the CA. Default `join_token`.
+    pub node_attestation: NodeAttestationMethod,
+    /// Single-use join token for first attestation (`join_token`).
     pub join_token: Option<String>,
+    /// The node's certificate (PEM or DER; intermediates may follow the
+    /// leaf), for `x509pop`.
+    pub x509pop_cert: Option<PathBuf>,
+    /// The node certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1),
+    /// for `x509pop`.
+    pub x509pop_key: Option<PathBuf>,
     /// Agent SVID, key (0600) and bundle. Default `/var/lib/signet/agent`.
     pub data_dir: PathBuf,
     /// Workload API socket, open to every local user. Default `/run/signet/agent.sock`.
@@ -95,7 +127,10 @@ impl Default for AgentConfig {
             ca: vec!["127.0.0.1:8081".into()],
             trust_bundle: None,
             insecure_bootstrap: false,
+            node_attestation: NodeAttestationMethod::default(),
             join_token: None,
+            x509pop_cert: None,
+            x509pop_key: None,
             data_dir: PathBuf::from("/var/lib/signet/agent"),
             socket: PathBuf::from("/run/signet/agent.sock"),
             renewal_fraction: 0.5,
@@ -172,6 +207,13 @@ impl AgentConfig {
                 "[limits]: every limit must be positive, max_watched_identities_per_uid at most max_watched_identities, jwt_cache_entries_per_identity at most jwt_cache_entries".into(),
             ));
         }
+        if self.node_attestation == NodeAttestationMethod::X509pop
+            && (self.x509pop_cert.is_none() || self.x509pop_key.is_none())
+        {
+            return Err(ConfigError::Invalid(
+                "node_attestation = \"x509pop\" needs x509pop_cert and x509pop_key (--x509pop-cert, --x509pop-key)".into(),
+            ));
+        }
         Ok(td)
     }
 }
@@ -197,6 +239,24 @@ mod tests {
         );
         assert_eq!(AgentConfig::default().ca, ["127.0.0.1:8081"]);
         assert!(parse("ca = 8081").is_err());
+    }
+
+    #[test]
+    fn x509pop_needs_its_certificate_and_key() {
+        let c = parse("node_attestation = \"x509pop\"\nx509pop_cert = \"/c.pem\"").unwrap();
+        assert_eq!(c.node_attestation, NodeAttestationMethod::X509pop);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("x509pop_key"), "{e}");
+        let ok = parse(
+            "node_attestation = \"x509pop\"\nx509pop_cert = \"/c.pem\"\nx509pop_key = \"/k.pem\"",
+        )
+        .unwrap();
+        assert!(ok.validate().is_ok());
+        assert!(parse("node_attestation = \"tpm\"").is_err());
+        assert_eq!(
+            AgentConfig::default().node_attestation,
+            NodeAttestationMethod::JoinToken
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! # signet-agent
 //!
-//! The node agent: one per host. It proves its node to the CA with a join
-//! token, keeps its own SVID and every workload's SVID fresh, and serves
-//! them to local processes over the standard SPIFFE Workload API.
+//! The node agent: one per host. It proves its node to the CA (a join
+//! token, or by proof of possession: `node_attestation`), keeps its own
+//! SVID and every workload's SVID fresh, and serves them to local processes
+//! over the standard SPIFFE Workload API.
 //!
 //! ```text
 //!   CA node API ◀──mTLS── node_client ◀── rotator::node_api::GrpcNodeApi ◀── rotator::SvidRotator ──publishes──▶ watch<Snapshot>
 //!                          (agent SVID from agent_identity, data dir 0600)          │
 //!                                                                                   ▼
-//!   workload ──Unix socket──▶ workload_api::WorkloadApi ──attestor::WorkloadAttestor (SO_PEERCRED, /proc, pidfd)
+//!   workload ──Unix socket──▶ workload_api::WorkloadApi ──workload_attestor::WorkloadAttestor (SO_PEERCRED, /proc, pidfd)
 //!                                  │ FetchJWTSVID: jwt_svids::JwtSvidCache, miss ─▶ CA MintJwtSvid
 //!   sidecar ──same socket──▶ mesh_api::MeshApi (same attestation)
 //!                                  │ Register ─▶ local_endpoints ─▶ endpoint_publisher ─▶ CA PublishEndpoints
@@ -29,7 +30,6 @@
 //! into the same `Selector`s they are matched against.
 
 pub mod agent_identity;
-mod attestor;
 pub mod config;
 mod endpoint_publisher;
 mod endpoint_watches;
@@ -37,10 +37,12 @@ mod jwt_svids;
 mod local_endpoints;
 mod mesh_api;
 mod metrics;
+mod node_attestation;
 pub mod node_client;
 mod rotator;
 mod run;
 mod workload_api;
+mod workload_attestor;
 mod workload_entry;
 mod workload_svids;
 

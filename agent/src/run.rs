@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use signet_identity::admission::{Admission, Admitted};
 use signet_identity::tls::BundleHandle;
 use signet_identity::{TrustBundle, TrustDomain};
-use signet_proto::node as pb;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
@@ -19,6 +18,7 @@ use crate::config::WorkloadApiLimits;
 
 use crate::agent_identity::{self, AgentSvid, IdentityError};
 use crate::config::{AgentConfig, ConfigError};
+use crate::node_attestation::{self, ExchangeError, NodeAttestor};
 use crate::node_client::{self, ConnectError, ServerTrust};
 use crate::rotator::node_api::{CaLinks, GrpcNodeApi};
 use crate::rotator::SvidRotator;
@@ -109,7 +109,7 @@ async fn attest_until_done(
         };
         let wait = attest_backoff(failures, rand::random::<f64>());
         failures = failures.saturating_add(1);
-        tracing::warn!(ca = ?config.ca, attempt = failures, reason = %reason, retry_in_ms = wait.as_millis() as u64, "attestation failed; the join token is still unused, trying again");
+        tracing::warn!(ca = ?config.ca, attempt = failures, reason = %reason, retry_in_ms = wait.as_millis() as u64, "attestation failed for now (a join token is still unused); trying again");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = &mut *stop => return Ok(None),
@@ -117,16 +117,12 @@ async fn attest_until_done(
     }
 }
 
-/// One attestation attempt with the join token.
+/// One attestation attempt by the configured method.
 async fn attest(
     config: &AgentConfig,
     td: &TrustDomain,
 ) -> Result<(AgentSvid, TrustBundle), AttestFailure> {
-    let token = config.join_token.as_deref().ok_or_else(|| {
-        AgentError::Missing(
-            "this agent has no identity yet: pass --join-token (create one with `signet token create` on the CA)".into(),
-        )
-    })?;
+    let attestor = NodeAttestor::from_config(config)?;
     let trust = if config.insecure_bootstrap {
         tracing::warn!("INSECURE BOOTSTRAP: trusting whatever answers at the CA address for first contact; never use this outside development");
         ServerTrust::InsecureBootstrap
@@ -146,22 +142,19 @@ async fn attest(
         Err(e) => return Err(AgentError::Connect(e).into()),
     };
     let (key, csr) = agent_identity::new_key_and_csr().map_err(AgentError::from)?;
-    let resp = match client
-        .attest_agent(pb::AttestAgentRequest {
-            join_token: token.to_owned(),
-            csr,
-        })
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) if attestation_retryable(s.code()) => {
+    let resp = match node_attestation::attest(&mut client, &attestor, csr).await {
+        Ok(r) => r,
+        Err(ExchangeError::Status(s)) if attestation_retryable(s.code()) => {
             return Err(AttestFailure::Retry(format!(
                 "{:?}: {}",
                 s.code(),
                 s.message()
             )))
         }
-        Err(s) => return Err(AgentError::Attestation(s.message().to_owned()).into()),
+        Err(ExchangeError::Status(s)) => {
+            return Err(AgentError::Attestation(s.message().to_owned()).into())
+        }
+        Err(ExchangeError::Local(e)) => return Err(e.into()),
     };
     let (svid, bundle) = agent_identity::from_response(&resp, &key, std::time::SystemTime::now())
         .map_err(AgentError::from)?;
@@ -173,7 +166,7 @@ async fn attest(
         .into());
     }
     agent_identity::save(&config.data_dir, &svid, &bundle).map_err(AgentError::from)?;
-    tracing::info!(agent_id = %svid.id, "attested with join token");
+    tracing::info!(agent_id = %svid.id, method = attestor.method(), "node attested");
     Ok((svid, bundle))
 }
 

@@ -27,10 +27,10 @@ use tonic::{Request, Response, Status};
 
 use signet_identity::admission::{Admission, Ticket};
 
-use crate::attestor::{PeerCred, WorkloadAttestor};
 use crate::config::WorkloadApiLimits;
 use crate::jwt_svids::{CachedJwt, JwtSvidCache};
 use crate::metrics::Metrics;
+use crate::workload_attestor::{PeerCred, WorkloadAttestor};
 use crate::workload_entry::WorkloadEntry;
 use crate::workload_svids::Snapshot;
 

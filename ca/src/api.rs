@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   agents ──TLS 1.3 / mTLS──▶ node_tls ─▶ node::NodeService (attest_throttle)
+//!                                              ├─ attest_stream (AttestNode: evidence, challenge, SVID)
 //!                                              ├─ entry_stream (an agent's entries, pushed)
 //!                                              └─ endpoint_streams (publish / watch the mesh's endpoints)
 //!   signet CLI ──admin socket (0600)──▶ admin::AdminService
@@ -12,6 +13,7 @@
 //! ```
 
 pub(crate) mod admin;
+pub(crate) mod attest_stream;
 pub(crate) mod attest_throttle;
 pub(crate) mod convert;
 pub(crate) mod endpoint_streams;

@@ -74,6 +74,8 @@ pub struct Ca {
     jwt_signer: RwLock<Arc<JwtSigner>>,
     /// This replica's ID (owner of its key files).
     replica: String,
+    /// The x509pop method's roots and template, when configured.
+    x509pop: Option<crate::node_attestation::x509pop::X509PopAttestor>,
     /// Every entry, by agent, kept current by the change feed.
     cache: RwLock<EntryCache>,
     /// Every published endpoint, by SPIFFE ID, kept current by the change
@@ -125,6 +127,16 @@ impl Ca {
         };
         let (active_jwt_key, _) = crate::keys::slot::rotate(&jwt_keys, now).await?;
         let jwt_signer = crate::keys::jwt::load(&active_jwt_key, &config)?;
+        let x509pop = match &config.node_attestation.x509pop {
+            Some(c) => Some(
+                crate::node_attestation::x509pop::X509PopAttestor::load(
+                    &c.ca_bundle,
+                    c.agent_path_template.as_deref(),
+                )
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (entries, revision) = store.entries_at_revision().await?;
         // Read after the revision: changes since are applied again.
         let endpoints = store.list_endpoints().await?;
@@ -136,6 +148,7 @@ impl Ca {
             authority: RwLock::new(Arc::new(authority)),
             jwt_signer: RwLock::new(Arc::new(jwt_signer)),
             replica,
+            x509pop,
             cache: RwLock::new(EntryCache::load(entries, revision)),
             endpoints: RwLock::new(EndpointRegistry::load(endpoints)),
             feed_reader: tokio::sync::Mutex::new(()),
@@ -326,7 +339,7 @@ pub struct MintedJwt {
 }
 
 mod agents;
-pub use agents::{AgentRefused, AgentSvid};
+pub use agents::{AgentRefused, AgentSvid, Attestation};
 mod endpoints;
 mod keys;
 mod registry;

@@ -45,6 +45,9 @@ pub struct CaConfig {
     pub jwt_key_type: JwtKeyType,
     /// OIDC discovery (`[oidc]`): off unless set.
     pub oidc: Option<OidcConfig>,
+    /// Node attestation methods besides join tokens (`[node_attestation]`),
+    /// each off unless configured. Join tokens need no configuration.
+    pub node_attestation: NodeAttestationConfig,
     /// Lifetime of the CA's own signing certificate, seconds. Default one year.
     pub ca_ttl: u64,
     /// Default join token lifetime, seconds. Default 600.
@@ -82,6 +85,30 @@ pub enum JwtKeyType {
     /// RSA 2048, tokens signed RS256.
     #[serde(rename = "rsa-2048")]
     Rsa2048,
+}
+
+/// `[node_attestation]`: how nodes may prove themselves besides join
+/// tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeAttestationConfig {
+    /// `[node_attestation.x509pop]`: nodes holding a certificate (and its
+    /// key) from a CA trusted for nodes.
+    pub x509pop: Option<X509PopConfig>,
+}
+
+/// `[node_attestation.x509pop]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509PopConfig {
+    /// PEM file of the roots trusted to issue node certificates (the
+    /// company PKI's, not the Signet CA's).
+    pub ca_bundle: PathBuf,
+    /// The agent ID's path below `/signet/agent/`, SPIRE's template
+    /// spelling; default `{{ .PluginName }}/{{ .Fingerprint }}`. Fields:
+    /// `.PluginName`, `.Fingerprint` (SHA-1 of the leaf, hex),
+    /// `.Subject.CommonName`, `.SerialNumberHex`.
+    pub agent_path_template: Option<String>,
 }
 
 /// OIDC discovery: a listener serving `/.well-known/openid-configuration`
@@ -210,6 +237,7 @@ impl Default for CaConfig {
             jwt_key_ttl: 86400,
             jwt_key_type: JwtKeyType::EcP256,
             oidc: None,
+            node_attestation: NodeAttestationConfig::default(),
             ca_ttl: 365 * 86400,
             join_token_ttl: 600,
             bundle_refresh_hint: 300,

@@ -15,7 +15,9 @@
 //!   ca::Ca     the door: operations by concern (ca/agents: attest, renew, standing;
 //!              ca/keys; ca/registry; ca/endpoints; ca/signing). The store is private to it.
 //!        │
-//!        ├──▶ keys/      authority, rotation (pure), x509 and jwt key journals, issuance
+//!        ├──▶ node_attestation/  how a node proves itself: join tokens (spent by Ca),
+//!        │               x509pop (chain + proof of possession), path_template
+//!        ├──▶ keys/      authority, rotation (pure), slot (one driver: x509, jwt), issuance
 //!        ├──▶ registry/  entry validation, entry_cache, change_feed, join_token,
 //!        │               endpoint_publish, endpoint_registry
 //!        └──▶ store/     sqlx: SQLite or PostgreSQL
@@ -30,6 +32,7 @@ mod ca;
 pub mod config;
 mod keys;
 mod metrics;
+mod node_attestation;
 pub mod registry;
 mod server;
 mod store;
@@ -38,9 +41,10 @@ mod store;
 mod test_db;
 
 // Public interface.
-pub use ca::{AgentRefused, AgentSvid, AnyKey, Ca, CaError, KeyKind, PublishedBundle};
+pub use ca::{AgentRefused, AgentSvid, AnyKey, Attestation, Ca, CaError, KeyKind, PublishedBundle};
 pub use config::{CaConfig, ConfigError};
 /// The CSR check agents' requests pass before anything is signed (the
 /// fuzz targets drive it).
 pub use keys::issuance::{check_csr, CheckedCsr, IssueError};
+pub use node_attestation::{AttestedNode, Evidence, PendingProof};
 pub use server::run;

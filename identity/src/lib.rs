@@ -15,6 +15,7 @@
 //!   TrustBundle                 authorities of a trust domain, PEM and SPIFFE JWKS
 //!   jwt_svid                    JWT authorities, signing, check_jwt_svid (every broken rule)
 //!   selector, reserved          the selector grammar; SPIFFE ID paths Signet keeps for itself
+//!   node_attestation            method names and the challenge a node signs (CA and agent agree)
 //!   files                       atomic writes of keys (0600 from the first byte) and certificates
 //!   clock                       the system clock, or a manual one tests drive
 //!   endpoint                    mesh endpoints: address, protocol, weight, zone and their limits
@@ -25,7 +26,7 @@
 //!   http_serve                  the small HTTP listeners (metrics, health, discovery) under those caps
 //!   workload_api                the Workload API's header, socket address and client channel
 //!   unix_grpc                   a gRPC client channel on a Unix socket (Workload API, admin API)
-//!   daemon                      log setup and the shutdown signal, the same in every daemon
+//!   daemon                      log setup, shutdown signal, config file: the same in every daemon
 //! ```
 //!
 //! ```
@@ -44,6 +45,7 @@ pub mod files;
 pub mod http_serve;
 mod inspect;
 pub mod jwt_svid;
+pub mod node_attestation;
 pub mod peer_standing;
 pub mod reserved;
 pub mod selector;

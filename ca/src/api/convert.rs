@@ -76,6 +76,7 @@ pub(crate) fn agent_to_pb(a: &AgentRecord) -> admin::Agent {
     admin::Agent {
         spiffe_id: a.spiffe_id.clone(),
         attestation_type: a.attestation_type.clone(),
+        node_selectors: a.node_selectors.clone(),
         svid_serial: a.svid_serial.clone(),
         svid_expires_at: a.svid_expires_at,
         banned: a.banned,

@@ -1,7 +1,8 @@
 //! The node API: how agents attest, renew their SVID, follow their entries
-//! and get workload SVIDs signed. Every call but `AttestAgent` is
-//! authenticated by the agent's SVID presented over mTLS, and the agent must
-//! be on record, not banned, and presenting its current SVID.
+//! and get workload SVIDs signed. Every call but `AttestNode` (and the
+//! older `AttestAgent`) is authenticated by the agent's SVID presented over
+//! mTLS, and the agent must be on record, not banned, and presenting its
+//! current SVID.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -83,12 +84,41 @@ impl NodeService {
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::EntrySnapshot, Status>> + Send>>;
+type AttestStream = Pin<Box<dyn Stream<Item = Result<pb::AttestNodeResponse, Status>> + Send>>;
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::EndpointsAck, Status>> + Send>>;
 type EndpointSetStream =
     Pin<Box<dyn Stream<Item = Result<signet_proto::mesh::EndpointSet, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Node for NodeService {
+    type AttestNodeStream = AttestStream;
+
+    async fn attest_node(
+        &self,
+        req: Request<tonic::Streaming<pb::AttestNodeRequest>>,
+    ) -> Result<Response<AttestStream>, Status> {
+        let source = peer_address(&req);
+        if let Some(addr) = source {
+            if !self.throttle.allows(addr, Instant::now()) {
+                self.ca.metrics().attestation_failed("rate_limited");
+                return Err(Status::resource_exhausted(
+                    "too many failed attestations from this address; wait a minute",
+                ));
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(crate::api::attest_stream::serve(
+            self.ca.clone(),
+            self.throttle.clone(),
+            source,
+            req.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn attest_agent(
         &self,
         req: Request<pb::AttestAgentRequest>,

@@ -58,7 +58,12 @@ fn unbounded_status(e: &CaError) -> Status {
         CaError::Authority(crate::keys::authority::AuthorityError::Refused(_)) => {
             Status::failed_precondition(e.to_string())
         }
-        CaError::AgentRefused(AgentRefused::BadCsr(_)) => Status::invalid_argument(e.to_string()),
+        CaError::AgentRefused(
+            AgentRefused::BadCsr(_) | AgentRefused::BadEvidence { .. } | AgentRefused::OutOfStep(_),
+        ) => Status::invalid_argument(e.to_string()),
+        CaError::AgentRefused(AgentRefused::MethodDisabled(_)) => {
+            Status::failed_precondition(e.to_string())
+        }
         CaError::AgentRefused(_) => Status::permission_denied(e.to_string()),
         CaError::Store(StoreError::AlreadyExists(_)) => Status::already_exists(e.to_string()),
         CaError::Issue(i) => match i {

@@ -6,8 +6,10 @@ use signet_identity::x509_svid::unix_seconds;
 use signet_identity::{SpiffeId, TrustBundle};
 
 use crate::keys::issuance::{check_csr, sign_x509_svid, CheckedCsr, IssuedSvid};
+use crate::node_attestation::{AttestedNode, Evidence, PendingProof, ProofKey};
 use crate::registry::join_token;
 use crate::store::{AgentRecord, StoreError, TokenUse};
+use signet_identity::node_attestation::{JOIN_TOKEN, NONCE_LEN, SSHPOP, X509POP};
 
 use super::{Ca, CaError};
 
@@ -31,6 +33,31 @@ pub enum AgentRefused {
     /// The CSR is unusable; checked before the join token is spent.
     #[error("{0}; the join token was not used")]
     BadCsr(crate::keys::issuance::IssueError),
+    /// The node named a method this CA is not configured for.
+    #[error("node attestation method {0} is not enabled on this CA; configure [node_attestation.{0}] there, or attest with another method")]
+    MethodDisabled(&'static str),
+    /// The evidence is malformed (nothing was verified yet).
+    #[error("{method}: {detail}")]
+    BadEvidence {
+        /// The method.
+        method: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The evidence does not prove the node: untrusted, expired, or the
+    /// proof of possession failed.
+    #[error("{method}: {detail}")]
+    NotProven {
+        /// The method.
+        method: &'static str,
+        /// The metric's reason label, e.g. `x509pop_untrusted`.
+        reason: &'static str,
+        /// What failed, and what to do.
+        detail: String,
+    },
+    /// The node sent something other than the step the stream is at.
+    #[error("node attestation: {0}")]
+    OutOfStep(String),
     /// The agent asked for an SVID of an entry parented to another agent
     /// (or to none); nothing was signed.
     #[error("entry {entry_id} is not parented to {agent_id}; nothing was signed")]
@@ -62,6 +89,10 @@ impl AgentRefused {
             AgentRefused::BadCsr(_) => "bad_csr",
             AgentRefused::StaleSvid { .. } => "stale_svid",
             AgentRefused::ForeignEntry { .. } => "foreign_entry",
+            AgentRefused::MethodDisabled(_) => "method_disabled",
+            AgentRefused::BadEvidence { .. } => "bad_evidence",
+            AgentRefused::NotProven { reason, .. } => reason,
+            AgentRefused::OutOfStep(_) => "out_of_step",
         }
     }
 }
@@ -171,40 +202,121 @@ impl Ca {
     }
 
     /// Admits a node that proves itself with `join_token` and signs its
-    /// first SVID from `csr`. The CSR is checked before the token is spent;
-    /// a refusal is counted by reason.
+    /// first SVID from `csr` (the node API's older `AttestAgent`: the
+    /// join-token case of [`Ca::begin_attestation`]).
     pub async fn attest_agent(&self, join_token: &str, csr: &[u8]) -> Result<AgentSvid, CaError> {
-        let refused = |r: AgentRefused| {
-            self.metrics.attestation_failed(r.reason());
-            CaError::from(r)
-        };
-        let csr = match check_csr(csr) {
+        match self
+            .begin_attestation(Evidence::JoinToken(join_token.to_owned()), csr)
+            .await?
+        {
+            Attestation::Attested(svid) => Ok(svid),
+            Attestation::Challenge(_) => Err(CaError::InvalidArgument(
+                "a join token is never challenged".into(),
+            )),
+        }
+    }
+
+    /// The first step of node attestation: checks the CSR (before anything
+    /// is spent on it), then the evidence by its method. A join token is
+    /// spent and the node attested at once; a proof-of-possession method
+    /// verifies what the node presented and answers with a challenge to
+    /// sign ([`Ca::finish_attestation`]). Every refusal is counted by
+    /// reason.
+    pub async fn begin_attestation(
+        &self,
+        evidence: Evidence,
+        csr_der: &[u8],
+    ) -> Result<Attestation, CaError> {
+        let csr = match check_csr(csr_der) {
             Ok(csr) => csr,
             Err(e) => {
                 self.metrics.issuance_failed(&e);
-                return Err(refused(AgentRefused::BadCsr(e)));
+                return Err(self.refused(AgentRefused::BadCsr(e)));
             }
         };
-        let now = self.now_secs();
+        match evidence {
+            Evidence::JoinToken(token) => {
+                let node = self.spend_join_token(&token).await?;
+                Ok(Attestation::Attested(self.admit(&node, &csr).await?))
+            }
+            Evidence::X509Pop(chain) => {
+                let attestor = self
+                    .x509pop
+                    .as_ref()
+                    .ok_or_else(|| self.refused(AgentRefused::MethodDisabled(X509POP)))?;
+                let (node, leaf) = attestor
+                    .verify_chain(&self.trust_domain, &chain, self.clock.now())
+                    .map_err(|r| self.refused(r))?;
+                let mut nonce = [0u8; NONCE_LEN];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+                    .map_err(|_| CaError::InvalidArgument("no randomness for a nonce".into()))?;
+                Ok(Attestation::Challenge(PendingProof {
+                    node,
+                    nonce,
+                    key: ProofKey::X509Leaf(leaf),
+                    csr_der: csr_der.to_vec(),
+                    csr,
+                }))
+            }
+            Evidence::SshPop(_) => Err(self.refused(AgentRefused::MethodDisabled(SSHPOP))),
+        }
+    }
+
+    /// The last step of a challenged attestation: the node's signature over
+    /// the challenge with the key its evidence named; then the node is
+    /// admitted (its agent SVID signed) unless its agent ID is banned.
+    pub async fn finish_attestation(
+        &self,
+        pending: PendingProof,
+        scheme: u32,
+        signature: &[u8],
+    ) -> Result<AgentSvid, CaError> {
+        pending
+            .verify(scheme, signature)
+            .map_err(|r| self.refused(r))?;
+        self.admit(&pending.node, &pending.csr).await
+    }
+
+    /// Counts a refusal by reason and makes it an error.
+    fn refused(&self, r: AgentRefused) -> CaError {
+        self.metrics.attestation_failed(r.reason());
+        CaError::from(r)
+    }
+
+    /// Spends a join token: the node it names.
+    async fn spend_join_token(&self, token: &str) -> Result<AttestedNode, CaError> {
         let agent_id = match self
             .store
-            .use_join_token(&join_token::hash(join_token), now)
+            .use_join_token(&join_token::hash(token), self.now_secs())
             .await?
         {
             TokenUse::Accepted { agent_id } => agent_id,
-            TokenUse::Expired => return Err(refused(AgentRefused::TokenExpired)),
-            TokenUse::Unknown => return Err(refused(AgentRefused::TokenUnknown)),
+            TokenUse::Expired => return Err(self.refused(AgentRefused::TokenExpired)),
+            TokenUse::Unknown => return Err(self.refused(AgentRefused::TokenUnknown)),
         };
-        let id = SpiffeId::parse(&agent_id)
+        let agent_id = SpiffeId::parse(&agent_id)
             .map_err(|e| CaError::InvalidArgument(format!("stored agent ID: {e}")))?;
+        Ok(AttestedNode {
+            agent_id,
+            method: JOIN_TOKEN,
+            selectors: Vec::new(),
+        })
+    }
+
+    /// Admits an attested node: refused if its agent ID is banned (whatever
+    /// the method); otherwise its agent SVID is signed and its record
+    /// (method, node selectors) written. An evicted agent may come back
+    /// this way, by proof, as in SPIRE.
+    async fn admit(&self, node: &AttestedNode, csr: &CheckedCsr) -> Result<AgentSvid, CaError> {
+        let id = &node.agent_id;
         if let Ok(existing) = self.store.get_agent(id.as_str()).await {
             if existing.banned {
-                return Err(refused(AgentRefused::Banned(id.to_string())));
+                return Err(self.refused(AgentRefused::Banned(id.to_string())));
             }
         }
-        let (svid, record) = self.sign_agent_svid(&id, &csr, None).await?;
+        let (svid, record) = self.sign_agent_svid(node, csr, None).await?;
         self.store.upsert_agent(&record).await?;
-        tracing::info!(agent_id = %id, serial = %record.svid_serial, "agent attested");
+        tracing::info!(agent_id = %id, method = node.method, selectors = node.selectors.len(), serial = %record.svid_serial, "agent attested");
         Ok(svid)
     }
 
@@ -212,11 +324,16 @@ impl Ca {
     /// [`Ca::authorize_agent`]) and makes it current; the one presented
     /// stays usable until the agent uses the new one.
     pub async fn renew_agent(&self, agent: &AgentRecord, csr: &[u8]) -> Result<AgentSvid, CaError> {
-        let id = SpiffeId::parse(&agent.spiffe_id)
-            .map_err(|e| CaError::InvalidArgument(format!("stored agent ID: {e}")))?;
+        let node = AttestedNode {
+            agent_id: SpiffeId::parse(&agent.spiffe_id)
+                .map_err(|e| CaError::InvalidArgument(format!("stored agent ID: {e}")))?,
+            method: method_name(&agent.attestation_type),
+            selectors: agent.node_selectors.clone(),
+        };
+        let id = &node.agent_id;
         let csr = check_csr(csr).inspect_err(|e| self.metrics.issuance_failed(e))?;
         let (svid, mut record) = self
-            .sign_agent_svid(&id, &csr, Some(agent.svid_serial.clone()))
+            .sign_agent_svid(&node, &csr, Some(agent.svid_serial.clone()))
             .await?;
         record.created_at = agent.created_at;
         self.store.upsert_agent(&record).await?;
@@ -229,10 +346,11 @@ impl Ca {
     /// attestation).
     async fn sign_agent_svid(
         &self,
-        id: &SpiffeId,
+        node: &AttestedNode,
         csr: &CheckedCsr,
         renewed_from: Option<String>,
     ) -> Result<(AgentSvid, AgentRecord), CaError> {
+        let id = &node.agent_id;
         let bundle = self.bundle().await?;
         let now = self.clock.now();
         let svid = sign_x509_svid(
@@ -247,7 +365,8 @@ impl Ca {
         self.metrics.svids_issued.inc();
         let record = AgentRecord {
             spiffe_id: id.to_string(),
-            attestation_type: "join_token".into(),
+            attestation_type: node.method.into(),
+            node_selectors: node.selectors.clone(),
             svid_serial: svid.serial.clone(),
             previous_svid_serial: renewed_from,
             svid_expires_at: svid.not_after,
@@ -264,4 +383,23 @@ impl Ca {
             record,
         ))
     }
+}
+
+/// The method an agent record names, as the static name the code uses
+/// (records written before methods existed say `join_token`).
+fn method_name(stored: &str) -> &'static str {
+    match stored {
+        X509POP => X509POP,
+        SSHPOP => SSHPOP,
+        _ => JOIN_TOKEN,
+    }
+}
+
+/// Where a node's attestation stands after its first message.
+pub enum Attestation {
+    /// Attested: its agent SVID.
+    Attested(AgentSvid),
+    /// It must prove possession: send the challenge, then
+    /// [`Ca::finish_attestation`] with the answer.
+    Challenge(PendingProof),
 }

@@ -11,8 +11,12 @@ use super::{get, Store, StoreError};
 pub struct AgentRecord {
     /// The agent's SPIFFE ID.
     pub spiffe_id: String,
-    /// How it proved itself, e.g. `join_token`.
+    /// How it proved itself: `join_token`, `x509pop`, `sshpop`.
     pub attestation_type: String,
+    /// What it proved of its node (x509pop, sshpop), e.g.
+    /// `x509pop:san:dns:web-17.prod.example.com`; replaced on each
+    /// attestation; node groups match on them.
+    pub node_selectors: Vec<String>,
     /// Hex serial of its current SVID.
     pub svid_serial: String,
     /// Hex serial of the SVID it renewed from, accepted until the agent
@@ -34,6 +38,8 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
     Ok(AgentRecord {
         spiffe_id: get(row, "spiffe_id")?,
         attestation_type: get(row, "attestation_type")?,
+        node_selectors: serde_json::from_str(&get::<String>(row, "node_selectors")?)
+            .map_err(|e| StoreError::Corrupt(format!("agent node selectors: {e}")))?,
         svid_serial: get(row, "svid_serial")?,
         previous_svid_serial: get(row, "previous_svid_serial")?,
         svid_expires_at: get(row, "svid_expires_at")?,
@@ -44,17 +50,18 @@ fn agent_from_row(row: &AnyRow) -> Result<AgentRecord, StoreError> {
 }
 
 const COLUMNS: &str = "spiffe_id, attestation_type, svid_serial, svid_expires_at, banned, \
-     created_at, updated_at, previous_svid_serial";
+     created_at, updated_at, previous_svid_serial, node_selectors";
 
 impl Store {
     /// Records a (re-)attested agent, or updates its SVID if it exists.
     /// A banned agent stays banned.
     pub(crate) async fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
              svid_serial = excluded.svid_serial, svid_expires_at = excluded.svid_expires_at, \
-             updated_at = excluded.updated_at, previous_svid_serial = excluded.previous_svid_serial"
+             updated_at = excluded.updated_at, previous_svid_serial = excluded.previous_svid_serial, \
+             node_selectors = excluded.node_selectors"
         ))
         .bind(&agent.spiffe_id)
         .bind(&agent.attestation_type)
@@ -64,6 +71,7 @@ impl Store {
         .bind(agent.created_at)
         .bind(agent.updated_at)
         .bind(agent.previous_svid_serial.as_deref())
+        .bind(serde_json::Value::from(agent.node_selectors.clone()).to_string())
         .execute(&self.pool)
         .await?;
         Ok(())

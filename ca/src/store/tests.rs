@@ -180,6 +180,7 @@ async fn agents_can_be_banned_and_evicted(db: TestDb) {
     let agent = AgentRecord {
         spiffe_id: A1.into(),
         attestation_type: "join_token".into(),
+        node_selectors: Vec::new(),
         svid_serial: "01ab".into(),
         previous_svid_serial: None,
         svid_expires_at: 5000,
@@ -392,6 +393,7 @@ fn agent(id: &str) -> AgentRecord {
     AgentRecord {
         spiffe_id: id.into(),
         attestation_type: "join_token".into(),
+        node_selectors: Vec::new(),
         svid_serial: "01".into(),
         previous_svid_serial: None,
         svid_expires_at: 1_000,
@@ -478,6 +480,7 @@ async fn endpoints_are_replaced_whole_and_withdrawn_only_with_their_session(db: 
         .upsert_agent(&AgentRecord {
             spiffe_id: A1.into(),
             attestation_type: "join_token".into(),
+            node_selectors: Vec::new(),
             svid_serial: "01".into(),
             previous_svid_serial: None,
             svid_expires_at: 5000,

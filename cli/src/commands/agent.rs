@@ -1,6 +1,7 @@
 //! `signet agent list|ban|evict`.
 
 use serde::Serialize;
+use signet_agent::config::NodeAttestationMethod;
 use signet_proto::admin as pb;
 
 use crate::admin_client::{AdminSocket, ResponseExt};
@@ -20,7 +21,7 @@ pub(crate) enum AgentCommand {
     ///   signet agent run --ca ca.internal:8081 --trust-bundle bundle.pem \
     ///     --join-token $TOKEN --socket /run/signet/agent.sock
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List attested agents.
     ///
     /// Example:
@@ -60,7 +61,10 @@ pub(crate) enum AgentCommand {
 #[derive(Serialize)]
 struct AgentView {
     spiffe_id: String,
+    /// How it proved its node: join_token, x509pop, sshpop.
     attestation_type: String,
+    /// What it proved of its node (empty for join tokens).
+    node_selectors: Vec<String>,
     svid_serial: String,
     svid_expires_at: i64,
     banned: bool,
@@ -69,8 +73,13 @@ struct AgentView {
 }
 
 impl output::Row for AgentView {
-    const HEADERS: &'static [&'static str] =
-        &["SPIFFE ID", "ATTESTATION", "SVID EXPIRES", "STATUS"];
+    const HEADERS: &'static [&'static str] = &[
+        "SPIFFE ID",
+        "ATTESTATION",
+        "SVID EXPIRES",
+        "STATUS",
+        "NODE SELECTORS",
+    ];
 
     fn cells(&self) -> Vec<String> {
         vec![
@@ -82,6 +91,7 @@ impl output::Row for AgentView {
             } else {
                 "active".into()
             },
+            self.node_selectors.join(","),
         ]
     }
 }
@@ -91,6 +101,7 @@ impl From<pb::Agent> for AgentView {
         Self {
             spiffe_id: a.spiffe_id,
             attestation_type: a.attestation_type,
+            node_selectors: a.node_selectors,
             svid_serial: a.svid_serial,
             svid_expires_at: a.svid_expires_at,
             banned: a.banned,
@@ -124,6 +135,17 @@ pub(crate) struct RunArgs {
     /// File holding the join token (first start only); not in `ps`.
     #[arg(long, conflicts_with = "join_token")]
     join_token_file: Option<std::path::PathBuf>,
+    /// How the node proves itself to the CA [default: join_token; x509pop
+    /// with --x509pop-cert and --x509pop-key].
+    #[arg(long, value_enum)]
+    node_attestation: Option<NodeAttestationArg>,
+    /// x509pop: the node's certificate (PEM or DER; intermediates may
+    /// follow the leaf).
+    #[arg(long)]
+    x509pop_cert: Option<std::path::PathBuf>,
+    /// x509pop: the certificate's private key (PEM).
+    #[arg(long)]
+    x509pop_key: Option<std::path::PathBuf>,
     /// Trust domain of the CA [default: example.org].
     #[arg(long)]
     trust_domain: Option<String>,
@@ -142,6 +164,16 @@ pub(crate) struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = super::LogFormat::Text)]
     log_format: super::LogFormat,
+}
+
+/// `--node-attestation` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum NodeAttestationArg {
+    /// A single-use join token (--join-token).
+    #[value(name = "join_token", alias = "join-token")]
+    JoinToken,
+    /// A certificate from a CA the Signet CA trusts for nodes.
+    X509pop,
 }
 
 async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
@@ -170,6 +202,18 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         })?;
         config.join_token = Some(token.trim().to_owned());
     }
+    if let Some(m) = args.node_attestation {
+        config.node_attestation = match m {
+            NodeAttestationArg::JoinToken => NodeAttestationMethod::JoinToken,
+            NodeAttestationArg::X509pop => NodeAttestationMethod::X509pop,
+        };
+    }
+    if let Some(v) = args.x509pop_cert {
+        config.x509pop_cert = Some(v);
+    }
+    if let Some(v) = args.x509pop_key {
+        config.x509pop_key = Some(v);
+    }
     if let Some(v) = args.trust_domain {
         config.trust_domain = v;
     }
@@ -195,7 +239,7 @@ impl AgentCommand {
     /// Runs the command.
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self {
-            AgentCommand::Run(args) => run_agent(args).await,
+            AgentCommand::Run(args) => run_agent(*args).await,
             AgentCommand::List { output, admin } => {
                 let agents: Vec<AgentView> = admin
                     .connect()
