@@ -49,10 +49,33 @@ impl AgentProcess {
         metrics_port_of(line)
     }
 
+    /// Starts an agent that proves its node with `attestation` (e.g.
+    /// `--node-attestation x509pop --x509pop-cert …`) instead of a join
+    /// token, and waits for its ready line.
+    pub fn start_attested_by(ca: &CaProcess, attestation: &[&str], extra: &[&str]) -> AgentProcess {
+        let (dir, cmd, socket) = Self::command_attested_by(ca, attestation, extra);
+        let mut daemon = Daemon::spawn(cmd);
+        daemon.wait_for("signet agent ready", Duration::from_secs(30));
+        AgentProcess {
+            dir,
+            daemon,
+            socket,
+        }
+    }
+
     /// The command that would start an agent, its dir and socket.
     pub fn command(
         ca: &CaProcess,
         token: &str,
+        extra: &[&str],
+    ) -> (tempfile::TempDir, Command, PathBuf) {
+        Self::command_attested_by(ca, &["--join-token", token], extra)
+    }
+
+    /// [`AgentProcess::command`] with `attestation` for the join token.
+    pub fn command_attested_by(
+        ca: &CaProcess,
+        attestation: &[&str],
         extra: &[&str],
     ) -> (tempfile::TempDir, Command, PathBuf) {
         use std::os::unix::fs::PermissionsExt;
@@ -62,7 +85,8 @@ impl AgentProcess {
         let mut cmd = signet();
         cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--trust-bundle"])
             .arg(ca.bundle_file())
-            .args(["--join-token", token, "--data-dir"])
+            .args(attestation)
+            .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--socket")
             .arg(&socket)

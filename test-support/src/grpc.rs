@@ -146,3 +146,27 @@ pub async fn svid_stream(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A node API client without a client certificate (what any node can
+/// open before it is attested), trusting `ca`'s bundle.
+pub async fn anonymous_node_client(
+    ca: &CaProcess,
+) -> signet_proto::node::node_client::NodeClient<tonic::transport::Channel> {
+    let bundle = std::fs::read_to_string(ca.bundle_file()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(anonymous_node_tls(&bundle));
+    let target = ca.node_addr();
+    let channel = tonic::transport::Endpoint::from_static("http://signet-ca")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(target).await?;
+                let name = rustls::pki_types::ServerName::try_from("signet-ca").unwrap();
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap();
+    signet_proto::node::node_client::NodeClient::new(channel)
+}

@@ -16,6 +16,7 @@ mod jwt;
 mod keys;
 mod limits;
 mod mesh;
+mod node_attestation;
 mod proxy;
 mod sync;
 mod tunnel;

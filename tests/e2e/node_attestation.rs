@@ -1,0 +1,469 @@
+//! Node attestation by proof with the real binaries: node certificates made
+//! with `openssl` as an operator would, a CA configured to trust their
+//! root, agents that attest with them (or are refused, each with its
+//! reason), and a rogue node on its own TLS connection replaying an answer.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use signet_proto::node as pb;
+use signet_test_support::*;
+
+/// Runs `openssl` in `dir`; panics with its stderr.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is required (apt install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A node PKI made with openssl: a root, and node certificates it issues.
+struct Pki {
+    dir: PathBuf,
+}
+
+/// How a node's key is stored.
+#[derive(Clone, Copy)]
+enum KeyKind {
+    /// EC P-256, PKCS#8 (`openssl genpkey`).
+    EcPkcs8,
+    /// EC P-256, SEC1 "EC PRIVATE KEY" (`openssl ecparam -genkey`).
+    EcSec1,
+    /// RSA 2048, PKCS#1 "RSA PRIVATE KEY" (`openssl genrsa -traditional`).
+    RsaPkcs1,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "root.key",
+                "-out",
+                "root.pem",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        Pki { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.join("root.pem")
+    }
+
+    fn key(&self, node: &str, kind: KeyKind) -> PathBuf {
+        let key = format!("{node}.key");
+        match kind {
+            KeyKind::EcPkcs8 => openssl(
+                &self.dir,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-out",
+                    &key,
+                ],
+            ),
+            KeyKind::EcSec1 => openssl(
+                &self.dir,
+                &[
+                    "ecparam",
+                    "-name",
+                    "prime256v1",
+                    "-genkey",
+                    "-noout",
+                    "-out",
+                    &key,
+                ],
+            ),
+            KeyKind::RsaPkcs1 => {
+                openssl(&self.dir, &["genrsa", "-traditional", "-out", &key, "2048"])
+            }
+        }
+        self.dir.join(key)
+    }
+
+    /// A certificate for `node` (CN and DNS SAN) with extended key usage
+    /// `eku`; `expired` dates it 2020–2021. Returns (cert, key).
+    fn node(&self, node: &str, kind: KeyKind, eku: &str, expired: bool) -> (PathBuf, PathBuf) {
+        let key = self.key(node, kind);
+        let csr = format!("{node}.csr");
+        let cert = format!("{node}.pem");
+        let ext = format!("{node}.ext");
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                key.to_str().unwrap(),
+                "-subj",
+                &format!("/CN={node}"),
+                "-out",
+                &csr,
+            ],
+        );
+        std::fs::write(
+            self.dir.join(&ext),
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={eku}\nsubjectAltName=DNS:{node}.prod.example.com\n"
+            ),
+        )
+        .unwrap();
+        if expired {
+            // `openssl x509` cannot backdate; `openssl ca` can.
+            std::fs::write(self.dir.join("index.txt"), "").unwrap();
+            std::fs::write(self.dir.join("serial"), "1000\n").unwrap();
+            std::fs::write(
+                self.dir.join("ca.cnf"),
+                format!(
+                    "[ca]\ndefault_ca = d\n[d]\ndatabase = {0}/index.txt\nnew_certs_dir = {0}\nserial = {0}/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n",
+                    self.dir.display()
+                ),
+            )
+            .unwrap();
+            openssl(
+                &self.dir,
+                &[
+                    "ca",
+                    "-batch",
+                    "-config",
+                    "ca.cnf",
+                    "-cert",
+                    "root.pem",
+                    "-keyfile",
+                    "root.key",
+                    "-in",
+                    &csr,
+                    "-out",
+                    &cert,
+                    "-startdate",
+                    "20200101000000Z",
+                    "-enddate",
+                    "20210101000000Z",
+                    "-extfile",
+                    &ext,
+                    "-notext",
+                ],
+            );
+        } else {
+            openssl(
+                &self.dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "root.pem",
+                    "-CAkey",
+                    "root.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "1",
+                    "-extfile",
+                    &ext,
+                    "-out",
+                    &cert,
+                ],
+            );
+        }
+        (self.dir.join(cert), key)
+    }
+}
+
+/// The SHA-1 of a certificate's DER, as `openssl x509 -fingerprint` says it.
+fn sha1_fingerprint(cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha1", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase()
+}
+
+/// A CA trusting `pki`'s root for x509pop nodes.
+fn ca_trusting(pki: &Pki) -> CaProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ca.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node_attestation.x509pop]\nca_bundle = \"{}\"\n",
+            pki.root().display()
+        ),
+    )
+    .unwrap();
+    CaProcess::start_in(dir, &["--config", config.to_str().unwrap()])
+}
+
+fn x509pop_args<'a>(cert: &'a Path, key: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--node-attestation",
+        "x509pop",
+        "--x509pop-cert",
+        cert.to_str().unwrap(),
+        "--x509pop-key",
+        key.to_str().unwrap(),
+    ]
+}
+
+/// Runs an agent that must be refused: its exit status and stderr.
+fn refused_agent(ca: &CaProcess, attestation: &[&str]) -> String {
+    let (_dir, mut cmd, _) = AgentProcess::command_attested_by(ca, attestation, &[]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "a refused agent exits non-zero: {err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent neither attested nor gave up within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_an_openssl_certificate_attests_and_serves_its_workloads() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::new(work.path(), "Node Root");
+    let ca = ca_trusting(&pki);
+    for (node, kind) in [
+        ("web-17", KeyKind::EcPkcs8),
+        ("web-18", KeyKind::RsaPkcs1),
+        ("web-19", KeyKind::EcSec1),
+    ] {
+        let (cert, key) = pki.node(node, kind, "clientAuth", false);
+        let agent_path = format!("x509pop/{}", sha1_fingerprint(&cert));
+        let workload = format!("spiffe://example.org/{node}/app");
+        ca.entry(
+            &workload,
+            &agent_path,
+            &[&format!("unix:uid:{}", my_uid())],
+            &[],
+        );
+        let agent = AgentProcess::start_attested_by(&ca, &x509pop_args(&cert, &key), &[]);
+        assert!(
+            agent.daemon.lines_with(&["node attested", "x509pop"]).len() == 1,
+            "{:?}",
+            agent.daemon.log
+        );
+        let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+            .await
+            .unwrap();
+        let svid = eventually(Duration::from_secs(20), "the workload's SVID", || {
+            futures_lite_block_on(client.fetch_x509_svid()).ok()
+        });
+        assert_eq!(svid.spiffe_id().to_string(), workload);
+        let agents: serde_json::Value =
+            serde_json::from_str(&ca.run_ok(&["agent", "list", "--output", "json"])).unwrap();
+        let me = agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["spiffe_id"] == format!("spiffe://example.org/signet/agent/{agent_path}"))
+            .unwrap_or_else(|| panic!("{agents}"));
+        assert_eq!(me["attestation_type"], "x509pop");
+        let selectors: Vec<&str> = me["node_selectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert!(
+            selectors.contains(&format!("x509pop:san:dns:{node}.prod.example.com").as_str()),
+            "{selectors:?}"
+        );
+        assert!(
+            selectors.contains(&format!("x509pop:subject:cn:{node}").as_str()),
+            "{selectors:?}"
+        );
+        assert!(
+            selectors.contains(
+                &format!("x509pop:ca:fingerprint:{}", sha1_fingerprint(&pki.root())).as_str()
+            ),
+            "{selectors:?}"
+        );
+    }
+}
+
+/// Blocks on a future from a sync closure inside a multi-threaded runtime.
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[test]
+fn nodes_that_prove_nothing_are_refused_each_with_its_reason() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::new(work.path(), "Node Root");
+    let other = Pki::new(work.path(), "Other Root");
+    let ca = ca_trusting(&pki);
+
+    let (cert, key) = other.node("stranger", KeyKind::EcPkcs8, "clientAuth", false);
+    let e = refused_agent(&ca, &x509pop_args(&cert, &key));
+    assert!(
+        e.contains("does not chain to a CA trusted for nodes"),
+        "{e}"
+    );
+
+    let (cert, key) = pki.node("old", KeyKind::EcPkcs8, "clientAuth", true);
+    let e = refused_agent(&ca, &x509pop_args(&cert, &key));
+    assert!(e.contains("has expired"), "{e}");
+
+    let (cert, key) = pki.node("server", KeyKind::EcPkcs8, "serverAuth", false);
+    let e = refused_agent(&ca, &x509pop_args(&cert, &key));
+    assert!(e.contains("does not allow client authentication"), "{e}");
+
+    // The certificate of one node with the key of another.
+    let (cert, _) = pki.node("web-1", KeyKind::EcPkcs8, "clientAuth", false);
+    let (_, other_key) = pki.node("web-2", KeyKind::EcPkcs8, "clientAuth", false);
+    let e = refused_agent(&ca, &x509pop_args(&cert, &other_key));
+    assert!(
+        e.contains("not a signature over this stream's challenge"),
+        "{e}"
+    );
+
+    // A CA without x509pop configured says how to turn it on.
+    let plain = CaProcess::start(&[]);
+    let (cert, key) = pki.node("web-3", KeyKind::EcPkcs8, "clientAuth", false);
+    let e = refused_agent(&plain, &x509pop_args(&cert, &key));
+    assert!(e.contains("[node_attestation.x509pop]"), "{e}");
+
+    let metrics = ca.http_get("/metrics").1;
+    for reason in [
+        "x509pop_untrusted",
+        "x509pop_expired",
+        "x509pop_wrong_eku",
+        "x509pop_bad_signature",
+    ] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
+    }
+}
+
+/// A rogue node records a good answer on one stream and replays it on
+/// another: the nonce is per stream, so the CA refuses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_replayed_on_another_stream_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::new(work.path(), "Node Root");
+    let ca = ca_trusting(&pki);
+    let (cert, key) = pki.node("web-17", KeyKind::EcPkcs8, "clientAuth", false);
+    let chain =
+        signet_identity::certificates_from_pem_or_der(&std::fs::read(&cert).unwrap()).unwrap();
+    let key_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap()
+    };
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .unwrap()
+        .choose_scheme(signet_identity::node_attestation::X509POP_SCHEMES)
+        .unwrap();
+    let agent_key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&agent_key)
+        .unwrap()
+        .der()
+        .to_vec();
+    let start = || pb::AttestNodeRequest {
+        step: Some(pb::attest_node_request::Step::Start(pb::AttestationStart {
+            csr: csr.clone(),
+            evidence: Some(pb::attestation_start::Evidence::X509pop(
+                pb::X509PopEvidence {
+                    cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
+                },
+            )),
+        })),
+    };
+    // Stream 1: the challenge, answered honestly but never sent.
+    let mut client = anonymous_node_client(&ca).await;
+    let (tx1, rx1) = tokio::sync::mpsc::channel(2);
+    tx1.send(start()).await.unwrap();
+    let mut s1 = client
+        .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx1))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::attest_node_response::Step::Challenge(c1)) =
+        s1.message().await.unwrap().unwrap().step
+    else {
+        panic!("no challenge")
+    };
+    let msg = signet_identity::node_attestation::challenge_message("x509pop", &c1.nonce, &csr);
+    let recorded = pb::ChallengeResponse {
+        signature: signer.sign(&msg).unwrap(),
+        scheme: u16::from(signer.scheme()) as u32,
+    };
+    drop(tx1);
+    // Stream 2: the recorded answer.
+    let mut client = anonymous_node_client(&ca).await;
+    let (tx2, rx2) = tokio::sync::mpsc::channel(2);
+    tx2.send(start()).await.unwrap();
+    let mut s2 = client
+        .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx2))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::attest_node_response::Step::Challenge(c2)) =
+        s2.message().await.unwrap().unwrap().step
+    else {
+        panic!("no challenge")
+    };
+    assert_ne!(c1.nonce, c2.nonce);
+    tx2.send(pb::AttestNodeRequest {
+        step: Some(pb::attest_node_request::Step::ChallengeResponse(recorded)),
+    })
+    .await
+    .unwrap();
+    let refused = s2.message().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("replayed"),
+        "{}",
+        refused.message()
+    );
+}
