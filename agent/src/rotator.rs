@@ -249,6 +249,25 @@ impl<N: NodeApi> SvidRotator<N> {
         Ok(())
     }
 
+    /// The agent SVID is gone (expired while the CA was away): the node
+    /// proves itself again, by the same method, and keeps its agent ID.
+    async fn reattest(&mut self) -> Result<(), PassError> {
+        let deadline = self.call_deadline();
+        let (key, csr) = new_key_and_csr().map_err(PassError::local)?;
+        self.disconnect();
+        let resp = self.api.reattest(&self.bundle, csr, deadline).await?;
+        let (svid, bundle) = agent_identity::from_response(&resp, &key, self.clock.now())
+            .map_err(PassError::local)?;
+        if svid.id != self.agent.id {
+            tracing::warn!(was = %self.agent.id, now = %svid.id, "re-attested under another agent ID (the node's certificate changed)");
+        }
+        agent_identity::save(&self.data_dir, &svid, &bundle).map_err(PassError::local)?;
+        tracing::info!(agent_id = %svid.id, not_after = svid.not_after, "agent SVID had expired; the node attested again by itself");
+        self.agent = svid;
+        self.bundle.set(bundle);
+        Ok(())
+    }
+
     /// Entries whose SVID is missing, outdated, signed by a tainted key or
     /// due at `now_ms`, and the next due time (ms).
     fn due_entries(&self, now_ms: i64) -> (Vec<WorkloadEntry>, Option<i64>) {
@@ -449,7 +468,11 @@ impl<N: NodeApi> SvidRotator<N> {
         self.publish(unix_seconds(self.clock.now()));
         let expired = !self.agent.is_valid_at(self.clock.now());
         if expired && !self.expiry_reported {
-            tracing::error!(agent_id = %self.agent.id, not_after = self.agent.not_after, "agent SVID expired before it could be renewed; the CA will not take it again: restart the agent with a new --join-token");
+            if self.api.can_reattest() {
+                tracing::warn!(agent_id = %self.agent.id, not_after = self.agent.not_after, "agent SVID expired before it could be renewed; the node attests again by itself once the CA answers");
+            } else {
+                tracing::error!(agent_id = %self.agent.id, not_after = self.agent.not_after, "agent SVID expired before it could be renewed; the CA will not take it again: restart the agent with a new --join-token");
+            }
         }
         self.expiry_reported = expired;
         self.next_turn(self.now_ms())
@@ -490,6 +513,9 @@ impl<N: NodeApi> SvidRotator<N> {
     /// agent SVID is renewed at most once a pass: a CA that answers with an
     /// SVID of a tainted key again is not asked in a loop.
     async fn pass(&mut self) -> Result<(), PassError> {
+        if !self.agent.is_valid_at(self.clock.now()) && self.api.can_reattest() {
+            self.reattest().await?;
+        }
         let mut renewed = false;
         loop {
             if !self.api.is_connected() {

@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 use crate::config::WorkloadApiLimits;
 
 use crate::agent_identity::{self, AgentSvid, IdentityError};
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, NodeAttestationMethod};
 use crate::node_attestation::{self, ExchangeError, NodeAttestor};
 use crate::node_client::{self, ConnectError, ServerTrust};
 use crate::rotator::node_api::{CaLinks, GrpcNodeApi};
@@ -249,7 +249,7 @@ pub async fn run(
         }
         stored => {
             if let Some((svid, _)) = stored {
-                tracing::warn!(agent_id = %svid.id, "the stored agent SVID has expired; re-attesting with the join token");
+                tracing::warn!(agent_id = %svid.id, method = config.node_attestation.as_str(), "the stored agent SVID has expired; attesting again");
             }
             match attest_until_done(&config, &td, &mut shutdown).await? {
                 Some(attested) => attested,
@@ -275,6 +275,12 @@ pub async fn run(
         .local_addr()
         .map_err(|e| AgentError::Io(e.to_string()))?;
 
+    // A node attested by proof attests again by itself if its SVID is
+    // ever lost; a join token is spent once.
+    let reattestor = match config.node_attestation {
+        NodeAttestationMethod::JoinToken => None,
+        _ => Some(Arc::new(NodeAttestor::from_config(&config)?)),
+    };
     let node_api = GrpcNodeApi::new(
         config.ca.clone(),
         td.clone(),
@@ -282,6 +288,7 @@ pub async fn run(
             ca: ca_link_tx,
             mesh: mesh_link_tx,
         },
+        reattestor,
     );
     let rotator = SvidRotator::new(
         config.clone(),

@@ -1,6 +1,6 @@
 //! A `signet agent run` of a test's own, attested to a [`crate::CaProcess`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -81,18 +81,25 @@ impl AgentProcess {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cmd = Self::command_in(dir.path(), ca, attestation, extra);
         let socket = dir.path().join("agent.sock");
+        (dir, cmd, socket)
+    }
+
+    /// The command that starts an agent with its data and socket in `dir`
+    /// (a first start, or a restart of the same agent).
+    pub fn command_in(dir: &Path, ca: &CaProcess, attestation: &[&str], extra: &[&str]) -> Command {
         let mut cmd = signet();
         cmd.args(["agent", "run", "--ca", &ca.node_addr(), "--trust-bundle"])
             .arg(ca.bundle_file())
             .args(attestation)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .arg("--socket")
-            .arg(&socket)
+            .arg(dir.join("agent.sock"))
             .args(["--metrics-listen", "127.0.0.1:0"])
             .args(extra);
-        (dir, cmd, socket)
+        cmd
     }
 
     /// `unix://` endpoint of the Workload API.

@@ -217,17 +217,121 @@ fn sha1_fingerprint(cert: &Path) -> String {
 
 /// A CA trusting `pki`'s root for x509pop nodes.
 fn ca_trusting(pki: &Pki) -> CaProcess {
+    ca_trusting_with(pki, "")
+}
+
+/// [`ca_trusting`] with more top-level configuration `extra`.
+fn ca_trusting_with(pki: &Pki, extra: &str) -> CaProcess {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ca.toml");
     std::fs::write(
         &config,
         format!(
-            "[node_attestation.x509pop]\nca_bundle = \"{}\"\n",
+            "{extra}[node_attestation.x509pop]\nca_bundle = \"{}\"\n",
             pki.root().display()
         ),
     )
     .unwrap();
     CaProcess::start_in(dir, &["--config", config.to_str().unwrap()])
+}
+
+/// The workload's SVID through the spiffe crate, within 20 s.
+async fn workload_svid(agent: &AgentProcess) -> spiffe::X509Svid {
+    let client = spiffe::WorkloadApiClient::connect_to(agent.endpoint())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.fetch_x509_svid().await {
+            Ok(svid) => return svid,
+            Err(e) if Instant::now() > deadline => panic!("no SVID within 20 s: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Waits until the agent SVID stored in `dir` has been expired for a while.
+fn until_the_stored_agent_svid_expired(dir: &Path) {
+    let td = signet_identity::TrustDomain::new("example.org").unwrap();
+    let (svid, _) = signet_agent::agent_identity::load(&dir.join("data"), &td)
+        .unwrap()
+        .unwrap();
+    let expired = std::time::UNIX_EPOCH + Duration::from_secs(svid.not_after as u64 + 2);
+    while std::time::SystemTime::now() < expired {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Agent SVIDs live 4 s here. An x509pop agent stopped until its SVID
+/// expired comes back by itself with the same ID, and so does one that
+/// kept running while the CA was down for longer than that; its workloads
+/// get SVIDs again. Once banned, it does not come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_x509pop_agent_whose_svid_expired_attests_again_by_itself_unless_banned() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::new(work.path(), "Node Root");
+    let mut ca = ca_trusting_with(&pki, "default_x509_svid_ttl = 4\n");
+    let (cert, key) = pki.node("web-17", KeyKind::EcPkcs8, "clientAuth", false);
+    let agent_path = format!("x509pop/{}", sha1_fingerprint(&cert));
+    let agent_id = format!("spiffe://example.org/signet/agent/{agent_path}");
+    let workload = "spiffe://example.org/web-17/app";
+    ca.entry(
+        workload,
+        &agent_path,
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    let args = x509pop_args(&cert, &key);
+    let mut agent = AgentProcess::start_attested_by(&ca, &args, &[]);
+    assert_eq!(
+        workload_svid(&agent).await.spiffe_id().to_string(),
+        workload
+    );
+
+    // Stopped until its SVID expired, then started again.
+    agent.daemon.terminate();
+    until_the_stored_agent_svid_expired(agent.dir.path());
+    agent.daemon = Daemon::spawn(AgentProcess::command_in(agent.dir.path(), &ca, &args, &[]));
+    let ready = agent
+        .daemon
+        .wait_for("signet agent ready", Duration::from_secs(30));
+    assert!(ready.contains(&agent_id), "{ready}");
+    assert!(!agent
+        .daemon
+        .lines_with(&["stored agent SVID has expired"])
+        .is_empty());
+    assert_eq!(
+        workload_svid(&agent).await.spiffe_id().to_string(),
+        workload
+    );
+
+    // Running while the CA is away for longer than its SVID lives.
+    let config = ca.dir.path().join("ca.toml");
+    ca.kill_and_restart(
+        &["--config", config.to_str().unwrap()],
+        Duration::from_secs(6),
+    );
+    agent
+        .daemon
+        .wait_for("the node attested again by itself", Duration::from_secs(60));
+    let svid = workload_svid(&agent).await;
+    assert_eq!(svid.spiffe_id().to_string(), workload);
+    let agents = ca.run_ok(&["agent", "list", "--output", "json"]);
+    assert_eq!(
+        agents.matches("spiffe://example.org/signet/agent/").count(),
+        1,
+        "one agent ID: {agents}"
+    );
+
+    // Banned: it does not come back, by any stored or new proof.
+    ca.run_ok(&["agent", "ban", &agent_id]);
+    agent.daemon.terminate();
+    until_the_stored_agent_svid_expired(agent.dir.path());
+    let (_dir, mut cmd, _) = AgentProcess::command_attested_by(&ca, &args, &[]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is banned"), "{err}");
 }
 
 fn x509pop_args<'a>(cert: &'a Path, key: &'a Path) -> Vec<&'a str> {

@@ -1,10 +1,11 @@
-//! The rotator's view of the CA: the three calls it makes, behind a trait
+//! The rotator's view of the CA: the calls it makes, behind a trait
 //! so that its schedule, backoff and recovery are unit-tested against a CA
 //! that can fail on demand. [`GrpcNodeApi`] is the real one: the node API
 //! over mTLS, with the connection shared with the Workload API (JWT-SVID
 //! minting) and a second one for the mesh's streams.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use signet_identity::tls::BundleHandle;
@@ -14,6 +15,7 @@ use signet_proto::node::node_client::NodeClient;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
+use crate::node_attestation::{self, ExchangeError, NodeAttestor};
 use crate::node_client::{self, ClientCert, ServerTrust};
 use crate::rotator::sync::SyncEvent;
 
@@ -73,6 +75,19 @@ pub(crate) trait NodeApi: Send {
         deadline: Duration,
     ) -> impl Future<Output = Result<Vec<pb::WorkloadSvid>, CallError>> + Send;
 
+    /// Whether the node can attest again by itself once its agent SVID is
+    /// gone (a proof-of-possession method; a join token is spent once).
+    fn can_reattest(&self) -> bool;
+
+    /// Attests the node again, without a client certificate (the CA
+    /// checked against `bundle`): an agent SVID for `csr`.
+    fn reattest(
+        &mut self,
+        bundle: &BundleHandle,
+        csr: Vec<u8>,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<pb::AgentSvid, CallError>> + Send;
+
     /// Drops the connection (after a failure, or so that the CA sees a new
     /// agent SVID on the next).
     fn disconnect(&mut self);
@@ -102,16 +117,25 @@ pub(crate) struct GrpcNodeApi {
     /// holds, SVID renewal and JWT-SVID minting never wait behind them for
     /// the CA's per-connection stream budget.
     links: CaLinks,
+    /// How the node attests again when its SVID is gone, if it can.
+    reattestor: Option<Arc<NodeAttestor>>,
 }
 
 impl GrpcNodeApi {
-    /// The node API of the CA at `ca` (addresses tried in turn).
-    pub(crate) fn new(ca: Vec<String>, td: TrustDomain, links: CaLinks) -> Self {
+    /// The node API of the CA at `ca` (addresses tried in turn);
+    /// `reattestor` proves the node again when its SVID is gone.
+    pub(crate) fn new(
+        ca: Vec<String>,
+        td: TrustDomain,
+        links: CaLinks,
+        reattestor: Option<Arc<NodeAttestor>>,
+    ) -> Self {
         Self {
             ca,
             td,
             client: None,
             links,
+            reattestor,
         }
     }
 
@@ -176,6 +200,43 @@ impl NodeApi for GrpcNodeApi {
         )
         .await?;
         Ok(resp.svids)
+    }
+
+    fn can_reattest(&self) -> bool {
+        self.reattestor.is_some()
+    }
+
+    async fn reattest(
+        &mut self,
+        bundle: &BundleHandle,
+        csr: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<pb::AgentSvid, CallError> {
+        const WHAT: &str = "re-attest";
+        let attestor = self.reattestor.clone().ok_or(CallError::NotConnected)?;
+        let trust = ServerTrust::Bundle(bundle.clone());
+        let exchange = async {
+            let mut client = node_client::connect(&self.ca, &self.td, &trust, None)
+                .await
+                .map_err(|e| CallError::Connect(e.to_string()))?;
+            node_attestation::attest(&mut client, &attestor, csr)
+                .await
+                .map_err(|e| match e {
+                    ExchangeError::Status(s) => CallError::Status {
+                        what: WHAT,
+                        code: s.code(),
+                        message: s.message().to_owned(),
+                    },
+                    ExchangeError::Local(e) => CallError::Connect(e.to_string()),
+                })
+        };
+        match tokio::time::timeout(deadline, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout {
+                what: WHAT,
+                deadline,
+            }),
+        }
     }
 
     fn disconnect(&mut self) {

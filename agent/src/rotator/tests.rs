@@ -51,6 +51,9 @@ struct CaState {
     connects: usize,
     renewals: usize,
     signings: usize,
+    /// Whether the node proves itself by a method it can repeat (x509pop).
+    reattestable: bool,
+    reattestations: usize,
 }
 
 impl CaState {
@@ -136,6 +139,13 @@ impl NodeApi for FakeCa {
         let mut ca = self.0.lock().unwrap();
         ca.down("connect")?;
         ca.connects += 1;
+        let (_, cert) = x509_parser::parse_x509_certificate(&agent.chain[0]).unwrap();
+        if cert.validity().not_after.timestamp() <= unix_seconds(ca.clock.now()) {
+            // The real CA's TLS handshake refuses an expired client SVID.
+            return Err(CallError::Connect(
+                "handshake: client certificate expired".into(),
+            ));
+        }
         let serial = serial_of(&agent.chain[0]);
         if serial != ca.current_serial && Some(&serial) != ca.previous_serial.as_ref() {
             return Err(CallError::Status {
@@ -195,6 +205,24 @@ impl NodeApi for FakeCa {
         Ok(answer)
     }
 
+    fn can_reattest(&self) -> bool {
+        self.0.lock().unwrap().reattestable
+    }
+
+    async fn reattest(
+        &mut self,
+        _bundle: &BundleHandle,
+        csr: Vec<u8>,
+        _deadline: Duration,
+    ) -> Result<pb::AgentSvid, CallError> {
+        let mut ca = self.0.lock().unwrap();
+        assert!(ca.reattestable, "only a proof method re-attests");
+        ca.down("re-attest")?;
+        ca.reattestations += 1;
+        assert!(ca.reattestations < 20, "the rotator re-attests in a loop");
+        Ok(ca.agent_svid(&csr))
+    }
+
     fn disconnect(&mut self) {
         let mut ca = self.0.lock().unwrap();
         ca.connected = false;
@@ -240,6 +268,8 @@ impl Harness {
             connects: 0,
             renewals: 0,
             signings: 0,
+            reattestable: false,
+            reattestations: 0,
         }));
         // Attestation: the agent's first SVID.
         let (key, csr) = new_key_and_csr().unwrap();
@@ -417,6 +447,75 @@ async fn a_ca_down_longer_than_an_svid_lives_drops_it_then_replaces_it() {
         .metrics
         .ready
         .load(std::sync::atomic::Ordering::Relaxed));
+}
+
+/// Runs the rotator's own schedule until `until` (Unix seconds); returns
+/// the wake time after it.
+async fn ride_out(h: &mut Harness, wake: i64, until: i64) -> i64 {
+    ride_out_until(h, wake, until, |_| false).await
+}
+
+/// [`ride_out`], stopping early once `done`.
+async fn ride_out_until(
+    h: &mut Harness,
+    mut wake: i64,
+    until: i64,
+    done: impl Fn(&Harness) -> bool,
+) -> i64 {
+    let mut turns = 0;
+    while unix_seconds(h.clock.now()) < until && !done(h) {
+        let (_, next) = h.next_turn(wake).await;
+        wake = next;
+        turns += 1;
+        assert!(turns < 10_000, "the rotator keeps trying");
+    }
+    wake
+}
+
+#[tokio::test]
+async fn an_agent_svid_lost_in_an_outage_comes_back_by_proof_with_the_same_id() {
+    let mut h = Harness::new(Duration::from_secs(600), Duration::from_secs(60));
+    h.ca().reattestable = true;
+    let wake = h.rotator.turn().await;
+    let first_id = h.rotator.agent.id.clone();
+    let agent_not_after = h.rotator.agent.not_after;
+    h.ca().up = false;
+    let wake = ride_out(&mut h, wake, agent_not_after + 60).await;
+    assert!(!h.rotator.agent.is_valid_at(h.clock.now()));
+    assert_eq!(
+        h.ca().reattestations,
+        0,
+        "nothing to reach while the CA is down"
+    );
+    h.ca().up = true;
+    // Within the backoff the outage ended in (its cap, 30 s).
+    let back = unix_seconds(h.clock.now()) + MAX_BACKOFF.as_secs() as i64;
+    ride_out_until(&mut h, wake, back, |h| h.ca().reattestations > 0).await;
+    assert_eq!(h.ca().reattestations, 1, "attested again, once");
+    assert!(h.rotator.agent.is_valid_at(h.clock.now()));
+    assert_eq!(h.rotator.agent.id, first_id);
+    assert_eq!(h.svids().len(), 1, "and its workloads get SVIDs again");
+    // Stored, so a restart finds it.
+    let td = signet_identity::TrustDomain::new("example.org").unwrap();
+    let (stored, _) = agent_identity::load(&h.rotator.data_dir, &td)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.not_after, h.rotator.agent.not_after);
+}
+
+#[tokio::test]
+async fn a_join_token_agent_whose_svid_expired_does_not_try_to_reattest() {
+    let mut h = Harness::new(Duration::from_secs(600), Duration::from_secs(60));
+    let wake = h.rotator.turn().await;
+    let agent_not_after = h.rotator.agent.not_after;
+    h.ca().up = false;
+    let wake = ride_out(&mut h, wake, agent_not_after + 60).await;
+    h.ca().up = true;
+    let later = unix_seconds(h.clock.now()) + 2 * MAX_BACKOFF.as_secs() as i64;
+    ride_out(&mut h, wake, later).await;
+    assert!(!h.rotator.agent.is_valid_at(h.clock.now()));
+    assert!(h.svids().is_empty());
+    assert_eq!(h.ca().reattestations, 0);
 }
 
 #[tokio::test]
