@@ -270,6 +270,59 @@ async fn bogus_join_tokens_are_throttled_per_address_and_a_real_agent_still_atte
     );
 }
 
+/// The same budget holds on the `AttestNode` stream, for every method: at
+/// the budget each attempt is judged, past it the address is refused before
+/// its evidence is looked at.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_attestation_budget_covers_every_method_on_the_attest_node_stream() {
+    let ca = ca_with_limits("attestation_failures_per_minute = 3\n");
+    let mut flood = anonymous_node_client(&ca).await;
+    let csr = signet_agent::agent_identity::new_key_and_csr().unwrap().1;
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let evidence = if i % 2 == 0 {
+            pb::attestation_start::Evidence::JoinToken(format!("bogus-{i}"))
+        } else {
+            pb::attestation_start::Evidence::X509pop(pb::X509PopEvidence {
+                cert_chain: vec![b"junk".to_vec()],
+            })
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::AttestNodeRequest {
+            step: Some(pb::attest_node_request::Step::Start(pb::AttestationStart {
+                csr: csr.clone(),
+                evidence: Some(evidence),
+            })),
+        })
+        .await
+        .unwrap();
+        let code = match flood
+            .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Err(s) => s.code(),
+            Ok(r) => r.into_inner().message().await.unwrap_err().code(),
+        };
+        codes.push(code);
+    }
+    use tonic::Code;
+    // Judged: a bogus token, x509pop on a CA without it, a bogus token.
+    assert_eq!(
+        codes[..3],
+        [
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::PermissionDenied
+        ]
+    );
+    assert_eq!(codes[3..], [Code::ResourceExhausted; 3]);
+    let (_, m) = ca.http_get("/metrics");
+    assert!(
+        m.contains("signet_ca_node_refusals_total{reason=\"rate_limited\"} 3"),
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_csr_does_not_burn_the_join_token_and_is_counted() {
     let ca = CaProcess::start(&[]);
@@ -603,6 +656,34 @@ async fn requests_without_an_agent_svid_are_capped_at_16_kib() {
     let over = client.attest_agent(attest(17 * 1024)).await.unwrap_err();
     assert_ne!(over.code(), tonic::Code::InvalidArgument, "{over:?}");
     assert!(over.message().contains("too large"), "{over:?}");
+
+    // The same cap on each message of the AttestNode stream.
+    let csr = signet_agent::agent_identity::new_key_and_csr().unwrap().1;
+    for (len, judged) in [(15 * 1024, true), (17 * 1024, false)] {
+        let mut client = anonymous_node_client(&ca).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::AttestNodeRequest {
+            step: Some(pb::attest_node_request::Step::Start(pb::AttestationStart {
+                csr: csr.clone(),
+                evidence: Some(pb::attestation_start::Evidence::JoinToken("t".repeat(len))),
+            })),
+        })
+        .await
+        .unwrap();
+        let status = match client
+            .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Err(s) => s,
+            Ok(r) => r.into_inner().message().await.unwrap_err(),
+        };
+        if judged {
+            // Read and judged: an unknown token.
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        } else {
+            assert!(status.message().contains("too large"), "{status:?}");
+        }
+    }
 }
 
 /// One HTTP/1.1 request with `extra` header lines through the outbound
