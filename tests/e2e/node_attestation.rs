@@ -571,3 +571,53 @@ async fn an_answer_replayed_on_another_stream_is_refused() {
         refused.message()
     );
 }
+
+/// A node that takes the challenge and never answers holds the stream for
+/// the step's 10 s, no longer; one that answers in time is attested (the
+/// other tests).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_does_not_answer_its_challenge_is_cut_off() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = Pki::new(work.path(), "Node Root");
+    let ca = ca_trusting(&pki);
+    let (cert, _) = pki.node("web-17", KeyKind::EcPkcs8, "clientAuth", false);
+    let chain =
+        signet_identity::certificates_from_pem_or_der(&std::fs::read(&cert).unwrap()).unwrap();
+    let csr = signet_agent::agent_identity::new_key_and_csr().unwrap().1;
+    let mut client = anonymous_node_client(&ca).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(pb::AttestNodeRequest {
+        step: Some(pb::attest_node_request::Step::Start(pb::AttestationStart {
+            csr,
+            evidence: Some(pb::attestation_start::Evidence::X509pop(
+                pb::X509PopEvidence {
+                    cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
+                },
+            )),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut s = client
+        .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        s.message().await.unwrap().unwrap().step,
+        Some(pb::attest_node_response::Step::Challenge(_))
+    ));
+    let start = Instant::now();
+    let status = s.message().await.unwrap_err();
+    let waited = start.elapsed();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("did not come within 10s"),
+        "{status:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
+    drop(tx);
+}

@@ -104,7 +104,7 @@ async fn next(
 ) -> Result<pb::attest_node_request::Step, CaError> {
     match tokio::time::timeout(STEP_TIMEOUT, requests.message()).await {
         Err(_) => Err(out_of_step(&format!(
-            "no {what} within {}s",
+            "{what} did not come within {}s",
             STEP_TIMEOUT.as_secs()
         ))),
         Ok(Err(s)) => Err(out_of_step(&format!("{what}: {}", s.message()))),
