@@ -17,6 +17,9 @@ pub enum NodeAttestationMethod {
     /// A certificate and key from a CA the Signet CA trusts for nodes; the
     /// node attests again by itself whenever it must.
     X509pop,
+    /// An SSH host key certified by an SSH CA the Signet CA trusts; the
+    /// node attests again by itself whenever it must.
+    Sshpop,
 }
 
 impl NodeAttestationMethod {
@@ -26,6 +29,7 @@ impl NodeAttestationMethod {
         match self {
             Self::JoinToken => m::JOIN_TOKEN,
             Self::X509pop => m::X509POP,
+            Self::Sshpop => m::SSHPOP,
         }
     }
 }
@@ -56,6 +60,12 @@ pub struct AgentConfig {
     /// The node certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1),
     /// for `x509pop`.
     pub x509pop_key: Option<PathBuf>,
+    /// The OpenSSH host certificate, for `sshpop`. Default: the first
+    /// `/etc/ssh/ssh_host_{ed25519,ecdsa,rsa}_key-cert.pub` there is.
+    pub sshpop_cert: Option<PathBuf>,
+    /// The host key it certifies (OpenSSH format), for `sshpop`. Default:
+    /// the same path without `-cert.pub`.
+    pub sshpop_key: Option<PathBuf>,
     /// Agent SVID, key (0600) and bundle. Default `/var/lib/signet/agent`.
     pub data_dir: PathBuf,
     /// Workload API socket, open to every local user. Default `/run/signet/agent.sock`.
@@ -131,6 +141,8 @@ impl Default for AgentConfig {
             join_token: None,
             x509pop_cert: None,
             x509pop_key: None,
+            sshpop_cert: None,
+            sshpop_key: None,
             data_dir: PathBuf::from("/var/lib/signet/agent"),
             socket: PathBuf::from("/run/signet/agent.sock"),
             renewal_fraction: 0.5,

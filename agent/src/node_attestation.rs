@@ -10,6 +10,7 @@
 //!   ◀── AgentSvid
 //! ```
 
+pub(crate) mod sshpop;
 pub(crate) mod x509pop;
 
 use signet_proto::node as pb;
@@ -25,6 +26,8 @@ pub(crate) enum NodeAttestor {
     JoinToken(String),
     /// A certificate and its key.
     X509Pop(x509pop::X509PopNode),
+    /// An SSH host certificate and the host key.
+    SshPop(Box<sshpop::SshPopNode>),
 }
 
 impl NodeAttestor {
@@ -48,6 +51,19 @@ impl NodeAttestor {
                 };
                 Ok(Self::X509Pop(x509pop::X509PopNode::load(cert, key)?))
             }
+            NodeAttestationMethod::Sshpop => {
+                let (cert, key) = match (&config.sshpop_cert, &config.sshpop_key) {
+                    (Some(c), Some(k)) => (c.clone(), k.clone()),
+                    (None, None) => sshpop::default_paths().ok_or_else(|| {
+                        AgentError::Missing(
+                            "--node-attestation sshpop: no /etc/ssh/ssh_host_{ed25519,ecdsa,rsa}_key-cert.pub here; pass --sshpop-cert and --sshpop-key".into(),
+                        )
+                    })?,
+                    (Some(c), None) => (c.clone(), sshpop::key_beside(c)),
+                    (None, Some(k)) => (sshpop::cert_beside(k), k.clone()),
+                };
+                Ok(Self::SshPop(Box::new(sshpop::SshPopNode::load(&cert, &key)?)))
+            }
         }
     }
 
@@ -57,6 +73,7 @@ impl NodeAttestor {
         match self {
             Self::JoinToken(_) => m::JOIN_TOKEN,
             Self::X509Pop(_) => m::X509POP,
+            Self::SshPop(_) => m::SSHPOP,
         }
     }
 
@@ -65,6 +82,9 @@ impl NodeAttestor {
             Self::JoinToken(t) => pb::attestation_start::Evidence::JoinToken(t.clone()),
             Self::X509Pop(n) => pb::attestation_start::Evidence::X509pop(pb::X509PopEvidence {
                 cert_chain: n.chain_der(),
+            }),
+            Self::SshPop(n) => pb::attestation_start::Evidence::Sshpop(pb::SshPopEvidence {
+                certificate: n.certificate().to_owned(),
             }),
         }
     }
@@ -77,6 +97,7 @@ impl NodeAttestor {
                 "the CA challenged a join token; is it a Signet CA?".into(),
             )),
             Self::X509Pop(n) => n.sign(&message),
+            Self::SshPop(n) => n.sign(&message),
         }
     }
 }

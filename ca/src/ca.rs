@@ -76,6 +76,8 @@ pub struct Ca {
     replica: String,
     /// The x509pop method's roots and template, when configured.
     x509pop: Option<crate::node_attestation::x509pop::X509PopAttestor>,
+    /// The sshpop method's certificate authorities, when configured.
+    sshpop: Option<crate::node_attestation::sshpop::SshPopAttestor>,
     /// Every entry, by agent, kept current by the change feed.
     cache: RwLock<EntryCache>,
     /// Every published endpoint, by SPIFFE ID, kept current by the change
@@ -137,6 +139,16 @@ impl Ca {
             ),
             None => None,
         };
+        let sshpop = match &config.node_attestation.sshpop {
+            Some(c) => Some(
+                crate::node_attestation::sshpop::SshPopAttestor::load(
+                    &c.cert_authorities,
+                    c.cert_authorities_file.as_deref(),
+                )
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (entries, revision) = store.entries_at_revision().await?;
         // Read after the revision: changes since are applied again.
         let endpoints = store.list_endpoints().await?;
@@ -149,6 +161,7 @@ impl Ca {
             jwt_signer: RwLock::new(Arc::new(jwt_signer)),
             replica,
             x509pop,
+            sshpop,
             cache: RwLock::new(EntryCache::load(entries, revision)),
             endpoints: RwLock::new(EndpointRegistry::load(endpoints)),
             feed_reader: tokio::sync::Mutex::new(()),

@@ -95,6 +95,20 @@ pub struct NodeAttestationConfig {
     /// `[node_attestation.x509pop]`: nodes holding a certificate (and its
     /// key) from a CA trusted for nodes.
     pub x509pop: Option<X509PopConfig>,
+    /// `[node_attestation.sshpop]`: nodes holding an SSH host key
+    /// certified by a trusted SSH certificate authority.
+    pub sshpop: Option<SshPopConfig>,
+}
+
+/// `[node_attestation.sshpop]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshPopConfig {
+    /// The SSH certificate authorities' public keys, OpenSSH format
+    /// (`ssh-ed25519 AAAA…`).
+    pub cert_authorities: Vec<String>,
+    /// A file of them, one per line (as sshd's `TrustedUserCAKeys`).
+    pub cert_authorities_file: Option<PathBuf>,
 }
 
 /// `[node_attestation.x509pop]`.

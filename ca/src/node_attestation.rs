@@ -7,6 +7,7 @@
 //!   AttestationStart { csr, evidence } ──▶ cheap checks (sizes, CSR, throttle)
 //!        │ join_token: the token is spent ──────────────────────────────▶ AttestedNode
 //!        │ x509pop: chain verified against the configured roots
+//!        │ sshpop: host certificate checked against the configured SSH CAs
 //!        ▼
 //!   Challenge { nonce } ──▶ ChallengeResponse { scheme, signature }
 //!        │ signature over node_attestation::challenge_message(method, nonce, csr)
@@ -18,6 +19,7 @@
 //! and its node selectors, stored with the agent.
 
 pub(crate) mod path_template;
+pub(crate) mod sshpop;
 pub(crate) mod x509pop;
 
 use rustls_pki_types::CertificateDer;
@@ -73,6 +75,8 @@ pub struct PendingProof {
 pub(crate) enum ProofKey {
     /// The x509pop leaf certificate's key.
     X509Leaf(CertificateDer<'static>),
+    /// The sshpop host key.
+    SshHost(ssh_key::PublicKey),
 }
 
 impl PendingProof {
@@ -96,9 +100,12 @@ impl PendingProof {
         );
         match &self.key {
             ProofKey::X509Leaf(leaf) => x509pop::verify_proof(leaf, scheme, &message, signature),
+            ProofKey::SshHost(key) => sshpop::verify_proof(key, &message, signature),
         }
     }
 }
 
+#[cfg(test)]
+mod sshpop_tests;
 #[cfg(test)]
 mod tests;

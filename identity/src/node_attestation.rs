@@ -9,6 +9,10 @@ pub const X509POP: &str = "x509pop";
 /// The sshpop method's name.
 pub const SSHPOP: &str = "sshpop";
 
+/// The SSHSIG namespace of an sshpop node's answer (OpenSSH signatures
+/// name what they are for, so one made here is good for nothing else).
+pub const SSHPOP_NAMESPACE: &str = "signet-node-attestation";
+
 /// Length of the CA's challenge nonce.
 pub const NONCE_LEN: usize = 32;
 

@@ -621,3 +621,195 @@ async fn a_node_that_does_not_answer_its_challenge_is_cut_off() {
     );
     drop(tx);
 }
+
+/// Runs `ssh-keygen` in `dir`; panics with its stderr.
+fn ssh_keygen(dir: &Path, args: &[&str]) {
+    let out = Command::new("ssh-keygen")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("ssh-keygen is required (apt install openssh-client)");
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An SSH certificate authority made with ssh-keygen, and host keys it
+/// certifies as an operator would (`ssh-keygen -s ca -h`).
+struct SshCa {
+    dir: PathBuf,
+}
+
+impl SshCa {
+    fn new(dir: &Path, name: &str) -> SshCa {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        ssh_keygen(
+            &dir,
+            &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", "ca"],
+        );
+        SshCa { dir }
+    }
+
+    /// The CA's public key line.
+    fn public_key(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ca.pub"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A host key of `kind` (`ed25519`, `ecdsa`, `rsa`) and its
+    /// certificate, signed with `sign` (extra ssh-keygen -s arguments).
+    /// Returns (certificate, key).
+    fn host(&self, name: &str, kind: &str, sign: &[&str]) -> (PathBuf, PathBuf) {
+        let key = format!("{name}_ssh_host_{kind}_key");
+        ssh_keygen(&self.dir, &["-q", "-t", kind, "-N", "", "-f", &key]);
+        let mut args = vec!["-q", "-s", "ca", "-I", name];
+        args.extend_from_slice(sign);
+        let public = format!("{key}.pub");
+        args.push(&public);
+        ssh_keygen(&self.dir, &args);
+        (self.dir.join(format!("{key}-cert.pub")), self.dir.join(key))
+    }
+}
+
+/// The agent ID an sshpop node gets: the SHA-256 of its host key, hex
+/// (ssh-keygen says it in base64).
+fn sshpop_agent_path(key: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(format!("{}.pub", key.display()))
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let b64 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .strip_prefix("SHA256:")
+        .unwrap()
+        .to_owned();
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(b64)
+        .unwrap();
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sshpop/{hex}")
+}
+
+/// A CA trusting `ssh_ca` for sshpop nodes.
+fn ca_trusting_ssh(ssh_ca: &SshCa) -> CaProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ca.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node_attestation.sshpop]\ncert_authorities = [\"{}\"]\n",
+            ssh_ca.public_key()
+        ),
+    )
+    .unwrap();
+    CaProcess::start_in(dir, &["--config", config.to_str().unwrap()])
+}
+
+fn sshpop_args<'a>(cert: &'a Path, key: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--node-attestation",
+        "sshpop",
+        "--sshpop-cert",
+        cert.to_str().unwrap(),
+        "--sshpop-key",
+        key.to_str().unwrap(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_an_ssh_host_certificate_attests_and_serves_its_workloads() {
+    let work = tempfile::tempdir().unwrap();
+    let ssh_ca = SshCa::new(work.path(), "ssh-ca");
+    let ca = ca_trusting_ssh(&ssh_ca);
+    for (node, kind) in [
+        ("web-17", "ed25519"),
+        ("web-18", "ecdsa"),
+        ("web-19", "rsa"),
+    ] {
+        let principal = format!("{node}.prod.example.com");
+        let (cert, key) = ssh_ca.host(node, kind, &["-h", "-n", &principal, "-V", "-5m:+1h"]);
+        let agent_path = sshpop_agent_path(&key);
+        let workload = format!("spiffe://example.org/{node}/app");
+        ca.entry(
+            &workload,
+            &agent_path,
+            &[&format!("unix:uid:{}", my_uid())],
+            &[],
+        );
+        let agent = AgentProcess::start_attested_by(&ca, &sshpop_args(&cert, &key), &[]);
+        assert_eq!(
+            workload_svid(&agent).await.spiffe_id().to_string(),
+            workload
+        );
+        let agents: serde_json::Value =
+            serde_json::from_str(&ca.run_ok(&["agent", "list", "--output", "json"])).unwrap();
+        let me = agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["spiffe_id"] == format!("spiffe://example.org/signet/agent/{agent_path}"))
+            .unwrap_or_else(|| panic!("{agents}"));
+        assert_eq!(me["attestation_type"], "sshpop");
+        let selectors = me["node_selectors"].to_string();
+        assert!(
+            selectors.contains(&format!("sshpop:principal:{principal}")),
+            "{selectors}"
+        );
+        assert!(selectors.contains("sshpop:ca:fingerprint:"), "{selectors}");
+    }
+}
+
+#[test]
+fn ssh_certificates_that_prove_nothing_are_refused_each_with_its_reason() {
+    let work = tempfile::tempdir().unwrap();
+    let ssh_ca = SshCa::new(work.path(), "ssh-ca");
+    let other = SshCa::new(work.path(), "other-ca");
+    let ca = ca_trusting_ssh(&ssh_ca);
+    let p = ["-n", "web.prod.example.com"];
+
+    let (cert, key) = ssh_ca.host("user", "ed25519", &p); // no -h: a user certificate
+    let e = refused_agent(&ca, &sshpop_args(&cert, &key));
+    assert!(e.contains("is a user certificate"), "{e}");
+
+    let (cert, key) = ssh_ca.host("anyone", "ed25519", &["-h"]); // no -n
+    let e = refused_agent(&ca, &sshpop_args(&cert, &key));
+    assert!(e.contains("names no principal"), "{e}");
+
+    let (cert, key) = ssh_ca.host(
+        "old",
+        "ed25519",
+        &["-h", "-n", "old.example.com", "-V", "20200101:20210101"],
+    );
+    let e = refused_agent(&ca, &sshpop_args(&cert, &key));
+    assert!(e.contains("has expired"), "{e}");
+
+    let (cert, key) = other.host("stranger", "ed25519", &["-h", "-n", "s.example.com"]);
+    let e = refused_agent(&ca, &sshpop_args(&cert, &key));
+    assert!(
+        e.contains("not a certificate authority trusted for nodes"),
+        "{e}"
+    );
+
+    let metrics = ca.http_get("/metrics").1;
+    for reason in [
+        "sshpop_not_host",
+        "sshpop_no_principal",
+        "sshpop_expired",
+        "sshpop_untrusted",
+    ] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
+    }
+}

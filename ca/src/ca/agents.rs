@@ -247,18 +247,30 @@ impl Ca {
                 let (node, leaf) = attestor
                     .verify_chain(&self.trust_domain, &chain, self.clock.now())
                     .map_err(|r| self.refused(r))?;
-                let mut nonce = [0u8; NONCE_LEN];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-                    .map_err(|_| CaError::InvalidArgument("no randomness for a nonce".into()))?;
                 Ok(Attestation::Challenge(PendingProof {
                     node,
-                    nonce,
+                    nonce: fresh_nonce()?,
                     key: ProofKey::X509Leaf(leaf),
                     csr_der: csr_der.to_vec(),
                     csr,
                 }))
             }
-            Evidence::SshPop(_) => Err(self.refused(AgentRefused::MethodDisabled(SSHPOP))),
+            Evidence::SshPop(certificate) => {
+                let attestor = self
+                    .sshpop
+                    .as_ref()
+                    .ok_or_else(|| self.refused(AgentRefused::MethodDisabled(SSHPOP)))?;
+                let (node, host_key) = attestor
+                    .verify_certificate(&self.trust_domain, &certificate, self.clock.now())
+                    .map_err(|r| self.refused(r))?;
+                Ok(Attestation::Challenge(PendingProof {
+                    node,
+                    nonce: fresh_nonce()?,
+                    key: ProofKey::SshHost(host_key),
+                    csr_der: csr_der.to_vec(),
+                    csr,
+                }))
+            }
         }
     }
 
@@ -402,4 +414,12 @@ pub enum Attestation {
     /// It must prove possession: send the challenge, then
     /// [`Ca::finish_attestation`] with the answer.
     Challenge(PendingProof),
+}
+
+/// A challenge's nonce: fresh random bytes for one stream.
+fn fresh_nonce() -> Result<[u8; NONCE_LEN], CaError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| CaError::InvalidArgument("no randomness for a nonce".into()))?;
+    Ok(nonce)
 }

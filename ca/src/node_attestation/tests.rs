@@ -78,6 +78,7 @@ async fn ca_trusting(db: &TestDb, pki: &NodePki, template: Option<&str>) -> Arc<
                 ca_bundle: bundle,
                 agent_path_template: template.map(str::to_owned),
             }),
+            ..Default::default()
         },
         ..CaConfig::default()
     };

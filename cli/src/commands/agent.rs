@@ -136,7 +136,8 @@ pub(crate) struct RunArgs {
     #[arg(long, conflicts_with = "join_token")]
     join_token_file: Option<std::path::PathBuf>,
     /// How the node proves itself to the CA [default: join_token; x509pop
-    /// with --x509pop-cert and --x509pop-key].
+    /// with --x509pop-cert and --x509pop-key; sshpop with the host
+    /// certificate].
     #[arg(long, value_enum)]
     node_attestation: Option<NodeAttestationArg>,
     /// x509pop: the node's certificate (PEM or DER; intermediates may
@@ -146,6 +147,13 @@ pub(crate) struct RunArgs {
     /// x509pop: the certificate's private key (PEM).
     #[arg(long)]
     x509pop_key: Option<std::path::PathBuf>,
+    /// sshpop: the OpenSSH host certificate [default: the first
+    /// /etc/ssh/ssh_host_{ed25519,ecdsa,rsa}_key-cert.pub].
+    #[arg(long)]
+    sshpop_cert: Option<std::path::PathBuf>,
+    /// sshpop: the host key it certifies [default: beside the certificate].
+    #[arg(long)]
+    sshpop_key: Option<std::path::PathBuf>,
     /// Trust domain of the CA [default: example.org].
     #[arg(long)]
     trust_domain: Option<String>,
@@ -174,6 +182,8 @@ enum NodeAttestationArg {
     JoinToken,
     /// A certificate from a CA the Signet CA trusts for nodes.
     X509pop,
+    /// An SSH host certificate from an SSH CA the Signet CA trusts.
+    Sshpop,
 }
 
 async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
@@ -206,6 +216,7 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         config.node_attestation = match m {
             NodeAttestationArg::JoinToken => NodeAttestationMethod::JoinToken,
             NodeAttestationArg::X509pop => NodeAttestationMethod::X509pop,
+            NodeAttestationArg::Sshpop => NodeAttestationMethod::Sshpop,
         };
     }
     if let Some(v) = args.x509pop_cert {
@@ -213,6 +224,12 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.x509pop_key {
         config.x509pop_key = Some(v);
+    }
+    if let Some(v) = args.sshpop_cert {
+        config.sshpop_cert = Some(v);
+    }
+    if let Some(v) = args.sshpop_key {
+        config.sshpop_key = Some(v);
     }
     if let Some(v) = args.trust_domain {
         config.trust_domain = v;
