@@ -62,7 +62,9 @@ impl NodeAttestor {
                     (Some(c), None) => (c.clone(), sshpop::key_beside(c)),
                     (None, Some(k)) => (sshpop::cert_beside(k), k.clone()),
                 };
-                Ok(Self::SshPop(Box::new(sshpop::SshPopNode::load(&cert, &key)?)))
+                Ok(Self::SshPop(Box::new(sshpop::SshPopNode::load(
+                    &cert, &key,
+                )?)))
             }
         }
     }

@@ -474,6 +474,8 @@ fn nodes_that_prove_nothing_are_refused_each_with_its_reason() {
     let (cert, key) = pki.node("web-3", KeyKind::EcPkcs8, "clientAuth", false);
     let e = refused_agent(&plain, &x509pop_args(&cert, &key));
     assert!(e.contains("[node_attestation.x509pop]"), "{e}");
+    let e = plain.run_err(&["agent", "show", "spiffe://example.org/signet/agent/nobody"]);
+    assert!(e.contains("is not on record"), "{e}");
 
     let metrics = ca.http_get("/metrics").1;
     for reason in [

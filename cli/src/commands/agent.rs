@@ -12,14 +12,18 @@ use crate::output::{self, timestamp, Format};
 pub(crate) enum AgentCommand {
     /// Run the node agent: attest to the CA, keep SVIDs fresh, serve the Workload API.
     ///
-    /// On first start the agent needs a join token and a way to trust the CA
-    /// (--trust-bundle, or --insecure-bootstrap for development). It keeps
-    /// its SVID and key in --data-dir, so later starts need neither. It logs
-    /// one "signet agent ready" line when it serves.
+    /// On first start the agent needs a way to prove its node (a join
+    /// token, or --node-attestation x509pop|sshpop) and a way to trust the
+    /// CA (--trust-bundle, or --insecure-bootstrap for development). It
+    /// keeps its SVID and key in --data-dir, so later starts need neither;
+    /// a node attested by proof attests again by itself when its SVID is
+    /// gone. It logs one "signet agent ready" line when it serves.
     ///
-    /// Example:
+    /// Examples:
     ///   signet agent run --ca ca.internal:8081 --trust-bundle bundle.pem \
     ///     --join-token $TOKEN --socket /run/signet/agent.sock
+    ///   signet agent run --ca ca.internal:8081 --trust-bundle bundle.pem \
+    ///     --node-attestation x509pop --x509pop-cert node.pem --x509pop-key node.key
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
     /// List attested agents.
@@ -28,6 +32,20 @@ pub(crate) enum AgentCommand {
     ///   signet agent list --output json
     #[command(verbatim_doc_comment)]
     List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        #[command(flatten)]
+        admin: AdminSocket,
+    },
+    /// Show one agent: how it proved its node, its node selectors, its SVID.
+    ///
+    /// Example:
+    ///   signet agent show spiffe://example.org/signet/agent/x509pop/3f1c…
+    #[command(verbatim_doc_comment)]
+    Show {
+        /// The agent's SPIFFE ID.
+        spiffe_id: String,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         output: Format,
@@ -45,7 +63,8 @@ pub(crate) enum AgentCommand {
         #[command(flatten)]
         admin: AdminSocket,
     },
-    /// Evict an agent: its record is removed; it may re-attest with a new token.
+    /// Evict an agent: its record is removed; it may attest again (a new
+    /// join token, or by proof).
     ///
     /// Example:
     ///   signet agent evict spiffe://example.org/signet/agent/node-1
@@ -269,6 +288,44 @@ impl AgentCommand {
                     .map(AgentView::from)
                     .collect();
                 output::list(output, &agents)
+            }
+            AgentCommand::Show {
+                spiffe_id,
+                output,
+                admin,
+            } => {
+                let agent = admin
+                    .connect()
+                    .await?
+                    .list_agents(pb::ListAgentsRequest {})
+                    .await
+                    .into_result()?
+                    .agents
+                    .into_iter()
+                    .find(|a| a.spiffe_id == spiffe_id)
+                    .map(AgentView::from)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "agent {spiffe_id} is not on record; `signet agent list` shows the attested agents"
+                        )
+                    })?;
+                match output {
+                    Format::Json => output::json(&agent),
+                    Format::Table => {
+                        println!("SPIFFE ID:     {}", agent.spiffe_id);
+                        println!("Attestation:   {}", agent.attestation_type);
+                        for s in &agent.node_selectors {
+                            println!("Node selector: {s}");
+                        }
+                        println!("SVID serial:   {}", agent.svid_serial);
+                        println!("SVID expires:  {}", timestamp(agent.svid_expires_at));
+                        println!(
+                            "Status:        {}",
+                            if agent.banned { "banned" } else { "active" }
+                        );
+                        Ok(())
+                    }
+                }
             }
             AgentCommand::Ban { spiffe_id, admin } => {
                 admin
