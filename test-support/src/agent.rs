@@ -28,14 +28,7 @@ pub fn metrics_port_of(ready_line: &str) -> u16 {
 impl AgentProcess {
     /// Starts an agent against `ca` and waits for its ready line.
     pub fn start(ca: &CaProcess, token: &str, extra: &[&str]) -> AgentProcess {
-        let (dir, cmd, socket) = Self::command(ca, token, extra);
-        let mut daemon = Daemon::spawn(cmd);
-        daemon.wait_for("signet agent ready", Duration::from_secs(30));
-        AgentProcess {
-            dir,
-            daemon,
-            socket,
-        }
+        Self::start_attested_by(ca, &["--join-token", token], extra)
     }
 
     /// The port of its `/metrics` (from its ready line).

@@ -205,3 +205,19 @@ pub fn my_uid() -> u32 {
         .map(|m| m.uid())
         .unwrap_or(0)
 }
+
+/// Runs `program` with `args` in `dir` as an operator would (openssl,
+/// ssh-keygen); panics with its stderr, naming the package to install when
+/// the tool is absent.
+pub fn run_tool(dir: &Path, program: &str, package: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required (apt install {package}): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

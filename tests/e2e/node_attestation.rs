@@ -13,16 +13,7 @@ use signet_test_support::*;
 
 /// Runs `openssl` in `dir`; panics with its stderr.
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl is required (apt install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_tool(dir, "openssl", "openssl", args);
 }
 
 /// A node PKI made with openssl: a root, and node certificates it issues.
@@ -491,6 +482,30 @@ fn nodes_that_prove_nothing_are_refused_each_with_its_reason() {
     }
 }
 
+/// An `AttestNode` stream opened with `start` on a connection of its own,
+/// once the CA has sent its challenge.
+async fn challenged(
+    ca: &CaProcess,
+    start: pb::AttestNodeRequest,
+) -> (
+    tokio::sync::mpsc::Sender<pb::AttestNodeRequest>,
+    tonic::Streaming<pb::AttestNodeResponse>,
+    pb::Challenge,
+) {
+    let mut client = anonymous_node_client(ca).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(start).await.unwrap();
+    let mut responses = client
+        .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().step {
+        Some(pb::attest_node_response::Step::Challenge(c)) => (tx, responses, c),
+        other => panic!("no challenge: {other:?}"),
+    }
+}
+
 /// A rogue node records a good answer on one stream and replays it on
 /// another: the nonce is per stream, so the CA refuses it.
 #[tokio::test(flavor = "multi_thread")]
@@ -526,19 +541,7 @@ async fn an_answer_replayed_on_another_stream_is_refused() {
         })),
     };
     // Stream 1: the challenge, answered honestly but never sent.
-    let mut client = anonymous_node_client(&ca).await;
-    let (tx1, rx1) = tokio::sync::mpsc::channel(2);
-    tx1.send(start()).await.unwrap();
-    let mut s1 = client
-        .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx1))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::attest_node_response::Step::Challenge(c1)) =
-        s1.message().await.unwrap().unwrap().step
-    else {
-        panic!("no challenge")
-    };
+    let (tx1, _s1, c1) = challenged(&ca, start()).await;
     let msg = signet_identity::node_attestation::challenge_message("x509pop", &c1.nonce, &csr);
     let recorded = pb::ChallengeResponse {
         signature: signer.sign(&msg).unwrap(),
@@ -546,19 +549,7 @@ async fn an_answer_replayed_on_another_stream_is_refused() {
     };
     drop(tx1);
     // Stream 2: the recorded answer.
-    let mut client = anonymous_node_client(&ca).await;
-    let (tx2, rx2) = tokio::sync::mpsc::channel(2);
-    tx2.send(start()).await.unwrap();
-    let mut s2 = client
-        .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx2))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::attest_node_response::Step::Challenge(c2)) =
-        s2.message().await.unwrap().unwrap().step
-    else {
-        panic!("no challenge")
-    };
+    let (tx2, mut s2, c2) = challenged(&ca, start()).await;
     assert_ne!(c1.nonce, c2.nonce);
     tx2.send(pb::AttestNodeRequest {
         step: Some(pb::attest_node_request::Step::ChallengeResponse(recorded)),
@@ -586,9 +577,7 @@ async fn a_node_that_does_not_answer_its_challenge_is_cut_off() {
     let chain =
         signet_identity::certificates_from_pem_or_der(&std::fs::read(&cert).unwrap()).unwrap();
     let csr = signet_agent::agent_identity::new_key_and_csr().unwrap().1;
-    let mut client = anonymous_node_client(&ca).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tx.send(pb::AttestNodeRequest {
+    let start = pb::AttestNodeRequest {
         step: Some(pb::attest_node_request::Step::Start(pb::AttestationStart {
             csr,
             evidence: Some(pb::attestation_start::Evidence::X509pop(
@@ -597,18 +586,8 @@ async fn a_node_that_does_not_answer_its_challenge_is_cut_off() {
                 },
             )),
         })),
-    })
-    .await
-    .unwrap();
-    let mut s = client
-        .attest_node(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(matches!(
-        s.message().await.unwrap().unwrap().step,
-        Some(pb::attest_node_response::Step::Challenge(_))
-    ));
+    };
+    let (tx, mut s, _) = challenged(&ca, start).await;
     let start = Instant::now();
     let status = s.message().await.unwrap_err();
     let waited = start.elapsed();
@@ -626,16 +605,7 @@ async fn a_node_that_does_not_answer_its_challenge_is_cut_off() {
 
 /// Runs `ssh-keygen` in `dir`; panics with its stderr.
 fn ssh_keygen(dir: &Path, args: &[&str]) {
-    let out = Command::new("ssh-keygen")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("ssh-keygen is required (apt install openssh-client)");
-    assert!(
-        out.status.success(),
-        "ssh-keygen {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_tool(dir, "ssh-keygen", "openssh-client", args);
 }
 
 /// An SSH certificate authority made with ssh-keygen, and host keys it

@@ -4,6 +4,7 @@
 //! mTLS, and the agent must be on record, not banned, and presenting its
 //! current SVID.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,15 +90,12 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<pb::EndpointsAck, Status>> + S
 type EndpointSetStream =
     Pin<Box<dyn Stream<Item = Result<signet_proto::mesh::EndpointSet, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Node for NodeService {
-    type AttestNodeStream = AttestStream;
-
-    async fn attest_node(
-        &self,
-        req: Request<tonic::Streaming<pb::AttestNodeRequest>>,
-    ) -> Result<Response<AttestStream>, Status> {
-        let source = peer_address(&req);
+impl NodeService {
+    /// The source address of an attestation, if it has failed attestations
+    /// left this minute (every method spends the same budget); refused
+    /// before anything of the request is looked at otherwise.
+    fn within_attestation_budget<T>(&self, req: &Request<T>) -> Result<Option<IpAddr>, Status> {
+        let source = peer_address(req);
         if let Some(addr) = source {
             if !self.throttle.allows(addr, Instant::now()) {
                 self.ca.metrics().attestation_failed("rate_limited");
@@ -106,6 +104,19 @@ impl Node for NodeService {
                 ));
             }
         }
+        Ok(source)
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    type AttestNodeStream = AttestStream;
+
+    async fn attest_node(
+        &self,
+        req: Request<tonic::Streaming<pb::AttestNodeRequest>>,
+    ) -> Result<Response<AttestStream>, Status> {
+        let source = self.within_attestation_budget(&req)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(crate::api::attest_stream::serve(
             self.ca.clone(),
@@ -123,15 +134,7 @@ impl Node for NodeService {
         &self,
         req: Request<pb::AttestAgentRequest>,
     ) -> Result<Response<pb::AgentSvid>, Status> {
-        let source = peer_address(&req);
-        if let Some(addr) = source {
-            if !self.throttle.allows(addr, Instant::now()) {
-                self.ca.metrics().attestation_failed("rate_limited");
-                return Err(Status::resource_exhausted(
-                    "too many failed attestations from this address; wait a minute",
-                ));
-            }
-        }
+        let source = self.within_attestation_budget(&req)?;
         let req = req.into_inner();
         match self.ca.attest_agent(&req.join_token, &req.csr).await {
             Ok(svid) => Ok(Response::new(agent_svid_to_pb(&svid))),

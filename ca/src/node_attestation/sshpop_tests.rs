@@ -2,7 +2,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 
 use rcgen::KeyPair;
 use signet_identity::node_attestation::{challenge_message, SSHPOP, SSHPOP_NAMESPACE};
@@ -14,16 +13,7 @@ use crate::test_db::TestDb;
 use crate::{AgentRefused, Attestation, Ca, CaError, Evidence, PendingProof};
 
 fn keygen(dir: &Path, args: &[&str]) {
-    let out = Command::new("ssh-keygen")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("ssh-keygen is required (apt install openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    signet_test_support::process::run_tool(dir, "ssh-keygen", "openssh-client", args);
 }
 
 /// A CA trusting a fresh SSH CA, and a host certificate it signed with
