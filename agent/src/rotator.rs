@@ -259,7 +259,11 @@ impl<N: NodeApi> SvidRotator<N> {
         let (svid, bundle) = agent_identity::from_response(&resp, &key, self.clock.now())
             .map_err(PassError::local)?;
         if svid.id != self.agent.id {
-            tracing::warn!(was = %self.agent.id, now = %svid.id, "re-attested under another agent ID (the node's certificate changed)");
+            tracing::warn!(was = %self.agent.id, now = %svid.id, "re-attested under another agent ID (the node's certificate changed); its entries are fetched afresh");
+            // What was synced belongs to the old ID: a delta from its
+            // revision would miss the new ID's older entries.
+            self.entries = EntrySync::default();
+            self.svids.clear();
         }
         agent_identity::save(&self.data_dir, &svid, &bundle).map_err(PassError::local)?;
         tracing::info!(agent_id = %svid.id, not_after = svid.not_after, "agent SVID had expired; the node attested again by itself");

@@ -54,6 +54,11 @@ struct CaState {
     /// Whether the node proves itself by a method it can repeat (x509pop).
     reattestable: bool,
     reattestations: usize,
+    /// The agent ID a re-attestation gives (the node's certificate was
+    /// renewed: x509pop's default ID follows the leaf).
+    reattest_as: Option<String>,
+    /// The revision the agent said it knew on each connection.
+    known_revisions: Vec<Option<i64>>,
 }
 
 impl CaState {
@@ -86,13 +91,17 @@ impl CaState {
     }
 
     fn agent_svid(&mut self, csr: &[u8]) -> pb::AgentSvid {
-        let chain = self.sign(csr, AGENT_ID, self.agent_ttl);
+        self.agent_svid_as(csr, AGENT_ID)
+    }
+
+    fn agent_svid_as(&mut self, csr: &[u8], id: &str) -> pb::AgentSvid {
+        let chain = self.sign(csr, id, self.agent_ttl);
         self.previous_serial = Some(std::mem::replace(
             &mut self.current_serial,
             serial_of(&chain[0]),
         ));
         pb::AgentSvid {
-            spiffe_id: AGENT_ID.into(),
+            spiffe_id: id.into(),
             cert_chain: chain,
             expires_at: unix_seconds(self.clock.now() + self.agent_ttl),
             bundle: Some(self.bundle()),
@@ -133,12 +142,13 @@ impl NodeApi for FakeCa {
         &mut self,
         agent: &ClientCert,
         _bundle: &BundleHandle,
-        _known_revision: Option<i64>,
+        known_revision: Option<i64>,
         _deadline: Duration,
     ) -> Result<mpsc::Receiver<SyncEvent>, CallError> {
         let mut ca = self.0.lock().unwrap();
         ca.down("connect")?;
         ca.connects += 1;
+        ca.known_revisions.push(known_revision);
         let (_, cert) = x509_parser::parse_x509_certificate(&agent.chain[0]).unwrap();
         if cert.validity().not_after.timestamp() <= unix_seconds(ca.clock.now()) {
             // The real CA's TLS handshake refuses an expired client SVID.
@@ -220,7 +230,11 @@ impl NodeApi for FakeCa {
         ca.down("re-attest")?;
         ca.reattestations += 1;
         assert!(ca.reattestations < 20, "the rotator re-attests in a loop");
-        Ok(ca.agent_svid(&csr))
+        let id = ca
+            .reattest_as
+            .clone()
+            .unwrap_or_else(|| AGENT_ID.to_owned());
+        Ok(ca.agent_svid_as(&csr, &id))
     }
 
     fn disconnect(&mut self) {
@@ -270,6 +284,8 @@ impl Harness {
             signings: 0,
             reattestable: false,
             reattestations: 0,
+            reattest_as: None,
+            known_revisions: Vec::new(),
         }));
         // Attestation: the agent's first SVID.
         let (key, csr) = new_key_and_csr().unwrap();
@@ -501,6 +517,37 @@ async fn an_agent_svid_lost_in_an_outage_comes_back_by_proof_with_the_same_id() 
         .unwrap()
         .unwrap();
     assert_eq!(stored.not_after, h.rotator.agent.not_after);
+}
+
+#[tokio::test]
+async fn a_node_re_attested_under_another_id_fetches_its_entries_afresh() {
+    for (new_id, fresh) in [
+        (None, false),
+        (Some("spiffe://example.org/agent/renewed"), true),
+    ] {
+        let mut h = Harness::new(Duration::from_secs(600), Duration::from_secs(60));
+        h.ca().reattestable = true;
+        h.ca().reattest_as = new_id.map(str::to_owned);
+        let wake = h.rotator.turn().await;
+        let agent_not_after = h.rotator.agent.not_after;
+        h.ca().up = false;
+        let wake = ride_out(&mut h, wake, agent_not_after + 60).await;
+        h.ca().up = true;
+        let back = unix_seconds(h.clock.now()) + MAX_BACKOFF.as_secs() as i64;
+        ride_out_until(&mut h, wake, back, |h| {
+            h.ca().reattestations > 0 && h.ca().connected
+        })
+        .await;
+        let known = h.ca().known_revisions.clone();
+        assert_eq!(
+            known.first(),
+            Some(&None),
+            "the first connection knows nothing"
+        );
+        let last = known.last().copied().flatten();
+        assert_eq!(last.is_none(), fresh, "{new_id:?}: {known:?}");
+        assert_eq!(h.rotator.agent.id.as_str(), new_id.unwrap_or(AGENT_ID));
+    }
 }
 
 #[tokio::test]
