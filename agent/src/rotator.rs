@@ -38,7 +38,9 @@ use crate::agent_identity::{self, bundle_from_pb, new_key_and_csr, AgentSvid};
 use crate::config::AgentConfig;
 use crate::metrics::Metrics;
 use crate::rotator::node_api::{CallError, NodeApi};
-use crate::rotator::schedule::{call_deadline, first_expiry_in, renew_at_ms, Backoff};
+use crate::rotator::schedule::{
+    call_deadline, first_expiry_in, renew_at_ms, Backoff, REATTEST_DEADLINE,
+};
 use crate::rotator::sync::{EntrySync, SyncEvent};
 use crate::workload_entry::WorkloadEntry;
 use crate::workload_svids::{Snapshot, WorkloadSvid};
@@ -252,7 +254,7 @@ impl<N: NodeApi> SvidRotator<N> {
     /// The agent SVID is gone (expired while the CA was away): the node
     /// proves itself again, by the same method, and keeps its agent ID.
     async fn reattest(&mut self) -> Result<(), PassError> {
-        let deadline = self.call_deadline();
+        let deadline = REATTEST_DEADLINE;
         let (key, csr) = new_key_and_csr().map_err(PassError::local)?;
         self.disconnect();
         let resp = self.api.reattest(&self.bundle, csr, deadline).await?;

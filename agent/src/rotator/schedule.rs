@@ -78,6 +78,12 @@ pub(crate) fn call_deadline(first_expiry_in: Duration) -> Duration {
     (first_expiry_in / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
 }
 
+/// How long a re-attestation may take. Nothing is left to save by
+/// hurrying (the agent SVID is gone), and it does more than a renewal (a
+/// handshake without a client certificate, a challenge, a proof), so it
+/// gets the longest call deadline rather than a quarter of no time left.
+pub(crate) const REATTEST_DEADLINE: Duration = Duration::from_secs(15);
+
 /// The time from `now_ms` until the earliest of `not_afters` (Unix
 /// seconds); zero once it has passed.
 pub(crate) fn first_expiry_in(not_afters: impl Iterator<Item = i64>, now_ms: i64) -> Duration {
