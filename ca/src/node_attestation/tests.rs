@@ -289,8 +289,17 @@ async fn what_does_not_prove_a_node_is_refused_with_its_reason(db: TestDb) {
     let (reason, _, _) = refusal(ca.finish_attestation(fourth, 0x0201, &sig).await);
     assert_eq!(reason, "x509pop_bad_scheme");
 
-    // Malformed evidence: nothing, garbage, too long a chain.
+    // Malformed evidence: nothing, garbage, too long a chain (at the cap,
+    // 8 certificates, the chain is still judged).
     let agent_csr = csr_for(&KeyPair::generate().unwrap(), None);
+    let mut at_cap = vec![leaf.to_vec()];
+    at_cap.extend(std::iter::repeat_n(pki.der.to_vec(), 7));
+    assert!(matches!(
+        ca.begin_attestation(Evidence::X509Pop(at_cap), &agent_csr)
+            .await
+            .unwrap(),
+        Attestation::Challenge(_)
+    ));
     for chain in [vec![], vec![b"junk".to_vec()], vec![leaf.to_vec(); 9]] {
         match ca
             .begin_attestation(Evidence::X509Pop(chain), &agent_csr)
