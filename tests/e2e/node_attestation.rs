@@ -206,24 +206,30 @@ fn sha1_fingerprint(cert: &Path) -> String {
         .to_lowercase()
 }
 
+/// A CA started with `config` as its `--config` file.
+fn ca_with(config: &str) -> CaProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.toml");
+    std::fs::write(&path, config).unwrap();
+    CaProcess::start_in(dir, &["--config", path.to_str().unwrap()])
+}
+
+/// The `[node_attestation.x509pop]` section trusting `pki`'s root.
+fn x509pop_section(pki: &Pki) -> String {
+    format!(
+        "[node_attestation.x509pop]\nca_bundle = \"{}\"\n",
+        pki.root().display()
+    )
+}
+
 /// A CA trusting `pki`'s root for x509pop nodes.
 fn ca_trusting(pki: &Pki) -> CaProcess {
-    ca_trusting_with(pki, "")
+    ca_with(&x509pop_section(pki))
 }
 
 /// [`ca_trusting`] with more top-level configuration `extra`.
 fn ca_trusting_with(pki: &Pki, extra: &str) -> CaProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ca.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{extra}[node_attestation.x509pop]\nca_bundle = \"{}\"\n",
-            pki.root().display()
-        ),
-    )
-    .unwrap();
-    CaProcess::start_in(dir, &["--config", config.to_str().unwrap()])
+    ca_with(&format!("{extra}{}", x509pop_section(pki)))
 }
 
 /// The workload's SVID through the spiffe crate, within 20 s.
@@ -672,19 +678,17 @@ fn sshpop_agent_path(key: &Path) -> String {
     format!("sshpop/{hex}")
 }
 
+/// The `[node_attestation.sshpop]` section trusting `ssh_ca`.
+fn sshpop_section(ssh_ca: &SshCa) -> String {
+    format!(
+        "[node_attestation.sshpop]\ncert_authorities = [\"{}\"]\n",
+        ssh_ca.public_key()
+    )
+}
+
 /// A CA trusting `ssh_ca` for sshpop nodes.
 fn ca_trusting_ssh(ssh_ca: &SshCa) -> CaProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ca.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node_attestation.sshpop]\ncert_authorities = [\"{}\"]\n",
-            ssh_ca.public_key()
-        ),
-    )
-    .unwrap();
-    CaProcess::start_in(dir, &["--config", config.to_str().unwrap()])
+    ca_with(&sshpop_section(ssh_ca))
 }
 
 fn sshpop_args<'a>(cert: &'a Path, key: &'a Path) -> Vec<&'a str> {
@@ -784,4 +788,54 @@ fn ssh_certificates_that_prove_nothing_are_refused_each_with_its_reason() {
             "{reason}: {metrics}"
         );
     }
+}
+
+/// Agent SVIDs live 4 s here: an sshpop agent left running while the CA is
+/// down for longer than that attests again by itself, with the same ID,
+/// and its workloads get SVIDs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sshpop_agent_whose_svid_expired_attests_again_by_itself() {
+    let work = tempfile::tempdir().unwrap();
+    let ssh_ca = SshCa::new(work.path(), "ssh-ca");
+    let mut ca = ca_with(&format!(
+        "default_x509_svid_ttl = 4\n{}",
+        sshpop_section(&ssh_ca)
+    ));
+    let (cert, key) = ssh_ca.host(
+        "web-17",
+        "ed25519",
+        &["-h", "-n", "web-17.prod.example.com"],
+    );
+    let agent_path = sshpop_agent_path(&key);
+    let workload = "spiffe://example.org/web-17/app";
+    ca.entry(
+        workload,
+        &agent_path,
+        &[&format!("unix:uid:{}", my_uid())],
+        &[],
+    );
+    let mut agent = AgentProcess::start_attested_by(&ca, &sshpop_args(&cert, &key), &[]);
+    assert_eq!(
+        workload_svid(&agent).await.spiffe_id().to_string(),
+        workload
+    );
+    let config = ca.dir.path().join("ca.toml");
+    ca.kill_and_restart(
+        &["--config", config.to_str().unwrap()],
+        Duration::from_secs(6),
+    );
+    agent
+        .daemon
+        .wait_for("the node attested again by itself", Duration::from_secs(60));
+    assert_eq!(
+        workload_svid(&agent).await.spiffe_id().to_string(),
+        workload
+    );
+    let agents = ca.run_ok(&["agent", "list", "--output", "json"]);
+    assert_eq!(
+        agents.matches("spiffe://example.org/signet/agent/").count(),
+        1,
+        "{agents}"
+    );
+    assert!(agents.contains(&agent_path), "{agents}");
 }
