@@ -38,7 +38,6 @@ pub fn request(
         .header(hyper::header::CONNECTION, "close")
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("a valid request");
-    let path = path.to_owned();
     // On a thread of its own: callers may be inside a runtime already (a
     // `#[tokio::test]`), where another cannot be started.
     std::thread::spawn(move || {
@@ -46,18 +45,13 @@ pub fn request(
             .enable_all()
             .build()
             .expect("a runtime for one request")
-            .block_on(exchange(port, &path, req, timeout))
+            .block_on(exchange(port, req, timeout))
     })
     .join()
     .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
-async fn exchange(
-    port: u16,
-    path: &str,
-    req: hyper::Request<Full<Bytes>>,
-    timeout: Duration,
-) -> Answer {
+async fn exchange(port: u16, req: hyper::Request<Full<Bytes>>, timeout: Duration) -> Answer {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
@@ -77,13 +71,15 @@ async fn exchange(
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Some(answer)) => answer,
-        // Closed without an answer (a refusal, say).
-        Ok(None) => Answer {
+        // Closed without an answer (a refusal, say), or no answer within
+        // `timeout` (a call stuck on a cut host): status 0, for the caller
+        // to judge, as the read-timeout helpers this replaced did. A test
+        // that expects an answer fails on the status.
+        Ok(None) | Err(_) => Answer {
             status: 0,
             headers: hyper::HeaderMap::new(),
             body: String::new(),
         },
-        Err(_) => panic!("no answer from 127.0.0.1:{port}{path} within {timeout:?}"),
     }
 }
 
